@@ -1,3 +1,13 @@
 //! grid-optimize: convex optimisation of battery schedules for one site and for whole fleets under a
 //! shared feeder envelope, behind a `Solver` trait, plus day-ahead forecasting of load, PV and price.
 //! The `grid-opt` command-line tool lives behind the `cli` feature.
+
+pub mod error;
+pub mod problem;
+pub mod solution;
+pub mod solver;
+
+pub use error::{Error, Result};
+pub use problem::{BatteryParams, FeederLimit, FleetProblem, PowerBounds, SiteProblem, TrackingTarget};
+pub use solution::{Diagnostics, FleetSolution, SiteSolution, SolveStatus};
+pub use solver::Solver;
