@@ -6,6 +6,8 @@ pub mod error;
 pub mod problem;
 pub mod solution;
 pub mod solver;
+#[cfg(feature = "serde")]
+pub mod battopt;
 
 pub use error::{Error, Result};
 pub use problem::{BatteryParams, FeederLimit, FleetProblem, PowerBounds, SiteProblem, TrackingTarget};
