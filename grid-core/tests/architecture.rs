@@ -2,6 +2,8 @@
 //! of the workspace takes a forbidden normal dependency with its default features, directly or
 //! through another workspace crate.
 
+#![allow(clippy::unwrap_used)] // test helpers may unwrap
+
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

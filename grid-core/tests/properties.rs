@@ -1,6 +1,8 @@
 //! Property tests of the scheduling model: validated schedules stay in the envelope, resampling
 //! conserves energy, the lifecycle never leaves a terminal state, and serde round-trips.
 
+#![allow(clippy::unwrap_used)] // test helpers may unwrap
+
 use grid_core::*;
 use proptest::prelude::*;
 

@@ -1,5 +1,7 @@
 //! Schedule validation and resampling against hand-computed cases.
 
+#![allow(clippy::unwrap_used)] // test helpers may unwrap
+
 use grid_core::*;
 
 fn spec(ramp: Option<f64>) -> BatterySpec {
