@@ -17,7 +17,9 @@ pub mod contactor;
 mod error;
 pub mod ina226;
 pub mod sbs;
+pub mod sim;
 mod traits;
 
 pub use error::{Error, ErrorKind, ErrorType, HalError, Result};
 pub use traits::{BatteryController, BatteryMonitor, BatteryState, Contactor, MeterReading, PowerMeter};
+pub use sim::{Fault, SimBattery, SimConfig};
