@@ -16,6 +16,7 @@
 pub mod contactor;
 mod error;
 pub mod ina226;
+pub mod safety;
 pub mod sbs;
 pub mod sim;
 mod traits;
@@ -23,3 +24,4 @@ mod traits;
 pub use error::{Error, ErrorKind, ErrorType, HalError, Result};
 pub use traits::{BatteryController, BatteryMonitor, BatteryState, Contactor, MeterReading, PowerMeter};
 pub use sim::{Fault, SimBattery, SimConfig};
+pub use safety::{LimitReason, SafeBattery, SafetyConfig, SafetyEvent, SafetyGuard, TickReport};
