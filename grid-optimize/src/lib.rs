@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod problem;
+pub mod site_dp;
 pub mod solution;
 pub mod solver;
 #[cfg(feature = "serde")]

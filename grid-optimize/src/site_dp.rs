@@ -1,0 +1,964 @@
+//! The exact single-site solver: a dynamic program over the state of charge whose cost functions are convex and
+//! piecewise linear, stored as slope-sorted segment lists ("slope trick").
+//!
+//! # The method
+//!
+//! For one site the linear program of [`crate::problem`] couples the slots only through the state of charge (SoC).
+//! Write `x[t] = s[t] - s[t-1]` for the energy stored in slot `t`. Everything else in the slot (charge `c`,
+//! discharge `d`, grid import `gp` and export `gm`) can be optimised for a given `x`, which yields the slot's
+//! cost `h_t(x)`: the minimum of a linear program over a polytope, projected onto one coordinate. Such a
+//! function is **convex and piecewise linear** (at most a handful of pieces here), so it is fully described by
+//! its left end `xl` and a list of `(length, slope)` segments with increasing slopes.
+//!
+//! The cheapest cost of reaching SoC `s` at the end of slot `t` is then
+//!
+//! ```text
+//! F_t(s) = min_x F_{t-1}(s - x) + h_t(x)       restricted to e_min ≤ s ≤ e_max,    F_{-1} = {e0 ↦ 0}
+//! ```
+//!
+//! The minimum over `x` is an *infimal convolution*. For convex piecewise-linear functions it is exact and cheap:
+//! the left ends add and the segment lists merge by slope (the epigraph of the result is the Minkowski sum).
+//! The SoC window then cuts the merged list from the left (segments forced in) and from the right (segments no
+//! longer storable). Finally `s[T-1]` is the point where `F_{T-1}`'s slope turns non-negative, moved up to
+//! `e_final_min` if needed. The whole pass is `O(T·K·log K)` for `K` segments in the list (bounded by the SoC
+//! window, typically a few dozen), with no allocation inside the loop.
+//!
+//! **Recovering the schedule** does not need the intermediate functions. Every segment carries the slot it came
+//! from. A segment cut off on the left is energy that slot must store; a segment cut off on the right is energy it
+//! never stores; of the final list, the prefix up to `s[T-1]` is stored. Summing per slot gives every `x[t]`,
+//! and any such choice keeps every intermediate SoC inside the window (it is between the list's ends at that
+//! time), while its cost is exactly `F_{T-1}(s[T-1])`. From `x[t]` the slot's `(c, d, gp, gm)` follow in closed
+//! form.
+//!
+//! **The slot cost `h_t`.** With `a = eta_ch·dt`, `b = dt/eta_dis`, net battery power `p = c - d` and
+//! `x = a·c - b·d`, the grid cost of the net import `L + p` (`L = load - pv`) is convex piecewise linear with
+//! slopes `dt·min(pi, pe)` and `dt·max(pi, pe)` (when export pays more than import, importing and exporting at
+//! once up to the limits is the cheaper split, which moves the kink to `U - E`). Without simultaneous charge and
+//! discharge, `x ≥ 0` costs the grid slope plus `dt·deg` per `a`, `x < 0` the grid slope minus `dt·deg` per `b`.
+//! Charging and discharging at once (which the LP allows) burns `(b - a)` kWh per kW at a throughput cost; it is
+//! used only when the grid slope is below `-κ = -dt·deg·(a+b)/(b-a)` (deeply negative prices) or when PV above
+//! the export limit must be absorbed. The fast path covers the usual case in closed form (at most four segments);
+//! otherwise `h_t` is evaluated at every candidate breakpoint (the images of the vertices of the slot's
+//! polytope), which is exact because `h_t` is linear between them.
+//!
+//! **Demand charge.** With a peak cap `P` on the grid import, the optimum `V(P)` of the remaining LP is convex in
+//! `P`, and so is `f(P) = V(P) + demand_charge·P`. A subgradient of `V` comes from the DP's duals: the marginal
+//! value of stored energy `λ_t` follows from the thresholds at which the window cut segments
+//! (`λ_t = max(ℓ_t, min(r_t, λ_{t+1}))`), and each slot's share is the derivative of
+//! `min_x h_t(x; P) - λ_t·x` in `P`. The search over `P` is a one-dimensional cutting-plane (Kelley) method
+//! between a point with a negative and one with a positive subgradient: it jumps to the intersection of the two
+//! supporting lines, which for a piecewise-linear function lands on the optimal breakpoint after a few steps,
+//! and stops when the function value there meets the lower bound.
+//!
+//! ```
+//! use grid_optimize::{BatteryParams, FleetProblem, SiteProblem, Solver};
+//! use grid_optimize::site_dp::SiteDpSolver;
+//!
+//! # fn main() -> grid_optimize::Result<()> {
+//! let t = 4;
+//! let site = SiteProblem {
+//!     id: "home".into(),
+//!     load: vec![1.0; t],
+//!     pv: vec![0.0; t],
+//!     grid_import_max: 10.0,
+//!     grid_export_max: 10.0,
+//!     demand_charge: 0.0,
+//!     battery: BatteryParams {
+//!         e_min: 0.0, e_max: 4.0, e0: 0.0, e_final_min: None,
+//!         p_ch_max: 2.0, p_dis_max: 2.0, eta_ch: 1.0, eta_dis: 1.0, deg_cost: 0.0,
+//!     },
+//!     power_bounds: None,
+//!     wear_quadratic: 0.0,
+//! };
+//! let problem = FleetProblem {
+//!     name: "cheap night, dear evening".into(),
+//!     dt: 1.0,
+//!     import_price: vec![0.10, 0.10, 0.40, 0.40],
+//!     export_price: vec![0.0; t],
+//!     sites: vec![site],
+//!     feeder: None,
+//!     tracking: None,
+//! };
+//! let solution = SiteDpSolver::default().solve(&problem)?;
+//! assert!(solution.is_optimal());
+//! // Store 2 kWh per cheap hour on top of the load, cover the dear hours from the battery.
+//! assert!((solution.objective - 0.6).abs() < 1e-12);
+//! assert!(problem.max_violation(&solution) < 1e-9);
+//! # Ok(()) }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::problem::{FleetProblem, SiteProblem};
+use crate::solution::{Diagnostics, FleetSolution, SiteSolution, SolveStatus};
+use crate::solver::Solver;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Energy tolerance (kWh) below which window cuts are ignored.
+const E_TOL: f64 = 1e-11;
+/// Power tolerance (kW) for per-slot feasibility checks.
+const P_TOL: f64 = 1e-9;
+/// Most segments a slot cost function can have (generic path: at most 16 candidate breakpoints).
+const MAX_SLOT_SEGS: usize = 20;
+
+/// One piece of a convex piecewise-linear function of SoC, tagged with the slot whose cost it belongs to.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    len: f64,
+    slope: f64,
+    slot: u32,
+}
+
+/// The data of one slot that the cost function depends on.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Net load `load - pv`, kW.
+    l: f64,
+    /// Import limit in force (`min(grid_import_max, P)`), kW.
+    u: f64,
+    /// Export limit, kW.
+    e: f64,
+    /// Charge and discharge limits, kW.
+    c: f64,
+    d: f64,
+    /// Grid cost slopes per kW of net import (currency per kW·slot): `dt·min(pi, pe)` and `dt·max(pi, pe)`.
+    g1: f64,
+    g2: f64,
+    /// Import price at least the export price: the grid cost's kink is at zero net import.
+    kink_at_zero: bool,
+    /// `eta_ch·dt` and `dt/eta_dis`.
+    a: f64,
+    b: f64,
+    /// `dt·deg_cost`.
+    delta: f64,
+}
+
+/// A slot's cost as a function of stored energy: `xl` and increasing-slope segments.
+#[derive(Debug, Clone, Copy)]
+struct SlotFn {
+    xl: f64,
+    xr: f64,
+    n: usize,
+    segs: [(f64, f64); MAX_SLOT_SEGS],
+}
+
+impl Default for SlotFn {
+    fn default() -> Self {
+        SlotFn {
+            xl: 0.0,
+            xr: 0.0,
+            n: 0,
+            segs: [(0.0, 0.0); MAX_SLOT_SEGS],
+        }
+    }
+}
+
+impl SlotFn {
+    fn push(&mut self, len: f64, slope: f64) {
+        if len <= 0.0 {
+            return;
+        }
+        if self.n > 0 && self.segs[self.n - 1].1 == slope {
+            self.segs[self.n - 1].0 += len;
+        } else if self.n < MAX_SLOT_SEGS {
+            self.segs[self.n] = (len, slope);
+            self.n += 1;
+        }
+    }
+
+    fn segs(&self) -> &[(f64, f64)] {
+        &self.segs[..self.n]
+    }
+}
+
+/// Why one slot admits no battery power at all.
+enum SlotInfeasible {
+    LoadAboveImport,
+    SurplusAboveExport,
+}
+
+/// `x` for which the loss-free power `p` is reached (`x = a·p` charging, `b·p` discharging).
+#[inline]
+fn pmin_inv(a: f64, b: f64, v: f64) -> f64 {
+    if v >= 0.0 { a * v } else { b * v }
+}
+
+impl Slot {
+    #[inline]
+    fn p_low(&self) -> f64 {
+        -self.e - self.l
+    }
+    #[inline]
+    fn p_high(&self) -> f64 {
+        self.u - self.l
+    }
+    /// Kink of the grid cost in terms of battery power.
+    #[inline]
+    fn beta(&self) -> f64 {
+        if self.kink_at_zero { -self.l } else { self.u - self.e - self.l }
+    }
+    #[inline]
+    fn lossless(&self) -> bool {
+        self.b <= self.a
+    }
+    /// Throughput cost of raising `p` at fixed `x` by burning energy in simultaneous charge and discharge.
+    #[inline]
+    fn kappa(&self) -> f64 {
+        self.delta * (self.a + self.b) / (self.b - self.a)
+    }
+    /// Whether simultaneous charge and discharge can only serve feasibility, never cost.
+    #[inline]
+    fn simple(&self) -> bool {
+        self.lossless() || self.g1 + self.kappa() >= 0.0
+    }
+
+    /// Grid cost of net import `n` (kW), currency per slot (up to a constant per slot that cancels).
+    #[inline]
+    fn grid_cost(&self, n: f64) -> f64 {
+        if self.kink_at_zero {
+            if n >= 0.0 { self.g2 * n } else { self.g1 * n }
+        } else {
+            let k = self.u - self.e;
+            if n <= k { self.g1 * n } else { self.g1 * k + self.g2 * (n - k) }
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), SlotInfeasible> {
+        if self.p_high() < -self.d - P_TOL {
+            return Err(SlotInfeasible::LoadAboveImport);
+        }
+        if self.p_low() > self.c + P_TOL {
+            return Err(SlotInfeasible::SurplusAboveExport);
+        }
+        Ok(())
+    }
+
+    /// Battery power for stored energy `x`: the cheapest feasible `p`.
+    #[inline]
+    fn p_of_x(&self, x: f64) -> f64 {
+        let (a, b) = (self.a, self.b);
+        let pmin = if x >= 0.0 { x / a } else { x / b };
+        if self.lossless() {
+            return pmin;
+        }
+        let lo = pmin.max(self.p_low());
+        if self.simple() {
+            return lo;
+        }
+        let hi = ((x + self.c * (b - a)) / b).min((x + self.d * (b - a)) / a).min(self.p_high());
+        let pstar = self.pstar();
+        pstar.min(hi).max(lo)
+    }
+
+    /// Minimiser of `φ(p) + κ·p` when it is not at the lower end (generic path only).
+    #[inline]
+    fn pstar(&self) -> f64 {
+        if self.g2 + self.kappa() < 0.0 { self.p_high() } else { self.beta() }
+    }
+
+    /// Cost of storing `x` (generic formula, valid for `a < b` and `x` in the domain).
+    fn h_generic(&self, x: f64) -> f64 {
+        let p = self.p_of_x(x);
+        self.grid_cost(self.l + p) + self.kappa() * p - 2.0 * self.delta * x / (self.b - self.a)
+    }
+
+    /// Builds the slot cost function into `out`.
+    fn build(&self, out: &mut SlotFn) -> std::result::Result<(), SlotInfeasible> {
+        self.check()?;
+        out.n = 0;
+        if self.simple() {
+            self.build_simple(out);
+        } else {
+            self.build_generic(out);
+        }
+        Ok(())
+    }
+
+    fn build_simple(&self, out: &mut SlotFn) {
+        let (a, b, delta) = (self.a, self.b, self.delta);
+        let (pl, pu) = (self.p_low().min(self.c), self.p_high().max(-self.d));
+        let xa_l = (-b * self.d).max(pmin_inv(a, b, pl));
+        let xa_r = (a * self.c).min(pmin_inv(a, b, pu)).max(xa_l);
+        out.xl = xa_l;
+        out.xr = xa_r;
+        // Region B: exporting is capped, so discharging further than the cap needs simultaneous charging.
+        if !self.lossless() && pl > -self.d {
+            let xb = (b * pl - self.c * (b - a)).max(a * pl - self.d * (b - a));
+            if xb < xa_l {
+                out.xl = xb;
+                out.push(xa_l - xb, -2.0 * delta / (b - a));
+            }
+        }
+        let xbeta = pmin_inv(a, b, self.beta());
+        let mut pts = [xa_l, 0.0, 0.0, xa_r];
+        let mut np = 1;
+        let (k1, k2) = if xbeta < 0.0 { (xbeta, 0.0) } else { (0.0, xbeta) };
+        for k in [k1, k2] {
+            if k > pts[np - 1] && k < xa_r {
+                pts[np] = k;
+                np += 1;
+            }
+        }
+        pts[np] = xa_r;
+        np += 1;
+        let beta = self.beta();
+        for w in pts[..np].windows(2) {
+            let (x0, x1) = (w[0], w[1]);
+            if x1 <= x0 {
+                continue;
+            }
+            let mid = 0.5 * (x0 + x1);
+            let slope = if mid > 0.0 {
+                let p = mid / a;
+                ((if p < beta { self.g1 } else { self.g2 }) + delta) / a
+            } else {
+                let p = mid / b;
+                ((if p < beta { self.g1 } else { self.g2 }) - delta) / b
+            };
+            out.push(x1 - x0, slope);
+        }
+    }
+
+    fn build_generic(&self, out: &mut SlotFn) {
+        let (a, b) = (self.a, self.b);
+        let (pl, pu) = (self.p_low(), self.p_high());
+        let (c, d) = (self.c, self.d);
+        let values = [pl, pu, self.pstar(), self.beta()];
+        let mut cand = [0.0f64; 16];
+        let mut n = 0;
+        cand[n] = 0.0;
+        n += 1;
+        for v in values {
+            cand[n] = pmin_inv(a, b, v);
+            cand[n + 1] = b * v - c * (b - a);
+            cand[n + 2] = a * v - d * (b - a);
+            n += 3;
+        }
+        cand[n] = a * c;
+        cand[n + 1] = -b * d;
+        cand[n + 2] = a * c - b * d;
+        n += 3;
+        let cand = &mut cand[..n];
+        cand.sort_unstable_by(f64::total_cmp);
+        let feasible = |x: f64| {
+            let pmin = if x >= 0.0 { x / a } else { x / b };
+            let lo = pmin.max(pl);
+            let hi = ((x + c * (b - a)) / b).min((x + d * (b - a)) / a).min(pu);
+            x >= -b * d - E_TOL && x <= a * c + E_TOL && lo <= hi + P_TOL
+        };
+        let mut first = None;
+        let mut last = None;
+        for (i, &x) in cand.iter().enumerate() {
+            if feasible(x) {
+                if first.is_none() {
+                    first = Some(i);
+                }
+                last = Some(i);
+            }
+        }
+        let (Some(i0), Some(i1)) = (first, last) else {
+            // The check() above guarantees a feasible p; keep an empty function at the loss-free point.
+            let x = pmin_inv(a, b, pl.max(-d).min(pu.min(c)));
+            out.xl = x;
+            out.xr = x;
+            return;
+        };
+        out.xl = cand[i0];
+        out.xr = cand[i1];
+        let mut x_prev = cand[i0];
+        let mut h_prev = self.h_generic(x_prev);
+        for &x in &cand[i0 + 1..=i1] {
+            if x - x_prev <= 1e-13 * (1.0 + x.abs()) {
+                continue;
+            }
+            let h = self.h_generic(x);
+            out.push(x - x_prev, (h - h_prev) / (x - x_prev));
+            x_prev = x;
+            h_prev = h;
+        }
+        out.xr = x_prev;
+    }
+
+    /// `(c, d, gp, gm)` for stored energy `x`.
+    fn recover(&self, x: f64) -> (f64, f64, f64, f64) {
+        let (a, b) = (self.a, self.b);
+        let pmin = if x >= 0.0 { x / a } else { x / b };
+        let p = self.p_of_x(x);
+        let (c, d) = if self.lossless() || p <= pmin {
+            if x >= 0.0 { (x / a, 0.0) } else { (0.0, -x / b) }
+        } else {
+            (((b * p - x) / (b - a)).max(0.0), ((a * p - x) / (b - a)).max(0.0))
+        };
+        let (c, d) = (c.min(self.c), d.min(self.d));
+        let n = self.l + c - d;
+        let (gp, gm) = if self.kink_at_zero {
+            (n.max(0.0), (-n).max(0.0))
+        } else {
+            let gm = self.e.min(self.u - n).max(0.0);
+            (n + gm, gm)
+        };
+        (c, d, gp.max(0.0), gm)
+    }
+
+    /// Cost of the slot's flows: grid plus degradation (currency).
+    #[inline]
+    fn flow_cost(&self, pi: f64, pe: f64, dt: f64, f: (f64, f64, f64, f64)) -> f64 {
+        dt * (pi * f.2 - pe * f.3) + self.delta * (f.0 + f.1)
+    }
+}
+
+/// Result of one DP pass.
+enum Pass {
+    Feasible,
+    Infeasible(String),
+}
+
+/// Reusable workspace of the single-site DP: solving many sites (or re-solving in MPC) with one `SiteDp`
+/// allocates nothing after the first solve of the largest horizon.
+#[derive(Debug, Default)]
+pub struct SiteDp {
+    list: VecDeque<Seg>,
+    slots: Vec<Slot>,
+    xl: Vec<f64>,
+    xr: Vec<f64>,
+    x: Vec<f64>,
+    best_x: Vec<f64>,
+    cut_lo: Vec<f64>,
+    cut_hi: Vec<f64>,
+    lam: Vec<f64>,
+    lam_final: f64,
+    /// DP passes in the last solve (one, or the number of demand-charge cap evaluations).
+    passes: usize,
+}
+
+/// Formats a number for a message: up to three decimals, trailing zeros trimmed (`9.0`, `7.425`, `12`).
+fn fmt_num(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0');
+    let s = s.strip_suffix('.').map_or_else(|| s.to_string(), |t| format!("{t}.0"));
+    if s == "-0.0" { "0.0".into() } else { s }
+}
+
+impl SiteDp {
+    /// A fresh workspace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Solves one site of a problem whose prices are `import_price` / `export_price` (length T) with slot length
+    /// `dt`. The site must be valid ([`FleetProblem::validate`]); quadratic wear is not handled here (it returns
+    /// [`Error::Unsupported`]). `Ok(Err(reason))` means infeasible.
+    pub fn solve_site(
+        &mut self,
+        dt: f64,
+        import_price: &[f64],
+        export_price: &[f64],
+        site: &SiteProblem,
+    ) -> Result<std::result::Result<SiteSolution, String>> {
+        if site.wear_quadratic != 0.0 {
+            return Err(Error::Unsupported(format!(
+                "site {}: the exact DP handles linear costs only (wear_quadratic = {})",
+                site.id, site.wear_quadratic
+            )));
+        }
+        let t = import_price.len();
+        if export_price.len() != t || site.load.len() != t || site.pv.len() != t {
+            return Err(Error::invalid("sites", "vectors of different lengths"));
+        }
+        if t > u32::MAX as usize {
+            return Err(Error::Unsupported("horizon longer than 2^32 slots".into()));
+        }
+        self.passes = 0;
+        self.resize(t);
+        let imax = site.grid_import_max;
+        if site.demand_charge > 0.0 {
+            self.solve_with_demand_charge(dt, import_price, export_price, site)
+        } else {
+            match self.pass(dt, import_price, export_price, site, imax) {
+                Pass::Feasible => Ok(Ok(self.recover(site))),
+                Pass::Infeasible(r) => Ok(Err(r)),
+            }
+        }
+    }
+
+    /// DP passes made by the last solve.
+    pub fn passes(&self) -> usize {
+        self.passes
+    }
+
+    fn resize(&mut self, t: usize) {
+        for v in [
+            &mut self.xl,
+            &mut self.xr,
+            &mut self.x,
+            &mut self.best_x,
+            &mut self.cut_lo,
+            &mut self.cut_hi,
+            &mut self.lam,
+        ] {
+            v.clear();
+            v.resize(t, 0.0);
+        }
+        self.slots.clear();
+        self.slots.reserve(t);
+    }
+
+    fn fill_slots(&mut self, dt: f64, ip: &[f64], ep: &[f64], site: &SiteProblem, cap: f64) {
+        let bat = &site.battery;
+        let a = bat.eta_ch * dt;
+        let b = dt / bat.eta_dis;
+        let u = site.grid_import_max.min(cap);
+        self.slots.clear();
+        for k in 0..ip.len() {
+            let (pi, pe) = (ip[k], ep[k]);
+            self.slots.push(Slot {
+                l: site.load[k] - site.pv[k],
+                u,
+                e: site.grid_export_max,
+                c: site.charge_max(k),
+                d: site.discharge_max(k),
+                g1: dt * pi.min(pe),
+                g2: dt * pi.max(pe),
+                kink_at_zero: pi >= pe,
+                a,
+                b,
+                delta: dt * bat.deg_cost,
+            });
+        }
+    }
+
+    /// One forward DP pass with import cap `cap`; fills `x`, the cut thresholds and `lam`.
+    fn pass(&mut self, dt: f64, ip: &[f64], ep: &[f64], site: &SiteProblem, cap: f64) -> Pass {
+        self.passes += 1;
+        self.fill_slots(dt, ip, ep, site, cap);
+        let bat = &site.battery;
+        let (e_min, e_max) = (bat.e_min, bat.e_max);
+        let id = &site.id;
+        self.list.clear();
+        let mut left = bat.e0;
+        let mut total = 0.0f64;
+        let mut f = SlotFn::default();
+        for k in 0..self.slots.len() {
+            let slot = self.slots[k];
+            if let Err(why) = slot.build(&mut f) {
+                return Pass::Infeasible(slot_reason(id, k, &slot, why, cap < site.grid_import_max));
+            }
+            self.xl[k] = f.xl;
+            self.xr[k] = f.xr;
+            self.x[k] = f.xl;
+            left += f.xl;
+            for &(len, slope) in f.segs() {
+                let seg = Seg {
+                    len,
+                    slope,
+                    slot: k as u32,
+                };
+                let idx = self.list.partition_point(|s| s.slope <= slope);
+                self.list.insert(idx, seg);
+                total += len;
+            }
+            // Cut from the left: energy the window forces into storage.
+            let mut lo_thr = f64::NEG_INFINITY;
+            if left < e_min - E_TOL {
+                let mut need = e_min - left;
+                while need > 0.0 {
+                    let Some(front) = self.list.front_mut() else {
+                        if need <= E_TOL {
+                            break;
+                        }
+                        let reach = left;
+                        return Pass::Infeasible(format!(
+                            "{id} slot {k}: state of charge cannot be kept at or above e_min {} kWh: at most {} kWh \
+                             reachable by the end of slot {k}",
+                            fmt_num(e_min),
+                            fmt_num(reach)
+                        ));
+                    };
+                    lo_thr = front.slope;
+                    if front.len <= need {
+                        need -= front.len;
+                        left += front.len;
+                        total -= front.len;
+                        self.x[front.slot as usize] += front.len;
+                        self.list.pop_front();
+                    } else {
+                        front.len -= need;
+                        left += need;
+                        total -= need;
+                        self.x[front.slot as usize] += need;
+                        need = 0.0;
+                    }
+                }
+                if self.list.is_empty() {
+                    total = 0.0;
+                }
+                left = e_min;
+            }
+            // Cut from the right: energy that cannot be stored any more.
+            let mut hi_thr = f64::INFINITY;
+            if left + total > e_max + E_TOL {
+                if left > e_max + E_TOL {
+                    return Pass::Infeasible(format!(
+                        "{id} slot {k}: state of charge cannot be kept at or below e_max {} kWh: at least {} kWh \
+                         by the end of slot {k}",
+                        fmt_num(e_max),
+                        fmt_num(left)
+                    ));
+                }
+                let mut excess = left + total - e_max;
+                while excess > 0.0 {
+                    let Some(back) = self.list.back_mut() else { break };
+                    hi_thr = back.slope;
+                    if back.len <= excess {
+                        excess -= back.len;
+                        total -= back.len;
+                        self.list.pop_back();
+                    } else {
+                        back.len -= excess;
+                        total -= excess;
+                        excess = 0.0;
+                    }
+                }
+                if self.list.is_empty() {
+                    total = 0.0;
+                }
+            }
+            self.cut_lo[k] = lo_thr;
+            self.cut_hi[k] = hi_thr;
+        }
+        // The final SoC: include segments while they lower the cost, then up to e_final_min.
+        let t = self.slots.len();
+        let right = left + total;
+        let target_min = bat.e_final_min.unwrap_or(f64::NEG_INFINITY);
+        if target_min > right + E_TOL {
+            let last = t.saturating_sub(1);
+            return Pass::Infeasible(format!(
+                "{id}: terminal SoC {} kWh unreachable: at most {} kWh by slot {last}",
+                fmt_num(target_min),
+                fmt_num(right)
+            ));
+        }
+        let mut s = left;
+        let mut lam_final = 0.0f64;
+        for seg in &self.list {
+            if seg.slope < 0.0 {
+                self.x[seg.slot as usize] += seg.len;
+                s += seg.len;
+            } else if s < target_min {
+                let take = seg.len.min(target_min - s);
+                self.x[seg.slot as usize] += take;
+                s += take;
+                lam_final = seg.slope;
+            } else {
+                break;
+            }
+        }
+        self.lam_final = lam_final;
+        let mut lam = lam_final;
+        for k in (0..t).rev() {
+            lam = self.cut_lo[k].max(self.cut_hi[k].min(lam));
+            self.lam[k] = lam;
+        }
+        Pass::Feasible
+    }
+
+    /// Cost of the current `x` (grid plus degradation, no demand charge) and its peak import.
+    fn cost_of_x(&self, ip: &[f64], ep: &[f64], dt: f64) -> (f64, f64) {
+        let mut cost = 0.0;
+        let mut peak: f64 = 0.0;
+        for (k, slot) in self.slots.iter().enumerate() {
+            let x = self.x[k].clamp(self.xl[k], self.xr[k]);
+            let fl = slot.recover(x);
+            cost += slot.flow_cost(ip[k], ep[k], dt, fl);
+            peak = peak.max(fl.2);
+        }
+        (cost, peak)
+    }
+
+    /// Right derivative of the DP optimum in the import cap, from the duals `lam` of the last pass.
+    fn cap_derivative(&self, cap: f64, imax: f64) -> f64 {
+        if cap >= imax {
+            return 0.0;
+        }
+        let mut dv = 0.0;
+        let mut f0 = SlotFn::default();
+        let mut f1 = SlotFn::default();
+        for (k, slot) in self.slots.iter().enumerate() {
+            let lam = self.lam[k];
+            if slot.kink_at_zero && slot.simple() {
+                let pu = slot.p_high();
+                let xr_u = pmin_inv(slot.a, slot.b, pu);
+                if xr_u >= slot.a * slot.c {
+                    continue;
+                }
+                let (k_x, sigma) = if pu >= 0.0 {
+                    (slot.a, (slot.g2 + slot.delta) / slot.a)
+                } else {
+                    (slot.b, (slot.g2 - slot.delta) / slot.b)
+                };
+                dv -= (lam - sigma).max(0.0) * k_x;
+            } else {
+                // Finite difference of the slot's Lagrangian value; exact unless a kink lies within eps.
+                let eps = 1e-7 * (1.0 + cap.abs());
+                let mut up = *slot;
+                up.u = (slot.u + eps).min(imax);
+                let eps = up.u - slot.u;
+                if eps <= 0.0 {
+                    continue;
+                }
+                let w0 = match slot.build(&mut f0) {
+                    Ok(()) => lagrangian_min(slot, &f0, lam),
+                    Err(_) => continue,
+                };
+                let w1 = match up.build(&mut f1) {
+                    Ok(()) => lagrangian_min(&up, &f1, lam),
+                    Err(_) => continue,
+                };
+                dv += (w1 - w0) / eps;
+            }
+        }
+        dv
+    }
+
+    fn solve_with_demand_charge(
+        &mut self,
+        dt: f64,
+        ip: &[f64],
+        ep: &[f64],
+        site: &SiteProblem,
+    ) -> Result<std::result::Result<SiteSolution, String>> {
+        let imax = site.grid_import_max;
+        let dc = site.demand_charge;
+        // Without a cap: infeasible here means infeasible for every cap.
+        if let Pass::Infeasible(r) = self.pass(dt, ip, ep, site, imax) {
+            return Ok(Err(r));
+        }
+        let (v_free, peak_free) = self.cost_of_x(ip, ep, dt);
+        // For P ≥ peak_free the cap is slack: f(P) = v_free + dc·P with slope dc.
+        let mut best_p = peak_free;
+        let mut best_f = v_free + dc * peak_free;
+        self.best_x.copy_from_slice(&self.x);
+        let mut r_pt = (peak_free, best_f, dc);
+        // No cap below what each slot alone needs is feasible.
+        let mut p_floor: f64 = 0.0;
+        for k in 0..ip.len() {
+            p_floor = p_floor.max(site.load[k] - site.pv[k] - site.discharge_max(k));
+        }
+        if p_floor >= peak_free {
+            return Ok(Ok(self.recover_best(site, best_p)));
+        }
+        // Find a feasible point with a negative subgradient (or an optimal one), bisecting on feasibility.
+        let mut infeasible_below = p_floor;
+        let mut probe = p_floor;
+        let mut l_pt: Option<(f64, f64, f64)> = None;
+        let scale = 1.0 + peak_free.abs();
+        for _ in 0..200 {
+            match self.eval_cap(dt, ip, ep, site, probe, dc) {
+                Some((fv, g)) => {
+                    if fv < best_f {
+                        best_f = fv;
+                        best_p = probe;
+                        self.best_x.copy_from_slice(&self.x);
+                    }
+                    if g < 0.0 {
+                        l_pt = Some((probe, fv, g));
+                        break;
+                    }
+                    if g == 0.0 || probe <= p_floor {
+                        // Optimal (zero subgradient, or non-negative at the lowest possible cap).
+                        return Ok(Ok(self.recover_best(site, best_p)));
+                    }
+                    r_pt = (probe, fv, g);
+                }
+                None => infeasible_below = probe,
+            }
+            if r_pt.0 - infeasible_below <= 1e-12 * scale {
+                // The optimum sits on the feasibility boundary.
+                return Ok(Ok(self.recover_best(site, best_p)));
+            }
+            probe = 0.5 * (infeasible_below + r_pt.0);
+        }
+        let Some(mut l_pt) = l_pt else {
+            return Ok(Ok(self.recover_best(site, best_p)));
+        };
+        // Kelley's cutting planes in one dimension: exact on a piecewise-linear convex function.
+        for _ in 0..200 {
+            let (pl, fl, gl) = l_pt;
+            let (pr, fr, gr) = r_pt;
+            if pr - pl <= 1e-13 * scale {
+                break;
+            }
+            let mut p = (fr - fl + gl * pl - gr * pr) / (gl - gr);
+            if !(p > pl && p < pr) {
+                p = 0.5 * (pl + pr);
+            }
+            let lower = (fl + gl * (p - pl)).max(fr + gr * (p - pr));
+            let Some((fv, g)) = self.eval_cap(dt, ip, ep, site, p, dc) else {
+                // Cannot happen between two feasible caps (convexity); stop with the best so far.
+                break;
+            };
+            if fv < best_f {
+                best_f = fv;
+                best_p = p;
+                self.best_x.copy_from_slice(&self.x);
+            }
+            if fv - lower <= 1e-12 * (1.0 + fv.abs()) || g == 0.0 {
+                break;
+            }
+            if g < 0.0 {
+                l_pt = (p, fv, g);
+            } else {
+                r_pt = (p, fv, g);
+            }
+        }
+        Ok(Ok(self.recover_best(site, best_p)))
+    }
+
+    /// Runs a pass with cap `p`; returns `f(p)` and a subgradient, or `None` when infeasible.
+    fn eval_cap(&mut self, dt: f64, ip: &[f64], ep: &[f64], site: &SiteProblem, p: f64, dc: f64) -> Option<(f64, f64)> {
+        match self.pass(dt, ip, ep, site, p) {
+            Pass::Infeasible(_) => None,
+            Pass::Feasible => {
+                let (v, _) = self.cost_of_x(ip, ep, dt);
+                Some((v + dc * p, dc + self.cap_derivative(p, site.grid_import_max)))
+            }
+        }
+    }
+
+    fn recover_best(&mut self, site: &SiteProblem, cap: f64) -> SiteSolution {
+        std::mem::swap(&mut self.x, &mut self.best_x);
+        // Slots depend on the cap only through `u`.
+        let u = site.grid_import_max.min(cap);
+        for s in &mut self.slots {
+            s.u = u;
+        }
+        // Domains for clamping are those of the best cap; rebuild them.
+        let mut f = SlotFn::default();
+        for k in 0..self.slots.len() {
+            if self.slots[k].build(&mut f).is_ok() {
+                self.xl[k] = f.xl;
+                self.xr[k] = f.xr;
+            }
+        }
+        let sol = self.recover(site);
+        std::mem::swap(&mut self.x, &mut self.best_x);
+        sol
+    }
+
+    /// Turns `x` into a schedule; SoC is recomputed from charge and discharge.
+    fn recover(&self, site: &SiteProblem) -> SiteSolution {
+        let t = self.slots.len();
+        let mut sol = SiteSolution::zeros(site.id.clone(), t);
+        let mut s = site.battery.e0;
+        let mut max_gp: f64 = 0.0;
+        for (k, slot) in self.slots.iter().enumerate() {
+            let x = self.x[k].clamp(self.xl[k], self.xr[k]);
+            let (c, d, gp, gm) = slot.recover(x);
+            sol.charge[k] = c;
+            sol.discharge[k] = d;
+            sol.grid_import[k] = gp;
+            sol.grid_export[k] = gm;
+            s += slot.a * c - slot.b * d;
+            sol.soc_end[k] = s;
+            max_gp = max_gp.max(gp);
+        }
+        if site.demand_charge > 0.0 {
+            // The tightest cap the schedule allows; the objective charges exactly this peak.
+            sol.peak_import = Some(max_gp);
+        }
+        sol
+    }
+}
+
+/// `min_x h(x) - lam·x` for a built slot function.
+fn lagrangian_min(slot: &Slot, f: &SlotFn, lam: f64) -> f64 {
+    let mut v = -lam * f.xl;
+    let mut best = v;
+    for &(len, slope) in f.segs() {
+        v += (slope - lam) * len;
+        best = best.min(v);
+    }
+    best + slot_value_at(slot, f.xl)
+}
+
+/// `h(x)` at the left end of the slot's domain (cost of the cheapest flows for that `x`).
+fn slot_value_at(slot: &Slot, x: f64) -> f64 {
+    let fl = slot.recover(x);
+    // Prices are folded into g1/g2; recompute the grid part from them.
+    slot.grid_cost(slot.l + fl.0 - fl.1) + slot.delta * (fl.0 + fl.1)
+}
+
+fn slot_reason(id: &str, k: usize, slot: &Slot, why: SlotInfeasible, capped: bool) -> String {
+    match why {
+        SlotInfeasible::LoadAboveImport => format!(
+            "{id} slot {k}: net load {} kW exceeds grid import {} kW{} + battery discharge {} kW",
+            fmt_num(slot.l),
+            fmt_num(slot.u),
+            if capped { " (peak cap)" } else { "" },
+            fmt_num(slot.d)
+        ),
+        SlotInfeasible::SurplusAboveExport => format!(
+            "{id} slot {k}: PV surplus {} kW exceeds grid export {} kW + battery charge {} kW",
+            fmt_num(-slot.l),
+            fmt_num(slot.e),
+            fmt_num(slot.c)
+        ),
+    }
+}
+
+/// The exact DP as a [`Solver`]: handles any problem without a feeder, tracking or quadratic terms, solving each
+/// site independently (they share nothing else).
+#[derive(Debug, Clone, Default)]
+pub struct SiteDpSolver {}
+
+impl SiteDpSolver {
+    /// Whether this solver handles `problem`'s shape (no feeder, no tracking, no quadratic wear).
+    pub fn supports(problem: &FleetProblem) -> bool {
+        problem.feeder.is_none() && problem.is_linear()
+    }
+}
+
+impl Solver for SiteDpSolver {
+    fn solve(&self, problem: &FleetProblem) -> Result<FleetSolution> {
+        problem.validate()?;
+        if !Self::supports(problem) {
+            return Err(Error::Unsupported(
+                "the site DP handles problems without feeder, tracking or quadratic terms".into(),
+            ));
+        }
+        let start = Instant::now();
+        let mut dp = SiteDp::new();
+        let mut sites = Vec::with_capacity(problem.sites.len());
+        let mut passes = 0;
+        for site in &problem.sites {
+            let r = dp.solve_site(problem.dt, &problem.import_price, &problem.export_price, site)?;
+            passes += dp.passes();
+            match r {
+                Ok(s) => sites.push(s),
+                Err(reason) => {
+                    let diagnostics = Diagnostics {
+                        method: "site-dp".into(),
+                        iterations: passes,
+                        solve_seconds: start.elapsed().as_secs_f64(),
+                        ..Diagnostics::default()
+                    };
+                    return Ok(FleetSolution::infeasible(reason, diagnostics));
+                }
+            }
+        }
+        let mut solution = FleetSolution {
+            status: SolveStatus::Optimal,
+            objective: 0.0,
+            sites,
+            diagnostics: Diagnostics {
+                method: "site-dp".into(),
+                iterations: passes,
+                ..Diagnostics::default()
+            },
+        };
+        solution.objective = problem.objective(&solution);
+        solution.diagnostics.primal_residual = problem.max_violation(&solution);
+        solution.diagnostics.solve_seconds = start.elapsed().as_secs_f64();
+        Ok(solution)
+    }
+}
