@@ -18,6 +18,7 @@ mod error;
 pub mod ina226;
 pub mod safety;
 pub mod sbs;
+pub mod sunspec;
 pub mod sim;
 mod traits;
 
