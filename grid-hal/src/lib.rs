@@ -17,6 +17,8 @@ pub mod contactor;
 mod error;
 pub mod ina226;
 pub mod safety;
+#[cfg(feature = "rpi")]
+pub mod rpi;
 pub mod sbs;
 pub mod sunspec;
 pub mod sim;

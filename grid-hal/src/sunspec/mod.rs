@@ -29,7 +29,7 @@
 //! let cmd = storage.command(Power::from_kw(3.0)?, Duration::from_secs(60))?;
 //! assert_eq!(cmd.rates, [(-6000i16) as u16, 6000, 0, 60]); // OutWRte −60 %, InWRte 60 %, RvrtTms 60 s
 //! assert_eq!(cmd.stor_ctl_mod, 3);
-//! # Ok::<(), grid_hal::sunspec::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #[cfg(feature = "modbus")]
