@@ -1,0 +1,6 @@
+//! grid-sim: the fleet demo and the load tool. It wires the reference server, simulated agents
+//! and simulated batteries together in one process, on real price, load and PV data.
+
+pub mod baseline;
+pub mod report;
+pub mod scenario;
