@@ -1,0 +1,340 @@
+//! Feature engineering for day-ahead forecasts: calendar, lags, rolling statistics and clear-sky PV features.
+//!
+//! [`FeatureConfig::day_features`] computes the features of every slot of UTC day `D` from `history`,
+//! the series strictly before `D` (its last element is the last slot of `D - 1`). It can only index into
+//! that slice, so no value of `D` or later can reach a feature: the protocol holds by construction.
+//! Missing lag values are imputed (from the mean of the same slot over the previous week, else from the
+//! training profile of that slot) and flagged in `*_missing` features.
+
+use crate::forecast::calendar::{self, Country};
+use crate::forecast::solar::{self, Location};
+
+/// What the series measures; decides the sign constraints and the PV features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum SeriesKind {
+    /// Electric load (power drawn, kW or per-unit; positive = importing from the grid).
+    #[default]
+    Load,
+    /// PV generation (power produced, never negative).
+    Pv,
+    /// A market price (may be negative).
+    Price,
+}
+
+impl std::str::FromStr for SeriesKind {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "load" => Ok(Self::Load),
+            "pv" => Ok(Self::Pv),
+            "price" => Ok(Self::Price),
+            o => Err(crate::error::Error::invalid(
+                "kind",
+                format!("unknown kind `{o}` (load, pv or price)"),
+            )),
+        }
+    }
+}
+
+/// Number of equal blocks the previous day is summarised in (`prev_block_*` features).
+pub const PREV_DAY_BLOCKS: usize = 24;
+
+/// What the features of a series are computed from.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct FeatureConfig {
+    /// Slots per UTC day.
+    pub slots_per_day: usize,
+    /// Slot length in seconds.
+    pub step_seconds: i64,
+    /// What the series measures.
+    pub kind: SeriesKind,
+    /// Holiday calendar, if any.
+    pub country: Option<Country>,
+    /// Site location for the clear-sky PV features, if any.
+    pub location: Option<Location>,
+}
+
+/// The lag days used as features.
+pub const LAGS: [usize; 5] = [1, 2, 3, 7, 14];
+
+impl FeatureConfig {
+    /// Half-width (in slots) of the window the `*_smooth` features average over.
+    fn smooth_halfwidth(&self) -> usize {
+        (self.slots_per_day / 48).max(1)
+    }
+
+    /// Whether the clear-sky features are present.
+    fn has_solar(&self) -> bool {
+        self.location.is_some()
+    }
+
+    /// The names of the features, in column order.
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = [
+            "tod", "tod_sin1", "tod_cos1", "tod_sin2", "tod_cos2", "tod_sin3", "tod_cos3", "weekday",
+            "is_weekend", "is_holiday", "is_eve", "is_offday", "prev_is_offday", "lag7_is_offday",
+            "doy_sin", "doy_cos",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        n.extend((0..7).map(|d| format!("dow_{d}")));
+        for l in LAGS {
+            n.push(format!("lag{l}"));
+        }
+        for l in LAGS {
+            n.push(format!("lag{l}_missing"));
+        }
+        n.extend(
+            [
+                "lag1_smooth", "lag7_smooth", "mean7", "mean7_smooth", "mean_same_weekday4",
+                "mean_same_daytype14", "max14", "prev_mean", "prev_max", "prev_min", "prev_last",
+                "prev_last4h_mean",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        if self.has_solar() {
+            n.extend(["clear_sky_ghi", "clear_sky_x_prev_index", "clear_sky_x_week_index"].map(String::from));
+        }
+        n.extend((0..PREV_DAY_BLOCKS).map(|b| format!("prev_block_{b:02}")));
+        n
+    }
+
+    /// Number of features per slot.
+    pub fn n_features(&self) -> usize {
+        16 + 7 + 2 * LAGS.len() + 12 + if self.has_solar() { 3 } else { 0 } + PREV_DAY_BLOCKS
+    }
+
+    /// Columns of the features that vary within a day (everything except the `prev_block_*` summary),
+    /// used by models that do not fit one set of coefficients per time of day.
+    pub fn slot_columns(&self) -> Vec<usize> {
+        (0..self.n_features() - PREV_DAY_BLOCKS).collect()
+    }
+
+    /// Whether `day` is an off day (weekend or, with a calendar, a public holiday or Christmas/New Year's Eve).
+    fn is_offday(&self, day: i64) -> bool {
+        calendar::weekday(day) >= 5
+            || self.country.is_some_and(|c| calendar::is_holiday(c, day) || calendar::is_special_eve(day))
+    }
+
+    /// Computes the features of every slot of `day` into `out` (row-major, `slots_per_day × n_features`).
+    ///
+    /// `history` is the series strictly before `day`, with a whole number of days; `profile` holds one
+    /// fallback value per slot (e.g. the training mean of that time of day) for imputing gaps.
+    pub fn day_features(&self, history: &[f64], day: i64, profile: &[f64], out: &mut Vec<f64>) {
+        let spd = self.slots_per_day;
+        let nf = self.n_features();
+        let h = history.len();
+        debug_assert_eq!(h % spd, 0, "history must hold whole days");
+        out.clear();
+        out.resize(spd * nf, 0.0);
+        let w = self.smooth_halfwidth() as isize;
+        // Value at slot `s` (may be outside 0..spd) of `k` days back; None if absent, missing or not before `day`.
+        let at = |k: usize, s: isize| -> Option<f64> {
+            let j = h as isize - (k * spd) as isize + s;
+            if j < 0 || j >= h as isize {
+                return None;
+            }
+            let v = history[j as usize];
+            v.is_finite().then_some(v)
+        };
+        let mean_over = |days: &mut dyn Iterator<Item = usize>, s: isize, half: isize| -> Option<f64> {
+            let (mut sum, mut n) = (0.0, 0usize);
+            for k in days {
+                for ds in -half..=half {
+                    if let Some(v) = at(k, s + ds) {
+                        sum += v;
+                        n += 1;
+                    }
+                }
+            }
+            (n > 0).then(|| sum / n as f64)
+        };
+        let profile_mean = {
+            let p: Vec<f64> = profile.iter().copied().filter(|v| v.is_finite()).collect();
+            if p.is_empty() { 0.0 } else { p.iter().sum::<f64>() / p.len() as f64 }
+        };
+        let prof = |s: usize| profile.get(s).copied().filter(|v| v.is_finite()).unwrap_or(profile_mean);
+
+        // Day-level values.
+        let wd = calendar::weekday(day);
+        let doy = calendar::day_of_year(day) as f64;
+        let is_hol = self.country.is_some_and(|c| calendar::is_holiday(c, day));
+        let is_eve = calendar::is_special_eve(day);
+        let off_today = self.is_offday(day);
+        let off_prev = self.is_offday(day - 1);
+        let off_lag7 = self.is_offday(day - 7);
+        let same_type: Vec<usize> = (1..=14).filter(|&k| self.is_offday(day - k as i64) == off_today).collect();
+        let prev: Vec<f64> = (0..spd).filter_map(|s| at(1, s as isize)).collect();
+        let (prev_mean, prev_max, prev_min) = if prev.is_empty() {
+            (profile_mean, profile_mean, profile_mean)
+        } else {
+            (
+                prev.iter().sum::<f64>() / prev.len() as f64,
+                prev.iter().copied().fold(f64::MIN, f64::max),
+                prev.iter().copied().fold(f64::MAX, f64::min),
+            )
+        };
+        let prev_last = (0..spd).rev().find_map(|s| at(1, s as isize)).unwrap_or(prev_mean);
+        let last4h = (spd / 6).max(1);
+        let prev_last4h =
+            mean_over(&mut std::iter::once(1), (spd - 1 - last4h / 2) as isize, (last4h / 2) as isize)
+                .unwrap_or(prev_mean);
+        let block = spd.div_ceil(PREV_DAY_BLOCKS).max(1);
+        let blocks: Vec<f64> = (0..PREV_DAY_BLOCKS)
+            .map(|b| {
+                let lo = (b * spd / PREV_DAY_BLOCKS).min(spd - 1);
+                let vals: Vec<f64> = (lo..(lo + block).min(spd)).filter_map(|s| at(1, s as isize)).collect();
+                if vals.is_empty() { prev_mean } else { vals.iter().sum::<f64>() / vals.len() as f64 }
+            })
+            .collect();
+        // Clear-sky index of the previous day and week, for PV.
+        let step = self.step_seconds;
+        let cs_at = |d: i64, s: usize| {
+            self.location.map_or(0.0, |loc| {
+                solar::clear_sky_ghi(loc, d * 86_400 + s as i64 * step + step / 2)
+            })
+        };
+        let index_over = |days: std::ops::RangeInclusive<usize>| -> f64 {
+            let (mut e, mut c) = (0.0, 0.0);
+            for k in days {
+                for s in 0..spd {
+                    if let Some(v) = at(k, s as isize) {
+                        e += v;
+                        c += cs_at(day - k as i64, s);
+                    }
+                }
+            }
+            if c > 0.0 { e / c } else { 0.0 }
+        };
+        let (prev_index, week_index) =
+            if self.has_solar() { (index_over(1..=1), index_over(1..=7)) } else { (0.0, 0.0) };
+
+        for s in 0..spd {
+            let row = &mut out[s * nf..(s + 1) * nf];
+            let si = s as isize;
+            let mut c = 0;
+            let mut put = |v: f64| {
+                row[c] = v;
+                c += 1;
+            };
+            let tod = s as f64 / spd as f64;
+            let a = 2.0 * std::f64::consts::PI * tod;
+            put(tod);
+            put(a.sin());
+            put(a.cos());
+            put((2.0 * a).sin());
+            put((2.0 * a).cos());
+            put((3.0 * a).sin());
+            put((3.0 * a).cos());
+            put(f64::from(wd));
+            put(f64::from(u8::from(wd >= 5)));
+            put(f64::from(u8::from(is_hol)));
+            put(f64::from(u8::from(is_eve)));
+            put(f64::from(u8::from(off_today)));
+            put(f64::from(u8::from(off_prev)));
+            put(f64::from(u8::from(off_lag7)));
+            let ya = 2.0 * std::f64::consts::PI * doy / 365.25;
+            put(ya.sin());
+            put(ya.cos());
+            for d in 0..7 {
+                put(f64::from(u8::from(wd == d)));
+            }
+            let mean7 = mean_over(&mut (1..=7), si, 0);
+            let fallback = mean7.unwrap_or_else(|| prof(s));
+            let lags: [Option<f64>; 5] = LAGS.map(|k| at(k, si));
+            for l in lags {
+                put(l.unwrap_or(fallback));
+            }
+            for l in lags {
+                put(f64::from(u8::from(l.is_none())));
+            }
+            let lag1 = lags[0].unwrap_or(fallback);
+            let lag7 = lags[3].unwrap_or(fallback);
+            put(mean_over(&mut std::iter::once(1), si, w).unwrap_or(lag1));
+            put(mean_over(&mut std::iter::once(7), si, w).unwrap_or(lag7));
+            put(fallback);
+            put(mean_over(&mut (1..=7), si, w).unwrap_or(fallback));
+            put(mean_over(&mut [7usize, 14, 21, 28].into_iter(), si, w).unwrap_or(fallback));
+            put(mean_over(&mut same_type.iter().copied(), si, w).unwrap_or(fallback));
+            let max14 = (1..=14).filter_map(|k| at(k, si)).reduce(f64::max);
+            put(max14.unwrap_or(fallback));
+            put(prev_mean);
+            put(prev_max);
+            put(prev_min);
+            put(prev_last);
+            put(prev_last4h);
+            if self.has_solar() {
+                let cs = cs_at(day, s);
+                put(cs);
+                put(cs * prev_index);
+                put(cs * week_index);
+            }
+            for b in &blocks {
+                put(*b);
+            }
+            debug_assert_eq!(c, nf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(spd: usize) -> FeatureConfig {
+        FeatureConfig {
+            slots_per_day: spd,
+            step_seconds: 86_400 / spd as i64,
+            kind: SeriesKind::Load,
+            country: Some(Country::De),
+            location: Some(Location { latitude_deg: 50.0, longitude_deg: 10.0 }),
+        }
+    }
+
+    #[test]
+    fn names_match_count_and_lags_read_the_right_days() {
+        let c = cfg(24);
+        assert_eq!(c.names().len(), c.n_features());
+        let names = c.names();
+        let col = |n: &str| names.iter().position(|x| x == n).unwrap();
+        // history: 20 days, day k back has value 1000 + k at every slot.
+        let hist: Vec<f64> = (0..20).flat_map(|d| vec![1000.0 + (20 - d) as f64; 24]).collect();
+        let mut out = Vec::new();
+        c.day_features(&hist, 16_000, &[0.0; 24], &mut out);
+        let nf = c.n_features();
+        for s in 0..24 {
+            let r = &out[s * nf..(s + 1) * nf];
+            assert_eq!(r[col("lag1")], 1001.0);
+            assert_eq!(r[col("lag7")], 1007.0);
+            assert_eq!(r[col("lag14")], 1014.0);
+            assert_eq!(r[col("lag1_missing")], 0.0);
+            assert_eq!(r[col("prev_max")], 1001.0);
+            assert_eq!(r[col("max14")], 1014.0);
+        }
+    }
+
+    #[test]
+    fn gaps_are_imputed_and_flagged() {
+        let c = cfg(24);
+        let names = c.names();
+        let col = |n: &str| names.iter().position(|x| x == n).unwrap();
+        let mut hist = vec![5.0; 24 * 3];
+        hist[24 * 2 + 3] = f64::NAN; // day D-1, slot 3
+        let mut out = Vec::new();
+        c.day_features(&hist, 16_000, &[7.0; 24], &mut out);
+        let r = &out[3 * c.n_features()..4 * c.n_features()];
+        assert_eq!(r[col("lag1_missing")], 1.0);
+        assert_eq!(r[col("lag1")], 5.0); // mean of the same slot over the week
+        assert_eq!(r[col("lag7_missing")], 1.0);
+        assert!(out.iter().all(|v| v.is_finite()));
+        // No history at all: everything falls back to the profile.
+        c.day_features(&[], 16_000, &[7.0; 24], &mut out);
+        assert!(out.iter().all(|v| v.is_finite()));
+        assert_eq!(out[col("lag1")], 7.0);
+    }
+}

@@ -1,0 +1,612 @@
+//! Training, model selection, quantile calibration and the serialisable model artefact.
+//!
+//! [`train`] fits every candidate model on the data before a validation block, picks the one with the lowest
+//! validation MAE, calibrates P10/P90 offsets on its validation residuals (pinball loss, minimised with
+//! argmin's Brent method), and refits the chosen model on all data before `train_end_day`. Nothing at or
+//! after `train_end_day` is read.
+
+use crate::error::{Error, Result};
+use crate::forecast::calendar::Country;
+use crate::forecast::features::{FeatureConfig, SeriesKind};
+use crate::forecast::gbt::{Gbt, GbtLoss, GbtParams};
+use crate::forecast::metrics;
+use crate::forecast::ridge::{self, Dataset, Ridge, RidgeByHour};
+use crate::forecast::series::{Series, format_day};
+use crate::forecast::solar::Location;
+use argmin::core::{CostFunction, Executor};
+use argmin::solver::brent::BrentOpt;
+use std::rc::Rc;
+
+/// Version of the artefact layout; bump when a field changes meaning.
+pub const MODEL_FORMAT_VERSION: u32 = 1;
+
+/// A fitted point-forecast model.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "type", rename_all = "snake_case"))]
+pub enum Predictor {
+    /// One ridge regression for all slots.
+    Ridge(Ridge),
+    /// One ridge regression per hour of the day.
+    RidgeByHour(RidgeByHour),
+    /// Gradient-boosted trees.
+    Gbt(Gbt),
+    /// The mean of several predictors.
+    Ensemble(Vec<Predictor>),
+}
+
+impl Predictor {
+    /// Predicts one row of the full feature vector.
+    pub fn predict(&self, row: &[f64]) -> f64 {
+        match self {
+            Self::Ridge(m) => m.predict(row),
+            Self::RidgeByHour(m) => m.predict(row),
+            Self::Gbt(m) => m.predict(row),
+            Self::Ensemble(ms) => ms.iter().map(|m| m.predict(row)).sum::<f64>() / ms.len().max(1) as f64,
+        }
+    }
+}
+
+/// P10/P90 offsets from the P50 forecast, per hour of the day, learnt from out-of-sample residuals.
+///
+/// `lower[h]` and `upper[h]` are multiplied by the row's scale: 1, or in relative mode
+/// `|row[level_column]| + level_floor` (the recent level of the series).
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct IntervalCalibration {
+    /// Offset of P10 per hour (≤ 0).
+    pub lower: Vec<f64>,
+    /// Offset of P90 per hour (≥ 0).
+    pub upper: Vec<f64>,
+    /// Whether offsets scale with the recent level.
+    pub relative: bool,
+    /// Feature column of the level (relative mode).
+    pub level_column: usize,
+    /// Added to the level (relative mode).
+    pub level_floor: f64,
+}
+
+impl IntervalCalibration {
+    fn bounds(&self, row: &[f64], p50: f64) -> (f64, f64) {
+        let h = hour_of(row);
+        let s = if self.relative { row[self.level_column].abs() + self.level_floor } else { 1.0 };
+        (p50 + self.lower[h] * s, p50 + self.upper[h] * s)
+    }
+}
+
+fn hour_of(row: &[f64]) -> usize {
+    ((row[0] * 24.0 + 1e-9) as usize).min(23)
+}
+
+/// Point metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct PointMetrics {
+    /// Mean absolute error.
+    pub mae: f64,
+    /// Root mean squared error.
+    pub rmse: f64,
+    /// Symmetric MAPE in percent.
+    pub smape: f64,
+}
+
+impl PointMetrics {
+    /// Computes the metrics of paired values.
+    pub fn of(actual: &[f64], forecast: &[f64]) -> Self {
+        Self {
+            mae: metrics::mae(actual, forecast),
+            rmse: metrics::rmse(actual, forecast),
+            smape: metrics::smape(actual, forecast),
+        }
+    }
+}
+
+/// Validation scores recorded in the artefact.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ValidationMetrics {
+    /// The chosen model on the validation block (fitted before it).
+    pub model: PointMetrics,
+    /// 1-day seasonal naive on the same points.
+    pub naive_1d: PointMetrics,
+    /// 7-day seasonal naive on the same points.
+    pub naive_7d: PointMetrics,
+    /// Mean pinball loss of P10.
+    pub pinball_p10: f64,
+    /// Mean pinball loss of P90.
+    pub pinball_p90: f64,
+    /// Share of points inside P10–P90.
+    pub coverage_p10_p90: f64,
+    /// Validation points.
+    pub n: usize,
+    /// Validation MAE of every candidate, best first.
+    pub candidates: Vec<(String, f64)>,
+}
+
+/// What a stored model is: enough for a server to list, compare and activate versions.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ModelMetadata {
+    /// [`MODEL_FORMAT_VERSION`] at training time.
+    pub format_version: u32,
+    /// The chosen model, e.g. `gbt_abs` or `ensemble(ridge_by_hour+gbt_abs)`.
+    pub model_kind: String,
+    /// What the series measures.
+    pub series_kind: SeriesKind,
+    /// Column the model was trained on.
+    pub series_name: String,
+    /// Feature names, in column order.
+    pub features: Vec<String>,
+    /// First training day (`YYYY-MM-DD`, UTC).
+    pub training_from: String,
+    /// Last training day, inclusive.
+    pub training_to: String,
+    /// First day of the validation block the model was chosen on.
+    pub validation_from: String,
+    /// Training rows.
+    pub n_training_rows: usize,
+    /// Validation scores.
+    pub metrics: ValidationMetrics,
+}
+
+/// A trained day-ahead forecaster: features, predictor, interval calibration and metadata.
+///
+/// Serialisable (feature `serde`) so a server can store versions of it.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ForecastModel {
+    /// Metadata.
+    pub metadata: ModelMetadata,
+    /// How features are computed.
+    pub features: FeatureConfig,
+    /// Training mean per slot of the day, for imputing gaps.
+    pub profile: Vec<f64>,
+    /// The point (P50) model.
+    pub predictor: Predictor,
+    /// P10/P90 offsets.
+    pub intervals: IntervalCalibration,
+    /// Forecasts are clamped to at least this (0 for PV and non-negative loads).
+    pub clamp_min: Option<f64>,
+}
+
+/// A forecast of every slot of one UTC day.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DayForecast {
+    /// 10 % quantile per slot.
+    pub p10: Vec<f64>,
+    /// Median (point forecast) per slot.
+    pub p50: Vec<f64>,
+    /// 90 % quantile per slot.
+    pub p90: Vec<f64>,
+}
+
+/// What to train.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// What the series measures.
+    pub kind: SeriesKind,
+    /// Holiday calendar.
+    pub country: Option<Country>,
+    /// Location for clear-sky features.
+    pub location: Option<Location>,
+    /// First day NOT used (days since the epoch): training reads only data strictly before it.
+    pub train_end_day: i64,
+    /// Validation block length in days; `None` = a quarter of the training days, clamped to 7..=56.
+    pub validation_days: Option<usize>,
+}
+
+/// Minimum number of days before `train_end_day`.
+pub const MIN_TRAINING_DAYS: i64 = 14;
+
+impl ForecastModel {
+    /// Forecasts every slot of `day` from `history`, the series strictly before `day` (whole days).
+    ///
+    /// # Example
+    /// ```
+    /// use grid_optimize::forecast::{model::{train, TrainConfig}, series::Series, SeriesKind};
+    /// // 60 days of an hourly series with a daily cycle.
+    /// let v: Vec<f64> = (0..60 * 24).map(|i| 2.0 + ((i % 24) as f64 / 24.0 * 6.28).sin()).collect();
+    /// let s = Series::from_values("demo", 19_000, 3600, v).unwrap();
+    /// let cfg = TrainConfig { kind: SeriesKind::Load, country: None, location: None,
+    ///     train_end_day: 19_050, validation_days: None };
+    /// let model = train(&s, &cfg, &mut |_| {}).unwrap();
+    /// let f = model.forecast_day(s.history_before(19_050), 19_050);
+    /// assert_eq!(f.p50.len(), 24);
+    /// assert!((f.p50[6] - 3.0).abs() < 0.1);
+    /// assert!(f.p10[6] <= f.p50[6] && f.p50[6] <= f.p90[6]);
+    /// ```
+    pub fn forecast_day(&self, history: &[f64], day: i64) -> DayForecast {
+        let mut scratch = Vec::new();
+        let mut out = DayForecast::default();
+        self.forecast_day_into(history, day, &mut scratch, &mut out);
+        out
+    }
+
+    /// [`ForecastModel::forecast_day`] reusing buffers (no allocation once warm).
+    pub fn forecast_day_into(&self, history: &[f64], day: i64, scratch: &mut Vec<f64>, out: &mut DayForecast) {
+        let spd = self.features.slots_per_day;
+        let whole = history.len() - history.len() % spd;
+        let history = &history[..whole];
+        self.features.day_features(history, day, &self.profile, scratch);
+        let nf = self.features.n_features();
+        out.p10.clear();
+        out.p50.clear();
+        out.p90.clear();
+        for s in 0..spd {
+            let row = &scratch[s * nf..(s + 1) * nf];
+            let (lo, mid, hi) = self.predict_row(row);
+            out.p10.push(lo);
+            out.p50.push(mid);
+            out.p90.push(hi);
+        }
+    }
+
+    fn predict_row(&self, row: &[f64]) -> (f64, f64, f64) {
+        let raw = self.predictor.predict(row);
+        postprocess(self, row, raw)
+    }
+}
+
+fn postprocess(m: &ForecastModel, row: &[f64], raw: f64) -> (f64, f64, f64) {
+    let night = m.features.kind == SeriesKind::Pv && row[max14_column(&m.features)] <= 0.0;
+    if night {
+        return (0.0, 0.0, 0.0);
+    }
+    let mut p50 = raw;
+    if let Some(c) = m.clamp_min {
+        p50 = p50.max(c);
+    }
+    let (mut lo, mut hi) = m.intervals.bounds(row, p50);
+    if let Some(c) = m.clamp_min {
+        lo = lo.max(c);
+        hi = hi.max(c);
+    }
+    (lo.min(p50), p50, hi.max(p50))
+}
+
+fn column(cfg: &FeatureConfig, name: &str) -> usize {
+    cfg.names().iter().position(|n| n == name).unwrap_or(0)
+}
+
+fn max14_column(cfg: &FeatureConfig) -> usize {
+    column(cfg, "max14")
+}
+
+/// Rows of the days in `days` (features from the data strictly before each day), with their day and whether
+/// the slot is scored (actual, 1-day and 7-day-earlier values all present).
+struct Rows {
+    data: Dataset,
+    day: Vec<i64>,
+    scored: Vec<bool>,
+}
+
+fn build_rows(series: &Series, cfg: &FeatureConfig, profile: &[f64], days: std::ops::Range<i64>) -> Rows {
+    let nf = cfg.n_features();
+    let mut rows = Rows { data: Dataset { n_features: nf, ..Default::default() }, day: vec![], scored: vec![] };
+    let mut buf = Vec::new();
+    for d in days {
+        let Some(actual) = series.day(d) else { continue };
+        if actual.iter().all(|v| !v.is_finite()) {
+            continue;
+        }
+        cfg.day_features(series.history_before(d), d, profile, &mut buf);
+        let lag = |k: i64, s: usize| series.day(d - k).is_some_and(|x| x[s].is_finite());
+        for (s, &y) in actual.iter().enumerate() {
+            if y.is_finite() {
+                rows.data.x.extend_from_slice(&buf[s * nf..(s + 1) * nf]);
+                rows.data.y.push(y);
+                rows.day.push(d);
+                rows.scored.push(lag(1, s) && lag(7, s));
+            }
+        }
+    }
+    rows
+}
+
+struct Candidate {
+    name: String,
+    fitted: Predictor,
+    refit: Rc<dyn Fn(&Dataset) -> Result<Predictor>>,
+    val_pred: Vec<f64>,
+    mae: f64,
+}
+
+/// Mean pinball loss of `p50 + a * offset * scale` as a function of `a`, for Brent's method.
+struct ScaleCost<'a> {
+    alpha: f64,
+    y: &'a [f64],
+    p50: &'a [f64],
+    off: &'a [f64],
+}
+
+impl CostFunction for ScaleCost<'_> {
+    type Param = f64;
+    type Output = f64;
+    fn cost(&self, a: &f64) -> std::result::Result<f64, argmin::core::Error> {
+        let n = self.y.len().max(1) as f64;
+        Ok(self
+            .y
+            .iter()
+            .zip(self.p50.iter().zip(self.off))
+            .map(|(y, (p, o))| metrics::pinball(self.alpha, *y, p + a * o))
+            .sum::<f64>()
+            / n)
+    }
+}
+
+fn brent_scale(alpha: f64, y: &[f64], p50: &[f64], off: &[f64]) -> f64 {
+    let cost = ScaleCost { alpha, y, p50, off };
+    Executor::new(cost, BrentOpt::new(0.0, 4.0))
+        .configure(|s| s.max_iters(60))
+        .run()
+        .ok()
+        .and_then(|r| r.state().best_param)
+        .unwrap_or(1.0)
+}
+
+/// Fits interval offsets on validation residuals; tries absolute and level-relative offsets and keeps the
+/// one with the lower summed P10 + P90 pinball loss.
+fn calibrate(
+    rows: &[&[f64]],
+    y: &[f64],
+    p50: &[f64],
+    level_column: usize,
+    level_floor: f64,
+) -> IntervalCalibration {
+    let mut best: Option<(f64, IntervalCalibration)> = None;
+    for relative in [false, true] {
+        let scale: Vec<f64> =
+            rows.iter().map(|r| if relative { r[level_column].abs() + level_floor } else { 1.0 }).collect();
+        let z: Vec<f64> = y.iter().zip(p50).zip(&scale).map(|((y, p), s)| (y - p) / s).collect();
+        let mut all = z.clone();
+        let g_lo = metrics::quantile(&mut all, 0.1).min(0.0);
+        let g_hi = metrics::quantile(&mut all, 0.9).max(0.0);
+        let mut lower = vec![g_lo; 24];
+        let mut upper = vec![g_hi; 24];
+        for h in 0..24 {
+            let mut zh: Vec<f64> = rows.iter().zip(&z).filter(|(r, _)| hour_of(r) == h).map(|(_, z)| *z).collect();
+            if zh.len() >= 10 {
+                lower[h] = metrics::quantile(&mut zh, 0.1).min(0.0);
+                upper[h] = metrics::quantile(&mut zh, 0.9).max(0.0);
+            }
+        }
+        let off_lo: Vec<f64> = rows.iter().zip(&scale).map(|(r, s)| lower[hour_of(r)] * s).collect();
+        let off_hi: Vec<f64> = rows.iter().zip(&scale).map(|(r, s)| upper[hour_of(r)] * s).collect();
+        let a_lo = brent_scale(0.1, y, p50, &off_lo);
+        let a_hi = brent_scale(0.9, y, p50, &off_hi);
+        lower.iter_mut().for_each(|v| *v *= a_lo);
+        upper.iter_mut().for_each(|v| *v *= a_hi);
+        let loss: f64 = (0..y.len())
+            .map(|i| {
+                metrics::pinball(0.1, y[i], p50[i] + a_lo * off_lo[i])
+                    + metrics::pinball(0.9, y[i], p50[i] + a_hi * off_hi[i])
+            })
+            .sum();
+        let cal = IntervalCalibration { lower, upper, relative, level_column, level_floor };
+        if best.as_ref().is_none_or(|b| loss < b.0) {
+            best = Some((loss, cal));
+        }
+    }
+    best.map(|b| b.1).unwrap_or(IntervalCalibration {
+        lower: vec![0.0; 24],
+        upper: vec![0.0; 24],
+        relative: false,
+        level_column,
+        level_floor,
+    })
+}
+
+/// Trains a forecaster on the data of `series` strictly before `cfg.train_end_day`.
+///
+/// `progress` receives short human-readable status lines (the CLI prints them on stderr).
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming `test_from` when there are fewer than [`MIN_TRAINING_DAYS`] days (or fewer
+/// than 7 days of values) before `train_end_day`; [`Error::Unsupported`] if a fit fails numerically.
+pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str)) -> Result<ForecastModel> {
+    let spd = series.slots_per_day();
+    let end = cfg.train_end_day;
+    let n_pre = end - series.first_day;
+    let observed = series.history_before(end).iter().filter(|v| v.is_finite()).count();
+    if n_pre < MIN_TRAINING_DAYS || observed < 7 * spd {
+        return Err(Error::invalid(
+            "test_from",
+            format!(
+                "too little training data: {} day(s) and {} value(s) before {}; need at least {MIN_TRAINING_DAYS} days with 7 days of values",
+                n_pre.max(0),
+                observed,
+                format_day(end)
+            ),
+        ));
+    }
+    let v_days = cfg.validation_days.map_or_else(|| (n_pre / 4).clamp(7, 56), |v| v as i64).clamp(1, n_pre - 7);
+    let val_start = end - v_days;
+    let fc = FeatureConfig {
+        slots_per_day: spd,
+        step_seconds: series.step_seconds,
+        kind: cfg.kind,
+        country: cfg.country,
+        location: cfg.location,
+    };
+    // Per-slot training profile (fallback for gaps), from the data before the validation block only.
+    let mut profile = vec![0.0; spd];
+    let mut counts = vec![0usize; spd];
+    for (i, v) in series.history_before(val_start).iter().enumerate() {
+        if v.is_finite() {
+            profile[i % spd] += v;
+            counts[i % spd] += 1;
+        }
+    }
+    let total: f64 = profile.iter().sum::<f64>();
+    let total_n: usize = counts.iter().sum();
+    let overall = if total_n > 0 { total / total_n as f64 } else { 0.0 };
+    for (p, c) in profile.iter_mut().zip(&counts) {
+        *p = if *c > 0 { *p / *c as f64 } else { overall };
+    }
+    progress(&format!(
+        "features: {} training days, validation {}..{}",
+        n_pre,
+        format_day(val_start),
+        format_day(end - 1)
+    ));
+    let rows = build_rows(series, &fc, &profile, series.first_day + 1..end);
+    let all = &rows.data;
+    let train_set = all.select(|i, _| rows.day[i] < val_start);
+    let val_all = all.select(|i, _| rows.day[i] >= val_start);
+    let val = all.select(|i, _| rows.day[i] >= val_start && rows.scored[i]);
+    let val = if val.len() >= spd { val } else { val_all };
+    if train_set.len() < 2 * spd || val.is_empty() {
+        return Err(Error::invalid("test_from", "too little training data before the validation block"));
+    }
+    let nonneg = all.y.iter().all(|v| *v >= 0.0);
+    let clamp_min = match cfg.kind {
+        SeriesKind::Pv => Some(0.0),
+        SeriesKind::Load if nonneg => Some(0.0),
+        _ => None,
+    };
+
+    let slot_cols = fc.slot_columns();
+    let all_cols: Vec<usize> = (0..fc.n_features()).collect();
+    let mut cands: Vec<Candidate> = Vec::new();
+    let eval = |p: &Predictor| -> Vec<f64> { (0..val.len()).map(|i| p.predict(val.row(i))).collect() };
+
+    progress("fitting ridge");
+    let lam = ridge::tune_lambda(&train_set, &val, &slot_cols)?;
+    let p = Predictor::Ridge(Ridge::fit(&train_set, &slot_cols, lam)?);
+    let c2 = slot_cols.clone();
+    cands.push(Candidate {
+        name: "ridge".into(),
+        val_pred: eval(&p),
+        fitted: p,
+        refit: Rc::new(move |d| Ok(Predictor::Ridge(Ridge::fit(d, &c2, lam)?))),
+        mae: 0.0,
+    });
+    progress("fitting ridge_by_hour");
+    if train_set.len() >= 24 * 2 * all_cols.len().min(40) {
+        let lam = ridge::tune_lambda_by_hour(&train_set, &val, &all_cols)?;
+        if let Ok(m) = RidgeByHour::fit(&train_set, &all_cols, lam) {
+            let p = Predictor::RidgeByHour(m);
+            let c2 = all_cols.clone();
+            cands.push(Candidate {
+                name: "ridge_by_hour".into(),
+                val_pred: eval(&p),
+                fitted: p,
+                refit: Rc::new(move |d| Ok(Predictor::RidgeByHour(RidgeByHour::fit(d, &c2, lam)?))),
+                mae: 0.0,
+            });
+        }
+    }
+    for (name, loss) in [("gbt_abs", GbtLoss::Absolute), ("gbt_sq", GbtLoss::Squared)] {
+        progress(&format!("fitting {name}"));
+        let params = GbtParams { loss, ..GbtParams::default() };
+        let (m, _) = Gbt::fit(&train_set, &slot_cols, &params, Some(&val));
+        let n_trees = m.trees.len();
+        let p = Predictor::Gbt(m);
+        let c2 = slot_cols.clone();
+        let refit_params = GbtParams { n_trees, ..params };
+        cands.push(Candidate {
+            name: name.into(),
+            val_pred: eval(&p),
+            fitted: p,
+            refit: Rc::new(move |d| Ok(Predictor::Gbt(Gbt::fit(d, &c2, &refit_params, None).0))),
+            mae: 0.0,
+        });
+    }
+    let post = |pred: &[f64]| -> Vec<f64> {
+        (0..val.len())
+            .map(|i| {
+                let row = val.row(i);
+                let mut v = pred[i];
+                if fc.kind == SeriesKind::Pv && row[max14_column(&fc)] <= 0.0 {
+                    v = 0.0;
+                }
+                clamp_min.map_or(v, |c| v.max(c))
+            })
+            .collect()
+    };
+    for c in &mut cands {
+        c.mae = metrics::mae(&val.y, &post(&c.val_pred));
+    }
+    // Ensemble of the best linear and the best tree model.
+    let best_of = |pre: &str| {
+        cands
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.name.starts_with(pre))
+            .min_by(|a, b| a.1.mae.total_cmp(&b.1.mae))
+            .map(|(i, _)| i)
+    };
+    if let (Some(a), Some(b)) = (best_of("ridge"), best_of("gbt")) {
+        let vp: Vec<f64> = cands[a].val_pred.iter().zip(&cands[b].val_pred).map(|(x, y)| 0.5 * (x + y)).collect();
+        let mae = metrics::mae(&val.y, &post(&vp));
+        let name = format!("ensemble({}+{})", cands[a].name, cands[b].name);
+        let fitted = Predictor::Ensemble(vec![cands[a].fitted.clone(), cands[b].fitted.clone()]);
+        let (ra, rb) = (cands[a].refit.clone(), cands[b].refit.clone());
+        cands.push(Candidate {
+            name,
+            fitted,
+            val_pred: vp,
+            refit: Rc::new(move |d| Ok(Predictor::Ensemble(vec![ra(d)?, rb(d)?]))),
+            mae,
+        });
+    }
+    cands.sort_by(|a, b| a.mae.total_cmp(&b.mae));
+    let best = cands.swap_remove(0);
+    let mut ranking: Vec<(String, f64)> = std::iter::once((best.name.clone(), best.mae))
+        .chain(cands.iter().map(|c| (c.name.clone(), c.mae)))
+        .collect();
+    ranking[1..].sort_by(|a, b| a.1.total_cmp(&b.1));
+    progress(&format!("chose {} (validation MAE {:.5})", best.name, best.mae));
+
+    // Intervals from the chosen model's out-of-sample validation residuals.
+    let val_rows: Vec<&[f64]> = (0..val.len()).map(|i| val.row(i)).collect();
+    let p50 = post(&best.val_pred);
+    let level_column = column(&fc, "mean7_smooth");
+    let level_floor = 0.1 * all.y.iter().map(|v| v.abs()).sum::<f64>() / all.len().max(1) as f64;
+    let intervals = calibrate(&val_rows, &val.y, &p50, level_column, level_floor);
+
+    let lag = |name: &str| column(&fc, name);
+    let n1: Vec<f64> = val_rows.iter().map(|r| r[lag("lag1")]).collect();
+    let n7: Vec<f64> = val_rows.iter().map(|r| r[lag("lag7")]).collect();
+
+    progress(&format!("refitting {} on all {} rows", best.name, all.len()));
+    let predictor = (best.refit)(all)?;
+    let mut model = ForecastModel {
+        metadata: ModelMetadata {
+            format_version: MODEL_FORMAT_VERSION,
+            model_kind: best.name.clone(),
+            series_kind: cfg.kind,
+            series_name: series.name.clone(),
+            features: fc.names(),
+            training_from: format_day(series.first_day),
+            training_to: format_day(end - 1),
+            validation_from: format_day(val_start),
+            n_training_rows: all.len(),
+            metrics: ValidationMetrics {
+                model: PointMetrics::of(&val.y, &p50),
+                naive_1d: PointMetrics::of(&val.y, &n1),
+                naive_7d: PointMetrics::of(&val.y, &n7),
+                n: val.len(),
+                candidates: ranking,
+                ..Default::default()
+            },
+        },
+        features: fc,
+        profile,
+        predictor: best.fitted,
+        intervals,
+        clamp_min,
+    };
+    // Interval scores on validation, with the pre-refit model the calibration was fitted on.
+    let (mut lo, mut hi) = (Vec::new(), Vec::new());
+    for (r, p) in val_rows.iter().zip(&best.val_pred) {
+        let (l, _, h) = postprocess(&model, r, *p);
+        lo.push(l);
+        hi.push(h);
+    }
+    model.metadata.metrics.pinball_p10 = metrics::mean_pinball(0.1, &val.y, &lo);
+    model.metadata.metrics.pinball_p90 = metrics::mean_pinball(0.9, &val.y, &hi);
+    model.metadata.metrics.coverage_p10_p90 = metrics::coverage(&val.y, &lo, &hi);
+    model.predictor = predictor;
+    Ok(model)
+}
