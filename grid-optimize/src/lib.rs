@@ -4,7 +4,6 @@
 
 pub mod error;
 pub mod forecast;
-pub mod ipm;
 pub mod problem;
 pub mod site_dp;
 pub mod solution;
