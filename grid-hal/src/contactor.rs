@@ -56,7 +56,11 @@ pub struct GpioContactor<P> {
 impl<P: OutputPin> GpioContactor<P> {
     /// Takes the pin and drives it to the open (inactive) level.
     pub fn new(pin: P, level: ActiveLevel) -> Result<Self, Error<P::Error>> {
-        let mut c = Self { pin, level, closed: true };
+        let mut c = Self {
+            pin,
+            level,
+            closed: true,
+        };
         crate::Contactor::open(&mut c)?;
         Ok(c)
     }
@@ -68,7 +72,12 @@ impl<P: OutputPin> GpioContactor<P> {
 
     fn drive(&mut self, closed: bool) -> Result<(), Error<P::Error>> {
         let high = closed == (self.level == ActiveLevel::High);
-        if high { self.pin.set_high() } else { self.pin.set_low() }.map_err(Error)?;
+        if high {
+            self.pin.set_high()
+        } else {
+            self.pin.set_low()
+        }
+        .map_err(Error)?;
         self.closed = closed;
         Ok(())
     }
@@ -119,8 +128,7 @@ mod tests {
     fn a_failed_write_keeps_the_last_known_state() {
         let pin = Mock::new(&[
             Transaction::set(State::Low),
-            Transaction::set(State::High)
-                .with_error(MockError::Io(std::io::ErrorKind::BrokenPipe)),
+            Transaction::set(State::High).with_error(MockError::Io(std::io::ErrorKind::BrokenPipe)),
         ]);
         let mut k = GpioContactor::new(pin, ActiveLevel::High).unwrap();
         let err = k.close().unwrap_err();

@@ -120,7 +120,11 @@ pub(crate) fn check_range(
     if value.is_finite() && value >= lo && value <= hi {
         Ok(value)
     } else {
-        Err(Error::InvalidConfig { field, value, expected })
+        Err(Error::InvalidConfig {
+            field,
+            value,
+            expected,
+        })
     }
 }
 

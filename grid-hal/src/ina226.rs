@@ -153,17 +153,39 @@ impl Ina226Config {
     pub fn calibration(&self) -> crate::Result<u16> {
         let lsb = self.max_current_a / 32768.0;
         let cal = (0.00512 / (lsb * self.shunt_ohms)).round();
-        check_range("ina226.calibration", cal, 1.0, 32767.0, "1..=32767 (choose another shunt or max_current_a)")?;
+        check_range(
+            "ina226.calibration",
+            cal,
+            1.0,
+            32767.0,
+            "1..=32767 (choose another shunt or max_current_a)",
+        )?;
         Ok(cal as u16)
     }
 
     /// Checks the configuration and computes the calibration, before any bus is handed over.
     pub fn validate(self) -> crate::Result<ValidConfig> {
-        check_range("ina226.shunt_ohms", self.shunt_ohms, f64::MIN_POSITIVE, 1.0e3, "> 0 Ω")?;
-        check_range("ina226.max_current_a", self.max_current_a, f64::MIN_POSITIVE, 1.0e6, "> 0 A")?;
+        check_range(
+            "ina226.shunt_ohms",
+            self.shunt_ohms,
+            f64::MIN_POSITIVE,
+            1.0e3,
+            "> 0 Ω",
+        )?;
+        check_range(
+            "ina226.max_current_a",
+            self.max_current_a,
+            f64::MIN_POSITIVE,
+            1.0e6,
+            "> 0 A",
+        )?;
         let calibration = self.calibration()?;
         let current_lsb_a = 0.00512 / (f64::from(calibration) * self.shunt_ohms);
-        Ok(ValidConfig { config: self, calibration, current_lsb_a })
+        Ok(ValidConfig {
+            config: self,
+            calibration,
+            current_lsb_a,
+        })
     }
 }
 
@@ -204,7 +226,10 @@ impl<E: core::fmt::Debug> core::fmt::Display for Error<E> {
         match self {
             Error::I2c(e) => write!(f, "I2C error: {e:?}"),
             Error::WrongDevice { manufacturer, die } => {
-                write!(f, "not an INA226: manufacturer id {manufacturer:#06x}, die id {die:#06x}")
+                write!(
+                    f,
+                    "not an INA226: manufacturer id {manufacturer:#06x}, die id {die:#06x}"
+                )
             }
         }
     }
@@ -224,8 +249,17 @@ pub struct Ina226<I2C> {
 impl<I2C: I2c> Ina226<I2C> {
     /// Takes the bus (no traffic yet). Call [`Ina226::init`] before reading.
     pub fn new(i2c: I2C, config: ValidConfig) -> Self {
-        let ValidConfig { config, calibration, current_lsb_a } = config;
-        Self { i2c, config, calibration, current_lsb_a }
+        let ValidConfig {
+            config,
+            calibration,
+            current_lsb_a,
+        } = config;
+        Self {
+            i2c,
+            config,
+            calibration,
+            current_lsb_a,
+        }
     }
 
     /// Gives the bus back.
@@ -257,14 +291,18 @@ impl<I2C: I2c> Ina226<I2C> {
     /// Reads a 16-bit register (pointer write, repeated start, MSB, LSB).
     pub fn read_register(&mut self, reg: u8) -> Result<u16, Error<I2C::Error>> {
         let mut buf = [0u8; 2];
-        self.i2c.write_read(self.config.address, &[reg], &mut buf).map_err(Error::I2c)?;
+        self.i2c
+            .write_read(self.config.address, &[reg], &mut buf)
+            .map_err(Error::I2c)?;
         Ok(u16::from_be_bytes(buf))
     }
 
     /// Writes a 16-bit register (pointer, MSB, LSB).
     pub fn write_register(&mut self, reg: u8, value: u16) -> Result<(), Error<I2C::Error>> {
         let [hi, lo] = value.to_be_bytes();
-        self.i2c.write(self.config.address, &[reg, hi, lo]).map_err(Error::I2c)
+        self.i2c
+            .write(self.config.address, &[reg, hi, lo])
+            .map_err(Error::I2c)
     }
 
     fn sign(&self) -> f64 {
@@ -283,7 +321,9 @@ impl<I2C: I2c> Ina226<I2C> {
 
     /// Current in A (signed; positive = charging / importing unless `invert`).
     pub fn current_a(&mut self) -> Result<f64, Error<I2C::Error>> {
-        Ok(self.sign() * f64::from(self.read_register(register::CURRENT)? as i16) * self.current_lsb_a)
+        Ok(self.sign()
+            * f64::from(self.read_register(register::CURRENT)? as i16)
+            * self.current_lsb_a)
     }
 
     /// Power magnitude in W as the chip computes it (25 × Current_LSB per LSB; always ≥ 0).
@@ -297,8 +337,14 @@ impl<I2C: I2c> Ina226<I2C> {
         let voltage_v = self.bus_voltage_v()?;
         let current_a = self.current_a()?;
         let magnitude_w = self.power_magnitude_w()?;
-        let power_kw = if current_a < 0.0 { -magnitude_w } else { magnitude_w } / 1000.0;
-        Ok(crate::MeterReading::from_raw(power_kw, voltage_v, current_a))
+        let power_kw = if current_a < 0.0 {
+            -magnitude_w
+        } else {
+            magnitude_w
+        } / 1000.0;
+        Ok(crate::MeterReading::from_raw(
+            power_kw, voltage_v, current_a,
+        ))
     }
 }
 
@@ -321,7 +367,11 @@ mod tests {
     const A: u8 = DEFAULT_ADDRESS;
 
     fn config() -> Ina226Config {
-        Ina226Config { shunt_ohms: 0.002, max_current_a: 32.768, ..Ina226Config::default() }
+        Ina226Config {
+            shunt_ohms: 0.002,
+            max_current_a: 32.768,
+            ..Ina226Config::default()
+        }
     }
 
     fn init_transactions() -> Vec<Transaction> {
@@ -336,16 +386,42 @@ mod tests {
     #[test]
     fn configuration_word_and_calibration_follow_the_datasheet() {
         assert_eq!(Ina226Config::default().configuration_word(), 0x4527);
-        let c = Ina226Config { averaging: Averaging::N1, bus_conversion: ConversionTime::Us140, shunt_conversion: ConversionTime::Us8244, ..config() };
+        let c = Ina226Config {
+            averaging: Averaging::N1,
+            bus_conversion: ConversionTime::Us140,
+            shunt_conversion: ConversionTime::Us8244,
+            ..config()
+        };
         assert_eq!(c.configuration_word(), 0x4000 | 0b111 << 3 | 0b111);
         assert_eq!(config().calibration().unwrap(), 2560);
         // 20 A on 2 mΩ: Current_LSB = 610.35 µA, CAL = 4194.3 → 4194.
         assert_eq!(Ina226Config::default().calibration().unwrap(), 4194);
         // 0.1 mΩ and 1 A full scale would need CAL = 1.6 M: rejected, naming the field.
-        let err = Ina226Config { shunt_ohms: 0.0001, max_current_a: 1.0, ..config() }.validate();
-        assert!(matches!(err, Err(crate::Error::InvalidConfig { field: "ina226.calibration", .. })));
-        let err = Ina226Config { shunt_ohms: f64::NAN, ..config() }.validate();
-        assert!(matches!(err, Err(crate::Error::InvalidConfig { field: "ina226.shunt_ohms", .. })));
+        let err = Ina226Config {
+            shunt_ohms: 0.0001,
+            max_current_a: 1.0,
+            ..config()
+        }
+        .validate();
+        assert!(matches!(
+            err,
+            Err(crate::Error::InvalidConfig {
+                field: "ina226.calibration",
+                ..
+            })
+        ));
+        let err = Ina226Config {
+            shunt_ohms: f64::NAN,
+            ..config()
+        }
+        .validate();
+        assert!(matches!(
+            err,
+            Err(crate::Error::InvalidConfig {
+                field: "ina226.shunt_ohms",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -374,7 +450,15 @@ mod tests {
             Transaction::write_read(A, vec![0x04], vec![0xEC, 0x78]),
             Transaction::write_read(A, vec![0x03], vec![0x09, 0x60]),
         ];
-        let mut m = Ina226::new(Mock::new(&t), Ina226Config { invert: true, ..config() }.validate().unwrap());
+        let mut m = Ina226::new(
+            Mock::new(&t),
+            Ina226Config {
+                invert: true,
+                ..config()
+            }
+            .validate()
+            .unwrap(),
+        );
         let r = m.read().unwrap();
         assert!((r.power.kw() - 0.060).abs() < 1e-12);
         m.release().done();
@@ -388,7 +472,13 @@ mod tests {
         ];
         let mut m = Ina226::new(Mock::new(&t), config().validate().unwrap());
         let err = m.init().unwrap_err();
-        assert_eq!(err, Error::WrongDevice { manufacturer: 0x5449, die: 0x2270 });
+        assert_eq!(
+            err,
+            Error::WrongDevice {
+                manufacturer: 0x5449,
+                die: 0x2270
+            }
+        );
         assert_eq!(err.kind(), ErrorKind::Integrity);
         m.release().done();
     }

@@ -16,15 +16,17 @@
 pub mod contactor;
 mod error;
 pub mod ina226;
-pub mod safety;
 #[cfg(feature = "rpi")]
 pub mod rpi;
+pub mod safety;
 pub mod sbs;
-pub mod sunspec;
 pub mod sim;
+pub mod sunspec;
 mod traits;
 
 pub use error::{Error, ErrorKind, ErrorType, HalError, Result};
-pub use traits::{BatteryController, BatteryMonitor, BatteryState, Contactor, MeterReading, PowerMeter};
-pub use sim::{Fault, SimBattery, SimConfig};
 pub use safety::{LimitReason, SafeBattery, SafetyConfig, SafetyEvent, SafetyGuard, TickReport};
+pub use sim::{Fault, SimBattery, SimConfig};
+pub use traits::{
+    BatteryController, BatteryMonitor, BatteryState, Contactor, MeterReading, PowerMeter,
+};

@@ -33,9 +33,8 @@ pub enum RpiError {
 impl HalError for RpiError {
     fn kind(&self) -> ErrorKind {
         match self {
-            RpiError::I2c(rppal::i2c::Error::UnknownModel) | RpiError::Gpio(rppal::gpio::Error::UnknownModel) => {
-                ErrorKind::Unsupported
-            }
+            RpiError::I2c(rppal::i2c::Error::UnknownModel)
+            | RpiError::Gpio(rppal::gpio::Error::UnknownModel) => ErrorKind::Unsupported,
             RpiError::I2c(_) | RpiError::Gpio(_) => ErrorKind::Bus,
         }
     }
@@ -62,7 +61,11 @@ impl ErrorType for RpiI2c {
 }
 
 impl I2c<SevenBitAddress> for RpiI2c {
-    fn transaction(&mut self, address: u8, operations: &mut [Operation<'_>]) -> Result<(), Self::Error> {
+    fn transaction(
+        &mut self,
+        address: u8,
+        operations: &mut [Operation<'_>],
+    ) -> Result<(), Self::Error> {
         self.0.set_slave_address(u16::from(address))?;
         match operations {
             [Operation::Write(w), Operation::Read(r)] => self.0.write_read(w, r),
@@ -92,7 +95,10 @@ pub fn output_pin(bcm: u8) -> Result<rppal::gpio::OutputPin, RpiError> {
 }
 
 /// A [`GpioContactor`] on BCM GPIO `bcm`, opened at start.
-pub fn contactor(bcm: u8, level: ActiveLevel) -> Result<GpioContactor<rppal::gpio::OutputPin>, RpiError> {
+pub fn contactor(
+    bcm: u8,
+    level: ActiveLevel,
+) -> Result<GpioContactor<rppal::gpio::OutputPin>, RpiError> {
     let pin = output_pin(bcm)?;
     // rppal's OutputPin cannot fail to set a level (its error type is Infallible).
     match GpioContactor::new(pin, level) {
@@ -113,7 +119,8 @@ mod tests {
         }
         let err = RpiI2c::open(1).unwrap_err();
         assert!(matches!(err, RpiError::I2c(_)), "{err}");
-        if std::fs::read_to_string("/proc/device-tree/model").is_ok_and(|m| m.contains("Raspberry")) {
+        if std::fs::read_to_string("/proc/device-tree/model").is_ok_and(|m| m.contains("Raspberry"))
+        {
             return;
         }
         let err = output_pin(17).unwrap_err();

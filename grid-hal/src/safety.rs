@@ -189,8 +189,20 @@ pub struct SafetyGuard {
 impl SafetyGuard {
     /// A guard for `spec`; the error names a bad [`SafetyConfig`] field.
     pub fn new(spec: &BatterySpec, config: SafetyConfig) -> crate::Result<Self> {
-        check_range("safety.soc_margin", config.soc_margin, 0.0, 0.499_999, "in [0, 0.5)")?;
-        check_range("safety.derate_band_c", config.derate_band_c, 0.0, 1e3, "in [0, 1000] K")?;
+        check_range(
+            "safety.soc_margin",
+            config.soc_margin,
+            0.0,
+            0.499_999,
+            "in [0, 0.5)",
+        )?;
+        check_range(
+            "safety.derate_band_c",
+            config.derate_band_c,
+            0.0,
+            1e3,
+            "in [0, 1000] K",
+        )?;
         check_range(
             "safety.max_temperature",
             config.max_temperature.celsius(),
@@ -199,13 +211,27 @@ impl SafetyGuard {
             ">= safety.min_temperature",
         )?;
         if let Some(r) = config.ramp_kw_per_s {
-            check_range("safety.ramp_kw_per_s", r, f64::MIN_POSITIVE, f64::MAX, "> 0 kW/s")?;
+            check_range(
+                "safety.ramp_kw_per_s",
+                r,
+                f64::MIN_POSITIVE,
+                f64::MAX,
+                "> 0 kW/s",
+            )?;
         }
         if config.watchdog_timeout.is_zero() {
-            return Err(crate::Error::InvalidConfig { field: "safety.watchdog_timeout", value: 0.0, expected: "> 0 s" });
+            return Err(crate::Error::InvalidConfig {
+                field: "safety.watchdog_timeout",
+                value: 0.0,
+                expected: "> 0 s",
+            });
         }
         if config.stale_after == Some(0) {
-            return Err(crate::Error::InvalidConfig { field: "safety.stale_after", value: 0.0, expected: ">= 1 or None" });
+            return Err(crate::Error::InvalidConfig {
+                field: "safety.stale_after",
+                value: 0.0,
+                expected: ">= 1 or None",
+            });
         }
         Ok(Self {
             config,
@@ -285,34 +311,51 @@ impl SafetyGuard {
         };
         let t = target.kw();
         let in_envelope = t.clamp(lo, hi);
-        if t > hi {
-            if let Some(reason) = hi_reason {
-                events.push(SafetyEvent::Limited { reason, requested: target, limit: kw(hi) });
-            }
+        let binding = if t > hi {
+            hi_reason.map(|r| (r, hi))
         } else if t < lo {
-            if let Some(reason) = lo_reason {
-                events.push(SafetyEvent::Limited { reason, requested: target, limit: kw(lo) });
-            }
+            lo_reason.map(|r| (r, lo))
+        } else {
+            None
+        };
+        if let Some((reason, limit)) = binding {
+            events.push(SafetyEvent::Limited {
+                reason,
+                requested: target,
+                limit: kw(limit),
+            });
         }
 
         // 4. Ramp: the band around the last value, widened to include every value between it and 0.
         let last = self.last_applied_kw;
         let (r_lo, r_hi) = match self.config.ramp_kw_per_s {
-            Some(r) => (last.min(0.0).min(last - r * dt_s), last.max(0.0).max(last + r * dt_s)),
+            Some(r) => (
+                last.min(0.0).min(last - r * dt_s),
+                last.max(0.0).max(last + r * dt_s),
+            ),
             None => (f64::NEG_INFINITY, f64::INFINITY),
         };
         // Both bands contain 0, so the intersection is never empty.
         let applied = in_envelope.clamp(lo.max(r_lo), hi.min(r_hi));
         if applied != in_envelope {
-            events.push(SafetyEvent::RampLimited { target: kw(in_envelope), applied: kw(applied) });
+            events.push(SafetyEvent::RampLimited {
+                target: kw(in_envelope),
+                applied: kw(applied),
+            });
         }
         self.last_applied_kw = applied;
-        Decision { power: kw(applied), envelope: (kw(lo), kw(hi)), events }
+        Decision {
+            power: kw(applied),
+            envelope: (kw(lo), kw(hi)),
+            events,
+        }
     }
 
     /// Whether `s` repeats the previous reading for the `stale_after`-th time while power flows.
     fn stale(&mut self, s: &BatteryState) -> bool {
-        let Some(limit) = self.config.stale_after else { return false };
+        let Some(limit) = self.config.stale_after else {
+            return false;
+        };
         if self.last_reading.as_ref() == Some(s) && self.last_applied_kw != 0.0 {
             self.same_readings = self.same_readings.saturating_add(1);
         } else {
@@ -334,12 +377,16 @@ impl SafetyGuard {
             }
         };
         if temp >= c.max_temperature.celsius() || temp < c.min_temperature.celsius() {
-            let reason = LimitReason::TemperatureCutoff { temperature: s.temperature };
+            let reason = LimitReason::TemperatureCutoff {
+                temperature: s.temperature,
+            };
             cut(&mut hi, 0.0, reason);
             cut(&mut lo, 0.0, reason);
         } else if c.derate_band_c > 0.0 && temp > c.max_temperature.celsius() - c.derate_band_c {
             let factor = (c.max_temperature.celsius() - temp) / c.derate_band_c;
-            let reason = LimitReason::TemperatureDerating { temperature: s.temperature };
+            let reason = LimitReason::TemperatureDerating {
+                temperature: s.temperature,
+            };
             cut(&mut hi, self.max_charge_kw * factor, reason);
             cut(&mut lo, self.max_discharge_kw * factor, reason);
         }
@@ -388,7 +435,10 @@ pub struct SafeBattery<B> {
 impl<B: BatteryController> SafeBattery<B> {
     /// Wraps `inner`; no I/O happens until the first tick. The error names a bad config field.
     pub fn new(inner: B, spec: &BatterySpec, config: SafetyConfig) -> crate::Result<Self> {
-        Ok(Self { inner, guard: SafetyGuard::new(spec, config)? })
+        Ok(Self {
+            inner,
+            guard: SafetyGuard::new(spec, config)?,
+        })
     }
 
     /// Records a requested setpoint (kW, positive = charging) and ticks.
@@ -400,12 +450,18 @@ impl<B: BatteryController> SafeBattery<B> {
     /// Reads the battery, decides and writes the setpoint.
     pub fn tick(&mut self, now: Duration) -> TickReport {
         let reading = self.inner.read_state();
-        let decision = self.guard.decide(now, reading.as_ref().map_err(|e| e.kind()));
+        let decision = self
+            .guard
+            .decide(now, reading.as_ref().map_err(|e| e.kind()));
         let mut events = decision.events;
         if let Err(e) = self.inner.set_power(decision.power) {
             events.push(SafetyEvent::WriteFailed { kind: e.kind() });
         }
-        TickReport { applied: decision.power, state: reading.ok(), events }
+        TickReport {
+            applied: decision.power,
+            state: reading.ok(),
+            events,
+        }
     }
 
     /// The guard (configuration, last request, last applied power).
@@ -433,8 +489,8 @@ impl<B: BatteryController> SafeBattery<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{Fault, SimBattery, SimConfig};
     use crate::BatteryMonitor;
+    use crate::sim::{Fault, SimBattery, SimConfig};
     use grid_core::BatteryParams;
 
     fn spec() -> BatterySpec {
@@ -474,7 +530,13 @@ mod tests {
         assert_eq!(g.decide(s(0), Ok(&state(0.5, 20.0))).power, Power::ZERO);
         let d = g.decide(s(2), Ok(&state(0.5, 20.0)));
         assert_eq!(d.power, p(2.0));
-        assert_eq!(d.events, vec![SafetyEvent::RampLimited { target: p(5.0), applied: p(2.0) }]);
+        assert_eq!(
+            d.events,
+            vec![SafetyEvent::RampLimited {
+                target: p(5.0),
+                applied: p(2.0)
+            }]
+        );
         g.request(s(2), p(-5.0));
         // Reversing: straight to zero is free, then 1 kW/s away from it.
         assert_eq!(g.decide(s(3), Ok(&state(0.5, 20.0))).power, Power::ZERO);
@@ -485,30 +547,52 @@ mod tests {
 
     #[test]
     fn soc_window_with_margin_and_full_flags() {
-        let cfg = SafetyConfig { ramp_kw_per_s: None, ..SafetyConfig::for_spec(&spec()) };
+        let cfg = SafetyConfig {
+            ramp_kw_per_s: None,
+            ..SafetyConfig::for_spec(&spec())
+        };
         let mut g = SafetyGuard::new(&spec(), cfg).unwrap();
         g.request(s(0), p(3.0));
         let d = g.decide(s(0), Ok(&state(0.885, 20.0)));
         assert_eq!(d.power, Power::ZERO);
-        assert!(matches!(d.events[..], [SafetyEvent::Limited { reason: LimitReason::SocWindow { .. }, .. }]));
+        assert!(matches!(
+            d.events[..],
+            [SafetyEvent::Limited {
+                reason: LimitReason::SocWindow { .. },
+                ..
+            }]
+        ));
         assert_eq!(g.decide(s(1), Ok(&state(0.87, 20.0))).power, p(3.0));
         let mut full = state(0.5, 20.0);
         full.alarms = Alarms::FULLY_CHARGED;
         assert_eq!(g.decide(s(2), Ok(&full)).power, Power::ZERO);
         g.request(s(3), p(-3.0));
-        assert_eq!(g.decide(s(3), Ok(&full)).power, p(-3.0), "full only stops charging");
+        assert_eq!(
+            g.decide(s(3), Ok(&full)).power,
+            p(-3.0),
+            "full only stops charging"
+        );
         assert_eq!(g.decide(s(4), Ok(&state(0.115, 20.0))).power, Power::ZERO);
         assert_eq!(g.decide(s(5), Ok(&state(0.13, 20.0))).power, p(-3.0));
     }
 
     #[test]
     fn temperature_derating_cutoff_and_alarms() {
-        let cfg = SafetyConfig { ramp_kw_per_s: None, ..SafetyConfig::for_spec(&spec()) };
+        let cfg = SafetyConfig {
+            ramp_kw_per_s: None,
+            ..SafetyConfig::for_spec(&spec())
+        };
         let mut g = SafetyGuard::new(&spec(), cfg).unwrap();
         g.request(s(0), p(-5.0));
         let d = g.decide(s(0), Ok(&state(0.5, 45.0)));
         assert_eq!(d.power, p(-2.5), "halfway into the 10 K band");
-        assert!(matches!(d.events[..], [SafetyEvent::Limited { reason: LimitReason::TemperatureDerating { .. }, .. }]));
+        assert!(matches!(
+            d.events[..],
+            [SafetyEvent::Limited {
+                reason: LimitReason::TemperatureDerating { .. },
+                ..
+            }]
+        ));
         assert_eq!(g.decide(s(1), Ok(&state(0.5, 50.0))).power, Power::ZERO);
         assert_eq!(g.decide(s(2), Ok(&state(0.5, -1.0))).power, Power::ZERO);
         assert_eq!(g.decide(s(3), Ok(&state(0.5, 20.0))).power, p(-5.0));
@@ -516,17 +600,32 @@ mod tests {
         alarm.alarms = Alarms::OVER_CURRENT;
         let d = g.decide(s(4), Ok(&alarm));
         assert_eq!(d.power, Power::ZERO);
-        assert!(matches!(d.events[..], [SafetyEvent::Limited { reason: LimitReason::Alarm { .. }, .. }]));
+        assert!(matches!(
+            d.events[..],
+            [SafetyEvent::Limited {
+                reason: LimitReason::Alarm { .. },
+                ..
+            }]
+        ));
     }
 
     #[test]
     fn sensor_errors_and_stuck_readings_force_idle() {
-        let cfg = SafetyConfig { ramp_kw_per_s: None, stale_after: Some(3), ..SafetyConfig::for_spec(&spec()) };
+        let cfg = SafetyConfig {
+            ramp_kw_per_s: None,
+            stale_after: Some(3),
+            ..SafetyConfig::for_spec(&spec())
+        };
         let mut g = SafetyGuard::new(&spec(), cfg).unwrap();
         g.request(s(0), p(2.0));
         let d = g.decide(s(0), Err(ErrorKind::Bus));
         assert_eq!(d.power, Power::ZERO);
-        assert_eq!(d.events, vec![SafetyEvent::SensorError { kind: ErrorKind::Bus }]);
+        assert_eq!(
+            d.events,
+            vec![SafetyEvent::SensorError {
+                kind: ErrorKind::Bus
+            }]
+        );
         let mut nan = state(0.5, 20.0);
         nan.voltage_v = f64::NAN;
         assert_eq!(g.decide(s(1), Ok(&nan)).power, Power::ZERO);
@@ -535,21 +634,43 @@ mod tests {
             assert_eq!(g.decide(s(t), Ok(&same)).power, p(2.0), "t={t}");
         }
         let d = g.decide(s(5), Ok(&same));
-        assert_eq!((d.power, &d.events[..]), (Power::ZERO, &[SafetyEvent::ImplausibleReading][..]));
+        assert_eq!(
+            (d.power, &d.events[..]),
+            (Power::ZERO, &[SafetyEvent::ImplausibleReading][..])
+        );
     }
 
     #[test]
     fn watchdog_reverts_to_the_configured_fallback_once_per_expiry() {
-        let cfg = SafetyConfig { ramp_kw_per_s: None, watchdog_timeout: s(10), fallback: p(-1.0), ..SafetyConfig::for_spec(&spec()) };
+        let cfg = SafetyConfig {
+            ramp_kw_per_s: None,
+            watchdog_timeout: s(10),
+            fallback: p(-1.0),
+            ..SafetyConfig::for_spec(&spec())
+        };
         let mut g = SafetyGuard::new(&spec(), cfg).unwrap();
         let d = g.decide(s(0), Ok(&state(0.5, 20.0)));
         assert_eq!(d.power, p(-1.0));
-        assert_eq!(d.events, vec![SafetyEvent::WatchdogExpired { since_last_request: None }]);
+        assert_eq!(
+            d.events,
+            vec![SafetyEvent::WatchdogExpired {
+                since_last_request: None
+            }]
+        );
         g.request(s(1), p(4.0));
-        assert_eq!(g.decide(s(11), Ok(&state(0.5, 20.0))).power, p(4.0), "exactly at the timeout still valid");
+        assert_eq!(
+            g.decide(s(11), Ok(&state(0.5, 20.0))).power,
+            p(4.0),
+            "exactly at the timeout still valid"
+        );
         let d = g.decide(s(12), Ok(&state(0.5, 20.0)));
         assert_eq!(d.power, p(-1.0));
-        assert_eq!(d.events, vec![SafetyEvent::WatchdogExpired { since_last_request: Some(s(11)) }]);
+        assert_eq!(
+            d.events,
+            vec![SafetyEvent::WatchdogExpired {
+                since_last_request: Some(s(11))
+            }]
+        );
         assert!(g.decide(s(13), Ok(&state(0.5, 20.0))).events.is_empty());
         // The fallback obeys the envelope too.
         assert_eq!(g.decide(s(14), Ok(&state(0.11, 20.0))).power, Power::ZERO);
@@ -558,12 +679,51 @@ mod tests {
     #[test]
     fn bad_config_names_the_field() {
         let base = SafetyConfig::for_spec(&spec());
-        let e = SafetyGuard::new(&spec(), SafetyConfig { soc_margin: 0.6, ..base }).unwrap_err();
-        assert!(matches!(e, crate::Error::InvalidConfig { field: "safety.soc_margin", .. }));
-        let e = SafetyGuard::new(&spec(), SafetyConfig { watchdog_timeout: Duration::ZERO, ..base }).unwrap_err();
-        assert!(matches!(e, crate::Error::InvalidConfig { field: "safety.watchdog_timeout", .. }));
-        let e = SafetyGuard::new(&spec(), SafetyConfig { ramp_kw_per_s: Some(f64::NAN), ..base }).unwrap_err();
-        assert!(matches!(e, crate::Error::InvalidConfig { field: "safety.ramp_kw_per_s", .. }));
+        let e = SafetyGuard::new(
+            &spec(),
+            SafetyConfig {
+                soc_margin: 0.6,
+                ..base
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            crate::Error::InvalidConfig {
+                field: "safety.soc_margin",
+                ..
+            }
+        ));
+        let e = SafetyGuard::new(
+            &spec(),
+            SafetyConfig {
+                watchdog_timeout: Duration::ZERO,
+                ..base
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            crate::Error::InvalidConfig {
+                field: "safety.watchdog_timeout",
+                ..
+            }
+        ));
+        let e = SafetyGuard::new(
+            &spec(),
+            SafetyConfig {
+                ramp_kw_per_s: Some(f64::NAN),
+                ..base
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            crate::Error::InvalidConfig {
+                field: "safety.ramp_kw_per_s",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -572,22 +732,41 @@ mod tests {
         let mut bat = SafeBattery::new(sim, &spec(), SafetyConfig::for_spec(&spec())).unwrap();
         for t in 0..30 {
             let r = bat.command(s(t), p(4.0));
-            assert!(r.events.iter().all(|e| matches!(e, SafetyEvent::RampLimited { .. })), "{:?}", r.events);
+            assert!(
+                r.events
+                    .iter()
+                    .all(|e| matches!(e, SafetyEvent::RampLimited { .. })),
+                "{:?}",
+                r.events
+            );
             bat.inner_mut().step(s(1));
         }
         assert!((bat.inner().power().kw() - 4.0).abs() < 1e-9);
-        bat.inner_mut().inject(Fault::OverTemperature { temperature: Temperature::from_celsius(60.0).unwrap() }).unwrap();
+        bat.inner_mut()
+            .inject(Fault::OverTemperature {
+                temperature: Temperature::from_celsius(60.0).unwrap(),
+            })
+            .unwrap();
         let r = bat.command(s(30), p(4.0));
         assert_eq!(r.applied, Power::ZERO);
         bat.inner_mut().step(s(1));
         assert_eq!(bat.inner().power(), Power::ZERO);
         bat.inner_mut().clear_faults();
-        bat.inner_mut().inject(Fault::BusErrors { probability: 1.0 }).unwrap();
+        bat.inner_mut()
+            .inject(Fault::BusErrors { probability: 1.0 })
+            .unwrap();
         let r = bat.command(s(31), p(4.0));
-        assert_eq!(r.events, vec![
-            SafetyEvent::SensorError { kind: ErrorKind::Bus },
-            SafetyEvent::WriteFailed { kind: ErrorKind::Bus },
-        ]);
+        assert_eq!(
+            r.events,
+            vec![
+                SafetyEvent::SensorError {
+                    kind: ErrorKind::Bus
+                },
+                SafetyEvent::WriteFailed {
+                    kind: ErrorKind::Bus
+                },
+            ]
+        );
         assert!(bat.inner_mut().read_state().is_err());
     }
 }

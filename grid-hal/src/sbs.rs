@@ -46,7 +46,11 @@ pub fn pec(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |mut crc, &b| {
         crc ^= b;
         for _ in 0..8 {
-            crc = if crc & 0x80 != 0 { (crc << 1) ^ 0x07 } else { crc << 1 };
+            crc = if crc & 0x80 != 0 {
+                (crc << 1) ^ 0x07
+            } else {
+                crc << 1
+            };
         }
         crc
     })
@@ -141,7 +145,10 @@ pub struct SbsConfig {
 
 impl Default for SbsConfig {
     fn default() -> Self {
-        Self { address: DEFAULT_ADDRESS, retries: 2 }
+        Self {
+            address: DEFAULT_ADDRESS,
+            retries: 2,
+        }
     }
 }
 
@@ -182,7 +189,11 @@ impl<E: core::fmt::Debug> core::fmt::Display for Error<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Error::I2c(e) => write!(f, "SMBus error: {e:?}"),
-            Error::Pec { command, computed, received } => write!(
+            Error::Pec {
+                command,
+                computed,
+                received,
+            } => write!(
                 f,
                 "SMBus PEC mismatch on command {command:#04x}: computed {computed:#04x}, received {received:#04x}"
             ),
@@ -226,19 +237,30 @@ impl<I2C: I2c> SmartBattery<I2C> {
         let mut last = None;
         for _ in 0..=self.config.retries {
             let mut buf = [0u8; 3];
-            match self.i2c.write_read(self.config.address, &[command], &mut buf) {
+            match self
+                .i2c
+                .write_read(self.config.address, &[command], &mut buf)
+            {
                 Err(e) => last = Some(Error::I2c(e)),
                 Ok(()) => {
                     let computed = pec(&[write_addr, command, read_addr, buf[0], buf[1]]);
                     if computed == buf[2] {
                         return Ok(u16::from_le_bytes([buf[0], buf[1]]));
                     }
-                    last = Some(Error::Pec { command, computed, received: buf[2] });
+                    last = Some(Error::Pec {
+                        command,
+                        computed,
+                        received: buf[2],
+                    });
                 }
             }
         }
         // `retries + 1 >= 1` attempts ran, so `last` is set; the fallback keeps this panic-free.
-        Err(last.unwrap_or(Error::Pec { command, computed: 0, received: 0 }))
+        Err(last.unwrap_or(Error::Pec {
+            command,
+            computed: 0,
+            received: 0,
+        }))
     }
 
     /// RelativeStateOfCharge in percent (0x0D).
@@ -303,7 +325,10 @@ impl SbsReading {
             (BatteryStatus::TERMINATE_CHARGE_ALARM, Alarms::FULLY_CHARGED),
             (BatteryStatus::FULLY_CHARGED, Alarms::FULLY_CHARGED),
             (BatteryStatus::OVER_TEMP_ALARM, Alarms::OVER_TEMPERATURE),
-            (BatteryStatus::TERMINATE_DISCHARGE_ALARM, Alarms::FULLY_DISCHARGED),
+            (
+                BatteryStatus::TERMINATE_DISCHARGE_ALARM,
+                Alarms::FULLY_DISCHARGED,
+            ),
             (BatteryStatus::FULLY_DISCHARGED, Alarms::FULLY_DISCHARGED),
         ];
         for (bit, alarm) in map {
@@ -323,9 +348,11 @@ impl<I2C: I2c> crate::BatteryMonitor for SmartBattery<I2C> {
     /// Reads the pack with [`SmartBattery::read_all`]; SoC is RelativeStateOfCharge.
     fn read_state(&mut self) -> Result<crate::BatteryState, Self::Error> {
         let r = self.read_all()?;
-        let soc = Soc::from_percent(f64::from(r.relative_soc_percent)).map_err(|_| Error::Implausible {
-            command: command::RELATIVE_STATE_OF_CHARGE,
-            value: r.relative_soc_percent,
+        let soc = Soc::from_percent(f64::from(r.relative_soc_percent)).map_err(|_| {
+            Error::Implausible {
+                command: command::RELATIVE_STATE_OF_CHARGE,
+                value: r.relative_soc_percent,
+            }
         })?;
         Ok(crate::BatteryState {
             soc,
@@ -378,7 +405,10 @@ mod tests {
         assert_eq!(r.current_ma, -1500);
         assert!((r.temperature_c() - 25.05).abs() < 1e-9);
         assert!((r.power_kw() - (-0.02478)).abs() < 1e-9);
-        assert!(r.status.has(BatteryStatus::INITIALIZED | BatteryStatus::DISCHARGING));
+        assert!(
+            r.status
+                .has(BatteryStatus::INITIALIZED | BatteryStatus::DISCHARGING)
+        );
         assert!(!r.status.has(BatteryStatus::OVER_TEMP_ALARM));
         assert_eq!(r.status.error_code(), 0);
         bat.release().done();
@@ -397,8 +427,17 @@ mod tests {
         assert!(s.alarms.is_empty());
         bat.release().done();
 
-        let r = SbsReading { status: BatteryStatus(0x9000 | 0x0010), ..bat_reading() };
-        assert!(r.alarms().contains(Alarms::OVER_VOLTAGE.union(Alarms::OVER_TEMPERATURE).union(Alarms::FULLY_DISCHARGED)));
+        let r = SbsReading {
+            status: BatteryStatus(0x9000 | 0x0010),
+            ..bat_reading()
+        };
+        assert!(
+            r.alarms().contains(
+                Alarms::OVER_VOLTAGE
+                    .union(Alarms::OVER_TEMPERATURE)
+                    .union(Alarms::FULLY_DISCHARGED)
+            )
+        );
         assert!(!r.alarms().contains(Alarms::FULLY_CHARGED));
     }
 
@@ -418,10 +457,20 @@ mod tests {
     fn soc_above_100_percent_is_a_sensor_error() {
         use crate::BatteryMonitor;
         let mut t = full_read();
-        t[0] = Transaction::write_read(A, vec![0x0D], vec![0x65, 0x00, pec(&[0x16, 0x0D, 0x17, 0x65, 0x00])]); // 101 %
+        t[0] = Transaction::write_read(
+            A,
+            vec![0x0D],
+            vec![0x65, 0x00, pec(&[0x16, 0x0D, 0x17, 0x65, 0x00])],
+        ); // 101 %
         let mut bat = SmartBattery::new(Mock::new(&t));
         let err = bat.read_state().unwrap_err();
-        assert_eq!(err, Error::Implausible { command: 0x0D, value: 101 });
+        assert_eq!(
+            err,
+            Error::Implausible {
+                command: 0x0D,
+                value: 101
+            }
+        );
         assert_eq!(err.kind(), ErrorKind::Sensor);
         bat.release().done();
     }
@@ -441,18 +490,29 @@ mod tests {
         let bad = Transaction::write_read(A, vec![0x0D], vec![0x57, 0x01, 0x54]); // data flipped in transit
         let mut bat = SmartBattery::with_config(
             Mock::new(&[bad.clone(), bad]),
-            SbsConfig { address: A, retries: 1 },
+            SbsConfig {
+                address: A,
+                retries: 1,
+            },
         );
         let err = bat.relative_state_of_charge().unwrap_err();
-        assert_eq!(err, Error::Pec { command: 0x0D, computed: pec(&[0x16, 0x0D, 0x17, 0x57, 0x01]), received: 0x54 });
+        assert_eq!(
+            err,
+            Error::Pec {
+                command: 0x0D,
+                computed: pec(&[0x16, 0x0D, 0x17, 0x57, 0x01]),
+                received: 0x54
+            }
+        );
         assert_eq!(err.kind(), ErrorKind::Integrity);
         bat.release().done();
     }
 
     #[test]
     fn bus_errors_are_retried_then_reported_as_bus() {
-        let nack = Transaction::write_read(A, vec![0x16], vec![0, 0, 0])
-            .with_error(I2cKind::NoAcknowledge(embedded_hal::i2c::NoAcknowledgeSource::Address));
+        let nack = Transaction::write_read(A, vec![0x16], vec![0, 0, 0]).with_error(
+            I2cKind::NoAcknowledge(embedded_hal::i2c::NoAcknowledgeSource::Address),
+        );
         let mut bat = SmartBattery::new(Mock::new(&[nack.clone(), nack.clone(), nack]));
         let err = bat.battery_status().unwrap_err();
         assert!(matches!(err, Error::I2c(_)));
@@ -461,7 +521,11 @@ mod tests {
 
         let mut bat = SmartBattery::new(Mock::new(&[
             Transaction::write_read(A, vec![0x16], vec![0, 0, 0]).with_error(I2cKind::Bus),
-            Transaction::write_read(A, vec![0x16], vec![0x00, 0x18, pec(&[0x16, 0x16, 0x17, 0x00, 0x18])]),
+            Transaction::write_read(
+                A,
+                vec![0x16],
+                vec![0x00, 0x18, pec(&[0x16, 0x16, 0x17, 0x00, 0x18])],
+            ),
         ]));
         let s = bat.battery_status().unwrap();
         assert!(s.has(BatteryStatus::OVER_TEMP_ALARM | BatteryStatus::TERMINATE_DISCHARGE_ALARM));

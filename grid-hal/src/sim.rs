@@ -85,12 +85,22 @@ pub struct SensorNoise {
 
 impl SensorNoise {
     /// No noise at all (exact readings).
-    pub const NONE: Self = Self { soc: 0.0, power_kw: 0.0, voltage_v: 0.0, temperature_c: 0.0 };
+    pub const NONE: Self = Self {
+        soc: 0.0,
+        power_kw: 0.0,
+        voltage_v: 0.0,
+        temperature_c: 0.0,
+    };
 }
 
 impl Default for SensorNoise {
     fn default() -> Self {
-        Self { soc: 0.002, power_kw: 0.01, voltage_v: 0.05, temperature_c: 0.1 }
+        Self {
+            soc: 0.002,
+            power_kw: 0.01,
+            voltage_v: 0.05,
+            temperature_c: 0.1,
+        }
     }
 }
 
@@ -213,13 +223,49 @@ pub struct SimBattery {
 impl SimBattery {
     /// A simulated battery of `spec`; the error names the bad [`SimConfig`] field.
     pub fn new(spec: BatterySpec, config: SimConfig) -> crate::Result<Self> {
-        check_range("sim.thermal_time_constant_s", config.thermal_time_constant_s, 1e-3, 1e9, "> 0 s")?;
-        check_range("sim.thermal_resistance_k_per_kw", config.thermal_resistance_k_per_kw, 0.0, 1e6, ">= 0 K/kW")?;
-        check_range("sim.self_discharge_per_day", config.self_discharge_per_day, 0.0, 0.999_999, "in [0, 1)")?;
+        check_range(
+            "sim.thermal_time_constant_s",
+            config.thermal_time_constant_s,
+            1e-3,
+            1e9,
+            "> 0 s",
+        )?;
+        check_range(
+            "sim.thermal_resistance_k_per_kw",
+            config.thermal_resistance_k_per_kw,
+            0.0,
+            1e6,
+            ">= 0 K/kW",
+        )?;
+        check_range(
+            "sim.self_discharge_per_day",
+            config.self_discharge_per_day,
+            0.0,
+            0.999_999,
+            "in [0, 1)",
+        )?;
         check_range("sim.taper_soc", config.taper_soc, 0.0, 0.5, "in [0, 0.5]")?;
-        check_range("sim.voltage_empty_v", config.voltage_empty_v, 1e-3, 1e5, "> 0 V")?;
-        check_range("sim.voltage_full_v", config.voltage_full_v, config.voltage_empty_v, 1e5, ">= sim.voltage_empty_v")?;
-        check_range("sim.internal_resistance_ohm", config.internal_resistance_ohm, 0.0, 1e3, ">= 0 Ω")?;
+        check_range(
+            "sim.voltage_empty_v",
+            config.voltage_empty_v,
+            1e-3,
+            1e5,
+            "> 0 V",
+        )?;
+        check_range(
+            "sim.voltage_full_v",
+            config.voltage_full_v,
+            config.voltage_empty_v,
+            1e5,
+            ">= sim.voltage_empty_v",
+        )?;
+        check_range(
+            "sim.internal_resistance_ohm",
+            config.internal_resistance_ohm,
+            0.0,
+            1e3,
+            ">= 0 Ω",
+        )?;
         for (field, v) in [
             ("sim.noise.soc", config.noise.soc),
             ("sim.noise.power_kw", config.noise.power_kw),
@@ -231,8 +277,15 @@ impl SimBattery {
         let capacity_kwh = spec.capacity().kwh();
         let min_kwh = spec.min_energy().kwh();
         let max_kwh = spec.max_energy().kwh();
-        let energy_kwh = config.initial_soc.energy(spec.capacity()).kwh().clamp(min_kwh, max_kwh);
-        let temperature_c = config.initial_temperature.unwrap_or(config.ambient).celsius();
+        let energy_kwh = config
+            .initial_soc
+            .energy(spec.capacity())
+            .kwh()
+            .clamp(min_kwh, max_kwh);
+        let temperature_c = config
+            .initial_temperature
+            .unwrap_or(config.ambient)
+            .celsius();
         // Per-second fraction such that a day compounds to `self_discharge_per_day`.
         let self_discharge_per_s = -(1.0 - config.self_discharge_per_day).ln() / 86_400.0;
         Ok(Self {
@@ -318,7 +371,8 @@ impl SimBattery {
                 self.temperature_c = temperature.celsius();
             }
             Fault::CapacityLoss { fraction } => {
-                let keep = 1.0 - check_range("fault.fraction", fraction, 0.0, 0.999_999, "in [0, 1)")?;
+                let keep =
+                    1.0 - check_range("fault.fraction", fraction, 0.0, 0.999_999, "in [0, 1)")?;
                 self.capacity_kwh *= keep;
                 self.min_kwh *= keep;
                 self.max_kwh *= keep;
@@ -384,13 +438,20 @@ impl SimBattery {
     /// A noisy reading of the true state.
     fn measure(&mut self) -> BatteryState {
         let n = self.config.noise;
-        let true_soc = if self.capacity_kwh > 0.0 { self.energy_kwh / self.capacity_kwh } else { 0.0 };
+        let true_soc = if self.capacity_kwh > 0.0 {
+            self.energy_kwh / self.capacity_kwh
+        } else {
+            0.0
+        };
         let soc = (true_soc + n.soc * self.rng.next_normal()).clamp(0.0, 1.0);
         let power_kw = self.power_kw + n.power_kw * self.rng.next_normal();
-        let ocv = self.config.voltage_empty_v + (self.config.voltage_full_v - self.config.voltage_empty_v) * true_soc;
+        let ocv = self.config.voltage_empty_v
+            + (self.config.voltage_full_v - self.config.voltage_empty_v) * true_soc;
         // Terminal voltage with the internal resistance: V = OCV + I·R with I = P/V (one fixed-point pass).
         let current_a = power_kw * 1000.0 / ocv;
-        let voltage_v = ocv + current_a * self.config.internal_resistance_ohm + n.voltage_v * self.rng.next_normal();
+        let voltage_v = ocv
+            + current_a * self.config.internal_resistance_ohm
+            + n.voltage_v * self.rng.next_normal();
         let temperature_c = self.temperature_c + n.temperature_c * self.rng.next_normal();
         let mut alarms = Alarms::NONE;
         if let Some(w) = self.spec.temperature_window() {
@@ -482,7 +543,10 @@ mod tests {
         let xs: Vec<f64> = (0..10_000).map(|_| r.next_normal()).collect();
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
-        assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.05 && (var - 1.0).abs() < 0.05,
+            "mean {mean} var {var}"
+        );
     }
 
     #[test]
@@ -511,7 +575,11 @@ mod tests {
             b.step(S);
         }
         assert!(b.energy().kwh() <= 9.0 + 1e-9);
-        assert!(b.energy().kwh() > 8.95, "tapers into the top of the window: {}", b.energy().kwh());
+        assert!(
+            b.energy().kwh() > 8.95,
+            "tapers into the top of the window: {}",
+            b.energy().kwh()
+        );
         assert!(b.power().kw() < 0.1, "taper near full: {}", b.power().kw());
         b.set_power(Power::from_kw(-50.0).unwrap()).unwrap();
         for _ in 0..12 * 3600 {
@@ -535,7 +603,10 @@ mod tests {
         }
         // Loss 0.25 kW × 30 K/kW = 7.5 K steady rise; after one τ: 7.5·(1 − 1/e) = 4.74 K.
         let rise = b.temperature().celsius() - 20.0;
-        assert!((rise - 7.5 * (1.0 - (-1.0f64).exp())).abs() < 1e-6, "{rise}");
+        assert!(
+            (rise - 7.5 * (1.0 - (-1.0f64).exp())).abs() < 1e-6,
+            "{rise}"
+        );
         b.set_power(Power::ZERO).unwrap();
         for _ in 0..5 * 3600 {
             b.step(S);
@@ -545,17 +616,35 @@ mod tests {
 
     #[test]
     fn self_discharge_compounds_per_day() {
-        let mut b = SimBattery::new(spec(), SimConfig { self_discharge_per_day: 0.01, ..quiet(0.5) }).unwrap();
+        let mut b = SimBattery::new(
+            spec(),
+            SimConfig {
+                self_discharge_per_day: 0.01,
+                ..quiet(0.5)
+            },
+        )
+        .unwrap();
         for _ in 0..24 {
             b.step(Duration::from_secs(3600));
         }
-        assert!((b.energy().kwh() - 5.0 * 0.99).abs() < 1e-3, "{}", b.energy().kwh());
+        assert!(
+            (b.energy().kwh() - 5.0 * 0.99).abs() < 1e-3,
+            "{}",
+            b.energy().kwh()
+        );
     }
 
     #[test]
     fn same_seed_same_readings_other_seed_other_readings() {
         let run = |seed| {
-            let mut b = SimBattery::new(spec(), SimConfig { seed, ..SimConfig::default() }).unwrap();
+            let mut b = SimBattery::new(
+                spec(),
+                SimConfig {
+                    seed,
+                    ..SimConfig::default()
+                },
+            )
+            .unwrap();
             b.set_power(Power::from_kw(1.0).unwrap()).unwrap();
             (0..100)
                 .map(|_| {
@@ -567,7 +656,10 @@ mod tests {
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
         let r = run(3);
-        assert!(r.iter().all(|s| (s.soc.fraction() - 0.5).abs() < 0.02 && (s.power.kw() - 1.0).abs() < 0.1));
+        assert!(
+            r.iter()
+                .all(|s| (s.soc.fraction() - 0.5).abs() < 0.02 && (s.power.kw() - 1.0).abs() < 0.1)
+        );
     }
 
     #[test]
@@ -592,7 +684,10 @@ mod tests {
         b.clear_faults();
         assert_ne!(b.read_state().unwrap(), frozen);
 
-        b.inject(Fault::OverTemperature { temperature: Temperature::from_celsius(70.0).unwrap() }).unwrap();
+        b.inject(Fault::OverTemperature {
+            temperature: Temperature::from_celsius(70.0).unwrap(),
+        })
+        .unwrap();
         for _ in 0..600 {
             b.step(S);
         }
@@ -604,14 +699,49 @@ mod tests {
         b.inject(Fault::CapacityLoss { fraction: 0.25 }).unwrap();
         assert!((b.capacity().kwh() - 7.5).abs() < 1e-12);
         assert!((b.soc().fraction() - soc).abs() < 1e-12);
-        assert!(matches!(b.inject(Fault::CapacityLoss { fraction: 1.0 }), Err(crate::Error::InvalidConfig { field: "fault.fraction", .. })));
+        assert!(matches!(
+            b.inject(Fault::CapacityLoss { fraction: 1.0 }),
+            Err(crate::Error::InvalidConfig {
+                field: "fault.fraction",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn bad_config_names_the_field() {
-        let err = SimBattery::new(spec(), SimConfig { thermal_time_constant_s: 0.0, ..SimConfig::default() }).unwrap_err();
-        assert!(matches!(err, crate::Error::InvalidConfig { field: "sim.thermal_time_constant_s", .. }));
-        let err = SimBattery::new(spec(), SimConfig { noise: SensorNoise { soc: f64::NAN, ..SensorNoise::NONE }, ..SimConfig::default() }).unwrap_err();
-        assert!(matches!(err, crate::Error::InvalidConfig { field: "sim.noise.soc", .. }));
+        let err = SimBattery::new(
+            spec(),
+            SimConfig {
+                thermal_time_constant_s: 0.0,
+                ..SimConfig::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            crate::Error::InvalidConfig {
+                field: "sim.thermal_time_constant_s",
+                ..
+            }
+        ));
+        let err = SimBattery::new(
+            spec(),
+            SimConfig {
+                noise: SensorNoise {
+                    soc: f64::NAN,
+                    ..SensorNoise::NONE
+                },
+                ..SimConfig::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            crate::Error::InvalidConfig {
+                field: "sim.noise.soc",
+                ..
+            }
+        ));
     }
 }

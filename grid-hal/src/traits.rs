@@ -94,7 +94,11 @@ pub struct MeterReading {
 impl MeterReading {
     /// A reading from raw numbers; a non-finite power (impossible from a 16-bit register) reads as zero.
     pub(crate) fn from_raw(power_kw: f64, voltage_v: f64, current_a: f64) -> Self {
-        Self { power: Power::from_kw(power_kw).unwrap_or(Power::ZERO), voltage_v, current_a }
+        Self {
+            power: Power::from_kw(power_kw).unwrap_or(Power::ZERO),
+            voltage_v,
+            current_a,
+        }
     }
 }
 

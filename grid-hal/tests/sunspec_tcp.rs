@@ -1,6 +1,8 @@
 //! The SunSpec client against a real Modbus TCP server (tokio-modbus) on 127.0.0.1 holding a
 //! SunSpec register map: common model 1, inverter model 103, storage model 124.
 #![cfg(feature = "modbus")]
+// Helpers outside #[test] fns: a poisoned lock or a failed bind is a test failure.
+#![allow(clippy::unwrap_used)]
 
 use core::time::Duration;
 use grid_core::{Alarms, Power};
@@ -39,16 +41,20 @@ impl tokio_modbus::server::Service for Map {
     fn call(&self, req: Request<'static>) -> Self::Future {
         let res = match req {
             Request::ReadHoldingRegisters(addr, n) => match self.range(addr, n) {
-                Some(r) => Ok(Response::ReadHoldingRegisters(self.0.lock().unwrap()[r].to_vec())),
+                Some(r) => Ok(Response::ReadHoldingRegisters(
+                    self.0.lock().unwrap()[r].to_vec(),
+                )),
                 None => Err(ExceptionCode::IllegalDataAddress),
             },
-            Request::WriteMultipleRegisters(addr, words) => match self.range(addr, words.len() as u16) {
-                Some(r) => {
-                    self.0.lock().unwrap()[r].copy_from_slice(&words);
-                    Ok(Response::WriteMultipleRegisters(addr, words.len() as u16))
+            Request::WriteMultipleRegisters(addr, words) => {
+                match self.range(addr, words.len() as u16) {
+                    Some(r) => {
+                        self.0.lock().unwrap()[r].copy_from_slice(&words);
+                        Ok(Response::WriteMultipleRegisters(addr, words.len() as u16))
+                    }
+                    None => Err(ExceptionCode::IllegalDataAddress),
                 }
-                None => Err(ExceptionCode::IllegalDataAddress),
-            },
+            }
             _ => Err(ExceptionCode::IllegalFunction),
         };
         future::ready(res)
@@ -118,7 +124,10 @@ async fn serve(regs: Vec<u16>) -> (SocketAddr, Map) {
 }
 
 fn config() -> SunSpecConfig {
-    SunSpecConfig { unit_id: 1, timeout: Duration::from_secs(2) }
+    SunSpecConfig {
+        unit_id: 1,
+        timeout: Duration::from_secs(2),
+    }
 }
 
 #[tokio::test]
@@ -127,7 +136,10 @@ async fn discovers_models_and_reads_the_state() {
     let (addr, _map) = serve(regs).await;
     let mut c = SunSpecClient::connect(addr, config()).await.unwrap();
     assert_eq!(c.base_address(), 40000);
-    assert_eq!(c.models().iter().map(|m| m.id).collect::<Vec<_>>(), [1, 103, 124]);
+    assert_eq!(
+        c.models().iter().map(|m| m.id).collect::<Vec<_>>(),
+        [1, 103, 124]
+    );
     let common = c.common();
     assert_eq!(common.manufacturer, "grid-test");
     assert_eq!(common.model, "SimStorage 5k");
@@ -141,7 +153,10 @@ async fn discovers_models_and_reads_the_state() {
     let state = c.read_state().await.unwrap();
     assert!((state.soc.percent() - 65.43).abs() < 1e-9);
     assert!((state.voltage_v - 51.2).abs() < 1e-9);
-    assert!((state.power.kw() - 1.5).abs() < 1e-12, "AC import is battery charging");
+    assert!(
+        (state.power.kw() - 1.5).abs() < 1e-12,
+        "AC import is battery charging"
+    );
     assert!((state.current_a - 1500.0 / 51.2).abs() < 1e-9);
     assert!((state.temperature.celsius() - 25.3).abs() < 1e-9);
     assert_eq!(state.alarms, Alarms::NONE);
@@ -161,16 +176,31 @@ async fn writes_setpoints_with_the_reversion_timeout() {
         )
     };
 
-    c.set_power(Power::from_kw(3.0).unwrap(), Duration::from_secs(60)).await.unwrap();
-    assert_eq!(rates(&map), (-6000, 6000, 60, 3), "charge 3 kW = 60.00 % of 5 kW");
-    c.set_power(Power::from_kw(-1.25).unwrap(), Duration::from_secs(30)).await.unwrap();
+    c.set_power(Power::from_kw(3.0).unwrap(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        rates(&map),
+        (-6000, 6000, 60, 3),
+        "charge 3 kW = 60.00 % of 5 kW"
+    );
+    c.set_power(Power::from_kw(-1.25).unwrap(), Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(rates(&map), (2500, -2500, 30, 3));
     c.idle(Duration::from_secs(30)).await.unwrap();
     assert_eq!(rates(&map), (0, 0, 30, 3));
 
-    let err = c.set_power(Power::from_kw(6.0).unwrap(), Duration::from_secs(30)).await.unwrap_err();
+    let err = c
+        .set_power(Power::from_kw(6.0).unwrap(), Duration::from_secs(30))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert_eq!(rates(&map), (0, 0, 30, 3), "a rejected setpoint writes nothing");
+    assert_eq!(
+        rates(&map),
+        (0, 0, 30, 3),
+        "a rejected setpoint writes nothing"
+    );
 
     c.release_control().await.unwrap();
     assert_eq!(rates(&map).3, 0);
@@ -181,17 +211,33 @@ async fn the_safety_guard_drives_the_inverter() {
     let (regs, _, st) = sunspec_map();
     let (addr, map) = serve(regs).await;
     let mut c = SunSpecClient::connect(addr, config()).await.unwrap();
-    let spec = grid_core::BatterySpec::new(grid_core::BatteryParams::with_soc_window(10.0, 0.1, 0.9, 5.0)).unwrap();
-    let mut guard = SafetyGuard::new(&spec, SafetyConfig { ramp_kw_per_s: None, ..SafetyConfig::for_spec(&spec) }).unwrap();
+    let spec = grid_core::BatterySpec::new(grid_core::BatteryParams::with_soc_window(
+        10.0, 0.1, 0.9, 5.0,
+    ))
+    .unwrap();
+    let mut guard = SafetyGuard::new(
+        &spec,
+        SafetyConfig {
+            ramp_kw_per_s: None,
+            ..SafetyConfig::for_spec(&spec)
+        },
+    )
+    .unwrap();
     guard.request(Duration::from_secs(1), Power::from_kw(4.0).unwrap());
     let reading = c.read_state().await;
-    let d = guard.decide(Duration::from_secs(1), reading.as_ref().map_err(|e| e.kind()));
+    let d = guard.decide(
+        Duration::from_secs(1),
+        reading.as_ref().map_err(|e| e.kind()),
+    );
     assert_eq!(d.power.kw(), 4.0);
     c.set_power(d.power, Duration::from_secs(30)).await.unwrap();
     assert_eq!(map.get(st + storage::IN_W_RTE as u16) as i16, 8000);
     // The watchdog: nothing new for 61 s, so idle goes to the inverter.
     let reading = c.read_state().await;
-    let d = guard.decide(Duration::from_secs(62), reading.as_ref().map_err(|e| e.kind()));
+    let d = guard.decide(
+        Duration::from_secs(62),
+        reading.as_ref().map_err(|e| e.kind()),
+    );
     c.set_power(d.power, Duration::from_secs(30)).await.unwrap();
     assert_eq!(map.get(st + storage::IN_W_RTE as u16), 0);
 }
@@ -222,7 +268,10 @@ async fn a_silent_device_times_out() {
             held.push(s);
         }
     });
-    let cfg = SunSpecConfig { timeout: Duration::from_millis(200), ..config() };
+    let cfg = SunSpecConfig {
+        timeout: Duration::from_millis(200),
+        ..config()
+    };
     let err = SunSpecClient::connect(addr, cfg).await.unwrap_err();
     assert!(matches!(err, Error::Timeout), "{err:?}");
     assert_eq!(err.kind(), ErrorKind::Timeout);

@@ -24,8 +24,8 @@
 //! ```
 
 use super::{
-    CommonModel, END_MODEL, Error, INVERTER_MODELS, InverterModel, MARKER, ModelHeader,
-    STORAGE_MODEL, StorageModel, BASE_ADDRESSES, COMMON_MODEL, storage,
+    BASE_ADDRESSES, COMMON_MODEL, CommonModel, END_MODEL, Error, INVERTER_MODELS, InverterModel,
+    MARKER, ModelHeader, STORAGE_MODEL, StorageModel, storage,
 };
 use crate::traits::BatteryState;
 use core::time::Duration;
@@ -45,7 +45,10 @@ pub struct SunSpecConfig {
 
 impl Default for SunSpecConfig {
     fn default() -> Self {
-        Self { unit_id: 1, timeout: Duration::from_secs(3) }
+        Self {
+            unit_id: 1,
+            timeout: Duration::from_secs(3),
+        }
     }
 }
 
@@ -81,7 +84,11 @@ impl SunSpecClient {
             base: 0,
             models: Vec::new(),
             common: CommonModel::decode(&[0; 66])?,
-            storage: ModelHeader { id: 0, address: 0, length: 0 },
+            storage: ModelHeader {
+                id: 0,
+                address: 0,
+                length: 0,
+            },
             inverter: None,
         };
         this.discover().await?;
@@ -104,9 +111,12 @@ impl SunSpecClient {
     }
 
     async fn write(&mut self, address: u16, words: &[u16]) -> Result<(), Error> {
-        tokio::time::timeout(self.timeout, self.ctx.write_multiple_registers(address, words))
-            .await
-            .map_err(|_| Error::Timeout)???;
+        tokio::time::timeout(
+            self.timeout,
+            self.ctx.write_multiple_registers(address, words),
+        )
+        .await
+        .map_err(|_| Error::Timeout)???;
         Ok(())
     }
 
@@ -130,8 +140,16 @@ impl SunSpecClient {
             if id == END_MODEL {
                 break;
             }
-            self.models.push(ModelHeader { id, address: at + 2, length });
-            at = at.checked_add(2 + length).ok_or(Error::ShortModel { id, length: usize::from(length), expected: 0 })?;
+            self.models.push(ModelHeader {
+                id,
+                address: at + 2,
+                length,
+            });
+            at = at.checked_add(2 + length).ok_or(Error::ShortModel {
+                id,
+                length: usize::from(length),
+                expected: 0,
+            })?;
         }
         let find = |ids: &[u16]| self.models.iter().find(|m| ids.contains(&m.id)).copied();
         let common = find(&[COMMON_MODEL]).ok_or(Error::MissingModel(COMMON_MODEL))?;
@@ -166,7 +184,9 @@ impl SunSpecClient {
 
     /// Reads the inverter model (101–103), if the device has one.
     pub async fn read_inverter(&mut self) -> Result<Option<InverterModel>, Error> {
-        let Some(m) = self.inverter else { return Ok(None) };
+        let Some(m) = self.inverter else {
+            return Ok(None);
+        };
         let regs = self.read(m.address, m.length).await?;
         InverterModel::decode(&regs).map(Some)
     }
@@ -177,14 +197,26 @@ impl SunSpecClient {
     /// Fails with [`Error::MissingModel`] / [`Error::NotImplemented`] when the device lacks a point.
     pub async fn read_state(&mut self) -> Result<BatteryState, Error> {
         let s = self.read_storage().await?;
-        let inv = self.read_inverter().await?.ok_or(Error::MissingModel(103))?;
-        let soc_pct = s.charge_state_pct.ok_or(Error::NotImplemented("ChaState"))?;
-        let soc = Soc::from_percent(soc_pct.clamp(0.0, 100.0)).map_err(|_| Error::NotImplemented("ChaState"))?;
-        let voltage_v = s.battery_v.or(inv.dc_v).ok_or(Error::NotImplemented("InBatV"))?;
+        let inv = self
+            .read_inverter()
+            .await?
+            .ok_or(Error::MissingModel(103))?;
+        let soc_pct = s
+            .charge_state_pct
+            .ok_or(Error::NotImplemented("ChaState"))?;
+        let soc = Soc::from_percent(soc_pct.clamp(0.0, 100.0))
+            .map_err(|_| Error::NotImplemented("ChaState"))?;
+        let voltage_v = s
+            .battery_v
+            .or(inv.dc_v)
+            .ok_or(Error::NotImplemented("InBatV"))?;
         let w = inv.w.ok_or(Error::NotImplemented("W"))?;
         let power = Power::from_kw(-w / 1000.0).map_err(|_| Error::NotImplemented("W"))?;
-        let t = inv.cabinet_temperature_c.ok_or(Error::NotImplemented("TmpCab"))?;
-        let temperature = Temperature::from_celsius(t).map_err(|_| Error::NotImplemented("TmpCab"))?;
+        let t = inv
+            .cabinet_temperature_c
+            .ok_or(Error::NotImplemented("TmpCab"))?;
+        let temperature =
+            Temperature::from_celsius(t).map_err(|_| Error::NotImplemented("TmpCab"))?;
         let mut alarms = Alarms::NONE;
         match s.charge_status {
             2 => alarms.insert(Alarms::FULLY_DISCHARGED),
@@ -194,8 +226,19 @@ impl SunSpecClient {
         if inv.state == 7 {
             alarms.insert(Alarms::FAULT);
         }
-        let current_a = if voltage_v > 0.0 { power.kw() * 1000.0 / voltage_v } else { 0.0 };
-        Ok(BatteryState { soc, voltage_v, current_a, power, temperature, alarms })
+        let current_a = if voltage_v > 0.0 {
+            power.kw() * 1000.0 / voltage_v
+        } else {
+            0.0
+        };
+        Ok(BatteryState {
+            soc,
+            voltage_v,
+            current_a,
+            power,
+            temperature,
+            alarms,
+        })
     }
 
     /// Commands `power` (kW, positive = charging) with the inverter reverting to its default
@@ -204,8 +247,10 @@ impl SunSpecClient {
         let storage = self.read_storage().await?;
         let cmd = storage.command(power, revert)?;
         let base = self.storage.address;
-        self.write(base + storage::OUT_W_RTE as u16, &cmd.rates).await?;
-        self.write(base + storage::STOR_CTL_MOD as u16, &[cmd.stor_ctl_mod]).await
+        self.write(base + storage::OUT_W_RTE as u16, &cmd.rates)
+            .await?;
+        self.write(base + storage::STOR_CTL_MOD as u16, &[cmd.stor_ctl_mod])
+            .await
     }
 
     /// Commands idle (both rates 0) with the given reversion time.
@@ -215,7 +260,8 @@ impl SunSpecClient {
 
     /// Hands control back to the inverter's own logic (StorCtl_Mod = 0).
     pub async fn release_control(&mut self) -> Result<(), Error> {
-        self.write(self.storage.address + storage::STOR_CTL_MOD as u16, &[0]).await
+        self.write(self.storage.address + storage::STOR_CTL_MOD as u16, &[0])
+            .await
     }
 }
 

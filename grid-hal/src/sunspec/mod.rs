@@ -157,7 +157,9 @@ pub enum Error {
 impl HalError for Error {
     fn kind(&self) -> ErrorKind {
         match self {
-            Error::NotSunSpec | Error::MissingModel(_) | Error::NotImplemented(_) => ErrorKind::Unsupported,
+            Error::NotSunSpec | Error::MissingModel(_) | Error::NotImplemented(_) => {
+                ErrorKind::Unsupported
+            }
             Error::ShortModel { .. } => ErrorKind::Integrity,
             Error::InvalidSetpoint { .. } => ErrorKind::InvalidInput,
             #[cfg(feature = "modbus")]
@@ -194,18 +196,30 @@ fn uint16(regs: &[u16], value: usize, sf: usize) -> Option<f64> {
 }
 
 fn int16(regs: &[u16], value: usize, sf: usize) -> Option<f64> {
-    scaled(f64::from(regs[value] as i16), regs[value] == 0x8000, regs[sf])
+    scaled(
+        f64::from(regs[value] as i16),
+        regs[value] == 0x8000,
+        regs[sf],
+    )
 }
 
 /// Decodes a SunSpec string (two ASCII characters per register, high byte first, NUL padded).
 pub fn decode_string(regs: &[u16]) -> String {
-    let bytes: Vec<u8> = regs.iter().flat_map(|r| r.to_be_bytes()).take_while(|&b| b != 0).collect();
+    let bytes: Vec<u8> = regs
+        .iter()
+        .flat_map(|r| r.to_be_bytes())
+        .take_while(|&b| b != 0)
+        .collect();
     String::from_utf8_lossy(&bytes).trim().to_owned()
 }
 
 fn need(id: u16, regs: &[u16], expected: usize) -> Result<(), Error> {
     if regs.len() < expected {
-        return Err(Error::ShortModel { id, length: regs.len(), expected });
+        return Err(Error::ShortModel {
+            id,
+            length: regs.len(),
+            expected,
+        });
     }
     Ok(())
 }
@@ -324,7 +338,10 @@ impl StorageModel {
     pub fn command(&self, power: Power, revert: Duration) -> Result<StorageCommand, Error> {
         let power_kw = power.kw();
         let invalid = |reason| Error::InvalidSetpoint { power_kw, reason };
-        let max_w = self.w_cha_max.filter(|w| *w > 0.0).ok_or_else(|| invalid("WChaMax unknown or zero"))?;
+        let max_w = self
+            .w_cha_max
+            .filter(|w| *w > 0.0)
+            .ok_or_else(|| invalid("WChaMax unknown or zero"))?;
         let revert_s = revert.as_secs();
         if !(1..=65535).contains(&revert_s) {
             return Err(invalid("the reversion time must be 1 to 65535 s"));
@@ -377,7 +394,14 @@ mod tests {
         assert_eq!(s.out_w_rte_pct, None);
         assert_eq!(s.in_w_rte_pct, Some(25.0));
         assert_eq!(s.charge_status, 4);
-        assert!(matches!(StorageModel::decode(&[0; 10]), Err(Error::ShortModel { id: 124, length: 10, expected: 24 })));
+        assert!(matches!(
+            StorageModel::decode(&[0; 10]),
+            Err(Error::ShortModel {
+                id: 124,
+                length: 10,
+                expected: 24
+            })
+        ));
     }
 
     #[test]
@@ -395,7 +419,12 @@ mod tests {
         assert!(s.command(Power::ZERO, Duration::ZERO).is_err());
         let mut no_max = storage_regs();
         no_max[storage::W_CHA_MAX] = 0;
-        assert!(StorageModel::decode(&no_max).unwrap().command(Power::ZERO, rv).is_err());
+        assert!(
+            StorageModel::decode(&no_max)
+                .unwrap()
+                .command(Power::ZERO, rv)
+                .is_err()
+        );
     }
 
     #[test]
@@ -406,7 +435,14 @@ mod tests {
         r[48] = u16::from_be_bytes(*b"S1");
         r[64] = 1;
         let c = CommonModel::decode(&r).unwrap();
-        assert_eq!((c.manufacturer.as_str(), c.serial_number.as_str(), c.model.as_str()), ("grid", "S1", ""));
+        assert_eq!(
+            (
+                c.manufacturer.as_str(),
+                c.serial_number.as_str(),
+                c.model.as_str()
+            ),
+            ("grid", "S1", "")
+        );
         assert_eq!(c.device_address, 1);
     }
 }
