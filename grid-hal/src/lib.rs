@@ -8,7 +8,7 @@
 //!   driver error reports an [`ErrorKind`] through [`HalError::kind`].
 //! * Drivers: [`sbs`] (Smart Battery over SMBus with PEC), [`ina226`] (power monitor),
 //!   [`contactor`] (GPIO), [`sunspec`] (SunSpec register maps; the async Modbus TCP client behind
-//!   the `modbus` feature) and [`rpi`] (rppal adapters behind the `rpi` feature).
+//!   the `modbus` feature) and `rpi` (rppal adapters behind the `rpi` feature).
 //! * [`SimBattery`]: a deterministic physical model with fault injection.
 //! * [`SafeBattery`]: the safety layer (limits, SoC window, temperature, ramp, watchdog).
 #![warn(missing_docs)]

@@ -1,6 +1,6 @@
 //! SunSpec register maps for storage inverters: discovery, the common model (1), inverter models
 //! (101–103) and the storage model (124), decoded and encoded without I/O. The async Modbus TCP
-//! client, [`SunSpecClient`], is behind the `modbus` feature.
+//! client, `SunSpecClient`, is behind the `modbus` feature.
 //!
 //! References: *SunSpec Information Model Specification* 1.9 (base register 40000 holding "SunS",
 //! then a chain of `ID, L, L registers` blocks ending with ID 0xFFFF; scale factors `sunssf` are
