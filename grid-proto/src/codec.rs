@@ -157,7 +157,8 @@ impl Codec {
             Codec::Json => serde_json::to_vec(value).map_err(|e| malformed(e.to_string())),
             Codec::Cbor => {
                 let mut out = Vec::new();
-                ciborium::ser::into_writer(value, &mut out).map_err(|e| malformed(e.to_string()))?;
+                ciborium::ser::into_writer(value, &mut out)
+                    .map_err(|e| malformed(e.to_string()))?;
                 Ok(out)
             }
         }
@@ -172,8 +173,9 @@ impl Codec {
             Codec::Json => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string())),
             Codec::Cbor => {
                 let mut rest = bytes;
-                let value = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_CBOR_DEPTH)
-                    .map_err(|e| malformed(format!("{e:?}")))?;
+                let value =
+                    ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_CBOR_DEPTH)
+                        .map_err(|e| malformed(format!("{e:?}")))?;
                 if !rest.is_empty() {
                     return Err(malformed(format!("{} trailing bytes", rest.len())));
                 }
@@ -206,7 +208,9 @@ impl Codec {
             kind: kind.chars().take(64).collect(),
         })?;
         let envelope = match kind {
-            BodyKind::ScheduleAssign => self.decode_as::<ScheduleAssign>(bytes, Body::ScheduleAssign),
+            BodyKind::ScheduleAssign => {
+                self.decode_as::<ScheduleAssign>(bytes, Body::ScheduleAssign)
+            }
             BodyKind::Command => self.decode_as::<Command>(bytes, Body::Command),
             BodyKind::Ack => self.decode_as::<Ack>(bytes, Body::Ack),
             BodyKind::Telemetry => self.decode_as::<Telemetry>(bytes, Body::Telemetry),

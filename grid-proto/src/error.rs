@@ -94,7 +94,9 @@ pub enum Error {
         kind: &'static str,
     },
     /// An engine was given a schedule version at or below one it already tracks.
-    #[error("schedule {schedule}: version {version} is not newer than the tracked version {latest}")]
+    #[error(
+        "schedule {schedule}: version {version} is not newer than the tracked version {latest}"
+    )]
     StaleVersion {
         /// The schedule id.
         schedule: String,

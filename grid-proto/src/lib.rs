@@ -40,8 +40,8 @@ pub mod v1;
 
 pub use codec::{Codec, decode};
 pub use error::{Error, Result};
-// pub use inbox::Inbox;
-// pub use tracker::DeliveryTracker;
+pub use inbox::Inbox;
+pub use tracker::DeliveryTracker;
 
 /// Well-known capability names for `status` and `hello` (receivers ignore names they do not know).
 pub mod capability {

@@ -20,7 +20,10 @@ pub(crate) fn finite(field: impl FnOnce() -> String, x: f64) -> Result<f64> {
         return Err(Error::NotFinite { field: field() });
     }
     if x.abs() > MAX_MAGNITUDE {
-        return Err(Error::invalid(field(), format!("|{x}| exceeds {MAX_MAGNITUDE}")));
+        return Err(Error::invalid(
+            field(),
+            format!("|{x}| exceeds {MAX_MAGNITUDE}"),
+        ));
     }
     Ok(x)
 }
@@ -35,7 +38,10 @@ fn count(field: &'static str, actual: usize, max: usize) -> Result<()> {
 
 fn check_version(field: &str, v: ScheduleVersion) -> Result<()> {
     if v.0 == 0 || v.0 > MAX_VERSION {
-        Err(Error::invalid(field, format!("{} is not in 1 ..= 2^53-1", v.0)))
+        Err(Error::invalid(
+            field,
+            format!("{} is not in 1 ..= 2^53-1", v.0),
+        ))
     } else {
         Ok(())
     }
@@ -153,7 +159,10 @@ impl ScheduleAssign {
         if self.reversion_timeout_s > MAX_REVERSION_TIMEOUT_S {
             return Err(Error::invalid(
                 "body.reversion_timeout_s",
-                format!("{} exceeds {MAX_REVERSION_TIMEOUT_S} s", self.reversion_timeout_s),
+                format!(
+                    "{} exceeds {MAX_REVERSION_TIMEOUT_S} s",
+                    self.reversion_timeout_s
+                ),
             ));
         }
         Ok(())
@@ -356,7 +365,10 @@ impl Ack {
         if let Some(s) = &self.schedule {
             check_version("body.schedule.version", s.version)?;
         }
-        if matches!(self.state, ExecutionState::Queued | ExecutionState::Delivered) {
+        if matches!(
+            self.state,
+            ExecutionState::Queued | ExecutionState::Delivered
+        ) {
             return Err(Error::invalid(
                 "body.state",
                 format!("a device never reports {}", self.state),
@@ -454,7 +466,10 @@ impl Telemetry {
             }
         }
         for (i, r) in self.plan.iter().enumerate() {
-            check_version(&format!("body.plan[{i}].schedule.version"), r.schedule.version)?;
+            check_version(
+                &format!("body.plan[{i}].schedule.version"),
+                r.schedule.version,
+            )?;
             if r.slot as usize >= MAX_SLOTS {
                 return Err(Error::invalid(
                     format!("body.plan[{i}].slot"),

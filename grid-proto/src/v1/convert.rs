@@ -118,9 +118,8 @@ impl Command {
         let action = match command {
             grid_core::Command::SetPower { power, duration } => CommandAction::SetPower {
                 power_kw: power.kw(),
-                duration_s: u32::try_from(duration.as_secs()).map_err(|_| {
-                    Error::invalid("body.action.duration_s", "longer than 86400 s")
-                })?,
+                duration_s: u32::try_from(duration.as_secs())
+                    .map_err(|_| Error::invalid("body.action.duration_s", "longer than 86400 s"))?,
             },
             grid_core::Command::Idle => CommandAction::Idle,
             grid_core::Command::CancelSchedule { schedule } => CommandAction::CancelSchedule {

@@ -24,8 +24,9 @@ pub const PROTOCOL_VERSION: u64 = 1;
 
 /// The identity of one message, chosen by its sender: 1–64 characters of `A–Z a–z 0–9 . _ -`
 /// (a UUID or ULID fits). Retries resend the same id, so receivers can drop duplicates.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct MessageId(String);
 
@@ -46,6 +47,11 @@ impl MessageId {
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// `prefix` followed by the decimal `n`: always a valid id when `prefix` is one.
+    pub(crate) fn numbered(prefix: &str, n: u64) -> Self {
+        Self(format!("{prefix}{n}"))
     }
 }
 
