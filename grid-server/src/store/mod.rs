@@ -1,0 +1,300 @@
+//! Storage: the [`Store`] trait the API and the MQTT transport use, with PostgreSQL (production)
+//! and SQLite (the embedded default) implementations sharing one conformance test suite
+//! (`tests/store_conformance.rs`).
+//!
+//! The store is used as `Arc<dyn Store>`. Every method takes the instants it needs as arguments
+//! (no clock inside), so behaviour is deterministic under test.
+
+mod error;
+pub mod postgres;
+pub mod sqlite;
+mod types;
+
+pub use error::{StoreError, StoreResult};
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+use async_trait::async_trait;
+use grid_core::{
+    DeviceId, FeederId, LifecycleEvent, PriceSeries, ScheduleId, ScheduleVersion,
+    SiteId, TelemetrySample, Timestamp,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The database used when `DATABASE_URL` is unset: a file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://grid.db";
+
+/// Opens the store a URL names and applies its migrations: `postgres://…` (or `postgresql://…`)
+/// for PostgreSQL, `sqlite://PATH` (or `sqlite:PATH`) for an SQLite file, created if missing, in
+/// WAL mode. `max_connections` bounds the pool.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use grid_server::store::{connect, Backend};
+/// let dir = std::env::temp_dir().join(format!("grid-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let store = connect(&format!("sqlite://{}/grid.db", dir.display()), 4).await?;
+/// assert_eq!(store.backend(), Backend::Sqlite);
+/// store.ping().await?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, max_connections).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+impl dyn Store {
+    /// Same as [`connect`]: `<dyn Store>::connect(url, max_connections)`.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
+        connect(url, max_connections).await
+    }
+}
+
+/// Everything the server persists. Object-safe: hold it as `Arc<dyn Store>`.
+///
+/// Errors: [`StoreError::NotFound`] for unknown keys, [`StoreError::Conflict`] for unique keys,
+/// stale versions and terminal states, [`StoreError::Invalid`] for unusable input (naming the
+/// field), [`StoreError::Backend`] when the database fails.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- health -------------------------------------------------------------------------------
+
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+
+    /// Checks the database answers (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Connection pool figures (for `/metrics`).
+    fn pool_stats(&self) -> PoolStats;
+
+    // --- sites, feeders, prices ---------------------------------------------------------------
+
+    /// Creates or replaces a site (`created_at`/`updated_at` of the argument are ignored; the
+    /// stored creation time is kept). Returns the stored record.
+    async fn upsert_site(&self, site: &SiteRecord, now: Timestamp) -> StoreResult<SiteRecord>;
+
+    /// One site.
+    async fn get_site(&self, id: &SiteId) -> StoreResult<SiteRecord>;
+
+    /// Sites by id, filtered and paged.
+    async fn list_sites(&self, filter: &SiteFilter) -> StoreResult<Page<SiteRecord>>;
+
+    /// Deletes a site; [`StoreError::Conflict`] while devices (decommissioned or not) belong to it.
+    async fn delete_site(&self, id: &SiteId) -> StoreResult<()>;
+
+    /// Creates or replaces a feeder (stored creation time kept).
+    async fn upsert_feeder(&self, feeder: &FeederRecord, now: Timestamp)
+    -> StoreResult<FeederRecord>;
+
+    /// One feeder.
+    async fn get_feeder(&self, id: &FeederId) -> StoreResult<FeederRecord>;
+
+    /// All feeders (of a tenant), by id.
+    async fn list_feeders(&self, tenant: Option<&str>) -> StoreResult<Vec<FeederRecord>>;
+
+    /// Stores a price series under `series` (e.g. a market area or a site id); slots already
+    /// stored at the same start are replaced. Returns the number of slots written.
+    async fn put_prices(&self, series: &str, prices: &PriceSeries) -> StoreResult<u64>;
+
+    /// The stored slots of `series` starting in `[from, to)`, oldest first.
+    async fn prices(
+        &self,
+        series: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<Vec<PricePoint>>;
+
+    /// The names of the stored price series.
+    async fn list_price_series(&self) -> StoreResult<Vec<String>>;
+
+    // --- devices ------------------------------------------------------------------------------
+
+    /// Registers a device; [`StoreError::Conflict`] if the id exists, [`StoreError::NotFound`] if
+    /// the site does not.
+    async fn register_device(&self, device: &NewDevice, now: Timestamp)
+    -> StoreResult<DeviceRecord>;
+
+    /// One device (decommissioned ones included).
+    async fn get_device(&self, id: &DeviceId) -> StoreResult<DeviceRecord>;
+
+    /// Devices by id, filtered and paged.
+    async fn list_devices(&self, filter: &DeviceFilter) -> StoreResult<Page<DeviceRecord>>;
+
+    /// Changes a device; [`StoreError::Conflict`] if it is decommissioned.
+    async fn update_device(
+        &self,
+        id: &DeviceId,
+        update: &DeviceUpdate,
+        now: Timestamp,
+    ) -> StoreResult<DeviceRecord>;
+
+    /// Decommissions a device: it keeps its history but gets nothing new; its pending schedules
+    /// and commands are cancelled and its delivery state dropped. Idempotent.
+    async fn decommission_device(&self, id: &DeviceId, now: Timestamp)
+    -> StoreResult<DeviceRecord>;
+
+    /// Records a `Status` message (online/offline, versions, active schedule). Reports older than
+    /// the stored one are ignored; returns whether this one was applied.
+    async fn record_status(&self, status: &StatusReport) -> StoreResult<bool>;
+
+    /// A device's live status: online flag, last status fields, newest schedule and its state,
+    /// last telemetry sample.
+    async fn device_status(&self, id: &DeviceId) -> StoreResult<DeviceStatus>;
+
+    /// How many (not decommissioned) devices last reported online.
+    async fn count_online(&self) -> StoreResult<u64>;
+
+    // --- schedules ----------------------------------------------------------------------------
+
+    /// Stores a new schedule (state `queued`). Its device must exist and not be decommissioned;
+    /// its version must exceed every stored version of its id ([`StoreError::Conflict`]
+    /// otherwise). Older non-terminal versions become `superseded` in the same transaction.
+    async fn create_schedule(&self, new: &NewSchedule, now: Timestamp)
+    -> StoreResult<ScheduleRecord>;
+
+    /// One schedule version, or with `version: None` the newest.
+    async fn get_schedule(
+        &self,
+        id: &ScheduleId,
+        version: Option<ScheduleVersion>,
+    ) -> StoreResult<ScheduleRecord>;
+
+    /// Schedules, newest first, filtered and paged.
+    async fn list_schedules(&self, filter: &ScheduleFilter) -> StoreResult<Page<ScheduleRecord>>;
+
+    /// The schedules of a device that are not in a terminal state, oldest version first.
+    async fn open_schedules(&self, device: &DeviceId) -> StoreResult<Vec<ScheduleRecord>>;
+
+    /// Applies a lifecycle event to one schedule version (grid-core's state machine), recording
+    /// `reason`. `Deliver` also counts a publication. An event the state machine refuses is a
+    /// [`StoreError::Conflict`] naming the current state.
+    async fn apply_schedule_event(
+        &self,
+        id: &ScheduleId,
+        version: ScheduleVersion,
+        event: LifecycleEvent,
+        at: Timestamp,
+        reason: Option<&str>,
+    ) -> StoreResult<ScheduleRecord>;
+
+    /// Cancels the newest non-terminal version of a schedule; [`StoreError::Conflict`] when
+    /// every version is terminal. (Telling the device is the transport's job.)
+    async fn cancel_schedule(
+        &self,
+        id: &ScheduleId,
+        at: Timestamp,
+        reason: Option<&str>,
+    ) -> StoreResult<ScheduleRecord>;
+
+    // --- commands -----------------------------------------------------------------------------
+
+    /// Stores a command (state `queued`); [`StoreError::Conflict`] if the id exists.
+    async fn create_command(&self, new: &NewCommand, now: Timestamp) -> StoreResult<CommandRecord>;
+
+    /// One command.
+    async fn get_command(&self, id: &str) -> StoreResult<CommandRecord>;
+
+    /// Commands, newest first, filtered and paged.
+    async fn list_commands(&self, filter: &CommandFilter) -> StoreResult<Page<CommandRecord>>;
+
+    /// Applies a lifecycle event to a command, like [`Store::apply_schedule_event`].
+    async fn apply_command_event(
+        &self,
+        id: &str,
+        event: LifecycleEvent,
+        at: Timestamp,
+        reason: Option<&str>,
+    ) -> StoreResult<CommandRecord>;
+
+    // --- acks ---------------------------------------------------------------------------------
+
+    /// Records a device's ack and moves its target through the lifecycle, atomically.
+    /// Idempotent: the same message id twice, or the state the target already has, is a
+    /// [`AckOutcome::Duplicate`]; an ack the state machine refuses is kept but
+    /// [`AckOutcome::Ignored`]. An ack from another device than the target's is
+    /// [`StoreError::Invalid`] (`device`); an unknown target [`StoreError::NotFound`].
+    async fn record_ack(&self, ack: &AckRecord) -> StoreResult<AckOutcome>;
+
+    /// The acks recorded for a target, in arrival order.
+    async fn list_acks(&self, target: &AckTarget) -> StoreResult<Vec<AckRecord>>;
+
+    // --- telemetry ----------------------------------------------------------------------------
+
+    /// Inserts a batch of samples in one statement per chunk; a sample at an instant already
+    /// stored for its device is skipped. Returns the number inserted. Devices must exist.
+    async fn insert_telemetry(&self, batch: &[(DeviceId, TelemetrySample)]) -> StoreResult<u64>;
+
+    /// Raw samples of one device in `[from, to)`, oldest first.
+    async fn telemetry(&self, query: &TelemetryQuery) -> StoreResult<Vec<TelemetrySample>>;
+
+    /// Downsampled telemetry (see [`TelemetryBucket`]); empty buckets are omitted.
+    async fn telemetry_buckets(&self, query: &BucketQuery) -> StoreResult<Vec<TelemetryBucket>>;
+
+    /// The newest sample of a device.
+    async fn last_telemetry(&self, device: &DeviceId) -> StoreResult<Option<TelemetrySample>>;
+
+    // --- delivery outbox ----------------------------------------------------------------------
+
+    /// The saved delivery state of a device, if any.
+    async fn outbox_load(&self, device: &DeviceId) -> StoreResult<Option<OutboxRecord>>;
+
+    /// Saves a device's delivery state if nobody saved it since `expected_revision` was read
+    /// (`None`: only if none is stored); returns the new revision, or [`StoreError::Conflict`]
+    /// when another writer got there first (reload, re-apply, retry). Clears any claim.
+    async fn outbox_save(
+        &self,
+        device: &DeviceId,
+        state: &str,
+        next_wakeup_at: Option<Timestamp>,
+        expected_revision: Option<u64>,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+
+    /// Claims up to `limit` devices whose delivery state is due at `now` (next wakeup ≤ now) and
+    /// that no live claim holds, for `lease`, on behalf of `owner` (a server replica), so replicas
+    /// do not retry the same delivery at once. Earliest due first.
+    async fn outbox_claim_due(
+        &self,
+        now: Timestamp,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxRecord>>;
+
+    /// How many devices have a pending wakeup.
+    async fn outbox_pending(&self) -> StoreResult<u64>;
+
+    // --- forecast models ----------------------------------------------------------------------
+
+    /// Stores a new version of a model (numbered after the newest of its name); with `activate`
+    /// it becomes the only active version of its name.
+    async fn put_model(&self, new: &NewModel, now: Timestamp) -> StoreResult<ModelInfo>;
+
+    /// One model version with its artefact, or with `version: None` the newest.
+    async fn get_model(&self, name: &str, version: Option<u64>) -> StoreResult<ModelRecord>;
+
+    /// The active version of a model, if any.
+    async fn active_model(&self, name: &str) -> StoreResult<Option<ModelRecord>>;
+
+    /// Model descriptions (no artefacts), by name then version.
+    async fn list_models(&self, filter: &ModelFilter) -> StoreResult<Vec<ModelInfo>>;
+
+    /// Makes one version the active one of its name (the others become inactive).
+    async fn activate_model(&self, name: &str, version: u64) -> StoreResult<ModelInfo>;
+
+    // --- analytics ----------------------------------------------------------------------------
+
+    /// Delivery success and latency over the schedules a query selects.
+    async fn delivery_stats(&self, query: &DeliveryQuery) -> StoreResult<DeliveryStats>;
+}
+

@@ -1,0 +1,1866 @@
+// The SQL shared by the PostgreSQL and SQLite stores, included into `postgres.rs` and `sqlite.rs`
+// (each defines `Db`, `This`, `BACKEND`, `BEGIN` and `ACK_ORDER` first). Both schemas keep
+// instants as BIGINT milliseconds and JSON as TEXT, and both databases accept `$N` placeholders,
+// `ON CONFLICT` upserts and `RETURNING`, so one text serves both; the conformance suite runs every
+// query against each backend.
+
+use crate::store::types::{from_ms, ms};
+use crate::store::*;
+use async_trait::async_trait;
+use grid_core::{
+    Alarms, BatterySpec, Command, DemandCharge, DeviceId, ExecutionState, FeederId,
+    GridConnection, LifecycleEvent, Power, PriceSeries, Schedule, ScheduleId, ScheduleVersion,
+    SiteId, Soc, TelemetrySample, Temperature, Timestamp,
+};
+use sqlx::{QueryBuilder, Row};
+use std::time::Duration;
+
+type DbRow = <Db as sqlx::Database>::Row;
+
+/// The non-terminal lifecycle states, as an SQL list; the queries spell it out literally (they
+/// must be `&'static str`), and a test checks this copy against grid-core.
+#[cfg_attr(not(test), allow(dead_code))]
+const OPEN_STATES: &str = "('queued','delivered','accepted','executing')";
+
+/// How often an optimistic state update is retried when another writer got there first.
+const STATE_RETRIES: usize = 8;
+
+/// The most rows one multi-row INSERT carries (keeps under both databases' bind limits).
+const INSERT_CHUNK: usize = 1000;
+
+fn col<'r, T>(row: &'r DbRow, name: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Db> + sqlx::Type<Db>,
+{
+    row.try_get(name).map_err(StoreError::from)
+}
+
+fn ts(row: &DbRow, name: &'static str) -> StoreResult<Timestamp> {
+    from_ms(name, col::<i64>(row, name)?)
+}
+
+fn opt_ts(row: &DbRow, name: &'static str) -> StoreResult<Option<Timestamp>> {
+    col::<Option<i64>>(row, name)?
+        .map(|v| from_ms(name, v))
+        .transpose()
+}
+
+fn parse_id<T>(what: &'static str, value: String) -> StoreResult<T>
+where
+    T: std::str::FromStr<Err = grid_core::Error>,
+{
+    value.parse().map_err(|e| StoreError::corrupt(what, e))
+}
+
+fn opt_id<T>(what: &'static str, value: Option<String>) -> StoreResult<Option<T>>
+where
+    T: std::str::FromStr<Err = grid_core::Error>,
+{
+    value.map(|v| parse_id(what, v)).transpose()
+}
+
+fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::invalid(what, e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::corrupt(what, e))
+}
+
+fn state_col(row: &DbRow, name: &'static str) -> StoreResult<ExecutionState> {
+    let text: String = col(row, name)?;
+    ExecutionState::parse(&text).ok_or_else(|| StoreError::corrupt(name, format!("state {text:?}")))
+}
+
+fn version_param(version: ScheduleVersion) -> StoreResult<i64> {
+    i64::try_from(version.0)
+        .map_err(|_| StoreError::invalid("version", "must be below 2^63"))
+}
+
+fn version_col(row: &DbRow, name: &'static str) -> StoreResult<ScheduleVersion> {
+    let v: i64 = col(row, name)?;
+    u64::try_from(v)
+        .map(ScheduleVersion)
+        .map_err(|_| StoreError::corrupt(name, format!("negative version {v}")))
+}
+
+fn count_col(row: &DbRow, name: &'static str) -> StoreResult<u64> {
+    Ok(u64::try_from(col::<i64>(row, name)?).unwrap_or(0))
+}
+
+fn attempts_col(row: &DbRow) -> StoreResult<u32> {
+    Ok(u32::try_from(col::<i32>(row, "attempts")?).unwrap_or(0))
+}
+
+/// Maps a unique-key violation to [`StoreError::Conflict`], anything else to a backend error.
+fn unique(entity: &'static str, key: impl std::fmt::Display) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::conflict(entity, key, "already exists")
+        }
+        _ => StoreError::Backend(e),
+    }
+}
+
+fn check_text(field: &'static str, value: &str, max: usize) -> StoreResult<()> {
+    if value.is_empty() || value.len() > max {
+        return Err(StoreError::invalid(
+            field,
+            format!("must be 1..={max} bytes, got {}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(StoreError::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_opt_text(field: &'static str, value: Option<&str>, max: usize) -> StoreResult<()> {
+    value.map_or(Ok(()), |v| check_text(field, v, max))
+}
+
+fn page<T>(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_cursor = if more { items.last().map(cursor) } else { None };
+    Page { items, next_cursor }
+}
+
+/// The event a device's reported state stands for (`queued` reports nothing).
+fn event_for(state: ExecutionState) -> Option<LifecycleEvent> {
+    use ExecutionState as S;
+    use LifecycleEvent as E;
+    match state {
+        S::Queued => None,
+        S::Delivered => Some(E::Deliver),
+        S::Accepted => Some(E::Accept),
+        S::Rejected => Some(E::Reject),
+        S::Executing => Some(E::Start),
+        S::Completed => Some(E::Complete),
+        S::Failed => Some(E::Fail),
+        S::Expired => Some(E::Expire),
+        S::Superseded => Some(E::Supersede),
+        S::Cancelled => Some(E::Cancel),
+    }
+}
+
+/// Whether reaching `state` means the device answered (for the answer time).
+fn is_device_answer(event: LifecycleEvent) -> bool {
+    !matches!(
+        event,
+        LifecycleEvent::Deliver | LifecycleEvent::Supersede | LifecycleEvent::Cancel
+    )
+}
+
+fn site_from_row(row: &DbRow) -> StoreResult<SiteRecord> {
+    let grid = GridConnection::new(col(row, "import_limit_kw")?, col(row, "export_limit_kw")?)
+        .map_err(|e| StoreError::corrupt("site.grid", e))?;
+    let demand_charge = DemandCharge::per_kw(col(row, "demand_charge_per_kw")?)
+        .map_err(|e| StoreError::corrupt("site.demand_charge", e))?;
+    Ok(SiteRecord {
+        id: parse_id("site.id", col(row, "id")?)?,
+        tenant: col(row, "tenant")?,
+        name: col(row, "name")?,
+        feeder: opt_id("site.feeder", col(row, "feeder_id")?)?,
+        grid,
+        demand_charge,
+        tariff: col::<Option<String>>(row, "tariff_json")?
+            .map(|t| from_json("site.tariff", &t))
+            .transpose()?,
+        price_series: col(row, "price_series")?,
+        created_at: ts(row, "created_ms")?,
+        updated_at: ts(row, "updated_ms")?,
+    })
+}
+
+fn feeder_from_row(row: &DbRow) -> StoreResult<FeederRecord> {
+    Ok(FeederRecord {
+        id: parse_id("feeder.id", col(row, "id")?)?,
+        tenant: col(row, "tenant")?,
+        name: col(row, "name")?,
+        envelope: col::<Option<String>>(row, "envelope_json")?
+            .map(|t| from_json("feeder.envelope", &t))
+            .transpose()?,
+        created_at: ts(row, "created_ms")?,
+        updated_at: ts(row, "updated_ms")?,
+    })
+}
+
+fn device_from_row(row: &DbRow) -> StoreResult<DeviceRecord> {
+    let codec: String = col(row, "codec")?;
+    Ok(DeviceRecord {
+        id: parse_id("device.id", col(row, "id")?)?,
+        tenant: col(row, "tenant")?,
+        site: parse_id("device.site", col(row, "site_id")?)?,
+        spec: from_json::<BatterySpec>("device.spec", &col::<String>(row, "spec_json")?)?,
+        label: col(row, "label")?,
+        codec: PayloadCodec::parse(&codec)
+            .ok_or_else(|| StoreError::corrupt("device.codec", codec))?,
+        created_at: ts(row, "created_ms")?,
+        updated_at: ts(row, "updated_ms")?,
+        decommissioned_at: opt_ts(row, "decommissioned_ms")?,
+    })
+}
+
+fn schedule_from_row(row: &DbRow) -> StoreResult<ScheduleRecord> {
+    Ok(ScheduleRecord {
+        schedule: from_json::<Schedule>("schedule", &col::<String>(row, "parts_json")?)?,
+        state: state_col(row, "state")?,
+        reason: col(row, "reason")?,
+        correlation_id: col(row, "correlation_id")?,
+        created_at: ts(row, "created_ms")?,
+        updated_at: ts(row, "updated_ms")?,
+        first_sent_at: opt_ts(row, "first_sent_ms")?,
+        last_sent_at: opt_ts(row, "last_sent_ms")?,
+        attempts: attempts_col(row)?,
+        answered_at: opt_ts(row, "answered_ms")?,
+    })
+}
+
+fn command_from_row(row: &DbRow) -> StoreResult<CommandRecord> {
+    Ok(CommandRecord {
+        id: col(row, "id")?,
+        device: parse_id("command.device", col(row, "device_id")?)?,
+        command: from_json::<Command>("command", &col::<String>(row, "command_json")?)?,
+        state: state_col(row, "state")?,
+        reason: col(row, "reason")?,
+        correlation_id: col(row, "correlation_id")?,
+        expires_at: ts(row, "expires_ms")?,
+        created_at: ts(row, "created_ms")?,
+        updated_at: ts(row, "updated_ms")?,
+        first_sent_at: opt_ts(row, "first_sent_ms")?,
+        attempts: attempts_col(row)?,
+        answered_at: opt_ts(row, "answered_ms")?,
+    })
+}
+
+fn ack_from_row(row: &DbRow) -> StoreResult<AckRecord> {
+    let kind: String = col(row, "target_kind")?;
+    let target_id: String = col(row, "target_id")?;
+    let target = match kind.as_str() {
+        "schedule" => AckTarget::Schedule {
+            id: parse_id("ack.target_id", target_id)?,
+            version: version_col(row, "target_version")?,
+        },
+        "command" => AckTarget::Command { id: target_id },
+        other => return Err(StoreError::corrupt("ack.target_kind", other)),
+    };
+    Ok(AckRecord {
+        message_id: col(row, "message_id")?,
+        device: parse_id("ack.device", col(row, "device_id")?)?,
+        target,
+        state: state_col(row, "state")?,
+        reason_code: col(row, "reason_code")?,
+        reason: col(row, "reason")?,
+        sent_at: ts(row, "sent_ms")?,
+        received_at: ts(row, "received_ms")?,
+    })
+}
+
+fn sample_from_row(row: &DbRow) -> StoreResult<TelemetrySample> {
+    let corrupt = |e: grid_core::Error| StoreError::corrupt("telemetry", e);
+    Ok(TelemetrySample {
+        at: ts(row, "at_ms")?,
+        soc: Soc::from_fraction(col(row, "soc")?).map_err(corrupt)?,
+        power: Power::from_kw(col(row, "power_kw")?).map_err(corrupt)?,
+        voltage_v: col(row, "voltage_v")?,
+        current_a: col(row, "current_a")?,
+        temperature: Temperature::from_celsius(col(row, "temperature_c")?).map_err(corrupt)?,
+        alarms: Alarms(u32::try_from(col::<i64>(row, "alarms")?).unwrap_or(u32::MAX)),
+    })
+}
+
+fn outbox_from_row(row: &DbRow) -> StoreResult<OutboxRecord> {
+    Ok(OutboxRecord {
+        device: parse_id("outbox.device", col(row, "device_id")?)?,
+        state: col(row, "state_json")?,
+        next_wakeup_at: opt_ts(row, "next_wakeup_ms")?,
+        revision: count_col(row, "revision")?,
+        updated_at: ts(row, "updated_ms")?,
+    })
+}
+
+fn model_info_from_row(row: &DbRow) -> StoreResult<ModelInfo> {
+    Ok(ModelInfo {
+        name: col(row, "name")?,
+        version: u64::try_from(col::<i64>(row, "version")?).unwrap_or(0),
+        kind: col(row, "kind")?,
+        site: opt_id("model.site", col(row, "site_id")?)?,
+        metadata: from_json("model.metadata", &col::<String>(row, "metadata_json")?)?,
+        active: col(row, "active")?,
+        artefact_len: count_col(row, "artefact_len")?,
+        created_at: ts(row, "created_ms")?,
+    })
+}
+
+const MODEL_INFO_COLUMNS: &str = "name, version, kind, site_id, metadata_json, active, created_ms, \
+     CAST(LENGTH(artefact) AS BIGINT) AS artefact_len";
+
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    // Nearest-rank percentile.
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank.min(sorted.len()) - 1).copied()
+}
+
+impl This {
+    /// Reads a schedule version (inside or outside a transaction).
+    async fn fetch_schedule<'e, E>(
+        exec: E,
+        id: &ScheduleId,
+        version: Option<ScheduleVersion>,
+    ) -> StoreResult<ScheduleRecord>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let row = match version {
+            Some(v) => {
+                sqlx::query("SELECT * FROM schedules WHERE schedule_id = $1 AND version = $2")
+                    .bind(id.as_str())
+                    .bind(version_param(v)?)
+                    .fetch_optional(exec)
+                    .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT * FROM schedules WHERE schedule_id = $1 ORDER BY version DESC LIMIT 1",
+                )
+                .bind(id.as_str())
+                .fetch_optional(exec)
+                .await?
+            }
+        };
+        match row {
+            Some(row) => schedule_from_row(&row),
+            None => Err(StoreError::not_found(
+                "schedule",
+                match version {
+                    Some(v) => format!("{id} {v}"),
+                    None => id.to_string(),
+                },
+            )),
+        }
+    }
+
+    /// Moves a schedule from `from` to `to` if nobody changed it meanwhile; false otherwise.
+    #[allow(clippy::too_many_arguments)]
+    async fn transition_schedule<'e, E>(
+        exec: E,
+        id: &ScheduleId,
+        version: i64,
+        from: ExecutionState,
+        to: ExecutionState,
+        event: LifecycleEvent,
+        at: Timestamp,
+        reason: Option<&str>,
+    ) -> StoreResult<bool>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let sent = event == LifecycleEvent::Deliver;
+        let answered = is_device_answer(event);
+        let done = sqlx::query(
+            "UPDATE schedules SET state = $1, reason = COALESCE($2, reason), updated_ms = $3, \
+             first_sent_ms = CASE WHEN $4 THEN COALESCE(first_sent_ms, $3) ELSE first_sent_ms END, \
+             last_sent_ms = CASE WHEN $4 THEN $3 ELSE last_sent_ms END, \
+             attempts = CASE WHEN $4 THEN attempts + 1 ELSE attempts END, \
+             answered_ms = CASE WHEN $5 THEN COALESCE(answered_ms, $3) ELSE answered_ms END \
+             WHERE schedule_id = $6 AND version = $7 AND state = $8",
+        )
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(ms(at))
+        .bind(sent)
+        .bind(answered)
+        .bind(id.as_str())
+        .bind(version)
+        .bind(from.as_str())
+        .execute(exec)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Moves a command from `from` to `to` if nobody changed it meanwhile; false otherwise.
+    async fn transition_command<'e, E>(
+        exec: E,
+        id: &str,
+        from: ExecutionState,
+        to: ExecutionState,
+        event: LifecycleEvent,
+        at: Timestamp,
+        reason: Option<&str>,
+    ) -> StoreResult<bool>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let sent = event == LifecycleEvent::Deliver;
+        let answered = is_device_answer(event);
+        let done = sqlx::query(
+            "UPDATE commands SET state = $1, reason = COALESCE($2, reason), updated_ms = $3, \
+             first_sent_ms = CASE WHEN $4 THEN COALESCE(first_sent_ms, $3) ELSE first_sent_ms END, \
+             attempts = CASE WHEN $4 THEN attempts + 1 ELSE attempts END, \
+             answered_ms = CASE WHEN $5 THEN COALESCE(answered_ms, $3) ELSE answered_ms END \
+             WHERE id = $6 AND state = $7",
+        )
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(ms(at))
+        .bind(sent)
+        .bind(answered)
+        .bind(id)
+        .bind(from.as_str())
+        .execute(exec)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn site_exists<'e, E>(exec: E, id: &SiteId) -> StoreResult<()>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        sqlx::query("SELECT id FROM sites WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(exec)
+            .await?
+            .map(|_| ())
+            .ok_or_else(|| StoreError::not_found("site", id))
+    }
+
+    /// One attempt at recording an ack; `Ok(None)` when a concurrent writer moved the target
+    /// between read and write (the caller retries).
+    async fn try_record_ack(&self, ack: &AckRecord) -> StoreResult<Option<AckOutcome>> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let (kind, target_id, target_version, current, owner) = match &ack.target {
+            AckTarget::Schedule { id, version } => {
+                let v = version_param(*version)?;
+                let row = sqlx::query(
+                    "SELECT state, device_id FROM schedules WHERE schedule_id = $1 AND version = $2",
+                )
+                .bind(id.as_str())
+                .bind(v)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::not_found("schedule", format!("{id} {version}")))?;
+                let owner: String = col(&row, "device_id")?;
+                ("schedule", id.as_str(), v, state_col(&row, "state")?, owner)
+            }
+            AckTarget::Command { id } => {
+                let row = sqlx::query("SELECT state, device_id FROM commands WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| StoreError::not_found("command", id))?;
+                let owner: String = col(&row, "device_id")?;
+                ("command", id.as_str(), 0, state_col(&row, "state")?, owner)
+            }
+        };
+        if owner != ack.device.as_str() {
+            return Err(StoreError::invalid(
+                "device",
+                format!("ack from {} for a {kind} of device {owner}", ack.device),
+            ));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO acks (message_id, device_id, target_kind, target_id, target_version, \
+             state, reason_code, reason, sent_ms, received_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(&ack.message_id)
+        .bind(ack.device.as_str())
+        .bind(kind)
+        .bind(target_id)
+        .bind(target_version)
+        .bind(ack.state.as_str())
+        .bind(ack.reason_code.as_deref())
+        .bind(ack.reason.as_deref())
+        .bind(ms(ack.sent_at))
+        .bind(ms(ack.received_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 || ack.state == current {
+            tx.commit().await?;
+            return Ok(Some(AckOutcome::Duplicate { state: current }));
+        }
+        let Some((event, next)) =
+            event_for(ack.state).and_then(|e| current.apply(e).ok().map(|n| (e, n)))
+        else {
+            tx.commit().await?;
+            return Ok(Some(AckOutcome::Ignored { state: current }));
+        };
+        let reason = ack.reason.as_deref().or(ack.reason_code.as_deref());
+        let moved = match &ack.target {
+            AckTarget::Schedule { id, .. } => {
+                Self::transition_schedule(
+                    &mut *tx,
+                    id,
+                    target_version,
+                    current,
+                    next,
+                    event,
+                    ack.received_at,
+                    reason,
+                )
+                .await?
+            }
+            AckTarget::Command { id } => {
+                Self::transition_command(
+                    &mut *tx,
+                    id,
+                    current,
+                    next,
+                    event,
+                    ack.received_at,
+                    reason,
+                )
+                .await?
+            }
+        };
+        if !moved {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(AckOutcome::Applied {
+            from: current,
+            state: next,
+        }))
+    }
+}
+
+#[async_trait]
+impl Store for This {
+    fn backend(&self) -> Backend {
+        BACKEND
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
+    // --- sites, feeders, prices ---------------------------------------------------------------
+
+    async fn upsert_site(&self, site: &SiteRecord, now: Timestamp) -> StoreResult<SiteRecord> {
+        check_text("tenant", &site.tenant, 64)?;
+        check_opt_text("name", site.name.as_deref(), 200)?;
+        check_opt_text("price_series", site.price_series.as_deref(), 64)?;
+        let tariff = site
+            .tariff
+            .as_ref()
+            .map(|t| to_json("tariff", t))
+            .transpose()?;
+        let row = sqlx::query(
+            "INSERT INTO sites (id, tenant, name, feeder_id, import_limit_kw, export_limit_kw, \
+             demand_charge_per_kw, tariff_json, price_series, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+             ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant, name = excluded.name, \
+             feeder_id = excluded.feeder_id, import_limit_kw = excluded.import_limit_kw, \
+             export_limit_kw = excluded.export_limit_kw, \
+             demand_charge_per_kw = excluded.demand_charge_per_kw, \
+             tariff_json = excluded.tariff_json, price_series = excluded.price_series, \
+             updated_ms = excluded.updated_ms \
+             RETURNING *",
+        )
+        .bind(site.id.as_str())
+        .bind(&site.tenant)
+        .bind(site.name.as_deref())
+        .bind(site.feeder.as_ref().map(FeederId::as_str))
+        .bind(site.grid.import_limit.kw())
+        .bind(site.grid.export_limit.kw())
+        .bind(site.demand_charge.value())
+        .bind(tariff)
+        .bind(site.price_series.as_deref())
+        .bind(ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        site_from_row(&row)
+    }
+
+    async fn get_site(&self, id: &SiteId) -> StoreResult<SiteRecord> {
+        let row = sqlx::query("SELECT * FROM sites WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("site", id))?;
+        site_from_row(&row)
+    }
+
+    async fn list_sites(&self, filter: &SiteFilter) -> StoreResult<Page<SiteRecord>> {
+        let limit = check_limit(filter.limit)?;
+        let mut q = QueryBuilder::<Db>::new("SELECT * FROM sites WHERE 1 = 1");
+        if let Some(t) = &filter.tenant {
+            q.push(" AND tenant = ").push_bind(t.clone());
+        }
+        if let Some(f) = &filter.feeder {
+            q.push(" AND feeder_id = ").push_bind(f.as_str().to_owned());
+        }
+        if let Some(after) = &filter.after {
+            q.push(" AND id > ").push_bind(after.clone());
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(site_from_row).collect::<StoreResult<Vec<_>>>()?;
+        Ok(page(items, limit, |s| s.id.to_string()))
+    }
+
+    async fn delete_site(&self, id: &SiteId) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let devices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE site_id = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if devices > 0 {
+            return Err(StoreError::conflict(
+                "site",
+                id,
+                format!("{devices} device(s) belong to it"),
+            ));
+        }
+        let done = sqlx::query("DELETE FROM sites WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("site", id));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn upsert_feeder(
+        &self,
+        feeder: &FeederRecord,
+        now: Timestamp,
+    ) -> StoreResult<FeederRecord> {
+        check_text("tenant", &feeder.tenant, 64)?;
+        check_opt_text("name", feeder.name.as_deref(), 200)?;
+        if let Some(env) = &feeder.envelope
+            && env.id() != &feeder.id
+        {
+            return Err(StoreError::invalid(
+                "envelope.id",
+                format!("{} differs from the feeder id {}", env.id(), feeder.id),
+            ));
+        }
+        let envelope = feeder
+            .envelope
+            .as_ref()
+            .map(|e| to_json("envelope", e))
+            .transpose()?;
+        let row = sqlx::query(
+            "INSERT INTO feeders (id, tenant, name, envelope_json, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant, name = excluded.name, \
+             envelope_json = excluded.envelope_json, updated_ms = excluded.updated_ms \
+             RETURNING *",
+        )
+        .bind(feeder.id.as_str())
+        .bind(&feeder.tenant)
+        .bind(feeder.name.as_deref())
+        .bind(envelope)
+        .bind(ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        feeder_from_row(&row)
+    }
+
+    async fn get_feeder(&self, id: &FeederId) -> StoreResult<FeederRecord> {
+        let row = sqlx::query("SELECT * FROM feeders WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("feeder", id))?;
+        feeder_from_row(&row)
+    }
+
+    async fn list_feeders(&self, tenant: Option<&str>) -> StoreResult<Vec<FeederRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM feeders WHERE ($1 IS NULL OR tenant = $1) ORDER BY id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(feeder_from_row).collect()
+    }
+
+    async fn put_prices(&self, series: &str, prices: &PriceSeries) -> StoreResult<u64> {
+        check_text("series", series, 64)?;
+        let horizon = *prices.horizon();
+        let slot_seconds = i32::try_from(u32::from(horizon.slot_length()))
+            .map_err(|_| StoreError::invalid("slot_seconds", "too long"))?;
+        let import = prices.import.values();
+        let export = prices.export.values();
+        let rows: Vec<(i64, f64, f64)> = horizon
+            .iter()
+            .map(|(i, start)| (ms(start), import[i].per_kwh(), export[i].per_kwh()))
+            .collect();
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let mut written = 0;
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Db>::new(
+                "INSERT INTO price_points (series, start_ms, slot_seconds, import_price, export_price) ",
+            );
+            q.push_values(chunk, |mut b, (start, imp, exp)| {
+                b.push_bind(series.to_owned())
+                    .push_bind(*start)
+                    .push_bind(slot_seconds)
+                    .push_bind(*imp)
+                    .push_bind(*exp);
+            });
+            q.push(
+                " ON CONFLICT (series, start_ms) DO UPDATE SET slot_seconds = excluded.slot_seconds, \
+                 import_price = excluded.import_price, export_price = excluded.export_price",
+            );
+            written += q.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn prices(
+        &self,
+        series: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<Vec<PricePoint>> {
+        let rows = sqlx::query(
+            "SELECT * FROM price_points WHERE series = $1 AND start_ms >= $2 AND start_ms < $3 \
+             ORDER BY start_ms",
+        )
+        .bind(series)
+        .bind(ms(from))
+        .bind(ms(to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PricePoint {
+                    start: ts(row, "start_ms")?,
+                    slot_seconds: u32::try_from(col::<i32>(row, "slot_seconds")?).unwrap_or(0),
+                    import: col(row, "import_price")?,
+                    export: col(row, "export_price")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_price_series(&self) -> StoreResult<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT series FROM price_points ORDER BY series")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    // --- devices ------------------------------------------------------------------------------
+
+    async fn register_device(
+        &self,
+        device: &NewDevice,
+        now: Timestamp,
+    ) -> StoreResult<DeviceRecord> {
+        check_text("tenant", &device.tenant, 64)?;
+        check_opt_text("label", device.label.as_deref(), 200)?;
+        let spec = to_json("spec", &device.spec)?;
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        Self::site_exists(&mut *tx, &device.site).await?;
+        let row = sqlx::query(
+            "INSERT INTO devices (id, tenant, site_id, label, spec_json, codec, created_ms, \
+             updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             ON CONFLICT (id) DO NOTHING RETURNING *",
+        )
+        .bind(device.id.as_str())
+        .bind(&device.tenant)
+        .bind(device.site.as_str())
+        .bind(device.label.as_deref())
+        .bind(spec)
+        .bind(device.codec.as_str())
+        .bind(ms(now))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::conflict("device", &device.id, "already registered"))?;
+        let record = device_from_row(&row)?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn get_device(&self, id: &DeviceId) -> StoreResult<DeviceRecord> {
+        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("device", id))?;
+        device_from_row(&row)
+    }
+
+    async fn list_devices(&self, filter: &DeviceFilter) -> StoreResult<Page<DeviceRecord>> {
+        let limit = check_limit(filter.limit)?;
+        let mut q = QueryBuilder::<Db>::new("SELECT * FROM devices WHERE 1 = 1");
+        if let Some(t) = &filter.tenant {
+            q.push(" AND tenant = ").push_bind(t.clone());
+        }
+        if let Some(s) = &filter.site {
+            q.push(" AND site_id = ").push_bind(s.as_str().to_owned());
+        }
+        if let Some(online) = filter.online {
+            q.push(" AND online = ").push_bind(online);
+        }
+        if !filter.include_decommissioned {
+            q.push(" AND decommissioned_ms IS NULL");
+        }
+        if let Some(after) = &filter.after {
+            q.push(" AND id > ").push_bind(after.clone());
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(device_from_row).collect::<StoreResult<Vec<_>>>()?;
+        Ok(page(items, limit, |d| d.id.to_string()))
+    }
+
+    async fn update_device(
+        &self,
+        id: &DeviceId,
+        update: &DeviceUpdate,
+        now: Timestamp,
+    ) -> StoreResult<DeviceRecord> {
+        if let Some(Some(label)) = &update.label {
+            check_text("label", label, 200)?;
+        }
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found("device", id))?;
+        let mut device = device_from_row(&row)?;
+        if device.decommissioned_at.is_some() {
+            return Err(StoreError::conflict("device", id, "decommissioned"));
+        }
+        if let Some(site) = &update.site {
+            Self::site_exists(&mut *tx, site).await?;
+            device.site = site.clone();
+        }
+        if let Some(spec) = &update.spec {
+            device.spec = spec.clone();
+        }
+        if let Some(label) = &update.label {
+            device.label = label.clone();
+        }
+        if let Some(codec) = update.codec {
+            device.codec = codec;
+        }
+        let row = sqlx::query(
+            "UPDATE devices SET site_id = $1, spec_json = $2, label = $3, codec = $4, \
+             updated_ms = $5 WHERE id = $6 RETURNING *",
+        )
+        .bind(device.site.as_str())
+        .bind(to_json("spec", &device.spec)?)
+        .bind(device.label.as_deref())
+        .bind(device.codec.as_str())
+        .bind(ms(now))
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = device_from_row(&row)?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn decommission_device(
+        &self,
+        id: &DeviceId,
+        now: Timestamp,
+    ) -> StoreResult<DeviceRecord> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let row = sqlx::query(
+            "UPDATE devices SET decommissioned_ms = COALESCE(decommissioned_ms, $1), \
+             online = FALSE, updated_ms = $1 WHERE id = $2 RETURNING *",
+        )
+        .bind(ms(now))
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::not_found("device", id))?;
+        let record = device_from_row(&row)?;
+        for table in [
+            "UPDATE schedules SET state = 'cancelled', reason = 'device decommissioned', \
+             updated_ms = $1 WHERE device_id = $2 AND state IN ('queued','delivered','accepted','executing')",
+            "UPDATE commands SET state = 'cancelled', reason = 'device decommissioned', \
+             updated_ms = $1 WHERE device_id = $2 AND state IN ('queued','delivered','accepted','executing')",
+        ] {
+            sqlx::query(table)
+                .bind(ms(now))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM outbox WHERE device_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn record_status(&self, status: &StatusReport) -> StoreResult<bool> {
+        for v in [&status.agent_version, &status.firmware_version] {
+            check_opt_text("version", v.as_deref(), 100)?;
+        }
+        let capabilities = to_json("capabilities", &status.capabilities)?;
+        let (sched_id, sched_version) = match &status.active_schedule {
+            Some(s) => (Some(s.id.as_str()), Some(version_param(s.version)?)),
+            None => (None, None),
+        };
+        let done = if status.online {
+            sqlx::query(
+                "UPDATE devices SET online = TRUE, status_ms = $1, agent_version = $2, \
+                 firmware_version = $3, capabilities_json = $4, clock_offset_ms = $5, \
+                 reported_schedule_id = $6, reported_schedule_version = $7 \
+                 WHERE id = $8 AND (status_ms IS NULL OR status_ms <= $1)",
+            )
+            .bind(ms(status.at))
+            .bind(status.agent_version.as_deref())
+            .bind(status.firmware_version.as_deref())
+            .bind(capabilities)
+            .bind(status.clock_offset_ms)
+            .bind(sched_id)
+            .bind(sched_version)
+            .bind(status.device.as_str())
+            .execute(&self.pool)
+            .await?
+        } else {
+            // An offline report (often the broker's last will) keeps the last known details.
+            sqlx::query(
+                "UPDATE devices SET online = FALSE, status_ms = $1 \
+                 WHERE id = $2 AND (status_ms IS NULL OR status_ms <= $1)",
+            )
+            .bind(ms(status.at))
+            .bind(status.device.as_str())
+            .execute(&self.pool)
+            .await?
+        };
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        self.get_device(&status.device).await?;
+        Ok(false)
+    }
+
+    async fn device_status(&self, id: &DeviceId) -> StoreResult<DeviceStatus> {
+        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("device", id))?;
+        let reported_schedule = match (
+            opt_id::<ScheduleId>("device.reported_schedule_id", col(&row, "reported_schedule_id")?)?,
+            col::<Option<i64>>(&row, "reported_schedule_version")?,
+        ) {
+            (Some(id), Some(v)) => Some(ScheduleRef {
+                id,
+                version: ScheduleVersion(u64::try_from(v).unwrap_or(0)),
+            }),
+            _ => None,
+        };
+        let latest = sqlx::query(
+            "SELECT schedule_id, version, state FROM schedules WHERE device_id = $1 \
+             ORDER BY created_ms DESC, version DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let latest_schedule = latest
+            .map(|r| {
+                Ok::<_, StoreError>(ScheduleStateRef {
+                    id: parse_id("schedule.id", col(&r, "schedule_id")?)?,
+                    version: version_col(&r, "version")?,
+                    state: state_col(&r, "state")?,
+                })
+            })
+            .transpose()?;
+        Ok(DeviceStatus {
+            device: id.clone(),
+            online: col(&row, "online")?,
+            status_at: opt_ts(&row, "status_ms")?,
+            agent_version: col(&row, "agent_version")?,
+            firmware_version: col(&row, "firmware_version")?,
+            capabilities: col::<Option<String>>(&row, "capabilities_json")?
+                .map(|c| from_json("device.capabilities", &c))
+                .transpose()?
+                .unwrap_or_default(),
+            clock_offset_ms: col(&row, "clock_offset_ms")?,
+            reported_schedule,
+            latest_schedule,
+            last_telemetry: self.last_telemetry(id).await?,
+        })
+    }
+
+    async fn count_online(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM devices WHERE online = TRUE AND decommissioned_ms IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    // --- schedules ----------------------------------------------------------------------------
+
+    async fn create_schedule(
+        &self,
+        new: &NewSchedule,
+        now: Timestamp,
+    ) -> StoreResult<ScheduleRecord> {
+        check_opt_text("correlation_id", new.correlation_id.as_deref(), 128)?;
+        let schedule = &new.schedule;
+        let id = schedule.id();
+        let version = version_param(schedule.version())?;
+        let parts = to_json("schedule", schedule)?;
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let device = sqlx::query("SELECT decommissioned_ms FROM devices WHERE id = $1")
+            .bind(schedule.device().as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found("device", schedule.device()))?;
+        if col::<Option<i64>>(&device, "decommissioned_ms")?.is_some() {
+            return Err(StoreError::conflict(
+                "device",
+                schedule.device(),
+                "decommissioned",
+            ));
+        }
+        let newest = sqlx::query(
+            "SELECT version, device_id FROM schedules WHERE schedule_id = $1 \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = newest {
+            let owner: String = col(&row, "device_id")?;
+            if owner != schedule.device().as_str() {
+                return Err(StoreError::conflict(
+                    "schedule",
+                    id,
+                    format!("the id belongs to device {owner}"),
+                ));
+            }
+            let stored = version_col(&row, "version")?;
+            if stored >= schedule.version() {
+                return Err(StoreError::conflict(
+                    "schedule",
+                    format!("{id} {}", schedule.version()),
+                    format!("version must exceed the stored {stored}"),
+                ));
+            }
+        }
+        sqlx::query(
+            "UPDATE schedules SET state = 'superseded', updated_ms = $1 \
+             WHERE schedule_id = $2 AND state IN ('queued','delivered','accepted','executing')",
+        )
+        .bind(ms(now))
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "INSERT INTO schedules (schedule_id, version, device_id, parts_json, state, \
+             correlation_id, expires_ms, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7) RETURNING *",
+        )
+        .bind(id.as_str())
+        .bind(version)
+        .bind(schedule.device().as_str())
+        .bind(parts)
+        .bind(new.correlation_id.as_deref())
+        .bind(ms(schedule.expires_at()))
+        .bind(ms(now))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unique("schedule", format!("{id} {}", schedule.version())))?;
+        let record = schedule_from_row(&row)?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn get_schedule(
+        &self,
+        id: &ScheduleId,
+        version: Option<ScheduleVersion>,
+    ) -> StoreResult<ScheduleRecord> {
+        Self::fetch_schedule(&self.pool, id, version).await
+    }
+
+    async fn list_schedules(&self, filter: &ScheduleFilter) -> StoreResult<Page<ScheduleRecord>> {
+        let limit = check_limit(filter.limit)?;
+        let mut q = QueryBuilder::<Db>::new("SELECT * FROM schedules WHERE 1 = 1");
+        if let Some(d) = &filter.device {
+            q.push(" AND device_id = ").push_bind(d.as_str().to_owned());
+        }
+        if let Some(id) = &filter.id {
+            q.push(" AND schedule_id = ").push_bind(id.as_str().to_owned());
+        }
+        if let Some(s) = filter.state {
+            q.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(t) = &filter.tenant {
+            q.push(" AND device_id IN (SELECT id FROM devices WHERE tenant = ")
+                .push_bind(t.clone())
+                .push(")");
+        }
+        if let Some(from) = filter.created_from {
+            q.push(" AND created_ms >= ").push_bind(ms(from));
+        }
+        if let Some(to) = filter.created_to {
+            q.push(" AND created_ms < ").push_bind(ms(to));
+        }
+        if let Some(after) = &filter.after {
+            let bad = || StoreError::invalid("after", "not a cursor from this list");
+            let mut parts = after.splitn(3, ':');
+            let created: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+            let version: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+            let sid = parts.next().ok_or_else(bad)?.to_owned();
+            q.push(" AND (created_ms < ")
+                .push_bind(created)
+                .push(" OR (created_ms = ")
+                .push_bind(created)
+                .push(" AND (schedule_id < ")
+                .push_bind(sid.clone())
+                .push(" OR (schedule_id = ")
+                .push_bind(sid)
+                .push(" AND version < ")
+                .push_bind(version)
+                .push("))))");
+        }
+        q.push(" ORDER BY created_ms DESC, schedule_id DESC, version DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(schedule_from_row).collect::<StoreResult<Vec<_>>>()?;
+        Ok(page(items, limit, |s| {
+            format!(
+                "{}:{}:{}",
+                ms(s.created_at),
+                s.schedule.version().0,
+                s.schedule.id()
+            )
+        }))
+    }
+
+    async fn open_schedules(&self, device: &DeviceId) -> StoreResult<Vec<ScheduleRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM schedules WHERE device_id = $1 \
+             AND state IN ('queued','delivered','accepted','executing') \
+             ORDER BY created_ms, version",
+        )
+        .bind(device.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(schedule_from_row).collect()
+    }
+
+    async fn apply_schedule_event(
+        &self,
+        id: &ScheduleId,
+        version: ScheduleVersion,
+        event: LifecycleEvent,
+        at: Timestamp,
+        reason: Option<&str>,
+    ) -> StoreResult<ScheduleRecord> {
+        check_opt_text("reason", reason, 500)?;
+        let v = version_param(version)?;
+        for _ in 0..STATE_RETRIES {
+            let current = Self::fetch_schedule(&self.pool, id, Some(version)).await?;
+            let next = current.state.apply(event).map_err(|_| {
+                StoreError::conflict(
+                    "schedule",
+                    format!("{id} {version}"),
+                    format!("cannot apply {event:?} in state {}", current.state),
+                )
+            })?;
+            if Self::transition_schedule(&self.pool, id, v, current.state, next, event, at, reason)
+                .await?
+            {
+                return Self::fetch_schedule(&self.pool, id, Some(version)).await;
+            }
+        }
+        Err(StoreError::conflict(
+            "schedule",
+            format!("{id} {version}"),
+            "changed concurrently too often; retry",
+        ))
+    }
+
+    async fn cancel_schedule(
+        &self,
+        id: &ScheduleId,
+        at: Timestamp,
+        reason: Option<&str>,
+    ) -> StoreResult<ScheduleRecord> {
+        check_opt_text("reason", reason, 500)?;
+        for _ in 0..STATE_RETRIES {
+            let mut tx = self.pool.begin_with(BEGIN).await?;
+            let open = sqlx::query(
+                "SELECT version, state FROM schedules WHERE schedule_id = $1 \
+                 AND state IN ('queued','delivered','accepted','executing') \
+                 ORDER BY version DESC LIMIT 1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(open) = open else {
+                let newest = Self::fetch_schedule(&mut *tx, id, None).await?;
+                return Err(StoreError::conflict(
+                    "schedule",
+                    id,
+                    format!("already {}", newest.state),
+                ));
+            };
+            let version = version_col(&open, "version")?;
+            let state = state_col(&open, "state")?;
+            let next = state.apply(LifecycleEvent::Cancel).map_err(|_| {
+                StoreError::conflict("schedule", id, format!("cannot cancel in state {state}"))
+            })?;
+            let v = version_param(version)?;
+            if Self::transition_schedule(
+                &mut *tx,
+                id,
+                v,
+                state,
+                next,
+                LifecycleEvent::Cancel,
+                at,
+                reason,
+            )
+            .await?
+            {
+                let record = Self::fetch_schedule(&mut *tx, id, Some(version)).await?;
+                tx.commit().await?;
+                return Ok(record);
+            }
+            tx.rollback().await?;
+        }
+        Err(StoreError::conflict(
+            "schedule",
+            id,
+            "changed concurrently too often; retry",
+        ))
+    }
+
+    // --- commands -----------------------------------------------------------------------------
+
+    async fn create_command(&self, new: &NewCommand, now: Timestamp) -> StoreResult<CommandRecord> {
+        check_text("id", &new.id, 128)?;
+        check_opt_text("correlation_id", new.correlation_id.as_deref(), 128)?;
+        let command = to_json("command", &new.command)?;
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let device = sqlx::query("SELECT decommissioned_ms FROM devices WHERE id = $1")
+            .bind(new.device.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found("device", &new.device))?;
+        if col::<Option<i64>>(&device, "decommissioned_ms")?.is_some() {
+            return Err(StoreError::conflict("device", &new.device, "decommissioned"));
+        }
+        let row = sqlx::query(
+            "INSERT INTO commands (id, device_id, command_json, state, correlation_id, \
+             expires_ms, created_ms, updated_ms) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6) \
+             ON CONFLICT (id) DO NOTHING RETURNING *",
+        )
+        .bind(&new.id)
+        .bind(new.device.as_str())
+        .bind(command)
+        .bind(new.correlation_id.as_deref())
+        .bind(ms(new.expires_at))
+        .bind(ms(now))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::conflict("command", &new.id, "already exists"))?;
+        let record = command_from_row(&row)?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn get_command(&self, id: &str) -> StoreResult<CommandRecord> {
+        let row = sqlx::query("SELECT * FROM commands WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("command", id))?;
+        command_from_row(&row)
+    }
+
+    async fn list_commands(&self, filter: &CommandFilter) -> StoreResult<Page<CommandRecord>> {
+        let limit = check_limit(filter.limit)?;
+        let mut q = QueryBuilder::<Db>::new("SELECT * FROM commands WHERE 1 = 1");
+        if let Some(d) = &filter.device {
+            q.push(" AND device_id = ").push_bind(d.as_str().to_owned());
+        }
+        if let Some(s) = filter.state {
+            q.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(after) = &filter.after {
+            let bad = || StoreError::invalid("after", "not a cursor from this list");
+            let (created, id) = after.split_once(':').ok_or_else(bad)?;
+            let created: i64 = created.parse().map_err(|_| bad())?;
+            q.push(" AND (created_ms < ")
+                .push_bind(created)
+                .push(" OR (created_ms = ")
+                .push_bind(created)
+                .push(" AND id < ")
+                .push_bind(id.to_owned())
+                .push("))");
+        }
+        q.push(" ORDER BY created_ms DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(command_from_row).collect::<StoreResult<Vec<_>>>()?;
+        Ok(page(items, limit, |c| format!("{}:{}", ms(c.created_at), c.id)))
+    }
+
+    async fn apply_command_event(
+        &self,
+        id: &str,
+        event: LifecycleEvent,
+        at: Timestamp,
+        reason: Option<&str>,
+    ) -> StoreResult<CommandRecord> {
+        check_opt_text("reason", reason, 500)?;
+        for _ in 0..STATE_RETRIES {
+            let current = self.get_command(id).await?;
+            let next = current.state.apply(event).map_err(|_| {
+                StoreError::conflict(
+                    "command",
+                    id,
+                    format!("cannot apply {event:?} in state {}", current.state),
+                )
+            })?;
+            if Self::transition_command(&self.pool, id, current.state, next, event, at, reason)
+                .await?
+            {
+                return self.get_command(id).await;
+            }
+        }
+        Err(StoreError::conflict(
+            "command",
+            id,
+            "changed concurrently too often; retry",
+        ))
+    }
+
+    // --- acks ---------------------------------------------------------------------------------
+
+    async fn record_ack(&self, ack: &AckRecord) -> StoreResult<AckOutcome> {
+        check_text("message_id", &ack.message_id, 128)?;
+        check_opt_text("reason_code", ack.reason_code.as_deref(), 64)?;
+        check_opt_text("reason", ack.reason.as_deref(), 500)?;
+        for _ in 0..STATE_RETRIES {
+            if let Some(outcome) = self.try_record_ack(ack).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(StoreError::conflict(
+            "ack",
+            &ack.message_id,
+            "target changed concurrently too often; retry",
+        ))
+    }
+
+    async fn list_acks(&self, target: &AckTarget) -> StoreResult<Vec<AckRecord>> {
+        let (kind, id, version) = match target {
+            AckTarget::Schedule { id, version } => ("schedule", id.as_str(), version_param(*version)?),
+            AckTarget::Command { id } => ("command", id.as_str(), 0),
+        };
+        let rows = sqlx::query(ACKS_BY_TARGET)
+            .bind(kind)
+            .bind(id)
+            .bind(version)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(ack_from_row).collect()
+    }
+
+    // --- telemetry ----------------------------------------------------------------------------
+
+    async fn insert_telemetry(&self, batch: &[(DeviceId, TelemetrySample)]) -> StoreResult<u64> {
+        for (_, s) in batch {
+            if !s.voltage_v.is_finite() || !s.current_a.is_finite() {
+                return Err(StoreError::invalid(
+                    "telemetry.voltage_v",
+                    "voltage and current must be finite",
+                ));
+            }
+        }
+        let mut written = 0;
+        for chunk in batch.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Db>::new(
+                "INSERT INTO telemetry (device_id, at_ms, soc, power_kw, voltage_v, current_a, \
+                 temperature_c, alarms) ",
+            );
+            q.push_values(chunk, |mut b, (device, s)| {
+                b.push_bind(device.as_str().to_owned())
+                    .push_bind(ms(s.at))
+                    .push_bind(f64::from(s.soc))
+                    .push_bind(s.power.kw())
+                    .push_bind(s.voltage_v)
+                    .push_bind(s.current_a)
+                    .push_bind(s.temperature.celsius())
+                    .push_bind(i64::from(s.alarms.0));
+            });
+            q.push(" ON CONFLICT (device_id, at_ms) DO NOTHING");
+            written += q.build().execute(&self.pool).await?.rows_affected();
+        }
+        Ok(written)
+    }
+
+    async fn telemetry(&self, query: &TelemetryQuery) -> StoreResult<Vec<TelemetrySample>> {
+        if query.limit == 0 || query.limit > MAX_TELEMETRY_SAMPLES {
+            return Err(StoreError::invalid(
+                "limit",
+                format!("must be in 1..={MAX_TELEMETRY_SAMPLES}"),
+            ));
+        }
+        let rows = sqlx::query(
+            "SELECT * FROM telemetry WHERE device_id = $1 AND at_ms >= $2 AND at_ms < $3 \
+             ORDER BY at_ms LIMIT $4",
+        )
+        .bind(query.device.as_str())
+        .bind(ms(query.from))
+        .bind(ms(query.to))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sample_from_row).collect()
+    }
+
+    async fn telemetry_buckets(&self, query: &BucketQuery) -> StoreResult<Vec<TelemetryBucket>> {
+        if query.bucket_seconds == 0 {
+            return Err(StoreError::invalid("bucket_seconds", "must be positive"));
+        }
+        let bucket_ms = i64::from(query.bucket_seconds) * 1000;
+        let (from, to) = (ms(query.from), ms(query.to));
+        if to <= from {
+            return Err(StoreError::invalid("to", "must be after from"));
+        }
+        if (to - from) / bucket_ms > MAX_BUCKETS {
+            return Err(StoreError::invalid(
+                "bucket_seconds",
+                format!("the range holds more than {MAX_BUCKETS} buckets"),
+            ));
+        }
+        let critical = i64::from(
+            (Alarms::OVER_TEMPERATURE)
+                .union(Alarms::UNDER_TEMPERATURE)
+                .union(Alarms::OVER_VOLTAGE)
+                .union(Alarms::UNDER_VOLTAGE)
+                .union(Alarms::OVER_CURRENT)
+                .union(Alarms::FAULT)
+                .0,
+        );
+        let mut q = QueryBuilder::<Db>::new(
+            "SELECT b, CAST(COUNT(*) AS BIGINT) AS devices, CAST(SUM(n) AS BIGINT) AS samples, \
+             AVG(soc_mean) AS soc_mean, MIN(soc_min) AS soc_min, MAX(soc_max) AS soc_max, \
+             SUM(p) AS power_kw, SUM(pc) AS charge_kw, SUM(pd) AS discharge_kw, \
+             MIN(p_min) AS power_min_kw, MAX(p_max) AS power_max_kw, MAX(t_max) AS t_max, \
+             CAST(SUM(crit) AS BIGINT) AS crit FROM (SELECT t.device_id, t.at_ms / ",
+        );
+        q.push_bind(bucket_ms);
+        q.push(
+            " AS b, COUNT(*) AS n, AVG(t.soc) AS soc_mean, MIN(t.soc) AS soc_min, \
+             MAX(t.soc) AS soc_max, AVG(t.power_kw) AS p, \
+             AVG(CASE WHEN t.power_kw > 0 THEN t.power_kw ELSE 0.0 END) AS pc, \
+             AVG(CASE WHEN t.power_kw < 0 THEN -t.power_kw ELSE 0.0 END) AS pd, \
+             MIN(t.power_kw) AS p_min, MAX(t.power_kw) AS p_max, MAX(t.temperature_c) AS t_max, \
+             SUM(CASE WHEN (t.alarms & ",
+        );
+        q.push_bind(critical);
+        q.push(") <> 0 THEN 1 ELSE 0 END) AS crit FROM telemetry t");
+        match &query.scope {
+            TelemetryScope::Device(d) => {
+                q.push(" WHERE t.device_id = ").push_bind(d.as_str().to_owned());
+            }
+            TelemetryScope::Site(s) => {
+                q.push(" JOIN devices d ON d.id = t.device_id WHERE d.site_id = ")
+                    .push_bind(s.as_str().to_owned());
+            }
+            TelemetryScope::Tenant(tenant) => {
+                q.push(" JOIN devices d ON d.id = t.device_id WHERE d.tenant = ")
+                    .push_bind(tenant.clone());
+            }
+            TelemetryScope::Fleet => {
+                q.push(" WHERE 1 = 1");
+            }
+        }
+        q.push(" AND t.at_ms >= ").push_bind(from);
+        q.push(" AND t.at_ms < ").push_bind(to);
+        q.push(" GROUP BY t.device_id, b) per_device GROUP BY b ORDER BY b");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(TelemetryBucket {
+                    start: from_ms("bucket", col::<i64>(row, "b")? * bucket_ms)?,
+                    devices: count_col(row, "devices")?,
+                    samples: count_col(row, "samples")?,
+                    soc_mean: col(row, "soc_mean")?,
+                    soc_min: col(row, "soc_min")?,
+                    soc_max: col(row, "soc_max")?,
+                    power_kw: col(row, "power_kw")?,
+                    charge_kw: col(row, "charge_kw")?,
+                    discharge_kw: col(row, "discharge_kw")?,
+                    power_min_kw: col(row, "power_min_kw")?,
+                    power_max_kw: col(row, "power_max_kw")?,
+                    temperature_max_c: col(row, "t_max")?,
+                    critical_alarm_samples: count_col(row, "crit")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_telemetry(&self, device: &DeviceId) -> StoreResult<Option<TelemetrySample>> {
+        sqlx::query("SELECT * FROM telemetry WHERE device_id = $1 ORDER BY at_ms DESC LIMIT 1")
+            .bind(device.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| sample_from_row(&row))
+            .transpose()
+    }
+
+    // --- delivery outbox ----------------------------------------------------------------------
+
+    async fn outbox_load(&self, device: &DeviceId) -> StoreResult<Option<OutboxRecord>> {
+        sqlx::query("SELECT * FROM outbox WHERE device_id = $1")
+            .bind(device.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| outbox_from_row(&row))
+            .transpose()
+    }
+
+    async fn outbox_save(
+        &self,
+        device: &DeviceId,
+        state: &str,
+        next_wakeup_at: Option<Timestamp>,
+        expected_revision: Option<u64>,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let wakeup = next_wakeup_at.map(ms);
+        let stale = || {
+            StoreError::conflict(
+                "outbox",
+                device,
+                "the delivery state changed since it was read",
+            )
+        };
+        match expected_revision {
+            None => {
+                let done = sqlx::query(
+                    "INSERT INTO outbox (device_id, state_json, next_wakeup_ms, revision, \
+                     updated_ms) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (device_id) DO NOTHING",
+                )
+                .bind(device.as_str())
+                .bind(state)
+                .bind(wakeup)
+                .bind(ms(now))
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 1 { Ok(1) } else { Err(stale()) }
+            }
+            Some(revision) => {
+                let rev = i64::try_from(revision)
+                    .map_err(|_| StoreError::invalid("revision", "out of range"))?;
+                let done = sqlx::query(
+                    "UPDATE outbox SET state_json = $1, next_wakeup_ms = $2, \
+                     revision = revision + 1, updated_ms = $3, claimed_by = NULL, \
+                     claimed_until_ms = NULL WHERE device_id = $4 AND revision = $5",
+                )
+                .bind(state)
+                .bind(wakeup)
+                .bind(ms(now))
+                .bind(device.as_str())
+                .bind(rev)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 1 { Ok(revision + 1) } else { Err(stale()) }
+            }
+        }
+    }
+
+    async fn outbox_claim_due(
+        &self,
+        now: Timestamp,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxRecord>> {
+        check_text("owner", owner, 128)?;
+        let limit = check_limit(limit)?;
+        let until = ms(now).saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        // The outer condition repeats the claim test so a row another replica claimed between
+        // the subquery and the update (PostgreSQL re-checks it after the row lock) is skipped.
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_by = $1, claimed_until_ms = $2 \
+             WHERE device_id IN (SELECT device_id FROM outbox WHERE next_wakeup_ms <= $3 \
+             AND (claimed_until_ms IS NULL OR claimed_until_ms <= $3) \
+             ORDER BY next_wakeup_ms LIMIT $4) \
+             AND (claimed_until_ms IS NULL OR claimed_until_ms <= $3) RETURNING *",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut records = rows.iter().map(outbox_from_row).collect::<StoreResult<Vec<_>>>()?;
+        records.sort_by(|a, b| a.next_wakeup_at.cmp(&b.next_wakeup_at));
+        Ok(records)
+    }
+
+    async fn outbox_pending(&self) -> StoreResult<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE next_wakeup_ms IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    // --- forecast models ----------------------------------------------------------------------
+
+    async fn put_model(&self, new: &NewModel, now: Timestamp) -> StoreResult<ModelInfo> {
+        check_text("name", &new.name, 128)?;
+        check_text("kind", &new.kind, 64)?;
+        let metadata = to_json("metadata", &new.metadata)?;
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM models WHERE name = $1")
+                .bind(&new.name)
+                .fetch_one(&mut *tx)
+                .await?;
+        let version = newest.unwrap_or(0) + 1;
+        if new.activate {
+            sqlx::query("UPDATE models SET active = FALSE WHERE name = $1")
+                .bind(&new.name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO models (name, version, kind, site_id, metadata_json, artefact, active, \
+             created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&new.name)
+        .bind(version)
+        .bind(&new.kind)
+        .bind(new.site.as_ref().map(SiteId::as_str))
+        .bind(metadata)
+        .bind(&new.artefact)
+        .bind(new.activate)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(unique("model", format!("{} v{version}", new.name)))?;
+        let row = sqlx::query(MODEL_INFO_BY_VERSION)
+            .bind(&new.name)
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await?;
+        let info = model_info_from_row(&row)?;
+        tx.commit().await?;
+        Ok(info)
+    }
+
+    async fn get_model(&self, name: &str, version: Option<u64>) -> StoreResult<ModelRecord> {
+        let row = match version {
+            Some(v) => {
+                sqlx::query("SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 AND version = $2")
+                    .bind(name)
+                    .bind(i64::try_from(v).unwrap_or(i64::MAX))
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 ORDER BY version DESC LIMIT 1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        }
+        .ok_or_else(|| {
+            StoreError::not_found(
+                "model",
+                match version {
+                    Some(v) => format!("{name} v{v}"),
+                    None => name.to_owned(),
+                },
+            )
+        })?;
+        Ok(ModelRecord {
+            info: model_info_from_row(&row)?,
+            artefact: col(&row, "artefact")?,
+        })
+    }
+
+    async fn active_model(&self, name: &str) -> StoreResult<Option<ModelRecord>> {
+        let row = sqlx::query(
+            "SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models \
+             WHERE name = $1 AND active = TRUE ORDER BY version DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(ModelRecord {
+                info: model_info_from_row(&row)?,
+                artefact: col(&row, "artefact")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_models(&self, filter: &ModelFilter) -> StoreResult<Vec<ModelInfo>> {
+        let mut q = QueryBuilder::<Db>::new("SELECT ");
+        q.push(MODEL_INFO_COLUMNS).push(" FROM models WHERE 1 = 1");
+        if let Some(n) = &filter.name {
+            q.push(" AND name = ").push_bind(n.clone());
+        }
+        if let Some(k) = &filter.kind {
+            q.push(" AND kind = ").push_bind(k.clone());
+        }
+        if let Some(s) = &filter.site {
+            q.push(" AND site_id = ").push_bind(s.as_str().to_owned());
+        }
+        if filter.active_only {
+            q.push(" AND active = TRUE");
+        }
+        q.push(" ORDER BY name, version");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(model_info_from_row).collect()
+    }
+
+    async fn activate_model(&self, name: &str, version: u64) -> StoreResult<ModelInfo> {
+        let v = i64::try_from(version).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let exists = sqlx::query("SELECT version FROM models WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(v)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::not_found("model", format!("{name} v{version}")));
+        }
+        sqlx::query("UPDATE models SET active = (version = $2) WHERE name = $1")
+            .bind(name)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(MODEL_INFO_BY_VERSION)
+            .bind(name)
+            .bind(v)
+            .fetch_one(&mut *tx)
+            .await?;
+        let info = model_info_from_row(&row)?;
+        tx.commit().await?;
+        Ok(info)
+    }
+
+    // --- analytics ----------------------------------------------------------------------------
+
+    async fn delivery_stats(&self, query: &DeliveryQuery) -> StoreResult<DeliveryStats> {
+        let mut q = QueryBuilder::<Db>::new(
+            "SELECT state, first_sent_ms, answered_ms FROM schedules WHERE created_ms >= ",
+        );
+        q.push_bind(ms(query.from));
+        q.push(" AND created_ms < ").push_bind(ms(query.to));
+        if let Some(d) = &query.device {
+            q.push(" AND device_id = ").push_bind(d.as_str().to_owned());
+        }
+        if let Some(t) = &query.tenant {
+            q.push(" AND device_id IN (SELECT id FROM devices WHERE tenant = ")
+                .push_bind(t.clone())
+                .push(")");
+        }
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let mut counts = [0u64; ExecutionState::ALL.len()];
+        let mut latencies = Vec::new();
+        for row in &rows {
+            let state = state_col(row, "state")?;
+            if let Some(i) = ExecutionState::ALL.iter().position(|s| *s == state) {
+                counts[i] += 1;
+            }
+            if let (Some(sent), Some(answered)) = (
+                col::<Option<i64>>(row, "first_sent_ms")?,
+                col::<Option<i64>>(row, "answered_ms")?,
+            ) {
+                latencies.push((answered - sent).max(0) as f64);
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        let count = |s: ExecutionState| {
+            ExecutionState::ALL
+                .iter()
+                .position(|x| *x == s)
+                .map_or(0, |i| counts[i])
+        };
+        use ExecutionState as S;
+        let accepted = count(S::Accepted) + count(S::Executing) + count(S::Completed);
+        let total = rows.len() as u64;
+        let decided = total - count(S::Queued) - count(S::Delivered);
+        Ok(DeliveryStats {
+            total,
+            by_state: ExecutionState::ALL
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, n)| (*s, n))
+                .collect(),
+            accepted,
+            success_rate: (decided > 0).then(|| accepted as f64 / decided as f64),
+            latency_p50_ms: percentile(&latencies, 0.50),
+            latency_p99_ms: percentile(&latencies, 0.99),
+            latency_max_ms: latencies.last().copied(),
+        })
+    }
+}
+
+const MODEL_INFO_BY_VERSION: &str = "SELECT name, version, kind, site_id, metadata_json, active, \
+     created_ms, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models \
+     WHERE name = $1 AND version = $2";
+
+#[cfg(test)]
+mod sql_tests {
+    use super::*;
+
+    #[test]
+    fn open_states_match_grid_core() {
+        let open: Vec<String> = ExecutionState::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(OPEN_STATES, format!("({})", open.join(",")));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(50.0));
+        assert_eq!(percentile(&v, 0.99), Some(99.0));
+        assert_eq!(percentile(&[], 0.5), None);
+        assert_eq!(percentile(&[7.0], 0.99), Some(7.0));
+    }
+
+    #[test]
+    fn every_reported_state_but_queued_is_an_event() {
+        for s in ExecutionState::ALL {
+            assert_eq!(event_for(s).is_none(), s == ExecutionState::Queued);
+        }
+    }
+}
