@@ -747,40 +747,31 @@ impl SiteDp {
         if p_floor >= peak_free {
             return Ok(Ok(self.recover_best(site, best_p)));
         }
-        // Find a feasible point with a negative subgradient (or an optimal one), bisecting on feasibility.
-        let mut infeasible_below = p_floor;
-        let mut probe = p_floor;
-        let mut l_pt: Option<(f64, f64, f64)> = None;
         let scale = 1.0 + peak_free.abs();
-        for _ in 0..200 {
-            match self.eval_cap(dt, ip, ep, site, probe, dc) {
-                Some((fv, g)) => {
-                    if fv < best_f {
-                        best_f = fv;
-                        best_p = probe;
-                        self.best_x.copy_from_slice(&self.x);
-                    }
-                    if g < 0.0 {
-                        l_pt = Some((probe, fv, g));
-                        break;
-                    }
-                    if g == 0.0 || probe <= p_floor {
-                        // Optimal (zero subgradient, or non-negative at the lowest possible cap).
-                        return Ok(Ok(self.recover_best(site, best_p)));
-                    }
-                    r_pt = (probe, fv, g);
-                }
-                None => infeasible_below = probe,
+        // The lowest feasible cap, exactly (Newton on a concave piecewise-linear margin), then a point there.
+        let mut p_low = self.min_feasible_cap(site, p_floor.max(0.0), peak_free);
+        let mut at_low = None;
+        for _ in 0..8 {
+            if let Some(v) = self.eval_cap(dt, ip, ep, site, p_low, dc) {
+                at_low = Some(v);
+                break;
             }
-            if r_pt.0 - infeasible_below <= 1e-12 * scale {
-                // The optimum sits on the feasibility boundary.
-                return Ok(Ok(self.recover_best(site, best_p)));
-            }
-            probe = 0.5 * (infeasible_below + r_pt.0);
+            // Rounding put the cap a hair below the boundary.
+            p_low = (p_low + 1e-11 * scale).min(peak_free);
         }
-        let Some(mut l_pt) = l_pt else {
+        let Some((f_low, g_low)) = at_low else {
             return Ok(Ok(self.recover_best(site, best_p)));
         };
+        if f_low < best_f {
+            best_f = f_low;
+            best_p = p_low;
+            self.best_x.copy_from_slice(&self.x);
+        }
+        if g_low >= 0.0 {
+            // The cost rises from the lowest feasible cap on: that cap is optimal.
+            return Ok(Ok(self.recover_best(site, best_p)));
+        }
+        let mut l_pt = (p_low, f_low, g_low);
         // Kelley's cutting planes in one dimension: exact on a piecewise-linear convex function.
         for _ in 0..200 {
             let (pl, fl, gl) = l_pt;
@@ -812,6 +803,78 @@ impl SiteDp {
             }
         }
         Ok(Ok(self.recover_best(site, best_p)))
+    }
+
+    /// The lowest import cap in `[lo, hi]` for which the site is feasible (`hi` if none below is).
+    ///
+    /// Only the upper end of the reachable SoC interval depends on the cap; it is concave and nondecreasing in
+    /// the cap, so the smallest margin over all slots (`hi[t-1] + xr[t] - e_min`, and `hi[T-1] - e_final_min`) is
+    /// too, and Newton's method from the left with right derivatives reaches its root exactly in a few steps
+    /// without overshooting. Uses the P-independent data of the last pass (`slots`).
+    fn min_feasible_cap(&self, site: &SiteProblem, lo: f64, hi: f64) -> f64 {
+        let bat = &site.battery;
+        let imax = site.grid_import_max;
+        let margin = |cap: f64| -> (f64, f64) {
+            let u = imax.min(cap);
+            let (mut h, mut dh) = (bat.e0, 0.0f64);
+            let (mut m, mut dm) = (f64::INFINITY, 0.0f64);
+            for s in &self.slots {
+                let pu = u - s.l;
+                let xu = pmin_inv(s.a, s.b, pu);
+                let (xr, dxr) = if xu < s.a * s.c {
+                    (xu, if cap >= imax { 0.0 } else if pu >= 0.0 { s.a } else { s.b })
+                } else {
+                    (s.a * s.c, 0.0)
+                };
+                let y = h + xr;
+                let dy = dh + dxr;
+                let mg = y - bat.e_min;
+                if mg < m || (mg == m && dy < dm) {
+                    m = mg;
+                    dm = dy;
+                }
+                if y < bat.e_max {
+                    h = y;
+                    dh = dy;
+                } else {
+                    h = bat.e_max;
+                    dh = 0.0;
+                }
+            }
+            if let Some(ef) = bat.e_final_min {
+                let mg = h - ef;
+                if mg < m || (mg == m && dh < dm) {
+                    m = mg;
+                    dm = dh;
+                }
+            }
+            (m, dm)
+        };
+        let mut p = lo;
+        for _ in 0..200 {
+            let (m, dm) = margin(p);
+            if m >= -1e-13 {
+                return p;
+            }
+            if dm <= 0.0 {
+                break;
+            }
+            let next = p - m / dm;
+            if !(next > p) || next >= hi {
+                break;
+            }
+            p = next;
+        }
+        // Should not happen (the margin is concave and feasible at `hi`): bisect as a safeguard.
+        let (mut a, mut b) = (p, hi);
+        for _ in 0..100 {
+            let mid = 0.5 * (a + b);
+            if margin(mid).0 >= -1e-13 { b = mid } else { a = mid }
+            if b - a <= 1e-13 * (1.0 + b.abs()) {
+                break;
+            }
+        }
+        b
     }
 
     /// Runs a pass with cap `p`; returns `f(p)` and a subgradient, or `None` when infeasible.
