@@ -91,7 +91,6 @@ use crate::error::{Error, Result};
 use crate::problem::{FleetProblem, SiteProblem};
 use crate::solution::{Diagnostics, FleetSolution, SiteSolution, SolveStatus};
 use crate::solver::Solver;
-use std::collections::VecDeque;
 use std::time::Instant;
 
 /// Energy tolerance (kWh) below which window cuts are ignored.
@@ -107,6 +106,99 @@ struct Seg {
     len: f64,
     slope: f64,
     slot: u32,
+}
+
+/// A slope-sorted segment list that is cut at both ends and grows in the middle: a contiguous buffer with free
+/// room on both sides, so cuts are index moves, searches run on one slice, and an insertion shifts the shorter
+/// side.
+#[derive(Debug, Default)]
+struct SegList {
+    buf: Vec<Seg>,
+    start: usize,
+    end: usize,
+}
+
+impl SegList {
+    const EMPTY: Seg = Seg {
+        len: 0.0,
+        slope: 0.0,
+        slot: 0,
+    };
+
+    fn clear(&mut self) {
+        if self.buf.len() < 64 {
+            self.buf.resize(64, Self::EMPTY);
+        }
+        self.start = self.buf.len() / 2;
+        self.end = self.start;
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[Seg] {
+        &self.buf[self.start..self.end]
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Inserts after every segment of equal or lower slope.
+    fn insert_sorted(&mut self, seg: Seg) {
+        let idx = self.start + self.as_slice().partition_point(|s| s.slope <= seg.slope);
+        let left = idx - self.start;
+        let right = self.end - idx;
+        if (left <= right && self.start > 0) || self.end == self.buf.len() {
+            if self.start == 0 {
+                self.recenter();
+                return self.insert_sorted(seg);
+            }
+            self.buf.copy_within(self.start..idx, self.start - 1);
+            self.start -= 1;
+            self.buf[idx - 1] = seg;
+        } else {
+            self.buf.copy_within(idx..self.end, idx + 1);
+            self.end += 1;
+            self.buf[idx] = seg;
+        }
+    }
+
+    /// Moves the contents to the middle of a buffer at least four times their size.
+    fn recenter(&mut self) {
+        let n = self.end - self.start;
+        let want = (4 * n).max(64);
+        if self.buf.len() < want {
+            self.buf.resize(want, Self::EMPTY);
+        }
+        let new_start = (self.buf.len() - n) / 2;
+        self.buf.copy_within(self.start..self.end, new_start);
+        self.start = new_start;
+        self.end = new_start + n;
+    }
+
+    #[inline]
+    fn front_mut(&mut self) -> Option<&mut Seg> {
+        if self.is_empty() { None } else { Some(&mut self.buf[self.start]) }
+    }
+
+    #[inline]
+    fn back_mut(&mut self) -> Option<&mut Seg> {
+        if self.is_empty() { None } else { Some(&mut self.buf[self.end - 1]) }
+    }
+
+    #[inline]
+    fn pop_front(&mut self) {
+        if !self.is_empty() {
+            self.start += 1;
+        }
+    }
+
+    #[inline]
+    fn pop_back(&mut self) {
+        if !self.is_empty() {
+            self.end -= 1;
+        }
+    }
 }
 
 /// The data of one slot that the cost function depends on.
@@ -131,6 +223,18 @@ struct Slot {
     b: f64,
     /// `dt·deg_cost`.
     delta: f64,
+    /// `dt·import_price` and `dt·export_price`.
+    pi_dt: f64,
+    pe_dt: f64,
+    /// `1/a`, `1/b`.
+    inv_a: f64,
+    inv_b: f64,
+    /// `κ = delta·(a+b)/(b-a)` (infinite when loss-free).
+    kappa: f64,
+    /// `1/(b-a)` (infinite when loss-free).
+    inv_loss: f64,
+    /// Simultaneous charge and discharge can only serve feasibility, never cost (see [`Slot::build`]).
+    simple: bool,
 }
 
 /// A slot's cost as a function of stored energy: `xl` and increasing-slope segments.
@@ -204,12 +308,12 @@ impl Slot {
     /// Throughput cost of raising `p` at fixed `x` by burning energy in simultaneous charge and discharge.
     #[inline]
     fn kappa(&self) -> f64 {
-        self.delta * (self.a + self.b) / (self.b - self.a)
+        self.kappa
     }
     /// Whether simultaneous charge and discharge can only serve feasibility, never cost.
     #[inline]
     fn simple(&self) -> bool {
-        self.lossless() || self.g1 + self.kappa() >= 0.0
+        self.simple
     }
 
     /// Grid cost of net import `n` (kW), currency per slot (up to a constant per slot that cancels).
@@ -237,7 +341,7 @@ impl Slot {
     #[inline]
     fn p_of_x(&self, x: f64) -> f64 {
         let (a, b) = (self.a, self.b);
-        let pmin = if x >= 0.0 { x / a } else { x / b };
+        let pmin = if x >= 0.0 { x * self.inv_a } else { x * self.inv_b };
         if self.lossless() {
             return pmin;
         }
@@ -259,7 +363,7 @@ impl Slot {
     /// Cost of storing `x` (generic formula, valid for `a < b` and `x` in the domain).
     fn h_generic(&self, x: f64) -> f64 {
         let p = self.p_of_x(x);
-        self.grid_cost(self.l + p) + self.kappa() * p - 2.0 * self.delta * x / (self.b - self.a)
+        self.grid_cost(self.l + p) + self.kappa * p - 2.0 * self.delta * x * self.inv_loss
     }
 
     /// Builds the slot cost function into `out`.
@@ -286,7 +390,7 @@ impl Slot {
             let xb = (b * pl - self.c * (b - a)).max(a * pl - self.d * (b - a));
             if xb < xa_l {
                 out.xl = xb;
-                out.push(xa_l - xb, -2.0 * delta / (b - a));
+                out.push(xa_l - xb, -2.0 * delta * self.inv_loss);
             }
         }
         let xbeta = pmin_inv(a, b, self.beta());
@@ -301,20 +405,15 @@ impl Slot {
         }
         pts[np] = xa_r;
         np += 1;
-        let beta = self.beta();
         for w in pts[..np].windows(2) {
             let (x0, x1) = (w[0], w[1]);
             if x1 <= x0 {
                 continue;
             }
+            // Breakpoints split at 0 and at xbeta, so the whole piece lies on one side of each.
             let mid = 0.5 * (x0 + x1);
-            let slope = if mid > 0.0 {
-                let p = mid / a;
-                ((if p < beta { self.g1 } else { self.g2 }) + delta) / a
-            } else {
-                let p = mid / b;
-                ((if p < beta { self.g1 } else { self.g2 }) - delta) / b
-            };
+            let g = if mid < xbeta { self.g1 } else { self.g2 };
+            let slope = if mid > 0.0 { (g + delta) * self.inv_a } else { (g - delta) * self.inv_b };
             out.push(x1 - x0, slope);
         }
     }
@@ -382,12 +481,12 @@ impl Slot {
     /// `(c, d, gp, gm)` for stored energy `x`.
     fn recover(&self, x: f64) -> (f64, f64, f64, f64) {
         let (a, b) = (self.a, self.b);
-        let pmin = if x >= 0.0 { x / a } else { x / b };
+        let pmin = if x >= 0.0 { x * self.inv_a } else { x * self.inv_b };
         let p = self.p_of_x(x);
         let (c, d) = if self.lossless() || p <= pmin {
-            if x >= 0.0 { (x / a, 0.0) } else { (0.0, -x / b) }
+            if x >= 0.0 { (x * self.inv_a, 0.0) } else { (0.0, -x * self.inv_b) }
         } else {
-            (((b * p - x) / (b - a)).max(0.0), ((a * p - x) / (b - a)).max(0.0))
+            (((b * p - x) * self.inv_loss).max(0.0), ((a * p - x) * self.inv_loss).max(0.0))
         };
         let (c, d) = (c.min(self.c), d.min(self.d));
         let n = self.l + c - d;
@@ -402,9 +501,16 @@ impl Slot {
 
     /// Cost of the slot's flows: grid plus degradation (currency).
     #[inline]
-    fn flow_cost(&self, pi: f64, pe: f64, dt: f64, f: (f64, f64, f64, f64)) -> f64 {
-        dt * (pi * f.2 - pe * f.3) + self.delta * (f.0 + f.1)
+    fn flow_cost(&self, f: (f64, f64, f64, f64)) -> f64 {
+        self.pi_dt * f.2 - self.pe_dt * f.3 + self.delta * (f.0 + f.1)
     }
+}
+
+/// The best cap found so far in the demand-charge search.
+struct Best {
+    cap: f64,
+    f: f64,
+    inner_gap: f64,
 }
 
 /// Result of one DP pass.
@@ -417,7 +523,10 @@ enum Pass {
 /// allocates nothing after the first solve of the largest horizon.
 #[derive(Debug, Default)]
 pub struct SiteDp {
-    list: VecDeque<Seg>,
+    list: SegList,
+    /// Segments of every slot's cost function from the last pass (`seg_off[k]..seg_off[k+1]`).
+    seg_cache: Vec<(f64, f64)>,
+    seg_off: Vec<usize>,
     slots: Vec<Slot>,
     xl: Vec<f64>,
     xr: Vec<f64>,
@@ -427,6 +536,7 @@ pub struct SiteDp {
     cut_hi: Vec<f64>,
     lam: Vec<f64>,
     lam_final: f64,
+    gap: f64,
     /// DP passes in the last solve (one, or the number of demand-charge cap evaluations).
     passes: usize,
 }
@@ -469,13 +579,18 @@ impl SiteDp {
             return Err(Error::Unsupported("horizon longer than 2^32 slots".into()));
         }
         self.passes = 0;
+        self.gap = f64::INFINITY;
         self.resize(t);
-        let imax = site.grid_import_max;
+        self.fill_slots(dt, import_price, export_price, site);
         if site.demand_charge > 0.0 {
-            self.solve_with_demand_charge(dt, import_price, export_price, site)
+            self.solve_with_demand_charge(site)
         } else {
-            match self.pass(dt, import_price, export_price, site, imax) {
-                Pass::Feasible => Ok(Ok(self.recover(site))),
+            match self.pass(site, site.grid_import_max) {
+                Pass::Feasible => {
+                    let (sol, cost) = self.recover(site);
+                    self.gap = self.dual_gap(site, cost);
+                    Ok(Ok(sol))
+                }
                 Pass::Infeasible(r) => Ok(Err(r)),
             }
         }
@@ -484,6 +599,13 @@ impl SiteDp {
     /// DP passes made by the last solve.
     pub fn passes(&self) -> usize {
         self.passes
+    }
+
+    /// Duality gap of the last solve (currency): its cost minus a Lagrangian lower bound built from the DP's
+    /// marginal energy values (plus, with a demand charge, the cap search's remaining gap). Zero up to rounding
+    /// for an optimal solve; infinite after an infeasible one.
+    pub fn duality_gap(&self) -> f64 {
+        self.gap
     }
 
     fn resize(&mut self, t: usize) {
@@ -503,34 +625,52 @@ impl SiteDp {
         self.slots.reserve(t);
     }
 
-    fn fill_slots(&mut self, dt: f64, ip: &[f64], ep: &[f64], site: &SiteProblem, cap: f64) {
+    fn fill_slots(&mut self, dt: f64, ip: &[f64], ep: &[f64], site: &SiteProblem) {
         let bat = &site.battery;
         let a = bat.eta_ch * dt;
         let b = dt / bat.eta_dis;
-        let u = site.grid_import_max.min(cap);
+        let u = site.grid_import_max;
+        let delta = dt * bat.deg_cost;
+        let lossless = b <= a;
+        let (kappa, inv_loss) = if lossless {
+            (f64::INFINITY, f64::INFINITY)
+        } else {
+            (delta * (a + b) / (b - a), 1.0 / (b - a))
+        };
         self.slots.clear();
         for k in 0..ip.len() {
             let (pi, pe) = (ip[k], ep[k]);
+            let g1 = dt * pi.min(pe);
             self.slots.push(Slot {
                 l: site.load[k] - site.pv[k],
                 u,
                 e: site.grid_export_max,
                 c: site.charge_max(k),
                 d: site.discharge_max(k),
-                g1: dt * pi.min(pe),
+                g1,
                 g2: dt * pi.max(pe),
                 kink_at_zero: pi >= pe,
                 a,
                 b,
-                delta: dt * bat.deg_cost,
+                delta,
+                pi_dt: dt * pi,
+                pe_dt: dt * pe,
+                inv_a: 1.0 / a,
+                inv_b: 1.0 / b,
+                kappa,
+                inv_loss,
+                simple: lossless || g1 + kappa >= 0.0,
             });
         }
     }
 
     /// One forward DP pass with import cap `cap`; fills `x`, the cut thresholds and `lam`.
-    fn pass(&mut self, dt: f64, ip: &[f64], ep: &[f64], site: &SiteProblem, cap: f64) -> Pass {
+    fn pass(&mut self, site: &SiteProblem, cap: f64) -> Pass {
         self.passes += 1;
-        self.fill_slots(dt, ip, ep, site, cap);
+        let u = site.grid_import_max.min(cap);
+        for s in &mut self.slots {
+            s.u = u;
+        }
         let bat = &site.battery;
         let (e_min, e_max) = (bat.e_min, bat.e_max);
         let id = &site.id;
@@ -538,6 +678,8 @@ impl SiteDp {
         let mut left = bat.e0;
         let mut total = 0.0f64;
         let mut f = SlotFn::default();
+        self.seg_cache.clear();
+        self.seg_off.clear();
         for k in 0..self.slots.len() {
             let slot = self.slots[k];
             if let Err(why) = slot.build(&mut f) {
@@ -547,14 +689,15 @@ impl SiteDp {
             self.xr[k] = f.xr;
             self.x[k] = f.xl;
             left += f.xl;
+            self.seg_off.push(self.seg_cache.len());
+            self.seg_cache.extend_from_slice(f.segs());
             for &(len, slope) in f.segs() {
                 let seg = Seg {
                     len,
                     slope,
                     slot: k as u32,
                 };
-                let idx = self.list.partition_point(|s| s.slope <= slope);
-                self.list.insert(idx, seg);
+                self.list.insert_sorted(seg);
                 total += len;
             }
             // Cut from the left: energy the window forces into storage.
@@ -626,6 +769,7 @@ impl SiteDp {
             self.cut_lo[k] = lo_thr;
             self.cut_hi[k] = hi_thr;
         }
+        self.seg_off.push(self.seg_cache.len());
         // The final SoC: include segments while they lower the cost, then up to e_final_min.
         let t = self.slots.len();
         let right = left + total;
@@ -640,7 +784,7 @@ impl SiteDp {
         }
         let mut s = left;
         let mut lam_final = 0.0f64;
-        for seg in &self.list {
+        for seg in self.list.as_slice() {
             if seg.slope < 0.0 {
                 self.x[seg.slot as usize] += seg.len;
                 s += seg.len;
@@ -663,13 +807,13 @@ impl SiteDp {
     }
 
     /// Cost of the current `x` (grid plus degradation, no demand charge) and its peak import.
-    fn cost_of_x(&self, ip: &[f64], ep: &[f64], dt: f64) -> (f64, f64) {
+    fn cost_of_x(&self) -> (f64, f64) {
         let mut cost = 0.0;
         let mut peak: f64 = 0.0;
         for (k, slot) in self.slots.iter().enumerate() {
             let x = self.x[k].clamp(self.xl[k], self.xr[k]);
             let fl = slot.recover(x);
-            cost += slot.flow_cost(ip[k], ep[k], dt, fl);
+            cost += slot.flow_cost(fl);
             peak = peak.max(fl.2);
         }
         (cost, peak)
@@ -692,9 +836,9 @@ impl SiteDp {
                     continue;
                 }
                 let (k_x, sigma) = if pu >= 0.0 {
-                    (slot.a, (slot.g2 + slot.delta) / slot.a)
+                    (slot.a, (slot.g2 + slot.delta) * slot.inv_a)
                 } else {
-                    (slot.b, (slot.g2 - slot.delta) / slot.b)
+                    (slot.b, (slot.g2 - slot.delta) * slot.inv_b)
                 };
                 dv -= (lam - sigma).max(0.0) * k_x;
             } else {
@@ -707,11 +851,11 @@ impl SiteDp {
                     continue;
                 }
                 let w0 = match slot.build(&mut f0) {
-                    Ok(()) => lagrangian_min(slot, &f0, lam),
+                    Ok(()) => lagrangian_min(slot, f0.xl, f0.segs(), lam),
                     Err(_) => continue,
                 };
                 let w1 = match up.build(&mut f1) {
-                    Ok(()) => lagrangian_min(&up, &f1, lam),
+                    Ok(()) => lagrangian_min(&up, f1.xl, f1.segs(), lam),
                     Err(_) => continue,
                 };
                 dv += (w1 - w0) / eps;
@@ -720,89 +864,127 @@ impl SiteDp {
         dv
     }
 
-    fn solve_with_demand_charge(
-        &mut self,
-        dt: f64,
-        ip: &[f64],
-        ep: &[f64],
-        site: &SiteProblem,
-    ) -> Result<std::result::Result<SiteSolution, String>> {
+    fn solve_with_demand_charge(&mut self, site: &SiteProblem) -> Result<std::result::Result<SiteSolution, String>> {
         let imax = site.grid_import_max;
         let dc = site.demand_charge;
         // Without a cap: infeasible here means infeasible for every cap.
-        if let Pass::Infeasible(r) = self.pass(dt, ip, ep, site, imax) {
+        if let Pass::Infeasible(r) = self.pass(site, imax) {
             return Ok(Err(r));
         }
-        let (v_free, peak_free) = self.cost_of_x(ip, ep, dt);
-        // For P ≥ peak_free the cap is slack: f(P) = v_free + dc·P with slope dc.
-        let mut best_p = peak_free;
-        let mut best_f = v_free + dc * peak_free;
-        self.best_x.copy_from_slice(&self.x);
-        let mut r_pt = (peak_free, best_f, dc);
+        let (v_free, peak_free) = self.cost_of_x();
+        // For P ≥ peak_free the cap is slack: f(P) = v_free + dc·P, slope dc.
+        let mut best = Best {
+            cap: peak_free,
+            f: v_free + dc * peak_free,
+            inner_gap: self.dual_gap(site, v_free),
+        };
+        self.keep_best();
+        let mut r_pt = (peak_free, best.f, dc);
         // No cap below what each slot alone needs is feasible.
         let mut p_floor: f64 = 0.0;
-        for k in 0..ip.len() {
+        for k in 0..self.slots.len() {
             p_floor = p_floor.max(site.load[k] - site.pv[k] - site.discharge_max(k));
         }
         if p_floor >= peak_free {
-            return Ok(Ok(self.recover_best(site, best_p)));
+            self.gap = best.inner_gap;
+            return Ok(Ok(self.recover_best(site, best.cap)));
         }
         let scale = 1.0 + peak_free.abs();
         // The lowest feasible cap, exactly (Newton on a concave piecewise-linear margin), then a point there.
         let mut p_low = self.min_feasible_cap(site, p_floor.max(0.0), peak_free);
         let mut at_low = None;
         for _ in 0..8 {
-            if let Some(v) = self.eval_cap(dt, ip, ep, site, p_low, dc) {
+            if let Some(v) = self.eval_cap(site, p_low, dc) {
                 at_low = Some(v);
                 break;
             }
             // Rounding put the cap a hair below the boundary.
             p_low = (p_low + 1e-11 * scale).min(peak_free);
         }
-        let Some((f_low, g_low)) = at_low else {
-            return Ok(Ok(self.recover_best(site, best_p)));
+        let Some((f_low, g_low, gap_low)) = at_low else {
+            self.gap = best.inner_gap;
+            return Ok(Ok(self.recover_best(site, best.cap)));
         };
-        if f_low < best_f {
-            best_f = f_low;
-            best_p = p_low;
-            self.best_x.copy_from_slice(&self.x);
-        }
-        if g_low >= 0.0 {
-            // The cost rises from the lowest feasible cap on: that cap is optimal.
-            return Ok(Ok(self.recover_best(site, best_p)));
-        }
-        let mut l_pt = (p_low, f_low, g_low);
-        // Kelley's cutting planes in one dimension: exact on a piecewise-linear convex function.
-        for _ in 0..200 {
-            let (pl, fl, gl) = l_pt;
-            let (pr, fr, gr) = r_pt;
-            if pr - pl <= 1e-13 * scale {
-                break;
-            }
-            let mut p = (fr - fl + gl * pl - gr * pr) / (gl - gr);
-            if !(p > pl && p < pr) {
-                p = 0.5 * (pl + pr);
-            }
-            let lower = (fl + gl * (p - pl)).max(fr + gr * (p - pr));
-            let Some((fv, g)) = self.eval_cap(dt, ip, ep, site, p, dc) else {
-                // Cannot happen between two feasible caps (convexity); stop with the best so far.
-                break;
+        if f_low <= best.f {
+            best = Best {
+                cap: p_low,
+                f: f_low,
+                inner_gap: gap_low,
             };
-            if fv < best_f {
-                best_f = fv;
-                best_p = p;
-                self.best_x.copy_from_slice(&self.x);
-            }
-            if fv - lower <= 1e-12 * (1.0 + fv.abs()) || g == 0.0 {
-                break;
-            }
-            if g < 0.0 {
-                l_pt = (p, fv, g);
-            } else {
-                r_pt = (p, fv, g);
+            self.keep_best();
+        }
+        // Lower bound on min f from the cutting planes (no cap below p_low is feasible).
+        let mut lower = f_low;
+        if g_low < 0.0 {
+            let mut l_pt = (p_low, f_low, g_low);
+            // Kelley's cutting planes in one dimension: exact on a piecewise-linear convex function.
+            for _ in 0..200 {
+                let (pl, fl, gl) = l_pt;
+                let (pr, fr, gr) = r_pt;
+                // The two supporting lines meet at `p`; their value there bounds min f from below.
+                let mut p = (fr - fl + gl * pl - gr * pr) / (gl - gr);
+                if !(p > pl && p < pr) {
+                    p = 0.5 * (pl + pr);
+                }
+                lower = (fl + gl * (p - pl)).max(fr + gr * (p - pr)).min(best.f);
+                if pr - pl <= 1e-13 * scale {
+                    break;
+                }
+                let Some((fv, g, gap)) = self.eval_cap(site, p, dc) else {
+                    // Cannot happen between two feasible caps (convexity); stop with the best so far.
+                    break;
+                };
+                if fv < best.f {
+                    best = Best {
+                        cap: p,
+                        f: fv,
+                        inner_gap: gap,
+                    };
+                    self.keep_best();
+                }
+                if fv - lower <= 1e-12 * (1.0 + fv.abs()) || g == 0.0 {
+                    lower = lower.min(fv);
+                    break;
+                }
+                if g < 0.0 {
+                    l_pt = (p, fv, g);
+                } else {
+                    r_pt = (p, fv, g);
+                }
             }
         }
-        Ok(Ok(self.recover_best(site, best_p)))
+        self.gap = best.inner_gap + (best.f - lower).max(0.0);
+        Ok(Ok(self.recover_best(site, best.cap)))
+    }
+
+    fn keep_best(&mut self) {
+        self.best_x.copy_from_slice(&self.x);
+    }
+
+    /// Primal cost `primal` of the last pass minus the Lagrangian lower bound from its duals `lam`.
+    ///
+    /// Relaxing `s[t] = s[t-1] + x[t]` with multipliers `λ_t` (and `λ_T = 0`) gives the bound
+    /// `Σ_t min_x (h_t(x) - λ_t·x) + Σ_t min_{s ∈ window_t} (λ_t - λ_{t+1})·s - λ_0·e0`, valid for any `λ`.
+    fn dual_gap(&self, site: &SiteProblem, primal: f64) -> f64 {
+        let bat = &site.battery;
+        let t = self.slots.len();
+        if self.seg_off.len() != t + 1 {
+            return f64::INFINITY;
+        }
+        let mut bound = 0.0;
+        for (k, slot) in self.slots.iter().enumerate() {
+            let lam = self.lam[k];
+            let segs = &self.seg_cache[self.seg_off[k]..self.seg_off[k + 1]];
+            bound += lagrangian_min(slot, self.xl[k], segs, lam);
+            let next = if k + 1 < t { self.lam[k + 1] } else { 0.0 };
+            let coef = lam - next;
+            let lo = if k + 1 == t { bat.e_min.max(bat.e_final_min.unwrap_or(bat.e_min)) } else { bat.e_min };
+            bound += if coef >= 0.0 { coef * lo } else { coef * bat.e_max };
+        }
+        if t > 0 {
+            bound -= self.lam[0] * bat.e0;
+        }
+        primal - bound
     }
 
     /// The lowest import cap in `[lo, hi]` for which the site is feasible (`hi` if none below is).
@@ -877,13 +1059,15 @@ impl SiteDp {
         b
     }
 
-    /// Runs a pass with cap `p`; returns `f(p)` and a subgradient, or `None` when infeasible.
-    fn eval_cap(&mut self, dt: f64, ip: &[f64], ep: &[f64], site: &SiteProblem, p: f64, dc: f64) -> Option<(f64, f64)> {
-        match self.pass(dt, ip, ep, site, p) {
+    /// Runs a pass with cap `p`; returns `f(p)`, a subgradient and the inner duality gap, or `None` when
+    /// infeasible.
+    fn eval_cap(&mut self, site: &SiteProblem, p: f64, dc: f64) -> Option<(f64, f64, f64)> {
+        match self.pass(site, p) {
             Pass::Infeasible(_) => None,
             Pass::Feasible => {
-                let (v, _) = self.cost_of_x(ip, ep, dt);
-                Some((v + dc * p, dc + self.cap_derivative(p, site.grid_import_max)))
+                let (v, _) = self.cost_of_x();
+                let gap = self.dual_gap(site, v);
+                Some((v + dc * p, dc + self.cap_derivative(p, site.grid_import_max), gap))
             }
         }
     }
@@ -903,20 +1087,24 @@ impl SiteDp {
                 self.xr[k] = f.xr;
             }
         }
-        let sol = self.recover(site);
+        let (sol, _) = self.recover(site);
         std::mem::swap(&mut self.x, &mut self.best_x);
         sol
     }
 
     /// Turns `x` into a schedule; SoC is recomputed from charge and discharge.
-    fn recover(&self, site: &SiteProblem) -> SiteSolution {
+    /// Also returns the schedule's cost without the demand charge.
+    fn recover(&self, site: &SiteProblem) -> (SiteSolution, f64) {
         let t = self.slots.len();
         let mut sol = SiteSolution::zeros(site.id.clone(), t);
         let mut s = site.battery.e0;
         let mut max_gp: f64 = 0.0;
+        let mut cost = 0.0;
         for (k, slot) in self.slots.iter().enumerate() {
             let x = self.x[k].clamp(self.xl[k], self.xr[k]);
-            let (c, d, gp, gm) = slot.recover(x);
+            let flows = slot.recover(x);
+            cost += slot.flow_cost(flows);
+            let (c, d, gp, gm) = flows;
             sol.charge[k] = c;
             sol.discharge[k] = d;
             sol.grid_import[k] = gp;
@@ -929,26 +1117,19 @@ impl SiteDp {
             // The tightest cap the schedule allows; the objective charges exactly this peak.
             sol.peak_import = Some(max_gp);
         }
-        sol
+        (sol, cost)
     }
 }
 
-/// `min_x h(x) - lam·x` for a built slot function.
-fn lagrangian_min(slot: &Slot, f: &SlotFn, lam: f64) -> f64 {
-    let mut v = -lam * f.xl;
+/// `min_x h(x) - lam·x` for a built slot function (true cost, including the price of the flows at `xl`).
+fn lagrangian_min(slot: &Slot, xl: f64, segs: &[(f64, f64)], lam: f64) -> f64 {
+    let mut v = -lam * xl;
     let mut best = v;
-    for &(len, slope) in f.segs() {
+    for &(len, slope) in segs {
         v += (slope - lam) * len;
         best = best.min(v);
     }
-    best + slot_value_at(slot, f.xl)
-}
-
-/// `h(x)` at the left end of the slot's domain (cost of the cheapest flows for that `x`).
-fn slot_value_at(slot: &Slot, x: f64) -> f64 {
-    let fl = slot.recover(x);
-    // Prices are folded into g1/g2; recompute the grid part from them.
-    slot.grid_cost(slot.l + fl.0 - fl.1) + slot.delta * (fl.0 + fl.1)
+    best + slot.flow_cost(slot.recover(xl))
 }
 
 fn slot_reason(id: &str, k: usize, slot: &Slot, why: SlotInfeasible, capped: bool) -> String {
@@ -993,9 +1174,11 @@ impl Solver for SiteDpSolver {
         let mut dp = SiteDp::new();
         let mut sites = Vec::with_capacity(problem.sites.len());
         let mut passes = 0;
+        let mut gap = 0.0;
         for site in &problem.sites {
             let r = dp.solve_site(problem.dt, &problem.import_price, &problem.export_price, site)?;
             passes += dp.passes();
+            gap += dp.duality_gap();
             match r {
                 Ok(s) => sites.push(s),
                 Err(reason) => {
@@ -1016,6 +1199,7 @@ impl Solver for SiteDpSolver {
             diagnostics: Diagnostics {
                 method: "site-dp".into(),
                 iterations: passes,
+                duality_gap: gap,
                 ..Diagnostics::default()
             },
         };
