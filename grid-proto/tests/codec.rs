@@ -10,7 +10,11 @@ use grid_proto::v1::*;
 use grid_proto::{Codec, Error, limits, signature};
 
 fn assign_env() -> Envelope {
-    golden().into_iter().find(|(n, _)| *n == "schedule_assign").unwrap().1
+    golden()
+        .into_iter()
+        .find(|(n, _)| *n == "schedule_assign")
+        .unwrap()
+        .1
 }
 
 fn to_cbor_value(msg: &Envelope) -> Value {
@@ -24,8 +28,14 @@ fn cbor_bytes(v: &Value) -> Vec<u8> {
 }
 
 fn map_get<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
-    let Value::Map(entries) = v else { panic!("not a map") };
-    &mut entries.iter_mut().find(|(k, _)| k.as_text() == Some(key)).unwrap().1
+    let Value::Map(entries) = v else {
+        panic!("not a map")
+    };
+    &mut entries
+        .iter_mut()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .unwrap()
+        .1
 }
 
 fn json_value(msg: &Envelope) -> serde_json::Value {
@@ -38,12 +48,17 @@ fn oversized_payloads_are_rejected_before_parsing() {
     for codec in [Codec::Json, Codec::Cbor] {
         assert!(matches!(
             codec.decode(&big),
-            Err(Error::TooLarge { field: "payload", .. })
+            Err(Error::TooLarge {
+                field: "payload",
+                ..
+            })
         ));
     }
     // An encoder refuses to produce one: 2880 slots of long JSON numbers do not fit.
     let mut msg = assign_env();
-    let Body::ScheduleAssign(a) = &mut msg.body else { unreachable!() };
+    let Body::ScheduleAssign(a) = &mut msg.body else {
+        unreachable!()
+    };
     a.horizon.slots = 2880;
     a.horizon.slot_s = 60;
     a.valid_until = ts("2026-11-28T12:00:00Z");
@@ -51,13 +66,21 @@ fn oversized_payloads_are_rejected_before_parsing() {
     a.expected_kwh = vec![9.876_543_210_987_6; 2880];
     assert!(matches!(
         Codec::Json.encode(&msg),
-        Err(Error::TooLarge { field: "payload", .. })
+        Err(Error::TooLarge {
+            field: "payload",
+            ..
+        })
     ));
-    let Body::ScheduleAssign(a) = &mut msg.body else { unreachable!() };
+    let Body::ScheduleAssign(a) = &mut msg.body else {
+        unreachable!()
+    };
     a.horizon.slots = 2881;
     assert!(matches!(
         Codec::Cbor.encode(&msg),
-        Err(Error::TooLarge { field: "body.horizon.slots", .. })
+        Err(Error::TooLarge {
+            field: "body.horizon.slots",
+            ..
+        })
     ));
 }
 
@@ -68,12 +91,18 @@ fn every_truncation_of_every_golden_message_is_a_typed_error() {
             let bytes = codec.encode(&msg).unwrap();
             for cut in 0..bytes.len() {
                 let err = codec.decode(&bytes[..cut]).unwrap_err();
-                assert!(matches!(err, Error::Malformed { .. }), "{name} {codec} cut {cut}: {err}");
+                assert!(
+                    matches!(err, Error::Malformed { .. }),
+                    "{name} {codec} cut {cut}: {err}"
+                );
             }
             // Trailing garbage too.
             let mut long = bytes.clone();
             long.push(0);
-            assert!(codec.decode(&long).is_err(), "{name} {codec} with a trailing byte");
+            assert!(
+                codec.decode(&long).is_err(),
+                "{name} {codec} with a trailing byte"
+            );
         }
     }
 }
@@ -85,13 +114,25 @@ fn unknown_fields_are_ignored_in_both_codecs() {
     j["future_field"] = serde_json::json!({"nested": [1, 2, 3]});
     j["body"]["priority"] = serde_json::json!("high");
     j["body"]["horizon"]["tz"] = serde_json::json!("Europe/Berlin");
-    assert_eq!(Codec::Json.decode(&serde_json::to_vec(&j).unwrap()).unwrap(), msg);
+    assert_eq!(
+        Codec::Json
+            .decode(&serde_json::to_vec(&j).unwrap())
+            .unwrap(),
+        msg
+    );
     let mut c = to_cbor_value(&msg);
-    let Value::Map(entries) = &mut c else { unreachable!() };
-    entries.insert(0, (Value::Text("x-extra".into()), Value::Bytes(vec![1, 2, 3])));
+    let Value::Map(entries) = &mut c else {
+        unreachable!()
+    };
+    entries.insert(
+        0,
+        (Value::Text("x-extra".into()), Value::Bytes(vec![1, 2, 3])),
+    );
     assert_eq!(Codec::Cbor.decode(&cbor_bytes(&c)).unwrap(), msg);
     // Field order does not matter either.
-    let Value::Map(entries) = &mut c else { unreachable!() };
+    let Value::Map(entries) = &mut c else {
+        unreachable!()
+    };
     entries.reverse();
     assert_eq!(Codec::Cbor.decode(&cbor_bytes(&c)).unwrap(), msg);
     // And the signature still verifies: unknown fields are not signed.
@@ -101,16 +142,25 @@ fn unknown_fields_are_ignored_in_both_codecs() {
 #[test]
 fn an_unknown_major_version_is_a_typed_error_whatever_the_rest_holds() {
     let j = br#"{"v":2,"msg":"a completely different layout"}"#;
-    assert_eq!(Codec::Json.decode(j), Err(Error::UnsupportedVersion { version: 2 }));
+    assert_eq!(
+        Codec::Json.decode(j),
+        Err(Error::UnsupportedVersion { version: 2 })
+    );
     let mut c = to_cbor_value(&assign_env());
     *map_get(&mut c, "v") = Value::Integer(7.into());
     assert_eq!(
         Codec::Cbor.decode(&cbor_bytes(&c)),
         Err(Error::UnsupportedVersion { version: 7 })
     );
-    assert_eq!(Error::UnsupportedVersion { version: 7 }.reason_code(), ReasonCode::UnsupportedVersion);
+    assert_eq!(
+        Error::UnsupportedVersion { version: 7 }.reason_code(),
+        ReasonCode::UnsupportedVersion
+    );
     let unknown_kind = br#"{"v":1,"kind":"reboot","id":"x","device":"bat-0042","sent_at":"2026-11-27T00:00:00Z","body":{}}"#;
-    assert!(matches!(Codec::Json.decode(unknown_kind), Err(Error::UnknownKind { .. })));
+    assert!(matches!(
+        Codec::Json.decode(unknown_kind),
+        Err(Error::UnknownKind { .. })
+    ));
 }
 
 #[test]
@@ -123,13 +173,18 @@ fn non_finite_numbers_are_rejected_naming_the_field() {
         setpoints[2] = Value::Float(bad);
         assert_eq!(
             Codec::Cbor.decode(&cbor_bytes(&c)),
-            Err(Error::NotFinite { field: "body.setpoints_kw[2]".into() })
+            Err(Error::NotFinite {
+                field: "body.setpoints_kw[2]".into()
+            })
         );
     }
     // JSON cannot even spell them.
     let text = String::from_utf8(Codec::Json.encode(&assign_env()).unwrap()).unwrap();
     let nan = text.replace("\"initial_kwh\":6.0", "\"initial_kwh\":NaN");
-    assert!(matches!(Codec::Json.decode(nan.as_bytes()), Err(Error::Malformed { .. })));
+    assert!(matches!(
+        Codec::Json.decode(nan.as_bytes()),
+        Err(Error::Malformed { .. })
+    ));
     let huge = text.replace("\"initial_kwh\":6.0", "\"initial_kwh\":1e400");
     assert!(Codec::Json.decode(huge.as_bytes()).is_err());
 }
@@ -138,17 +193,34 @@ fn non_finite_numbers_are_rejected_naming_the_field() {
 fn inconsistent_schedules_are_rejected_naming_the_field() {
     let base = assign_env();
     let cases: Vec<(fn(&mut ScheduleAssign), &str)> = vec![
-        (|a| a.setpoints_kw.pop().map(drop).unwrap_or(()), "body.setpoints_kw"),
+        (
+            |a| a.setpoints_kw.pop().map(drop).unwrap_or(()),
+            "body.setpoints_kw",
+        ),
         (|a| a.expected_kwh.push(1.0), "body.expected_kwh"),
-        (|a| a.valid_until = ts("2026-11-27T11:00:00Z"), "body.valid_until"),
-        (|a| a.valid_until = ts("2026-11-27T14:00:00Z"), "body.valid_until"),
-        (|a| a.version = grid_core::ScheduleVersion(0), "body.version"),
-        (|a| a.reversion_timeout_s = u32::MAX, "body.reversion_timeout_s"),
+        (
+            |a| a.valid_until = ts("2026-11-27T11:00:00Z"),
+            "body.valid_until",
+        ),
+        (
+            |a| a.valid_until = ts("2026-11-27T14:00:00Z"),
+            "body.valid_until",
+        ),
+        (
+            |a| a.version = grid_core::ScheduleVersion(0),
+            "body.version",
+        ),
+        (
+            |a| a.reversion_timeout_s = u32::MAX,
+            "body.reversion_timeout_s",
+        ),
         (|a| a.setpoints_kw[0] = 2e6, "body.setpoints_kw[0]"),
     ];
     for (mutate, field) in cases {
         let mut msg = base.clone();
-        let Body::ScheduleAssign(a) = &mut msg.body else { unreachable!() };
+        let Body::ScheduleAssign(a) = &mut msg.body else {
+            unreachable!()
+        };
         mutate(a);
         for codec in [Codec::Json, Codec::Cbor] {
             let bytes = codec.encode_unchecked(&msg).unwrap();
@@ -160,15 +232,25 @@ fn inconsistent_schedules_are_rejected_naming_the_field() {
     }
     // A misaligned horizon is refused by grid-core, which names the field.
     let mut msg = base.clone();
-    let Body::ScheduleAssign(a) = &mut msg.body else { unreachable!() };
+    let Body::ScheduleAssign(a) = &mut msg.body else {
+        unreachable!()
+    };
     a.horizon.start = ts("2026-11-27T12:07:00Z");
-    let err = Codec::Json.decode(&Codec::Json.encode_unchecked(&msg).unwrap()).unwrap_err();
+    let err = Codec::Json
+        .decode(&Codec::Json.encode_unchecked(&msg).unwrap())
+        .unwrap_err();
     assert!(err.to_string().starts_with("horizon.start"), "{err}");
     // A command valid until before it was sent.
-    let mut cmd = golden().into_iter().find(|(n, _)| *n == "command_idle").unwrap().1;
+    let mut cmd = golden()
+        .into_iter()
+        .find(|(n, _)| *n == "command_idle")
+        .unwrap()
+        .1;
     cmd.sent_at = ts("2026-11-27T13:00:00Z");
-    assert!(matches!(Codec::Cbor.decode(&Codec::Cbor.encode_unchecked(&cmd).unwrap()),
-        Err(Error::Invalid { field, .. }) if field == "body.valid_until"));
+    assert!(
+        matches!(Codec::Cbor.decode(&Codec::Cbor.encode_unchecked(&cmd).unwrap()),
+        Err(Error::Invalid { field, .. }) if field == "body.valid_until")
+    );
 }
 
 #[test]
@@ -194,7 +276,10 @@ fn hostile_cbor_does_not_allocate_or_recurse_without_bound() {
     ];
     for bytes in cases {
         let err = grid_proto::decode(&bytes).unwrap_err();
-        assert!(matches!(err, Error::Malformed { .. } | Error::TooLarge { .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::Malformed { .. } | Error::TooLarge { .. }),
+            "{err:?}"
+        );
     }
 }
 
@@ -222,10 +307,16 @@ fn topics_build_parse_and_reject() {
         "grid/v1//up/ack",
         "$share/g/grid/v1/bat-0042/up/ack",
     ] {
-        assert!(matches!(Topic::parse(bad), Err(Error::InvalidTopic { .. })), "{bad}");
+        assert!(
+            matches!(Topic::parse(bad), Err(Error::InvalidTopic { .. })),
+            "{bad}"
+        );
     }
     assert_eq!(agent_subscription(&d), "grid/v1/bat-0042/down/+");
-    assert_eq!(server_subscriptions(Some("g"))[0], "$share/g/grid/v1/+/up/hello");
+    assert_eq!(
+        server_subscriptions(Some("g"))[0],
+        "$share/g/grid/v1/+/up/hello"
+    );
     assert_eq!(server_subscriptions(None).len(), 4);
 }
 
@@ -233,14 +324,25 @@ fn topics_build_parse_and_reject() {
 fn a_message_for_another_device_or_on_the_wrong_topic_is_refused() {
     let msg = assign_env();
     let payload = Codec::Json.encode(&msg).unwrap();
-    let err = grid_proto::topic::decode_on_topic("grid/v1/bat-9/down/schedule", &payload).unwrap_err();
+    let err =
+        grid_proto::topic::decode_on_topic("grid/v1/bat-9/down/schedule", &payload).unwrap_err();
     assert_eq!(
         err,
-        Error::WrongDevice { topic: "bat-9".into(), envelope: "bat-0042".into() }
+        Error::WrongDevice {
+            topic: "bat-9".into(),
+            envelope: "bat-0042".into()
+        }
     );
     assert_eq!(err.reason_code(), ReasonCode::WrongDevice);
-    let err = grid_proto::topic::decode_on_topic("grid/v1/bat-0042/down/command", &payload).unwrap_err();
-    assert!(matches!(err, Error::WrongTopic { kind: "schedule_assign", .. }));
+    let err =
+        grid_proto::topic::decode_on_topic("grid/v1/bat-0042/down/command", &payload).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::WrongTopic {
+            kind: "schedule_assign",
+            ..
+        }
+    ));
     assert!(grid_proto::topic::decode_on_topic("grid/v1/bat-0042/down/schedule", &payload).is_ok());
 }
 
@@ -250,19 +352,40 @@ fn signatures_bind_body_device_and_message_id() {
     let msg = assign_env();
     signature::verify(&msg, &public).unwrap();
     let mut tampered = msg.clone();
-    let Body::ScheduleAssign(a) = &mut tampered.body else { unreachable!() };
+    let Body::ScheduleAssign(a) = &mut tampered.body else {
+        unreachable!()
+    };
     a.setpoints_kw[0] = 2.5000000000000004;
-    assert_eq!(signature::verify(&tampered, &public), Err(Error::BadSignature));
+    assert_eq!(
+        signature::verify(&tampered, &public),
+        Err(Error::BadSignature)
+    );
     let mut other_id = msg.clone();
     other_id.id = mid("01JDQ8Z5K2M3N4P5Q6R7S8T9V1");
-    assert_eq!(signature::verify(&other_id, &public), Err(Error::BadSignature));
+    assert_eq!(
+        signature::verify(&other_id, &public),
+        Err(Error::BadSignature)
+    );
     let mut unsigned = msg.clone();
     unsigned.signature = None;
-    assert_eq!(signature::verify(&unsigned, &public), Err(Error::MissingSignature));
+    assert_eq!(
+        signature::verify(&unsigned, &public),
+        Err(Error::MissingSignature)
+    );
     let other_key = signature::SigningKey::from_bytes(&[9; 32]).verifying_key();
-    assert_eq!(signature::verify(&msg, &other_key), Err(Error::BadSignature));
+    assert_eq!(
+        signature::verify(&msg, &other_key),
+        Err(Error::BadSignature)
+    );
     // Only schedules and commands are signable.
-    let mut ack = golden().into_iter().find(|(n, _)| *n == "ack_accepted").unwrap().1;
-    assert!(matches!(signature::sign(&mut ack, &key()), Err(Error::NotSignable { .. })));
+    let mut ack = golden()
+        .into_iter()
+        .find(|(n, _)| *n == "ack_accepted")
+        .unwrap()
+        .1;
+    assert!(matches!(
+        signature::sign(&mut ack, &key()),
+        Err(Error::NotSignable { .. })
+    ));
     assert!(signature::verifying_key_from_hex("zz").is_err());
 }

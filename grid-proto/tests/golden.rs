@@ -40,7 +40,10 @@ fn every_body_encodes_to_its_golden_bytes_in_both_codecs() {
         check(&format!("{name}.json"), std::str::from_utf8(&json).unwrap());
         let cbor = Codec::Cbor.encode(&msg).unwrap();
         check(&format!("{name}.cbor.hex"), &hex(&cbor));
-        assert!(cbor.len() < json.len(), "{name}: CBOR should be the compact one");
+        assert!(
+            cbor.len() < json.len(),
+            "{name}: CBOR should be the compact one"
+        );
     }
 }
 
@@ -48,10 +51,18 @@ fn every_body_encodes_to_its_golden_bytes_in_both_codecs() {
 fn golden_bytes_decode_to_the_messages() {
     for (name, msg) in golden() {
         let json = read(&format!("{name}.json"));
-        assert_eq!(Codec::Json.decode(json.as_bytes()).unwrap(), msg, "{name}.json");
+        assert_eq!(
+            Codec::Json.decode(json.as_bytes()).unwrap(),
+            msg,
+            "{name}.json"
+        );
         let cbor = unhex(&read(&format!("{name}.cbor.hex")));
         assert_eq!(Codec::Cbor.decode(&cbor).unwrap(), msg, "{name}.cbor");
-        assert_eq!(grid_proto::decode(&cbor).unwrap(), msg, "{name}: sniffed codec");
+        assert_eq!(
+            grid_proto::decode(&cbor).unwrap(),
+            msg,
+            "{name}: sniffed codec"
+        );
     }
 }
 
@@ -68,9 +79,13 @@ fn golden_signatures_verify_and_the_signed_bytes_are_pinned() {
             &hex(&signature::signed_bytes(&msg).unwrap()),
         );
         // Decoded from either codec, the signature verifies.
-        let json = Codec::Json.decode(read(&format!("{name}.json")).as_bytes()).unwrap();
+        let json = Codec::Json
+            .decode(read(&format!("{name}.json")).as_bytes())
+            .unwrap();
         signature::verify(&json, &public).unwrap();
-        let cbor = Codec::Cbor.decode(&unhex(&read(&format!("{name}.cbor.hex")))).unwrap();
+        let cbor = Codec::Cbor
+            .decode(&unhex(&read(&format!("{name}.cbor.hex"))))
+            .unwrap();
         signature::verify(&cbor, &public).unwrap();
     }
 }
@@ -89,6 +104,9 @@ fn the_protocol_document_quotes_every_golden_file() {
     assert!(files.len() >= 20, "{files:?}");
     for f in files {
         let content = read(&f);
-        assert!(doc.contains(&content), "docs/protocol.md does not quote {f}");
+        assert!(
+            doc.contains(&content),
+            "docs/protocol.md does not quote {f}"
+        );
     }
 }

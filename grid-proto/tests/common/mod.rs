@@ -2,14 +2,16 @@
 #![allow(dead_code)]
 
 use grid_core::{DeviceId, ExecutionState, ScheduleId, ScheduleVersion, Timestamp};
+use grid_proto::Codec;
 use grid_proto::signature::{self, SigningKey};
 use grid_proto::v1::*;
-use grid_proto::Codec;
 
 /// The secret key of RFC 8032's first Ed25519 test vector.
-pub const TEST_SECRET_HEX: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+pub const TEST_SECRET_HEX: &str =
+    "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
 /// Its public key.
-pub const TEST_PUBLIC_HEX: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+pub const TEST_PUBLIC_HEX: &str =
+    "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
 pub fn key() -> SigningKey {
     signature::signing_key_from_hex(TEST_SECRET_HEX).unwrap()
@@ -112,7 +114,10 @@ pub fn golden() -> Vec<(&'static str, Envelope)> {
         "2026-11-27T12:10:00.500Z",
         Body::Ack(
             Ack::for_message(mid("01JDQ90000000000000000000A"), ExecutionState::Rejected)
-                .with_reason(ReasonCode::BadSignature, "sig: the signature does not verify"),
+                .with_reason(
+                    ReasonCode::BadSignature,
+                    "sig: the signature does not verify",
+                ),
         ),
     );
 
@@ -182,7 +187,10 @@ pub fn golden() -> Vec<(&'static str, Envelope)> {
         Body::Hello(Hello {
             agent_version: "0.1.0".into(),
             schedules: vec![sref("plan-2026-11-27", 2)],
-            last_message_ids: vec![mid("01JDQ7000000000000000000AA"), mid("01JDQ7000000000000000000AB")],
+            last_message_ids: vec![
+                mid("01JDQ7000000000000000000AA"),
+                mid("01JDQ7000000000000000000AB"),
+            ],
             capabilities: vec!["signed".into(), "cbor".into()],
             codec: Codec::Cbor,
         }),
