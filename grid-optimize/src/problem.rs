@@ -322,10 +322,8 @@ impl SiteProblem {
                 .max(((gp - gm) - (self.load[k] - self.pv[k] + c - d)).abs());
             s += b.eta_ch * dt * c - dt / b.eta_dis * d;
             worst = worst.max(b.e_min - s).max(s - b.e_max).max((s - sol.soc_end[k]).abs());
-            if self.demand_charge > 0.0 {
-                if let Some(p) = sol.peak_import {
-                    worst = worst.max(gp - p);
-                }
+            if let (true, Some(p)) = (self.demand_charge > 0.0, sol.peak_import) {
+                worst = worst.max(gp - p);
             }
         }
         if let (Some(ef), true) = (b.e_final_min, t > 0) {

@@ -81,8 +81,9 @@
 //! };
 //! let solution = SiteDpSolver::default().solve(&problem)?;
 //! assert!(solution.is_optimal());
-//! // Store 2 kWh per cheap hour on top of the load, cover the dear hours from the battery.
-//! assert!((solution.objective - 0.6).abs() < 1e-12);
+//! // Buy the dear hours' 2 kWh in the cheap hours (2 kW each at 0.10 EUR/kWh), then run on the battery.
+//! assert!((solution.objective - 0.4).abs() < 1e-12);
+//! assert_eq!(solution.sites[0].discharge[2..], [1.0, 1.0]);
 //! assert!(problem.max_violation(&solution) < 1e-9);
 //! # Ok(()) }
 //! ```
@@ -1042,7 +1043,7 @@ impl SiteDp {
                 break;
             }
             let next = p - m / dm;
-            if !(next > p) || next >= hi {
+            if next <= p || next >= hi || next.is_nan() {
                 break;
             }
             p = next;
@@ -1162,25 +1163,33 @@ impl SiteDpSolver {
     }
 }
 
-impl Solver for SiteDpSolver {
-    fn solve(&self, problem: &FleetProblem) -> Result<FleetSolution> {
-        problem.validate()?;
-        if !Self::supports(problem) {
-            return Err(Error::Unsupported(
-                "the site DP handles problems without feeder, tracking or quadratic terms".into(),
-            ));
-        }
+impl SiteDpSolver {
+    /// Sites per problem from which the sites are solved in parallel (rayon), one workspace per thread.
+    pub const PARALLEL_FROM: usize = 32;
+
+    /// Solves a problem that has passed [`FleetProblem::validate`] and [`SiteDpSolver::supports`].
+    pub(crate) fn solve_validated(&self, problem: &FleetProblem) -> Result<FleetSolution> {
+        use rayon::prelude::*;
         let start = Instant::now();
-        let mut dp = SiteDp::new();
-        let mut sites = Vec::with_capacity(problem.sites.len());
-        let mut passes = 0;
-        let mut gap = 0.0;
-        for site in &problem.sites {
+        let one = |dp: &mut SiteDp, site: &SiteProblem| -> Result<(std::result::Result<SiteSolution, String>, usize, f64)> {
             let r = dp.solve_site(problem.dt, &problem.import_price, &problem.export_price, site)?;
-            passes += dp.passes();
-            gap += dp.duality_gap();
+            Ok((r, dp.passes(), dp.duality_gap()))
+        };
+        let results: Vec<_> = if problem.sites.len() >= Self::PARALLEL_FROM {
+            problem.sites.par_iter().map_init(SiteDp::new, one).collect::<Result<Vec<_>>>()?
+        } else {
+            let mut dp = SiteDp::new();
+            problem.sites.iter().map(|site| one(&mut dp, site)).collect::<Result<Vec<_>>>()?
+        };
+        let mut sites = Vec::with_capacity(results.len());
+        let (mut passes, mut gap) = (0, 0.0);
+        for (r, n, g) in results {
+            passes += n;
             match r {
-                Ok(s) => sites.push(s),
+                Ok(s) => {
+                    gap += g;
+                    sites.push(s);
+                }
                 Err(reason) => {
                     let diagnostics = Diagnostics {
                         method: "site-dp".into(),
@@ -1207,5 +1216,17 @@ impl Solver for SiteDpSolver {
         solution.diagnostics.primal_residual = problem.max_violation(&solution);
         solution.diagnostics.solve_seconds = start.elapsed().as_secs_f64();
         Ok(solution)
+    }
+}
+
+impl Solver for SiteDpSolver {
+    fn solve(&self, problem: &FleetProblem) -> Result<FleetSolution> {
+        problem.validate()?;
+        if !Self::supports(problem) {
+            return Err(Error::Unsupported(
+                "the site DP handles problems without feeder, tracking or quadratic terms".into(),
+            ));
+        }
+        self.solve_validated(problem)
     }
 }
