@@ -71,5 +71,12 @@ fn backtest_table() {
             t.elapsed().as_secs_f64(),
             cands
         );
+        if let Some(m) = &r.model_artifact {
+            let v = &m.metadata.metrics;
+            println!(
+                "    validation: mae {:.4} cov {:.3} p10 {:.4} p90 {:.4}; intervals {:?} lower {:.4?} upper {:.4?}",
+                v.model.mae, v.coverage_p10_p90, v.pinball_p10, v.pinball_p90, m.intervals.scale, &m.intervals.lower[..6], &m.intervals.upper[..6]
+            );
+        }
     }
 }

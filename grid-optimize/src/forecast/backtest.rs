@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::forecast::calendar::Country;
 use crate::forecast::features::SeriesKind;
 use crate::forecast::metrics;
-use crate::forecast::model::{DayForecast, ForecastModel, PointMetrics, TrainConfig, train};
+use crate::forecast::model::{DayForecast, ForecastModel, IntervalTracker, PointMetrics, TrainConfig, train};
 use crate::forecast::series::{Series, format_day, parse_csv, parse_day};
 use crate::forecast::solar::Location;
 use std::path::PathBuf;
@@ -163,8 +163,15 @@ pub fn run_on_series(series: &Series, opts: &BacktestOptions, progress: &mut dyn
     progress(&format!("trained {} in {:.2} s", model.metadata.model_kind, t0.elapsed().as_secs_f64()));
     let (mut y, mut f, mut lo, mut hi, mut n1, mut n7) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut days = Vec::new();
+    let mut tracker = IntervalTracker::new(&model);
     for d in opts.test_from..=opts.test_to {
-        let fc = model.forecast_day(series.history_before(d), d);
+        let raw = model.forecast_day(series.history_before(d), d);
+        let mut fc = raw.clone();
+        tracker.adjust(&model, &mut fc);
+        // The day's actuals become known only after its forecast: they update the tracker for later days.
+        if let Some(actual) = series.day(d) {
+            tracker.observe(&raw, actual);
+        }
         let (Some(actual), Some(d1), Some(d7)) = (series.day(d), series.day(d - 1), series.day(d - 7)) else {
             days.push((d, fc));
             continue;

@@ -92,7 +92,7 @@ impl FeatureConfig {
             [
                 "lag1_smooth", "lag7_smooth", "mean7", "mean7_smooth", "mean_same_weekday4",
                 "mean_same_daytype14", "max14", "prev_mean", "prev_max", "prev_min", "prev_last",
-                "prev_last4h_mean",
+                "prev_last4h_mean", "prev8_mean", "vol7", "vol7_day",
             ]
             .iter()
             .map(|s| s.to_string()),
@@ -106,7 +106,7 @@ impl FeatureConfig {
 
     /// Number of features per slot.
     pub fn n_features(&self) -> usize {
-        16 + 7 + 2 * LAGS.len() + 12 + if self.has_solar() { 3 } else { 0 } + PREV_DAY_BLOCKS
+        16 + 7 + 2 * LAGS.len() + 15 + if self.has_solar() { 3 } else { 0 } + PREV_DAY_BLOCKS
     }
 
     /// Columns of the features that vary within a day (everything except the `prev_block_*` summary),
@@ -184,6 +184,22 @@ impl FeatureConfig {
         let prev_last4h =
             mean_over(&mut std::iter::once(1), (spd - 1 - last4h / 2) as isize, (last4h / 2) as isize)
                 .unwrap_or(prev_mean);
+        let prev8: Vec<f64> = (0..spd).filter_map(|s| at(8, s as isize)).collect();
+        let prev8_mean =
+            if prev8.is_empty() { prev_mean } else { prev8.iter().sum::<f64>() / prev8.len() as f64 };
+        // Day-over-day absolute changes over the last week: a volatility scale for the intervals.
+        let absdiff: Vec<f64> = (1..=7)
+            .flat_map(|k| (0..spd).map(move |s| (k, s)))
+            .map(|(k, s)| match (at(k, s as isize), at(k + 1, s as isize)) {
+                (Some(a), Some(b)) => (a - b).abs(),
+                _ => f64::NAN,
+            })
+            .collect();
+        let vol_day = {
+            let v: Vec<f64> = absdiff.iter().copied().filter(|v| v.is_finite()).collect();
+            if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
+        };
+        let vw = (spd / 12).max(1) as isize;
         let block = spd.div_ceil(PREV_DAY_BLOCKS).max(1);
         let blocks: Vec<f64> = (0..PREV_DAY_BLOCKS)
             .map(|b| {
@@ -268,6 +284,22 @@ impl FeatureConfig {
             put(prev_min);
             put(prev_last);
             put(prev_last4h);
+            put(prev8_mean);
+            let (mut vs, mut vn) = (0.0, 0usize);
+            for k in 0..7 {
+                for ds in -vw..=vw {
+                    let t = si + ds;
+                    if t >= 0 && (t as usize) < spd {
+                        let v = absdiff[k * spd + t as usize];
+                        if v.is_finite() {
+                            vs += v;
+                            vn += 1;
+                        }
+                    }
+                }
+            }
+            put(if vn > 0 { vs / vn as f64 } else { vol_day });
+            put(vol_day);
             if self.has_solar() {
                 let cs = cs_at(day, s);
                 put(cs);

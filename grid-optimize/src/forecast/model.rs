@@ -49,8 +49,8 @@ impl Predictor {
 
 /// P10/P90 offsets from the P50 forecast, per hour of the day, learnt from out-of-sample residuals.
 ///
-/// `lower[h]` and `upper[h]` are multiplied by the row's scale: 1, or in relative mode
-/// `|row[level_column]| + level_floor` (the recent level of the series).
+/// `lower[h]` and `upper[h]` are multiplied by the row's scale: 1 ([`IntervalScale::Absolute`]) or
+/// `|row[scale_column]| + scale_floor`.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct IntervalCalibration {
@@ -58,18 +58,29 @@ pub struct IntervalCalibration {
     pub lower: Vec<f64>,
     /// Offset of P90 per hour (≥ 0).
     pub upper: Vec<f64>,
-    /// Whether offsets scale with the recent level.
-    pub relative: bool,
-    /// Feature column of the level (relative mode).
-    pub level_column: usize,
-    /// Added to the level (relative mode).
-    pub level_floor: f64,
+    /// How the offsets scale.
+    pub scale: IntervalScale,
+    /// Feature column of the scale.
+    pub scale_column: usize,
+    /// Added to the scale.
+    pub scale_floor: f64,
+    /// Mean absolute scaled residual on the validation block.
+    pub reference_abs_z: f64,
+    /// The same on its last 7 days (where an [`IntervalTracker`] starts).
+    pub recent_abs_z: f64,
 }
 
 impl IntervalCalibration {
+    fn scale_of(&self, row: &[f64]) -> f64 {
+        match self.scale {
+            IntervalScale::Absolute => 1.0,
+            _ => row[self.scale_column].abs() + self.scale_floor,
+        }
+    }
+
     fn bounds(&self, row: &[f64], p50: f64) -> (f64, f64) {
         let h = hour_of(row);
-        let s = if self.relative { row[self.level_column].abs() + self.level_floor } else { 1.0 };
+        let s = self.scale_of(row);
         (p50 + self.lower[h] * s, p50 + self.upper[h] * s)
     }
 }
@@ -167,6 +178,10 @@ pub struct ForecastModel {
     pub intervals: IntervalCalibration,
     /// Forecasts are clamped to at least this (0 for PV and non-negative loads).
     pub clamp_min: Option<f64>,
+    /// PV only: a slot whose maximum over the last 14 days is at most this is night (forecast 0).
+    pub night_threshold: f64,
+    /// Feature column of that maximum (`max14`).
+    pub night_column: usize,
 }
 
 /// A forecast of every slot of one UTC day.
@@ -178,6 +193,74 @@ pub struct DayForecast {
     pub p50: Vec<f64>,
     /// 90 % quantile per slot.
     pub p90: Vec<f64>,
+    /// The interval scale of each slot (0 where the interval is degenerate, e.g. PV at night).
+    pub scale: Vec<f64>,
+}
+
+/// Online interval adaptation: tracks the recent size of the model's own errors (in units of the interval
+/// scale) and stretches P10/P90 by the ratio to the size seen in validation.
+///
+/// It is updated with [`IntervalTracker::observe`] once a day's actual values are known, so the forecast for
+/// day `D` only uses errors of days before `D`. A server keeps one per active model.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct IntervalTracker {
+    /// Exponentially weighted mean absolute scaled error of recent days.
+    pub recent_abs_z: f64,
+    /// The same on the validation block (the calibration's reference).
+    pub reference_abs_z: f64,
+    /// Weight of each new day.
+    pub alpha: f64,
+}
+
+impl IntervalTracker {
+    /// Starts from the most recent validation days of `model`.
+    pub fn new(model: &ForecastModel) -> Self {
+        Self {
+            recent_abs_z: model.intervals.recent_abs_z,
+            reference_abs_z: model.intervals.reference_abs_z,
+            alpha: 0.25,
+        }
+    }
+
+    /// The current stretch factor of the intervals.
+    pub fn factor(&self) -> f64 {
+        if self.reference_abs_z > 0.0 && self.recent_abs_z.is_finite() {
+            (self.recent_abs_z / self.reference_abs_z).clamp(0.5, 4.0)
+        } else {
+            1.0
+        }
+    }
+
+    /// Stretches the intervals of `f` (made by `model`) by [`IntervalTracker::factor`].
+    pub fn adjust(&self, model: &ForecastModel, f: &mut DayForecast) {
+        let k = self.factor();
+        for i in 0..f.p50.len() {
+            let m = f.p50[i];
+            let (mut lo, mut hi) = (m - k * (m - f.p10[i]), m + k * (f.p90[i] - m));
+            if let Some(c) = model.clamp_min {
+                lo = lo.max(c);
+                hi = hi.max(c);
+            }
+            f.p10[i] = lo.min(m);
+            f.p90[i] = hi.max(m);
+        }
+    }
+
+    /// Records the errors of an unadjusted forecast `f` against the day's `actual` values (NaN = missing).
+    pub fn observe(&mut self, f: &DayForecast, actual: &[f64]) {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for ((a, p), s) in actual.iter().zip(&f.p50).zip(&f.scale) {
+            if a.is_finite() && *s > 0.0 {
+                sum += (a - p).abs() / s;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            let day = sum / n as f64;
+            self.recent_abs_z = (1.0 - self.alpha) * self.recent_abs_z + self.alpha * day;
+        }
+    }
 }
 
 /// What to train.
@@ -232,25 +315,27 @@ impl ForecastModel {
         out.p10.clear();
         out.p50.clear();
         out.p90.clear();
+        out.scale.clear();
         for s in 0..spd {
             let row = &scratch[s * nf..(s + 1) * nf];
-            let (lo, mid, hi) = self.predict_row(row);
+            let raw = self.predictor.predict(row);
+            let (lo, mid, hi, sc) = postprocess(self, row, raw);
             out.p10.push(lo);
             out.p50.push(mid);
             out.p90.push(hi);
+            out.scale.push(sc);
         }
-    }
-
-    fn predict_row(&self, row: &[f64]) -> (f64, f64, f64) {
-        let raw = self.predictor.predict(row);
-        postprocess(self, row, raw)
     }
 }
 
-fn postprocess(m: &ForecastModel, row: &[f64], raw: f64) -> (f64, f64, f64) {
-    let night = m.features.kind == SeriesKind::Pv && row[max14_column(&m.features)] <= 0.0;
-    if night {
-        return (0.0, 0.0, 0.0);
+/// P10, P50, P90 and the interval scale of one row.
+fn postprocess(m: &ForecastModel, row: &[f64], raw: f64) -> (f64, f64, f64, f64) {
+    if m.features.kind == SeriesKind::Pv {
+        let max14 = row[m.night_column];
+        if max14 <= m.night_threshold {
+            // Night: nothing but inverter noise in the last two weeks at this time of day.
+            return (0.0, 0.0, max14.max(0.0), 0.0);
+        }
     }
     let mut p50 = raw;
     if let Some(c) = m.clamp_min {
@@ -261,7 +346,7 @@ fn postprocess(m: &ForecastModel, row: &[f64], raw: f64) -> (f64, f64, f64) {
         lo = lo.max(c);
         hi = hi.max(c);
     }
-    (lo.min(p50), p50, hi.max(p50))
+    (lo.min(p50), p50, hi.max(p50), m.intervals.scale_of(row))
 }
 
 fn column(cfg: &FeatureConfig, name: &str) -> usize {
@@ -344,19 +429,36 @@ fn brent_scale(alpha: f64, y: &[f64], p50: &[f64], off: &[f64]) -> f64 {
         .unwrap_or(1.0)
 }
 
-/// Fits interval offsets on validation residuals; tries absolute and level-relative offsets and keeps the
-/// one with the lower summed P10 + P90 pinball loss.
-fn calibrate(
-    rows: &[&[f64]],
-    y: &[f64],
-    p50: &[f64],
-    level_column: usize,
-    level_floor: f64,
-) -> IntervalCalibration {
+/// How interval offsets scale from row to row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum IntervalScale {
+    /// Constant offsets per hour.
+    Absolute,
+    /// Offsets times the recent level of the series.
+    Level,
+    /// Offsets times the recent day-over-day volatility at that time of day.
+    Volatility,
+}
+
+/// Fits interval offsets on validation residuals: per hour quantiles of the (scaled) residuals, stretched by
+/// pinball-optimal factors (Brent); keeps the scaling with the lowest summed P10 + P90 pinball loss, then,
+/// if the overall coverage on the most recent validation points is off 80 % (e.g. PV nights, where the
+/// interval is exactly zero and always covers), rescales the offsets to 80 % there.
+fn calibrate(rows: &[&[f64]], y: &[f64], p50: &[f64], recent: &[bool], fc: &FeatureConfig, floor: f64, modes: &[IntervalScale]) -> IntervalCalibration {
+    let level_column = column(fc, "mean7_smooth");
+    let vol_column = column(fc, "vol7");
+    let vol_floor = 0.1 * rows.iter().map(|r| r[vol_column].abs()).sum::<f64>() / rows.len().max(1) as f64 + 1e-12;
     let mut best: Option<(f64, IntervalCalibration)> = None;
-    for relative in [false, true] {
-        let scale: Vec<f64> =
-            rows.iter().map(|r| if relative { r[level_column].abs() + level_floor } else { 1.0 }).collect();
+    for &scale_kind in modes {
+        let (col, fl) = match scale_kind {
+            IntervalScale::Absolute => (level_column, 0.0),
+            IntervalScale::Level => (level_column, floor),
+            IntervalScale::Volatility => (vol_column, vol_floor),
+        };
+        let mut cal = IntervalCalibration { lower: vec![0.0; 24], upper: vec![0.0; 24], scale: scale_kind, scale_column: col, scale_floor: fl, reference_abs_z: 0.0, recent_abs_z: 0.0 };
+        let scale: Vec<f64> = rows.iter().map(|r| cal.scale_of(r)).collect();
         let z: Vec<f64> = y.iter().zip(p50).zip(&scale).map(|((y, p), s)| (y - p) / s).collect();
         let mut all = z.clone();
         let g_lo = metrics::quantile(&mut all, 0.1).min(0.0);
@@ -382,18 +484,83 @@ fn calibrate(
                     + metrics::pinball(0.9, y[i], p50[i] + a_hi * off_hi[i])
             })
             .sum();
-        let cal = IntervalCalibration { lower, upper, relative, level_column, level_floor };
+        cal.lower = lower;
+        cal.upper = upper;
         if best.as_ref().is_none_or(|b| loss < b.0) {
             best = Some((loss, cal));
         }
     }
-    best.map(|b| b.1).unwrap_or(IntervalCalibration {
-        lower: vec![0.0; 24],
-        upper: vec![0.0; 24],
-        relative: false,
-        level_column,
-        level_floor,
-    })
+    let Some((_, mut cal)) = best else {
+        return IntervalCalibration { lower: vec![0.0; 24], upper: vec![0.0; 24], scale: IntervalScale::Absolute, scale_column: 0, scale_floor: 0.0, reference_abs_z: 0.0, recent_abs_z: 0.0 };
+    };
+    // Coverage on the recent points as a function of a common stretch factor.
+    let idx: Vec<usize> = (0..y.len()).filter(|&i| recent[i]).collect();
+    let cov = |m: f64| {
+        let inside = idx
+            .iter()
+            .filter(|&&i| {
+                let s = cal.scale_of(rows[i]);
+                let h = hour_of(rows[i]);
+                let (lo, hi) = (p50[i] + m * cal.lower[h] * s, p50[i] + m * cal.upper[h] * s);
+                lo <= y[i] && y[i] <= hi
+            })
+            .count();
+        inside as f64 / idx.len().max(1) as f64
+    };
+    let c1 = cov(1.0);
+    if !idx.is_empty() && !(0.77..=0.83).contains(&c1) {
+        let (mut a, mut b) = if c1 > 0.83 { (0.05, 1.0) } else { (1.0, 6.0) };
+        for _ in 0..40 {
+            let m = 0.5 * (a + b);
+            if cov(m) > 0.80 { b = m } else { a = m }
+        }
+        let m = 0.5 * (a + b);
+        cal.lower.iter_mut().for_each(|v| *v *= m);
+        cal.upper.iter_mut().for_each(|v| *v *= m);
+    }
+    cal
+}
+
+/// Chooses the interval scaling that generalises in time: each scaling is calibrated on the first half of
+/// the validation days and scored by how close its coverage on the second half is to 80 %; the winner is
+/// then calibrated on the whole validation block.
+fn calibrate_robust(
+    rows: &[&[f64]],
+    y: &[f64],
+    p50: &[f64],
+    days: &[i64],
+    recent: &[bool],
+    fc: &FeatureConfig,
+    floor: f64,
+) -> IntervalCalibration {
+    let modes = [IntervalScale::Absolute, IntervalScale::Level, IntervalScale::Volatility];
+    let (d0, d1) = (days.iter().min().copied().unwrap_or(0), days.iter().max().copied().unwrap_or(0));
+    let mid = d0 + (d1 - d0 + 1) / 2;
+    let first: Vec<usize> = (0..y.len()).filter(|&i| days[i] < mid).collect();
+    let second: Vec<usize> = (0..y.len()).filter(|&i| days[i] >= mid).collect();
+    let mut choice = None;
+    if first.len() >= 48 && second.len() >= 48 {
+        let pick = |idx: &[usize]| -> (Vec<&[f64]>, Vec<f64>, Vec<f64>) {
+            (idx.iter().map(|&i| rows[i]).collect(), idx.iter().map(|&i| y[i]).collect(), idx.iter().map(|&i| p50[i]).collect())
+        };
+        let (r1, y1, p1) = pick(&first);
+        let (r2, y2, p2) = pick(&second);
+        let all_recent = vec![true; y1.len()];
+        let mut best = f64::INFINITY;
+        for m in modes {
+            let cal = calibrate(&r1, &y1, &p1, &all_recent, fc, floor, &[m]);
+            let (lo, hi): (Vec<f64>, Vec<f64>) = r2.iter().zip(&p2).map(|(r, p)| cal.bounds(r, *p)).unzip();
+            let err = (metrics::coverage(&y2, &lo, &hi) - 0.8).abs();
+            if err < best - 0.01 {
+                best = err;
+                choice = Some(m);
+            }
+        }
+    }
+    match choice {
+        Some(m) => calibrate(rows, y, p50, recent, fc, floor, &[m]),
+        None => calibrate(rows, y, p50, recent, fc, floor, &modes),
+    }
 }
 
 /// Trains a forecaster on the data of `series` strictly before `cfg.train_end_day`.
@@ -452,13 +619,16 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
     let rows = build_rows(series, &fc, &profile, series.first_day + 1..end);
     let all = &rows.data;
     let train_set = all.select(|i, _| rows.day[i] < val_start);
-    let val_all = all.select(|i, _| rows.day[i] >= val_start);
-    let val = all.select(|i, _| rows.day[i] >= val_start && rows.scored[i]);
-    let val = if val.len() >= spd { val } else { val_all };
+    let scored_val = (0..all.len()).filter(|&i| rows.day[i] >= val_start && rows.scored[i]).count();
+    let use_scored = scored_val >= spd;
+    let in_val = |i: usize| rows.day[i] >= val_start && (!use_scored || rows.scored[i]);
+    let val = all.select(|i, _| in_val(i));
+    let val_days: Vec<i64> = (0..all.len()).filter(|&i| in_val(i)).map(|i| rows.day[i]).collect();
     if train_set.len() < 2 * spd || val.is_empty() {
         return Err(Error::invalid("test_from", "too little training data before the validation block"));
     }
     let nonneg = all.y.iter().all(|v| *v >= 0.0);
+    let night_threshold = 0.005 * all.y.iter().copied().fold(0.0, f64::max);
     let clamp_min = match cfg.kind {
         SeriesKind::Pv => Some(0.0),
         SeriesKind::Load if nonneg => Some(0.0),
@@ -479,6 +649,25 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
         val_pred: eval(&p),
         fitted: p,
         refit: Rc::new(move |d| Ok(Predictor::Ridge(Ridge::fit(d, &c2, lam)?))),
+        mae: 0.0,
+    });
+    // A compact ridge that needs little data (short series).
+    let names = fc.names();
+    let small_cols: Vec<usize> = [
+        "tod_sin1", "tod_cos1", "tod_sin2", "tod_cos2", "is_offday", "prev_is_offday", "lag7_is_offday", "lag1",
+        "lag7", "lag1_smooth", "lag7_smooth", "mean7_smooth", "mean_same_weekday4", "mean_same_daytype14",
+        "prev_mean", "prev8_mean",
+    ]
+    .iter()
+    .filter_map(|n| names.iter().position(|x| x == n))
+    .collect();
+    let lam = ridge::tune_lambda(&train_set, &val, &small_cols)?;
+    let p = Predictor::Ridge(Ridge::fit(&train_set, &small_cols, lam)?);
+    cands.push(Candidate {
+        name: "ridge_small".into(),
+        val_pred: eval(&p),
+        fitted: p,
+        refit: Rc::new(move |d| Ok(Predictor::Ridge(Ridge::fit(d, &small_cols, lam)?))),
         mae: 0.0,
     });
     progress("fitting ridge_by_hour");
@@ -517,7 +706,7 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
             .map(|i| {
                 let row = val.row(i);
                 let mut v = pred[i];
-                if fc.kind == SeriesKind::Pv && row[max14_column(&fc)] <= 0.0 {
+                if fc.kind == SeriesKind::Pv && row[max14_column(&fc)] <= night_threshold {
                     v = 0.0;
                 }
                 clamp_min.map_or(v, |c| v.max(c))
@@ -561,9 +750,28 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
     // Intervals from the chosen model's out-of-sample validation residuals.
     let val_rows: Vec<&[f64]> = (0..val.len()).map(|i| val.row(i)).collect();
     let p50 = post(&best.val_pred);
-    let level_column = column(&fc, "mean7_smooth");
     let level_floor = 0.1 * all.y.iter().map(|v| v.abs()).sum::<f64>() / all.len().max(1) as f64;
-    let intervals = calibrate(&val_rows, &val.y, &p50, level_column, level_floor);
+    let recent_from = end - (v_days.min(28));
+    let recent: Vec<bool> = val_days.iter().map(|d| *d >= recent_from).collect();
+    let mut intervals = calibrate_robust(&val_rows, &val.y, &p50, &val_days, &recent, &fc, level_floor);
+    {
+        let last_week = end - 7;
+        let (mut s_all, mut n_all, mut s_rec, mut n_rec) = (0.0, 0usize, 0.0, 0usize);
+        for i in 0..val.len() {
+            let sc = intervals.scale_of(val_rows[i]);
+            if sc > 0.0 && !(fc.kind == SeriesKind::Pv && val_rows[i][max14_column(&fc)] <= night_threshold) {
+                let z = (val.y[i] - p50[i]).abs() / sc;
+                s_all += z;
+                n_all += 1;
+                if val_days[i] >= last_week {
+                    s_rec += z;
+                    n_rec += 1;
+                }
+            }
+        }
+        intervals.reference_abs_z = if n_all > 0 { s_all / n_all as f64 } else { 0.0 };
+        intervals.recent_abs_z = if n_rec > 0 { s_rec / n_rec as f64 } else { intervals.reference_abs_z };
+    }
 
     let lag = |name: &str| column(&fc, name);
     let n1: Vec<f64> = val_rows.iter().map(|r| r[lag("lag1")]).collect();
@@ -571,6 +779,7 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
 
     progress(&format!("refitting {} on all {} rows", best.name, all.len()));
     let predictor = (best.refit)(all)?;
+    let fc_copy = fc.clone();
     let mut model = ForecastModel {
         metadata: ModelMetadata {
             format_version: MODEL_FORMAT_VERSION,
@@ -596,11 +805,13 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
         predictor: best.fitted,
         intervals,
         clamp_min,
+        night_threshold,
+        night_column: max14_column(&fc_copy),
     };
     // Interval scores on validation, with the pre-refit model the calibration was fitted on.
     let (mut lo, mut hi) = (Vec::new(), Vec::new());
     for (r, p) in val_rows.iter().zip(&best.val_pred) {
-        let (l, _, h) = postprocess(&model, r, *p);
+        let (l, _, h, _) = postprocess(&model, r, *p);
         lo.push(l);
         hi.push(h);
     }
