@@ -258,7 +258,8 @@ async fn comms_loss_falls_back_within_the_timeout(kind: BrokerKind) {
     let cut = Instant::now();
     wait_for("fallback to idle", Duration::from_secs(6), || agent.applied_kw() == 0.0).await;
     let took = cut.elapsed();
-    assert!(took >= Duration::from_secs(2), "fell back before the 2 s timeout: {took:?}");
+    // Measured from the last contact, which is up to one tick (50 ms) before the cut.
+    assert!(took >= Duration::from_millis(1900), "fell back before the 2 s timeout: {took:?}");
     assert!(took <= Duration::from_secs(3), "fallback took {took:?}, more than timeout + 1 s");
     assert!(agent.metrics().engine.fallback_active);
 
