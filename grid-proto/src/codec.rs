@@ -164,7 +164,7 @@ impl Codec {
         }
     }
 
-    fn from_slice<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T> {
+    fn parse_slice<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T> {
         let malformed = |detail: String| Error::Malformed {
             codec: self,
             detail,
@@ -199,11 +199,11 @@ impl Codec {
                 detail: "empty payload".into(),
             });
         }
-        let ProbeVersion { v } = self.from_slice(bytes)?;
+        let ProbeVersion { v } = self.parse_slice(bytes)?;
         if v != PROTOCOL_VERSION {
             return Err(Error::UnsupportedVersion { version: v });
         }
-        let ProbeKind { kind } = self.from_slice(bytes)?;
+        let ProbeKind { kind } = self.parse_slice(bytes)?;
         let kind = BodyKind::parse(&kind).ok_or_else(|| Error::UnknownKind {
             kind: kind.chars().take(64).collect(),
         })?;
@@ -222,7 +222,7 @@ impl Codec {
     }
 
     fn decode_as<B: DeserializeOwned>(self, bytes: &[u8], wrap: fn(B) -> Body) -> Result<Envelope> {
-        let m: In<B> = self.from_slice(bytes)?;
+        let m: In<B> = self.parse_slice(bytes)?;
         Ok(Envelope {
             id: m.id,
             device: m.device,
@@ -239,7 +239,7 @@ impl Codec {
         if bytes.len() > MAX_PAYLOAD_BYTES {
             return None;
         }
-        self.from_slice::<ProbeId>(bytes).ok().map(|p| p.id)
+        self.parse_slice::<ProbeId>(bytes).ok().map(|p| p.id)
     }
 }
 

@@ -86,6 +86,7 @@ impl Default for InboxConfig {
 
 /// What the agent must do.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived, and most actions are sends
 pub enum InboxAction {
     /// Publish this message at QoS 1 on its topic ([`Topic::for_envelope`]), in the configured
     /// codec.
@@ -355,8 +356,10 @@ impl Inbox {
         out: &mut Vec<InboxAction>,
     ) {
         let r = assign.schedule_ref();
-        if let Some(&latest) = self.state.latest.get(&r.schedule_id) {
-            if r.version <= latest {
+        if let Some(&latest) = self.state.latest.get(&r.schedule_id)
+            && r.version <= latest
+        {
+            {
                 if r.version == latest {
                     // The version we have, sent again under another id: answer its state.
                     let state = self.schedule_state(&r).unwrap_or(ExecutionState::Accepted);
@@ -449,16 +452,19 @@ impl Inbox {
         }
         // A newer command replaces the one running.
         if let Some(prev) = self.state.running.take() {
-            if now < prev.until {
+            let ack = if now < prev.until {
                 self.set_command_state(
                     &prev.id,
                     ExecutionState::Superseded,
                     Some(ReasonCode::Superseded),
                 );
-                let ack = Ack::for_message(prev.id, ExecutionState::Superseded)
-                    .with_reason(ReasonCode::Superseded, format!("replaced by command {id}"));
-                out.push(self.ack(now, ack));
-            }
+                Ack::for_message(prev.id, ExecutionState::Superseded)
+                    .with_reason(ReasonCode::Superseded, format!("replaced by command {id}"))
+            } else {
+                self.set_command_state(&prev.id, ExecutionState::Completed, None);
+                Ack::for_message(prev.id, ExecutionState::Completed)
+            };
+            out.push(self.ack(now, ack));
         }
         let state = match &command.action {
             CommandAction::SetPower { duration_s, .. } => {
@@ -562,8 +568,9 @@ impl Inbox {
                 .held
                 .iter_mut()
                 .find(|h| (h.assign.horizon.start, h.accepted_seq) == key)
+                && h.state == ExecutionState::Accepted
             {
-                if h.state == ExecutionState::Accepted {
+                {
                     h.state = ExecutionState::Executing;
                     let r = h.assign.schedule_ref();
                     let id = h.message_id.clone();
@@ -575,12 +582,12 @@ impl Inbox {
                 }
             }
         }
-        if let Some(run) = self.state.running.clone() {
-            if now >= run.until {
-                self.state.running = None;
-                self.set_command_state(&run.id, ExecutionState::Completed, None);
-                out.push(self.ack(now, Ack::for_message(run.id, ExecutionState::Completed)));
-            }
+        if let Some(run) = self.state.running.clone()
+            && now >= run.until
+        {
+            self.state.running = None;
+            self.set_command_state(&run.id, ExecutionState::Completed, None);
+            out.push(self.ack(now, Ack::for_message(run.id, ExecutionState::Completed)));
         }
         out
     }

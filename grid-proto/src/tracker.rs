@@ -126,6 +126,7 @@ impl Delivery {
 
 /// What the caller must do.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived, and most actions are sends
 pub enum Action {
     /// Publish this message at QoS 1 on its topic ([`crate::topic::Topic::for_envelope`]) in the
     /// device's codec ([`DeliveryTracker::codec`]).
@@ -269,14 +270,14 @@ impl DeliveryTracker {
             )));
         };
         let r = body.schedule_ref();
-        if let Some(&latest) = self.state.latest.get(&r.schedule_id) {
-            if r.version <= latest {
-                return Err(Error::StaleVersion {
-                    schedule: r.schedule_id.to_string(),
-                    version: r.version.0,
-                    latest: latest.0,
-                });
-            }
+        if let Some(&latest) = self.state.latest.get(&r.schedule_id)
+            && r.version <= latest
+        {
+            return Err(Error::StaleVersion {
+                schedule: r.schedule_id.to_string(),
+                version: r.version.0,
+                latest: latest.0,
+            });
         }
         let mut actions = Vec::new();
         for i in 0..self.state.deliveries.len() {

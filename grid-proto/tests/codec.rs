@@ -1,5 +1,6 @@
 //! Decoder robustness: limits, truncation, non-finite numbers, inconsistent messages, unknown
 //! fields and versions, topics and signatures, each with the typed error it must produce.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 
@@ -192,7 +193,8 @@ fn non_finite_numbers_are_rejected_naming_the_field() {
 #[test]
 fn inconsistent_schedules_are_rejected_naming_the_field() {
     let base = assign_env();
-    let cases: Vec<(fn(&mut ScheduleAssign), &str)> = vec![
+    type Mutation = fn(&mut ScheduleAssign);
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             |a| a.setpoints_kw.pop().map(drop).unwrap_or(()),
             "body.setpoints_kw",
@@ -388,4 +390,27 @@ fn signatures_bind_body_device_and_message_id() {
         Err(Error::NotSignable { .. })
     ));
     assert!(signature::verifying_key_from_hex("zz").is_err());
+}
+
+#[test]
+fn cbor_halves_a_full_precision_day_schedule() {
+    let mut msg = assign_env();
+    let Body::ScheduleAssign(a) = &mut msg.body else {
+        unreachable!()
+    };
+    a.horizon.start = ts("2026-11-28T00:00:00Z");
+    a.horizon.slots = 96;
+    a.valid_until = ts("2026-11-29T00:00:00Z");
+    // Optimiser output: full-precision doubles.
+    a.setpoints_kw = (0..96).map(|i| (f64::from(i) * 0.37).sin() * 4.2).collect();
+    a.expected_kwh = (0..96)
+        .map(|i| 6.0 + (f64::from(i) * 0.11).cos() * 3.3)
+        .collect();
+    let json = Codec::Json.encode(&msg).unwrap().len();
+    let cbor = Codec::Cbor.encode(&msg).unwrap().len();
+    println!("96-slot schedule: JSON {json} bytes, CBOR {cbor} bytes");
+    assert!(
+        (cbor as f64) < 0.6 * json as f64,
+        "JSON {json}, CBOR {cbor}"
+    );
 }

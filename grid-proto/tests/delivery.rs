@@ -8,6 +8,7 @@
 //! * at every server poll, a delivery whose `valid_until` has passed is terminal, or executing
 //!   and still within its execution deadline plus the completion grace;
 //! * at the end, once the clocks pass every deadline, every delivery is terminal on both sides.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use grid_core::{DeviceId, ExecutionState, ScheduleId, ScheduleVersion, Timestamp};
 use grid_proto::inbox::{Inbox, InboxAction, InboxConfig, InboxState};

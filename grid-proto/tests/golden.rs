@@ -1,6 +1,7 @@
 //! Golden vectors: the exact JSON and CBOR bytes of every example message in
 //! `docs/protocol.md`, checked byte for byte in both directions. Run with `GRID_BLESS=1` to
 //! rewrite the files after a deliberate format change.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Property tests: both codecs round-trip arbitrary valid messages exactly, and the decoders
 //! return a typed error (never panic) on arbitrary and mutated bytes.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use grid_core::{DeviceId, ExecutionState, ScheduleId, ScheduleVersion, Timestamp};
 use grid_proto::v1::*;

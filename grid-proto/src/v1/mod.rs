@@ -312,16 +312,15 @@ impl Envelope {
     /// Checks every field against the protocol's limits and consistency rules. Decoders call it;
     /// encoders call it too, so nothing invalid is ever sent.
     pub fn validate(&self) -> Result<()> {
-        if let Some(c) = &self.correlation_id {
-            if c.is_empty()
+        if let Some(c) = &self.correlation_id
+            && (c.is_empty()
                 || c.len() > MAX_CORRELATION_ID_LEN
-                || !c.bytes().all(|b| (0x21..=0x7e).contains(&b))
-            {
-                return Err(Error::invalid(
-                    "correlation_id",
-                    "must be 1-128 printable ASCII characters without spaces",
-                ));
-            }
+                || !c.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+        {
+            return Err(Error::invalid(
+                "correlation_id",
+                "must be 1-128 printable ASCII characters without spaces",
+            ));
         }
         if self.signature.is_some() && !self.kind().is_signable() {
             return Err(Error::NotSignable {

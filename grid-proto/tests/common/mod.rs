@@ -1,5 +1,5 @@
 //! Shared fixtures for grid-proto's integration tests: the golden example messages.
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, dead_code)] // test helpers outside #[test] functions
 
 use grid_core::{DeviceId, ExecutionState, ScheduleId, ScheduleVersion, Timestamp};
 use grid_proto::Codec;
