@@ -38,7 +38,8 @@ pub fn parse_instance(text: &str) -> Result<FleetProblem> {
         Ok(v) => v,
         Err(first) => {
             // Python's json writes NaN / Infinity as bare tokens; quote them so the field walk can name the field.
-            let quoted = quote_non_finite_tokens(text).ok_or_else(|| Error::Malformed(first.to_string()))?;
+            let quoted =
+                quote_non_finite_tokens(text).ok_or_else(|| Error::Malformed(first.to_string()))?;
             serde_json::from_str(&quoted).map_err(|_| Error::Malformed(first.to_string()))?
         }
     };
@@ -47,15 +48,26 @@ pub fn parse_instance(text: &str) -> Result<FleetProblem> {
 
 /// Builds and validates a [`FleetProblem`] from an already parsed `battopt-instance/1` JSON value.
 pub fn parse_instance_value(root: &Value) -> Result<FleetProblem> {
-    let obj = root
-        .as_object()
-        .ok_or_else(|| Error::invalid("(document)", format!("expected a JSON object, got {}", kind(root))))?;
+    let obj = root.as_object().ok_or_else(|| {
+        Error::invalid(
+            "(document)",
+            format!("expected a JSON object, got {}", kind(root)),
+        )
+    })?;
     match obj.get("schema") {
         Some(Value::String(s)) if s == INSTANCE_SCHEMA => {}
         Some(Value::String(s)) => {
-            return Err(Error::invalid("schema", format!("unsupported schema {s:?}, expected {INSTANCE_SCHEMA:?}")));
+            return Err(Error::invalid(
+                "schema",
+                format!("unsupported schema {s:?}, expected {INSTANCE_SCHEMA:?}"),
+            ));
         }
-        Some(v) => return Err(Error::invalid("schema", format!("expected a string, got {}", kind(v)))),
+        Some(v) => {
+            return Err(Error::invalid(
+                "schema",
+                format!("expected a string, got {}", kind(v)),
+            ));
+        }
         None => return Err(Error::invalid("schema", "missing field")),
     }
     let name = match obj.get("name") {
@@ -64,7 +76,10 @@ pub fn parse_instance_value(root: &Value) -> Result<FleetProblem> {
     };
     let t_raw = number(obj, "T", "T")?;
     if !(t_raw >= 1.0 && t_raw.fract() == 0.0 && t_raw <= 1e7) {
-        return Err(Error::invalid("T", format!("expected a positive whole number of slots, got {t_raw}")));
+        return Err(Error::invalid(
+            "T",
+            format!("expected a positive whole number of slots, got {t_raw}"),
+        ));
     }
     let t = t_raw as usize;
     let dt = number(obj, "dt", "dt")?;
@@ -76,11 +91,21 @@ pub fn parse_instance_value(root: &Value) -> Result<FleetProblem> {
             import_limit: series(f, "import_limit", "feeder.import_limit", t)?,
             export_limit: series(f, "export_limit", "feeder.export_limit", t)?,
         }),
-        v => return Err(Error::invalid("feeder", format!("expected an object or null, got {}", kind(v)))),
+        v => {
+            return Err(Error::invalid(
+                "feeder",
+                format!("expected an object or null, got {}", kind(v)),
+            ));
+        }
     };
     let sites_v = match field(obj, "sites", "sites")? {
         Value::Array(a) => a,
-        v => return Err(Error::invalid("sites", format!("expected an array, got {}", kind(v)))),
+        v => {
+            return Err(Error::invalid(
+                "sites",
+                format!("expected an array, got {}", kind(v)),
+            ));
+        }
     };
     let mut sites = Vec::with_capacity(sites_v.len());
     for (i, sv) in sites_v.iter().enumerate() {
@@ -101,21 +126,31 @@ pub fn parse_instance_value(root: &Value) -> Result<FleetProblem> {
 
 fn parse_site(v: &Value, i: usize, t: usize) -> Result<SiteProblem> {
     let path = format!("sites[{i}]");
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::invalid(path.clone(), format!("expected an object, got {}", kind(v))))?;
+    let obj = v.as_object().ok_or_else(|| {
+        Error::invalid(path.clone(), format!("expected an object, got {}", kind(v)))
+    })?;
     let p = |f: &str| format!("{path}.{f}");
     let id = match field(obj, "id", &p("id"))? {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
-        v => return Err(Error::invalid(p("id"), format!("expected a string, got {}", kind(v)))),
+        v => {
+            return Err(Error::invalid(
+                p("id"),
+                format!("expected a string, got {}", kind(v)),
+            ));
+        }
     };
     let load = nullable_series(obj, "load", &p("load"), t)?;
     let pv = nullable_series(obj, "pv", &p("pv"), t)?;
     let bpath = p("battery");
     let bobj = match field(obj, "battery", &bpath)? {
         Value::Object(b) => b,
-        v => return Err(Error::invalid(bpath, format!("expected an object, got {}", kind(v)))),
+        v => {
+            return Err(Error::invalid(
+                bpath,
+                format!("expected an object, got {}", kind(v)),
+            ));
+        }
     };
     let b = |f: &str| format!("{bpath}.{f}");
     let e_final_min = match field(bobj, "e_final_min", &b("e_final_min"))? {
@@ -159,7 +194,8 @@ fn kind(v: &Value) -> String {
 }
 
 fn field<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a Value> {
-    obj.get(key).ok_or_else(|| Error::invalid(path, "missing field"))
+    obj.get(key)
+        .ok_or_else(|| Error::invalid(path, "missing field"))
 }
 
 fn as_number(v: &Value, path: &str) -> Result<f64> {
@@ -168,10 +204,13 @@ fn as_number(v: &Value, path: &str) -> Result<f64> {
             .as_f64()
             .filter(|x| x.is_finite())
             .ok_or_else(|| Error::invalid(path, format!("number {n} is not a finite double"))),
-        Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
-            Err(Error::invalid(path, format!("expected a finite number, got {s}")))
-        }
-        other => Err(Error::invalid(path, format!("expected a number, got {}", kind(other)))),
+        Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => Err(
+            Error::invalid(path, format!("expected a finite number, got {s}")),
+        ),
+        other => Err(Error::invalid(
+            path,
+            format!("expected a number, got {}", kind(other)),
+        )),
     }
 }
 
@@ -182,10 +221,18 @@ fn number(obj: &Map<String, Value>, key: &str, path: &str) -> Result<f64> {
 fn array_values(v: &Value, path: &str, t: usize) -> Result<Vec<f64>> {
     let a = match v {
         Value::Array(a) => a,
-        other => return Err(Error::invalid(path, format!("expected an array of {t} numbers, got {}", kind(other)))),
+        other => {
+            return Err(Error::invalid(
+                path,
+                format!("expected an array of {t} numbers, got {}", kind(other)),
+            ));
+        }
     };
     if a.len() != t {
-        return Err(Error::invalid(path, format!("expected {t} values (one per slot), got {}", a.len())));
+        return Err(Error::invalid(
+            path,
+            format!("expected {t} values (one per slot), got {}", a.len()),
+        ));
     }
     a.iter()
         .enumerate()
@@ -232,7 +279,9 @@ fn quote_non_finite_tokens(text: &str) -> Option<String> {
             continue;
         }
         let rest = &text[i..];
-        let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|tok| rest.starts_with(tok));
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|tok| rest.starts_with(tok));
         if let Some(tok) = token {
             out.push_str(&text[last..i]);
             out.push('"');
@@ -252,49 +301,96 @@ fn quote_non_finite_tokens(text: &str) -> Option<String> {
     Some(out)
 }
 
-/// Renders `solution` of `problem` as a `battopt-solution/1` JSON document (pretty-printed).
+/// The `battopt-solution/1` document, in the format's field order.
+#[derive(serde::Serialize)]
+struct SolutionDoc<'a> {
+    schema: &'static str,
+    instance: &'a str,
+    status: &'static str,
+    objective: Option<f64>,
+    reason: Option<&'a str>,
+    solve_seconds: f64,
+    sites: Vec<SiteDoc<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct SiteDoc<'a> {
+    id: &'a str,
+    charge: &'a [f64],
+    discharge: &'a [f64],
+    grid_import: &'a [f64],
+    grid_export: &'a [f64],
+    soc_end: &'a [f64],
+    peak_import: Option<f64>,
+}
+
+fn document<'a>(
+    problem: &'a FleetProblem,
+    solution: &'a FleetSolution,
+    solve_seconds: f64,
+) -> SolutionDoc<'a> {
+    let (objective, reason) = match &solution.status {
+        SolveStatus::Infeasible { reason } => (None, Some(reason.as_str())),
+        _ => (
+            Some(problem.objective(solution)).filter(|v| v.is_finite()),
+            None,
+        ),
+    };
+    SolutionDoc {
+        schema: SOLUTION_SCHEMA,
+        instance: &problem.name,
+        status: solution.status.as_str(),
+        objective,
+        reason,
+        solve_seconds,
+        sites: solution
+            .sites
+            .iter()
+            .map(|s| SiteDoc {
+                id: &s.id,
+                charge: &s.charge,
+                discharge: &s.discharge,
+                grid_import: &s.grid_import,
+                grid_export: &s.grid_export,
+                soc_end: &s.soc_end,
+                peak_import: s.peak_import,
+            })
+            .collect(),
+    }
+}
+
+/// Writes `solution` of `problem` as a `battopt-solution/1` document (one line, or indented when `pretty`).
 ///
 /// The objective is recomputed from the returned schedule with [`FleetProblem::objective`] (`null` when
-/// infeasible); `solve_seconds` is the time spent inside the solver.
-pub fn solution_to_json(problem: &FleetProblem, solution: &FleetSolution, solve_seconds: f64) -> String {
-    let (objective, reason) = match &solution.status {
-        SolveStatus::Infeasible { reason } => (Value::Null, Value::String(reason.clone())),
-        _ => (num(problem.objective(solution)), Value::Null),
+/// infeasible); `solve_seconds` is the time spent inside the solver. Non-finite numbers are written as `null`.
+pub fn write_solution<W: std::io::Write>(
+    writer: W,
+    problem: &FleetProblem,
+    solution: &FleetSolution,
+    solve_seconds: f64,
+    pretty: bool,
+) -> std::io::Result<()> {
+    let doc = document(problem, solution, solve_seconds);
+    let r = if pretty {
+        serde_json::to_writer_pretty(writer, &doc)
+    } else {
+        serde_json::to_writer(writer, &doc)
     };
-    let sites: Vec<Value> = solution
-        .sites
-        .iter()
-        .map(|s| {
-            let mut m = Map::new();
-            m.insert("id".into(), Value::String(s.id.clone()));
-            m.insert("charge".into(), nums(&s.charge));
-            m.insert("discharge".into(), nums(&s.discharge));
-            m.insert("grid_import".into(), nums(&s.grid_import));
-            m.insert("grid_export".into(), nums(&s.grid_export));
-            m.insert("soc_end".into(), nums(&s.soc_end));
-            m.insert("peak_import".into(), s.peak_import.map_or(Value::Null, num));
-            Value::Object(m)
-        })
-        .collect();
-    let mut m = Map::new();
-    m.insert("schema".into(), Value::String(SOLUTION_SCHEMA.into()));
-    m.insert("instance".into(), Value::String(problem.name.clone()));
-    m.insert("status".into(), Value::String(solution.status.as_str().into()));
-    m.insert("objective".into(), objective);
-    m.insert("reason".into(), reason);
-    m.insert("solve_seconds".into(), num(solve_seconds));
-    m.insert("sites".into(), Value::Array(sites));
-    let mut out = serde_json::to_string_pretty(&Value::Object(m)).unwrap_or_default();
-    out.push('\n');
-    out
+    r.map_err(std::io::Error::from)
 }
 
-fn num(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
-}
-
-fn nums(v: &[f64]) -> Value {
-    Value::Array(v.iter().map(|&x| num(x)).collect())
+/// The `battopt-solution/1` document of `solution` as an indented JSON string ending in a newline
+/// (see [`write_solution`]).
+pub fn solution_to_json(
+    problem: &FleetProblem,
+    solution: &FleetSolution,
+    solve_seconds: f64,
+) -> String {
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail, and the document has only strings and numbers.
+    let _ = write_solution(&mut out, problem, solution, solve_seconds, true);
+    out.push(b'\n');
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -327,7 +423,10 @@ mod tests {
     #[test]
     fn names_missing_and_wrong_fields() {
         let mut v = tiny();
-        v["sites"][0]["battery"].as_object_mut().expect("object").remove("e_max");
+        v["sites"][0]["battery"]
+            .as_object_mut()
+            .expect("object")
+            .remove("e_max");
         assert_eq!(err_field(&v), "sites[0].battery.e_max");
         let mut v = tiny();
         v["sites"][0]["battery"]["p_ch_max"] = serde_json::json!(-1.0);
@@ -351,6 +450,9 @@ mod tests {
             Err(Error::InvalidInput { field, .. }) => assert_eq!(field, "sites[0].battery.e0"),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(parse_instance("{not json"), Err(Error::Malformed(_))));
+        assert!(matches!(
+            parse_instance("{not json"),
+            Err(Error::Malformed(_))
+        ));
     }
 }

@@ -179,12 +179,20 @@ impl SegList {
 
     #[inline]
     fn front_mut(&mut self) -> Option<&mut Seg> {
-        if self.is_empty() { None } else { Some(&mut self.buf[self.start]) }
+        if self.is_empty() {
+            None
+        } else {
+            Some(&mut self.buf[self.start])
+        }
     }
 
     #[inline]
     fn back_mut(&mut self) -> Option<&mut Seg> {
-        if self.is_empty() { None } else { Some(&mut self.buf[self.end - 1]) }
+        if self.is_empty() {
+            None
+        } else {
+            Some(&mut self.buf[self.end - 1])
+        }
     }
 
     #[inline]
@@ -300,7 +308,11 @@ impl Slot {
     /// Kink of the grid cost in terms of battery power.
     #[inline]
     fn beta(&self) -> f64 {
-        if self.kink_at_zero { -self.l } else { self.u - self.e - self.l }
+        if self.kink_at_zero {
+            -self.l
+        } else {
+            self.u - self.e - self.l
+        }
     }
     #[inline]
     fn lossless(&self) -> bool {
@@ -324,7 +336,11 @@ impl Slot {
             if n >= 0.0 { self.g2 * n } else { self.g1 * n }
         } else {
             let k = self.u - self.e;
-            if n <= k { self.g1 * n } else { self.g1 * k + self.g2 * (n - k) }
+            if n <= k {
+                self.g1 * n
+            } else {
+                self.g1 * k + self.g2 * (n - k)
+            }
         }
     }
 
@@ -342,7 +358,11 @@ impl Slot {
     #[inline]
     fn p_of_x(&self, x: f64) -> f64 {
         let (a, b) = (self.a, self.b);
-        let pmin = if x >= 0.0 { x * self.inv_a } else { x * self.inv_b };
+        let pmin = if x >= 0.0 {
+            x * self.inv_a
+        } else {
+            x * self.inv_b
+        };
         if self.lossless() {
             return pmin;
         }
@@ -350,7 +370,9 @@ impl Slot {
         if self.simple() {
             return lo;
         }
-        let hi = ((x + self.c * (b - a)) / b).min((x + self.d * (b - a)) / a).min(self.p_high());
+        let hi = ((x + self.c * (b - a)) / b)
+            .min((x + self.d * (b - a)) / a)
+            .min(self.p_high());
         let pstar = self.pstar();
         pstar.min(hi).max(lo)
     }
@@ -358,7 +380,11 @@ impl Slot {
     /// Minimiser of `φ(p) + κ·p` when it is not at the lower end (generic path only).
     #[inline]
     fn pstar(&self) -> f64 {
-        if self.g2 + self.kappa() < 0.0 { self.p_high() } else { self.beta() }
+        if self.g2 + self.kappa() < 0.0 {
+            self.p_high()
+        } else {
+            self.beta()
+        }
     }
 
     /// Cost of storing `x` (generic formula, valid for `a < b` and `x` in the domain).
@@ -397,7 +423,11 @@ impl Slot {
         let xbeta = pmin_inv(a, b, self.beta());
         let mut pts = [xa_l, 0.0, 0.0, xa_r];
         let mut np = 1;
-        let (k1, k2) = if xbeta < 0.0 { (xbeta, 0.0) } else { (0.0, xbeta) };
+        let (k1, k2) = if xbeta < 0.0 {
+            (xbeta, 0.0)
+        } else {
+            (0.0, xbeta)
+        };
         for k in [k1, k2] {
             if k > pts[np - 1] && k < xa_r {
                 pts[np] = k;
@@ -414,7 +444,11 @@ impl Slot {
             // Breakpoints split at 0 and at xbeta, so the whole piece lies on one side of each.
             let mid = 0.5 * (x0 + x1);
             let g = if mid < xbeta { self.g1 } else { self.g2 };
-            let slope = if mid > 0.0 { (g + delta) * self.inv_a } else { (g - delta) * self.inv_b };
+            let slope = if mid > 0.0 {
+                (g + delta) * self.inv_a
+            } else {
+                (g - delta) * self.inv_b
+            };
             out.push(x1 - x0, slope);
         }
     }
@@ -482,16 +516,31 @@ impl Slot {
     /// `(c, d, gp, gm)` for stored energy `x`.
     fn recover(&self, x: f64) -> (f64, f64, f64, f64) {
         let (a, b) = (self.a, self.b);
-        let pmin = if x >= 0.0 { x * self.inv_a } else { x * self.inv_b };
+        let pmin = if x >= 0.0 {
+            x * self.inv_a
+        } else {
+            x * self.inv_b
+        };
         let p = self.p_of_x(x);
         let (c, d) = if self.lossless() || p <= pmin {
-            if x >= 0.0 { (x * self.inv_a, 0.0) } else { (0.0, -x * self.inv_b) }
+            if x >= 0.0 {
+                (x * self.inv_a, 0.0)
+            } else {
+                (0.0, -x * self.inv_b)
+            }
         } else {
-            (((b * p - x) * self.inv_loss).max(0.0), ((a * p - x) * self.inv_loss).max(0.0))
+            (
+                ((b * p - x) * self.inv_loss).max(0.0),
+                ((a * p - x) * self.inv_loss).max(0.0),
+            )
         };
-        let (c, d) = (c.min(self.c), d.min(self.d));
+        // Sums of segment lengths leave crumbs of ~1e-16 kW; a schedule reads better without them.
+        let snap = |v: f64, hi: f64| if v < 1e-12 { 0.0 } else { v.min(hi) };
+        let (c, d) = (snap(c, self.c), snap(d, self.d));
         let n = self.l + c - d;
         let (gp, gm) = if self.kink_at_zero {
+            // `load - pv` leaves the same crumbs when they (nearly) cancel.
+            let n = if n.abs() < 1e-12 { 0.0 } else { n };
             (n.max(0.0), (-n).max(0.0))
         } else {
             let gm = self.e.min(self.u - n).max(0.0);
@@ -546,7 +595,9 @@ pub struct SiteDp {
 fn fmt_num(v: f64) -> String {
     let s = format!("{v:.3}");
     let s = s.trim_end_matches('0');
-    let s = s.strip_suffix('.').map_or_else(|| s.to_string(), |t| format!("{t}.0"));
+    let s = s
+        .strip_suffix('.')
+        .map_or_else(|| s.to_string(), |t| format!("{t}.0"));
     if s == "-0.0" { "0.0".into() } else { s }
 }
 
@@ -684,7 +735,13 @@ impl SiteDp {
         for k in 0..self.slots.len() {
             let slot = self.slots[k];
             if let Err(why) = slot.build(&mut f) {
-                return Pass::Infeasible(slot_reason(id, k, &slot, why, cap < site.grid_import_max));
+                return Pass::Infeasible(slot_reason(
+                    id,
+                    k,
+                    &slot,
+                    why,
+                    cap < site.grid_import_max,
+                ));
             }
             self.xl[k] = f.xl;
             self.xr[k] = f.xr;
@@ -751,7 +808,9 @@ impl SiteDp {
                 }
                 let mut excess = left + total - e_max;
                 while excess > 0.0 {
-                    let Some(back) = self.list.back_mut() else { break };
+                    let Some(back) = self.list.back_mut() else {
+                        break;
+                    };
                     hi_thr = back.slope;
                     if back.len <= excess {
                         excess -= back.len;
@@ -865,7 +924,10 @@ impl SiteDp {
         dv
     }
 
-    fn solve_with_demand_charge(&mut self, site: &SiteProblem) -> Result<std::result::Result<SiteSolution, String>> {
+    fn solve_with_demand_charge(
+        &mut self,
+        site: &SiteProblem,
+    ) -> Result<std::result::Result<SiteSolution, String>> {
         let imax = site.grid_import_max;
         let dc = site.demand_charge;
         // Without a cap: infeasible here means infeasible for every cap.
@@ -979,8 +1041,16 @@ impl SiteDp {
             bound += lagrangian_min(slot, self.xl[k], segs, lam);
             let next = if k + 1 < t { self.lam[k + 1] } else { 0.0 };
             let coef = lam - next;
-            let lo = if k + 1 == t { bat.e_min.max(bat.e_final_min.unwrap_or(bat.e_min)) } else { bat.e_min };
-            bound += if coef >= 0.0 { coef * lo } else { coef * bat.e_max };
+            let lo = if k + 1 == t {
+                bat.e_min.max(bat.e_final_min.unwrap_or(bat.e_min))
+            } else {
+                bat.e_min
+            };
+            bound += if coef >= 0.0 {
+                coef * lo
+            } else {
+                coef * bat.e_max
+            };
         }
         if t > 0 {
             bound -= self.lam[0] * bat.e0;
@@ -1005,7 +1075,16 @@ impl SiteDp {
                 let pu = u - s.l;
                 let xu = pmin_inv(s.a, s.b, pu);
                 let (xr, dxr) = if xu < s.a * s.c {
-                    (xu, if cap >= imax { 0.0 } else if pu >= 0.0 { s.a } else { s.b })
+                    (
+                        xu,
+                        if cap >= imax {
+                            0.0
+                        } else if pu >= 0.0 {
+                            s.a
+                        } else {
+                            s.b
+                        },
+                    )
                 } else {
                     (s.a * s.c, 0.0)
                 };
@@ -1052,7 +1131,11 @@ impl SiteDp {
         let (mut a, mut b) = (p, hi);
         for _ in 0..100 {
             let mid = 0.5 * (a + b);
-            if margin(mid).0 >= -1e-13 { b = mid } else { a = mid }
+            if margin(mid).0 >= -1e-13 {
+                b = mid
+            } else {
+                a = mid
+            }
             if b - a <= 1e-13 * (1.0 + b.abs()) {
                 break;
             }
@@ -1068,7 +1151,11 @@ impl SiteDp {
             Pass::Feasible => {
                 let (v, _) = self.cost_of_x();
                 let gap = self.dual_gap(site, v);
-                Some((v + dc * p, dc + self.cap_derivative(p, site.grid_import_max), gap))
+                Some((
+                    v + dc * p,
+                    dc + self.cap_derivative(p, site.grid_import_max),
+                    gap,
+                ))
             }
         }
     }
@@ -1171,15 +1258,30 @@ impl SiteDpSolver {
     pub(crate) fn solve_validated(&self, problem: &FleetProblem) -> Result<FleetSolution> {
         use rayon::prelude::*;
         let start = Instant::now();
-        let one = |dp: &mut SiteDp, site: &SiteProblem| -> Result<(std::result::Result<SiteSolution, String>, usize, f64)> {
-            let r = dp.solve_site(problem.dt, &problem.import_price, &problem.export_price, site)?;
+        let one = |dp: &mut SiteDp,
+                   site: &SiteProblem|
+         -> Result<(std::result::Result<SiteSolution, String>, usize, f64)> {
+            let r = dp.solve_site(
+                problem.dt,
+                &problem.import_price,
+                &problem.export_price,
+                site,
+            )?;
             Ok((r, dp.passes(), dp.duality_gap()))
         };
         let results: Vec<_> = if problem.sites.len() >= Self::PARALLEL_FROM {
-            problem.sites.par_iter().map_init(SiteDp::new, one).collect::<Result<Vec<_>>>()?
+            problem
+                .sites
+                .par_iter()
+                .map_init(SiteDp::new, one)
+                .collect::<Result<Vec<_>>>()?
         } else {
             let mut dp = SiteDp::new();
-            problem.sites.iter().map(|site| one(&mut dp, site)).collect::<Result<Vec<_>>>()?
+            problem
+                .sites
+                .iter()
+                .map(|site| one(&mut dp, site))
+                .collect::<Result<Vec<_>>>()?
         };
         let mut sites = Vec::with_capacity(results.len());
         let (mut passes, mut gap) = (0, 0.0);
