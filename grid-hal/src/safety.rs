@@ -14,7 +14,8 @@
 //!    reading `stale_after` times in a row while power flows) forces idle.
 //! 3. **Envelope** from the latest reading: the spec's power limits; no charging at or above
 //!    `max_soc − soc_margin` (or when the battery reports itself fully charged), no discharging at or
-//!    below `min_soc + soc_margin` (or fully discharged); outside the temperature window or with a
+//!    below `min_soc + soc_margin` (or fully discharged), each with a hysteresis of `soc_hysteresis`
+//!    so a noisy SoC reading at the limit cannot make the setpoint chatter; outside the temperature window or with a
 //!    critical alarm, idle; within `derate_band_c` below the maximum temperature the limits fall
 //!    linearly to zero.
 //! 4. **Ramp**: the power may move at most `ramp_kw_per_s · dt` away from the last applied value,
@@ -53,6 +54,10 @@ use grid_core::{Alarms, BatterySpec, Power, Soc, Temperature};
 pub struct SafetyConfig {
     /// SoC margin kept inside the spec's window, as a fraction in `[0, 0.5)` (0.02 = 2 points).
     pub soc_margin: f64,
+    /// Once charging (discharging) stopped at the SoC limit, it resumes only when the SoC read is
+    /// this far inside the limit again, as a fraction in `[0, 0.5)` (0.01 = 1 point; choose it
+    /// above the SoC sensor's noise).
+    pub soc_hysteresis: f64,
     /// Lowest temperature at which the battery may run; below it, idle.
     pub min_temperature: Temperature,
     /// Highest temperature at which the battery may run; at or above it, idle (cut-off).
@@ -82,6 +87,7 @@ impl SafetyConfig {
         };
         Self {
             soc_margin: 0.02,
+            soc_hysteresis: 0.01,
             min_temperature,
             max_temperature,
             derate_band_c: 10.0,
@@ -184,6 +190,8 @@ pub struct SafetyGuard {
     last_applied_kw: f64,
     last_reading: Option<BatteryState>,
     same_readings: u32,
+    charge_blocked: bool,
+    discharge_blocked: bool,
 }
 
 impl SafetyGuard {
@@ -192,6 +200,13 @@ impl SafetyGuard {
         check_range(
             "safety.soc_margin",
             config.soc_margin,
+            0.0,
+            0.499_999,
+            "in [0, 0.5)",
+        )?;
+        check_range(
+            "safety.soc_hysteresis",
+            config.soc_hysteresis,
             0.0,
             0.499_999,
             "in [0, 0.5)",
@@ -245,6 +260,8 @@ impl SafetyGuard {
             last_applied_kw: 0.0,
             last_reading: None,
             same_readings: 0,
+            charge_blocked: false,
+            discharge_blocked: false,
         })
     }
 
@@ -336,7 +353,7 @@ impl SafetyGuard {
             None => (f64::NEG_INFINITY, f64::INFINITY),
         };
         // Both bands contain 0, so the intersection is never empty.
-        let applied = in_envelope.clamp(lo.max(r_lo), hi.min(r_hi));
+        let applied = in_envelope.clamp(lo.max(r_lo), hi.min(r_hi)) + 0.0;
         if applied != in_envelope {
             events.push(SafetyEvent::RampLimited {
                 target: kw(in_envelope),
@@ -366,8 +383,8 @@ impl SafetyGuard {
     }
 
     /// The lowest and highest allowed power (kW) and the reason binding each side.
-    fn envelope(&self, s: &BatteryState) -> (f64, f64, LimitReason, LimitReason) {
-        let c = &self.config;
+    fn envelope(&mut self, s: &BatteryState) -> (f64, f64, LimitReason, LimitReason) {
+        let c = self.config;
         let temp = s.temperature.celsius();
         let mut hi = (self.max_charge_kw, LimitReason::PowerRating);
         let mut lo = (self.max_discharge_kw, LimitReason::PowerRating); // as a magnitude here
@@ -396,13 +413,26 @@ impl SafetyGuard {
             cut(&mut lo, 0.0, reason);
         }
         let soc = s.soc.fraction();
-        if soc >= self.max_soc - c.soc_margin || s.alarms.contains(Alarms::FULLY_CHARGED) {
+        let top = self.max_soc - c.soc_margin;
+        if soc >= top || s.alarms.contains(Alarms::FULLY_CHARGED) {
+            self.charge_blocked = true;
+        } else if soc < top - c.soc_hysteresis {
+            self.charge_blocked = false;
+        }
+        let bottom = self.min_soc + c.soc_margin;
+        if soc <= bottom || s.alarms.contains(Alarms::FULLY_DISCHARGED) {
+            self.discharge_blocked = true;
+        } else if soc > bottom + c.soc_hysteresis {
+            self.discharge_blocked = false;
+        }
+        if self.charge_blocked {
             cut(&mut hi, 0.0, LimitReason::SocWindow { soc: s.soc });
         }
-        if soc <= self.min_soc + c.soc_margin || s.alarms.contains(Alarms::FULLY_DISCHARGED) {
+        if self.discharge_blocked {
             cut(&mut lo, 0.0, LimitReason::SocWindow { soc: s.soc });
         }
-        (-lo.0, hi.0, lo.1, hi.1)
+        // `+ 0.0` turns −0.0 into 0.0 so events and telemetry never show "-0".
+        (-lo.0 + 0.0, hi.0, lo.1, hi.1)
     }
 }
 
@@ -562,7 +592,11 @@ mod tests {
                 ..
             }]
         ));
-        assert_eq!(g.decide(s(1), Ok(&state(0.87, 20.0))).power, p(3.0));
+        // Hysteresis: blocked until the SoC is 1 point inside the limit again.
+        assert_eq!(g.decide(s(1), Ok(&state(0.875, 20.0))).power, Power::ZERO);
+        assert_eq!(g.decide(s(1), Ok(&state(0.871, 20.0))).power, Power::ZERO);
+        assert_eq!(g.decide(s(1), Ok(&state(0.869, 20.0))).power, p(3.0));
+        assert_eq!(g.decide(s(1), Ok(&state(0.875, 20.0))).power, p(3.0));
         let mut full = state(0.5, 20.0);
         full.alarms = Alarms::FULLY_CHARGED;
         assert_eq!(g.decide(s(2), Ok(&full)).power, Power::ZERO);
@@ -573,7 +607,8 @@ mod tests {
             "full only stops charging"
         );
         assert_eq!(g.decide(s(4), Ok(&state(0.115, 20.0))).power, Power::ZERO);
-        assert_eq!(g.decide(s(5), Ok(&state(0.13, 20.0))).power, p(-3.0));
+        assert_eq!(g.decide(s(5), Ok(&state(0.125, 20.0))).power, Power::ZERO);
+        assert_eq!(g.decide(s(5), Ok(&state(0.131, 20.0))).power, p(-3.0));
     }
 
     #[test]

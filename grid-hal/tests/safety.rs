@@ -64,6 +64,7 @@ struct Step {
 struct Case {
     params: BatteryParams,
     soc_margin: f64,
+    soc_hysteresis: f64,
     derate_band_c: f64,
     ramp_kw_per_s: Option<f64>,
     watchdog_s: u64,
@@ -127,6 +128,7 @@ fn case() -> impl Strategy<Value = Case> {
         prop::option::of((-25.0..5.0f64, 30.0..70.0f64)),
         (
             0.0..0.1f64,
+            0.0..0.05f64,
             0.0..20.0f64,
             prop::option::of(0.01..10.0f64),
             1..300u64,
@@ -137,7 +139,7 @@ fn case() -> impl Strategy<Value = Case> {
             |(
                 (cap, min_soc, max_soc, ch, dis),
                 temps,
-                (soc_margin, derate_band_c, ramp, watchdog_s),
+                (soc_margin, soc_hysteresis, derate_band_c, ramp, watchdog_s),
                 steps,
             )| {
                 let mut params = BatteryParams::with_soc_window(cap, min_soc, max_soc, 0.0);
@@ -148,6 +150,7 @@ fn case() -> impl Strategy<Value = Case> {
                 Case {
                     params,
                     soc_margin,
+                    soc_hysteresis,
                     derate_band_c,
                     ramp_kw_per_s: ramp,
                     watchdog_s,
@@ -157,14 +160,39 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+/// The SoC latches the safety layer keeps (charging / discharging stopped at the limit until the SoC
+/// is `soc_hysteresis` inside it again), tracked independently of the implementation.
+#[derive(Default)]
+struct Latches {
+    charge_blocked: bool,
+    discharge_blocked: bool,
+}
+
 /// The envelope computed independently of the implementation: `(lo, hi)` in kW.
 fn oracle_envelope(
     spec: &BatterySpec,
     cfg: &SafetyConfig,
+    latches: &mut Latches,
     r: &Result<BatteryState, ErrorKind>,
 ) -> (f64, f64) {
     let Ok(s) = r else { return (0.0, 0.0) };
-    if !s.voltage_v.is_finite() || !s.current_a.is_finite() || s.alarms.is_critical() {
+    if !s.voltage_v.is_finite() || !s.current_a.is_finite() {
+        return (0.0, 0.0);
+    }
+    let soc = s.soc.fraction();
+    let top = spec.max_soc().fraction() - cfg.soc_margin;
+    let bottom = spec.min_soc().fraction() + cfg.soc_margin;
+    if soc >= top || s.alarms.contains(Alarms::FULLY_CHARGED) {
+        latches.charge_blocked = true;
+    } else if soc < top - cfg.soc_hysteresis {
+        latches.charge_blocked = false;
+    }
+    if soc <= bottom || s.alarms.contains(Alarms::FULLY_DISCHARGED) {
+        latches.discharge_blocked = true;
+    } else if soc > bottom + cfg.soc_hysteresis {
+        latches.discharge_blocked = false;
+    }
+    if s.alarms.is_critical() {
         return (0.0, 0.0);
     }
     let t = s.temperature.celsius();
@@ -179,14 +207,11 @@ fn oracle_envelope(
     };
     let mut hi = spec.max_charge().kw() * factor;
     let mut lo = -spec.max_discharge().kw() * factor;
-    let soc = s.soc.fraction();
-    if soc >= spec.max_soc().fraction() - cfg.soc_margin || s.alarms.contains(Alarms::FULLY_CHARGED)
-    {
+    // The hard limits hold whatever the latches say.
+    if soc >= top || latches.charge_blocked {
         hi = 0.0;
     }
-    if soc <= spec.min_soc().fraction() + cfg.soc_margin
-        || s.alarms.contains(Alarms::FULLY_DISCHARGED)
-    {
+    if soc <= bottom || latches.discharge_blocked {
         lo = 0.0;
     }
     (lo, hi)
@@ -196,6 +221,7 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
     let spec = BatterySpec::new(c.params).unwrap();
     let cfg = SafetyConfig {
         soc_margin: c.soc_margin,
+        soc_hysteresis: c.soc_hysteresis,
         derate_band_c: c.derate_band_c,
         ramp_kw_per_s: c.ramp_kw_per_s,
         watchdog_timeout: Duration::from_secs(c.watchdog_s),
@@ -212,6 +238,7 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
     let mut prev_now: Option<Duration> = None;
     let mut last_request: Option<(f64, Duration)> = None;
     let mut expired_reported = false;
+    let mut latches = Latches::default();
     for st in &c.steps {
         now += Duration::from_millis(st.advance_ms);
         bat.inner_mut().next = st.reading;
@@ -229,7 +256,7 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
         prop_assert_eq!(bat.inner().written.last().copied(), Some(report.applied));
 
         // Envelope.
-        let (lo, hi) = oracle_envelope(&spec, &cfg, &st.reading);
+        let (lo, hi) = oracle_envelope(&spec, &cfg, &mut latches, &st.reading);
         prop_assert!(
             applied >= lo - EPS && applied <= hi + EPS,
             "applied {} outside [{}, {}]",
