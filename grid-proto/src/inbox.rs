@@ -364,7 +364,11 @@ impl Inbox {
                     // The version we have, sent again under another id: answer its state.
                     let state = self.schedule_state(&r).unwrap_or(ExecutionState::Accepted);
                     self.remember(id.clone(), Seen::Schedule(r.clone()));
-                    out.push(self.ack(now, Ack::for_schedule(r, Some(id), state)));
+                    let mut ack = Ack::for_schedule(r, Some(id), state);
+                    if let Some(reason) = reason_for(state) {
+                        ack = ack.with_reason(reason, "");
+                    }
+                    out.push(self.ack(now, ack));
                 } else {
                     self.remember(id.clone(), Seen::Schedule(r.clone()));
                     let ack = Ack::for_schedule(r, Some(id), ExecutionState::Superseded)
