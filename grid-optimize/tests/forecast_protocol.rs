@@ -15,7 +15,13 @@ fn data(file: &str) -> String {
 
 fn household() -> &'static Series {
     static S: OnceLock<Series> = OnceLock::new();
-    S.get_or_init(|| parse_csv(&data("load_simbench_h0a_g0a_2016_q4_15min.csv"), "H0-A_pload").unwrap())
+    S.get_or_init(|| {
+        parse_csv(
+            &data("load_simbench_h0a_g0a_2016_q4_15min.csv"),
+            "H0-A_pload",
+        )
+        .unwrap()
+    })
 }
 
 const TEST_FROM: &str = "2016-12-03";
@@ -83,14 +89,28 @@ fn forecasts_use_only_days_before_the_forecast_day() {
 fn backtest_beats_the_naive_baselines_on_the_shipped_household_slice() {
     let s = household();
     let from = parse_day(TEST_FROM, "t").unwrap();
-    let opts = BacktestOptions { test_from: from, test_to: s.last_full_day(), train: config(from) };
+    let opts = BacktestOptions {
+        test_from: from,
+        test_to: s.last_full_day(),
+        train: config(from),
+    };
     let r = run_on_series(s, &opts, &mut |_| {}).unwrap();
     assert_eq!(r.n_test, 28 * 96);
     let best = r.baselines.naive_1d.mae.min(r.baselines.naive_7d.mae);
     assert!(r.mae < 0.9 * best, "mae {} vs naive {best}", r.mae);
-    assert!((0.6..=0.95).contains(&r.coverage_p10_p90), "coverage {}", r.coverage_p10_p90);
+    assert!(
+        (0.6..=0.95).contains(&r.coverage_p10_p90),
+        "coverage {}",
+        r.coverage_p10_p90
+    );
     for (_, f) in &r.test_days {
-        assert!(f.p10.iter().zip(&f.p50).zip(&f.p90).all(|((a, b), c)| a <= b && b <= c));
+        assert!(
+            f.p10
+                .iter()
+                .zip(&f.p50)
+                .zip(&f.p90)
+                .all(|((a, b), c)| a <= b && b <= c)
+        );
     }
 }
 
@@ -110,7 +130,13 @@ fn gaps_in_training_data_are_survived_not_dropped() {
     s.values[day * spd..(day + 1) * spd].fill(f64::NAN);
     let m = train(&s, &config(d), &mut |_| {}).unwrap();
     let f = m.forecast_day(s.history_before(d), d);
-    assert!(f.p50.iter().chain(&f.p10).chain(&f.p90).all(|v| v.is_finite()));
+    assert!(
+        f.p50
+            .iter()
+            .chain(&f.p10)
+            .chain(&f.p90)
+            .all(|v| v.is_finite())
+    );
 }
 
 #[test]
@@ -127,9 +153,19 @@ fn the_model_artefact_round_trips_through_json() {
     let json = serde_json::to_string(m).unwrap();
     let back: ForecastModel = serde_json::from_str(&json).unwrap();
     let d = parse_day(TEST_FROM, "t").unwrap();
-    assert_eq!(back.forecast_day(household().history_before(d), d), m.forecast_day(household().history_before(d), d));
+    assert_eq!(
+        back.forecast_day(household().history_before(d), d),
+        m.forecast_day(household().history_before(d), d)
+    );
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    for key in ["model_kind", "format_version", "features", "training_from", "training_to", "metrics"] {
+    for key in [
+        "model_kind",
+        "format_version",
+        "features",
+        "training_from",
+        "training_to",
+        "metrics",
+    ] {
         assert!(v["metadata"].get(key).is_some(), "metadata lacks {key}");
     }
 }

@@ -8,7 +8,9 @@ use crate::error::{Error, Result};
 use crate::forecast::calendar::Country;
 use crate::forecast::features::SeriesKind;
 use crate::forecast::metrics;
-use crate::forecast::model::{DayForecast, ForecastModel, IntervalTracker, PointMetrics, TrainConfig, train};
+use crate::forecast::model::{
+    DayForecast, ForecastModel, IntervalTracker, PointMetrics, TrainConfig, train,
+};
 use crate::forecast::series::{Series, format_day, parse_csv, parse_day};
 use crate::forecast::solar::Location;
 use std::path::PathBuf;
@@ -90,9 +92,13 @@ pub struct BacktestOptions {
 /// # Errors
 /// [`Error::InvalidInput`] naming `input`, `column`, `test_from`, `test_to`, `latitude`, `longitude` or
 /// `country` for a missing file or column, bad dates or options, or too little training data.
-pub fn run_with_progress(cfg: &BacktestConfig, progress: &mut dyn FnMut(&str)) -> Result<BacktestReport> {
-    let text = std::fs::read_to_string(&cfg.input)
-        .map_err(|e| Error::invalid("input", format!("cannot read {}: {e}", cfg.input.display())))?;
+pub fn run_with_progress(
+    cfg: &BacktestConfig,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BacktestReport> {
+    let text = std::fs::read_to_string(&cfg.input).map_err(|e| {
+        Error::invalid("input", format!("cannot read {}: {e}", cfg.input.display()))
+    })?;
     let series = parse_csv(&text, &cfg.column)?;
     let opts = options(cfg, &series)?;
     run_on_series(&series, &opts, progress)
@@ -120,32 +126,64 @@ pub fn options(cfg: &BacktestConfig, series: &Series) -> Result<BacktestOptions>
     if test_to < test_from {
         return Err(Error::invalid(
             "test_to",
-            format!("{} is before test_from {}", format_day(test_to), format_day(test_from)),
+            format!(
+                "{} is before test_from {}",
+                format_day(test_to),
+                format_day(test_from)
+            ),
         ));
     }
     if test_to > last {
         return Err(Error::invalid(
             "test_to",
-            format!("{} is after the last full day in the file ({})", format_day(test_to), format_day(last)),
+            format!(
+                "{} is after the last full day in the file ({})",
+                format_day(test_to),
+                format_day(last)
+            ),
         ));
     }
     if test_from <= series.first_day {
         return Err(Error::invalid(
             "test_from",
-            format!("{} leaves no training data (the file starts {})", format_day(test_from), format_day(series.first_day)),
+            format!(
+                "{} leaves no training data (the file starts {})",
+                format_day(test_from),
+                format_day(series.first_day)
+            ),
         ));
     }
     let location = match (cfg.latitude, cfg.longitude) {
         (Some(la), Some(lo)) => Some(Location::new(la, lo)?),
         (None, None) => None,
-        (Some(_), None) => return Err(Error::invalid("longitude", "given latitude without longitude")),
-        (None, Some(_)) => return Err(Error::invalid("latitude", "given longitude without latitude")),
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "longitude",
+                "given latitude without longitude",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "latitude",
+                "given longitude without latitude",
+            ));
+        }
     };
-    let country = cfg.country.as_deref().map(str::parse::<Country>).transpose()?;
+    let country = cfg
+        .country
+        .as_deref()
+        .map(str::parse::<Country>)
+        .transpose()?;
     Ok(BacktestOptions {
         test_from,
         test_to,
-        train: TrainConfig { kind: cfg.kind, country, location, train_end_day: test_from, validation_days: None },
+        train: TrainConfig {
+            kind: cfg.kind,
+            country,
+            location,
+            train_end_day: test_from,
+            validation_days: None,
+        },
     })
 }
 
@@ -155,13 +193,22 @@ pub fn options(cfg: &BacktestConfig, series: &Series) -> Result<BacktestOptions>
 /// # Errors
 /// [`Error::InvalidInput`] naming `test_from` for too little training data, or `test_to` if no test point
 /// can be scored.
-pub fn run_on_series(series: &Series, opts: &BacktestOptions, progress: &mut dyn FnMut(&str)) -> Result<BacktestReport> {
+pub fn run_on_series(
+    series: &Series,
+    opts: &BacktestOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BacktestReport> {
     let mut tc = opts.train.clone();
     tc.train_end_day = opts.test_from;
     let t0 = std::time::Instant::now();
     let model = train(series, &tc, progress)?;
-    progress(&format!("trained {} in {:.2} s", model.metadata.model_kind, t0.elapsed().as_secs_f64()));
-    let (mut y, mut f, mut lo, mut hi, mut n1, mut n7) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    progress(&format!(
+        "trained {} in {:.2} s",
+        model.metadata.model_kind,
+        t0.elapsed().as_secs_f64()
+    ));
+    let (mut y, mut f, mut lo, mut hi, mut n1, mut n7) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut days = Vec::new();
     let mut tracker = IntervalTracker::new(&model);
     for d in opts.test_from..=opts.test_to {
@@ -172,7 +219,9 @@ pub fn run_on_series(series: &Series, opts: &BacktestOptions, progress: &mut dyn
         if let Some(actual) = series.day(d) {
             tracker.observe(&raw, actual);
         }
-        let (Some(actual), Some(d1), Some(d7)) = (series.day(d), series.day(d - 1), series.day(d - 7)) else {
+        let (Some(actual), Some(d1), Some(d7)) =
+            (series.day(d), series.day(d - 1), series.day(d - 7))
+        else {
             days.push((d, fc));
             continue;
         };
@@ -189,7 +238,10 @@ pub fn run_on_series(series: &Series, opts: &BacktestOptions, progress: &mut dyn
         days.push((d, fc));
     }
     if y.is_empty() {
-        return Err(Error::invalid("test_to", "no test slot has its value and the values 1 and 7 days earlier"));
+        return Err(Error::invalid(
+            "test_to",
+            "no test slot has its value and the values 1 and 7 days earlier",
+        ));
     }
     let pm = PointMetrics::of(&y, &f);
     Ok(BacktestReport {
@@ -201,7 +253,10 @@ pub fn run_on_series(series: &Series, opts: &BacktestOptions, progress: &mut dyn
         pinball_p10: metrics::mean_pinball(0.1, &y, &lo),
         pinball_p90: metrics::mean_pinball(0.9, &y, &hi),
         coverage_p10_p90: metrics::coverage(&y, &lo, &hi),
-        baselines: Baselines { naive_1d: PointMetrics::of(&y, &n1), naive_7d: PointMetrics::of(&y, &n7) },
+        baselines: Baselines {
+            naive_1d: PointMetrics::of(&y, &n1),
+            naive_7d: PointMetrics::of(&y, &n7),
+        },
         model_artifact: Some(Box::new(model)),
         test_days: days,
     })

@@ -74,9 +74,22 @@ impl FeatureConfig {
     /// The names of the features, in column order.
     pub fn names(&self) -> Vec<String> {
         let mut n: Vec<String> = [
-            "tod", "tod_sin1", "tod_cos1", "tod_sin2", "tod_cos2", "tod_sin3", "tod_cos3", "weekday",
-            "is_weekend", "is_holiday", "is_eve", "is_offday", "prev_is_offday", "lag7_is_offday",
-            "doy_sin", "doy_cos",
+            "tod",
+            "tod_sin1",
+            "tod_cos1",
+            "tod_sin2",
+            "tod_cos2",
+            "tod_sin3",
+            "tod_cos3",
+            "weekday",
+            "is_weekend",
+            "is_holiday",
+            "is_eve",
+            "is_offday",
+            "prev_is_offday",
+            "lag7_is_offday",
+            "doy_sin",
+            "doy_cos",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -90,15 +103,34 @@ impl FeatureConfig {
         }
         n.extend(
             [
-                "lag1_smooth", "lag7_smooth", "mean7", "mean7_smooth", "mean_same_weekday4",
-                "mean_same_daytype14", "max14", "prev_mean", "prev_max", "prev_min", "prev_last",
-                "prev_last4h_mean", "prev8_mean", "vol7", "vol7_day",
+                "lag1_smooth",
+                "lag7_smooth",
+                "mean7",
+                "mean7_smooth",
+                "mean_same_weekday4",
+                "mean_same_daytype14",
+                "max14",
+                "prev_mean",
+                "prev_max",
+                "prev_min",
+                "prev_last",
+                "prev_last4h_mean",
+                "prev8_mean",
+                "vol7",
+                "vol7_day",
             ]
             .iter()
             .map(|s| s.to_string()),
         );
         if self.has_solar() {
-            n.extend(["clear_sky_ghi", "clear_sky_x_prev_index", "clear_sky_x_week_index"].map(String::from));
+            n.extend(
+                [
+                    "clear_sky_ghi",
+                    "clear_sky_x_prev_index",
+                    "clear_sky_x_week_index",
+                ]
+                .map(String::from),
+            );
         }
         n.extend((0..PREV_DAY_BLOCKS).map(|b| format!("prev_block_{b:02}")));
         n
@@ -118,7 +150,9 @@ impl FeatureConfig {
     /// Whether `day` is an off day (weekend or, with a calendar, a public holiday or Christmas/New Year's Eve).
     fn is_offday(&self, day: i64) -> bool {
         calendar::weekday(day) >= 5
-            || self.country.is_some_and(|c| calendar::is_holiday(c, day) || calendar::is_special_eve(day))
+            || self
+                .country
+                .is_some_and(|c| calendar::is_holiday(c, day) || calendar::is_special_eve(day))
     }
 
     /// Computes the features of every slot of `day` into `out` (row-major, `slots_per_day × n_features`).
@@ -142,23 +176,34 @@ impl FeatureConfig {
             let v = history[j as usize];
             v.is_finite().then_some(v)
         };
-        let mean_over = |days: &mut dyn Iterator<Item = usize>, s: isize, half: isize| -> Option<f64> {
-            let (mut sum, mut n) = (0.0, 0usize);
-            for k in days {
-                for ds in -half..=half {
-                    if let Some(v) = at(k, s + ds) {
-                        sum += v;
-                        n += 1;
+        let mean_over =
+            |days: &mut dyn Iterator<Item = usize>, s: isize, half: isize| -> Option<f64> {
+                let (mut sum, mut n) = (0.0, 0usize);
+                for k in days {
+                    for ds in -half..=half {
+                        if let Some(v) = at(k, s + ds) {
+                            sum += v;
+                            n += 1;
+                        }
                     }
                 }
-            }
-            (n > 0).then(|| sum / n as f64)
-        };
+                (n > 0).then(|| sum / n as f64)
+            };
         let profile_mean = {
             let p: Vec<f64> = profile.iter().copied().filter(|v| v.is_finite()).collect();
-            if p.is_empty() { 0.0 } else { p.iter().sum::<f64>() / p.len() as f64 }
+            if p.is_empty() {
+                0.0
+            } else {
+                p.iter().sum::<f64>() / p.len() as f64
+            }
         };
-        let prof = |s: usize| profile.get(s).copied().filter(|v| v.is_finite()).unwrap_or(profile_mean);
+        let prof = |s: usize| {
+            profile
+                .get(s)
+                .copied()
+                .filter(|v| v.is_finite())
+                .unwrap_or(profile_mean)
+        };
 
         // Day-level values.
         let wd = calendar::weekday(day);
@@ -168,7 +213,9 @@ impl FeatureConfig {
         let off_today = self.is_offday(day);
         let off_prev = self.is_offday(day - 1);
         let off_lag7 = self.is_offday(day - 7);
-        let same_type: Vec<usize> = (1..=14).filter(|&k| self.is_offday(day - k as i64) == off_today).collect();
+        let same_type: Vec<usize> = (1..=14)
+            .filter(|&k| self.is_offday(day - k as i64) == off_today)
+            .collect();
         let prev: Vec<f64> = (0..spd).filter_map(|s| at(1, s as isize)).collect();
         let (prev_mean, prev_max, prev_min) = if prev.is_empty() {
             (profile_mean, profile_mean, profile_mean)
@@ -179,14 +226,23 @@ impl FeatureConfig {
                 prev.iter().copied().fold(f64::MAX, f64::min),
             )
         };
-        let prev_last = (0..spd).rev().find_map(|s| at(1, s as isize)).unwrap_or(prev_mean);
+        let prev_last = (0..spd)
+            .rev()
+            .find_map(|s| at(1, s as isize))
+            .unwrap_or(prev_mean);
         let last4h = (spd / 6).max(1);
-        let prev_last4h =
-            mean_over(&mut std::iter::once(1), (spd - 1 - last4h / 2) as isize, (last4h / 2) as isize)
-                .unwrap_or(prev_mean);
+        let prev_last4h = mean_over(
+            &mut std::iter::once(1),
+            (spd - 1 - last4h / 2) as isize,
+            (last4h / 2) as isize,
+        )
+        .unwrap_or(prev_mean);
         let prev8: Vec<f64> = (0..spd).filter_map(|s| at(8, s as isize)).collect();
-        let prev8_mean =
-            if prev8.is_empty() { prev_mean } else { prev8.iter().sum::<f64>() / prev8.len() as f64 };
+        let prev8_mean = if prev8.is_empty() {
+            prev_mean
+        } else {
+            prev8.iter().sum::<f64>() / prev8.len() as f64
+        };
         // Day-over-day absolute changes over the last week: a volatility scale for the intervals.
         let absdiff: Vec<f64> = (1..=7)
             .flat_map(|k| (0..spd).map(move |s| (k, s)))
@@ -197,15 +253,25 @@ impl FeatureConfig {
             .collect();
         let vol_day = {
             let v: Vec<f64> = absdiff.iter().copied().filter(|v| v.is_finite()).collect();
-            if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
         };
         let vw = (spd / 12).max(1) as isize;
         let block = spd.div_ceil(PREV_DAY_BLOCKS).max(1);
         let blocks: Vec<f64> = (0..PREV_DAY_BLOCKS)
             .map(|b| {
                 let lo = (b * spd / PREV_DAY_BLOCKS).min(spd - 1);
-                let vals: Vec<f64> = (lo..(lo + block).min(spd)).filter_map(|s| at(1, s as isize)).collect();
-                if vals.is_empty() { prev_mean } else { vals.iter().sum::<f64>() / vals.len() as f64 }
+                let vals: Vec<f64> = (lo..(lo + block).min(spd))
+                    .filter_map(|s| at(1, s as isize))
+                    .collect();
+                if vals.is_empty() {
+                    prev_mean
+                } else {
+                    vals.iter().sum::<f64>() / vals.len() as f64
+                }
             })
             .collect();
         // Clear-sky index of the previous day and week, for PV.
@@ -227,8 +293,11 @@ impl FeatureConfig {
             }
             if c > 0.0 { e / c } else { 0.0 }
         };
-        let (prev_index, week_index) =
-            if self.has_solar() { (index_over(1..=1), index_over(1..=7)) } else { (0.0, 0.0) };
+        let (prev_index, week_index) = if self.has_solar() {
+            (index_over(1..=1), index_over(1..=7))
+        } else {
+            (0.0, 0.0)
+        };
 
         for s in 0..spd {
             let row = &mut out[s * nf..(s + 1) * nf];
@@ -324,7 +393,10 @@ mod tests {
             step_seconds: 86_400 / spd as i64,
             kind: SeriesKind::Load,
             country: Some(Country::De),
-            location: Some(Location { latitude_deg: 50.0, longitude_deg: 10.0 }),
+            location: Some(Location {
+                latitude_deg: 50.0,
+                longitude_deg: 10.0,
+            }),
         }
     }
 
@@ -335,7 +407,9 @@ mod tests {
         let names = c.names();
         let col = |n: &str| names.iter().position(|x| x == n).unwrap();
         // history: 20 days, day k back has value 1000 + k at every slot.
-        let hist: Vec<f64> = (0..20).flat_map(|d| vec![1000.0 + (20 - d) as f64; 24]).collect();
+        let hist: Vec<f64> = (0..20)
+            .flat_map(|d| vec![1000.0 + (20 - d) as f64; 24])
+            .collect();
         let mut out = Vec::new();
         c.day_features(&hist, 16_000, &[0.0; 24], &mut out);
         let nf = c.n_features();

@@ -15,7 +15,11 @@ pub fn smape(actual: &[f64], forecast: &[f64]) -> f64 {
     100.0
         * mean(actual.iter().zip(forecast).map(|(a, f)| {
             let d = a.abs() + f.abs();
-            if d == 0.0 { 0.0 } else { 2.0 * (a - f).abs() / d }
+            if d == 0.0 {
+                0.0
+            } else {
+                2.0 * (a - f).abs() / d
+            }
         }))
 }
 
@@ -24,7 +28,11 @@ pub fn smape(actual: &[f64], forecast: &[f64]) -> f64 {
 /// It is minimised in expectation by the true `alpha` quantile, is never negative, and is zero iff `q == y`.
 pub fn pinball(alpha: f64, y: f64, q: f64) -> f64 {
     let d = y - q;
-    if d >= 0.0 { alpha * d } else { (alpha - 1.0) * d }
+    if d >= 0.0 {
+        alpha * d
+    } else {
+        (alpha - 1.0) * d
+    }
 }
 
 /// Mean pinball loss over paired values (NaN if empty).

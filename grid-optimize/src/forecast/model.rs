@@ -42,7 +42,9 @@ impl Predictor {
             Self::Ridge(m) => m.predict(row),
             Self::RidgeByHour(m) => m.predict(row),
             Self::Gbt(m) => m.predict(row),
-            Self::Ensemble(ms) => ms.iter().map(|m| m.predict(row)).sum::<f64>() / ms.len().max(1) as f64,
+            Self::Ensemble(ms) => {
+                ms.iter().map(|m| m.predict(row)).sum::<f64>() / ms.len().max(1) as f64
+            }
         }
     }
 }
@@ -306,11 +308,18 @@ impl ForecastModel {
     }
 
     /// [`ForecastModel::forecast_day`] reusing buffers (no allocation once warm).
-    pub fn forecast_day_into(&self, history: &[f64], day: i64, scratch: &mut Vec<f64>, out: &mut DayForecast) {
+    pub fn forecast_day_into(
+        &self,
+        history: &[f64],
+        day: i64,
+        scratch: &mut Vec<f64>,
+        out: &mut DayForecast,
+    ) {
         let spd = self.features.slots_per_day;
         let whole = history.len() - history.len() % spd;
         let history = &history[..whole];
-        self.features.day_features(history, day, &self.profile, scratch);
+        self.features
+            .day_features(history, day, &self.profile, scratch);
         let nf = self.features.n_features();
         out.p10.clear();
         out.p50.clear();
@@ -365,12 +374,26 @@ struct Rows {
     scored: Vec<bool>,
 }
 
-fn build_rows(series: &Series, cfg: &FeatureConfig, profile: &[f64], days: std::ops::Range<i64>) -> Rows {
+fn build_rows(
+    series: &Series,
+    cfg: &FeatureConfig,
+    profile: &[f64],
+    days: std::ops::Range<i64>,
+) -> Rows {
     let nf = cfg.n_features();
-    let mut rows = Rows { data: Dataset { n_features: nf, ..Default::default() }, day: vec![], scored: vec![] };
+    let mut rows = Rows {
+        data: Dataset {
+            n_features: nf,
+            ..Default::default()
+        },
+        day: vec![],
+        scored: vec![],
+    };
     let mut buf = Vec::new();
     for d in days {
-        let Some(actual) = series.day(d) else { continue };
+        let Some(actual) = series.day(d) else {
+            continue;
+        };
         if actual.iter().all(|v| !v.is_finite()) {
             continue;
         }
@@ -446,10 +469,20 @@ pub enum IntervalScale {
 /// pinball-optimal factors (Brent); keeps the scaling with the lowest summed P10 + P90 pinball loss, then,
 /// if the overall coverage on the most recent validation points is off 80 % (e.g. PV nights, where the
 /// interval is exactly zero and always covers), rescales the offsets to 80 % there.
-fn calibrate(rows: &[&[f64]], y: &[f64], p50: &[f64], recent: &[bool], fc: &FeatureConfig, floor: f64, modes: &[IntervalScale]) -> IntervalCalibration {
+fn calibrate(
+    rows: &[&[f64]],
+    y: &[f64],
+    p50: &[f64],
+    recent: &[bool],
+    fc: &FeatureConfig,
+    floor: f64,
+    modes: &[IntervalScale],
+) -> IntervalCalibration {
     let level_column = column(fc, "mean7_smooth");
     let vol_column = column(fc, "vol7");
-    let vol_floor = 0.1 * rows.iter().map(|r| r[vol_column].abs()).sum::<f64>() / rows.len().max(1) as f64 + 1e-12;
+    let vol_floor = 0.1 * rows.iter().map(|r| r[vol_column].abs()).sum::<f64>()
+        / rows.len().max(1) as f64
+        + 1e-12;
     let mut best: Option<(f64, IntervalCalibration)> = None;
     for &scale_kind in modes {
         let (col, fl) = match scale_kind {
@@ -457,23 +490,49 @@ fn calibrate(rows: &[&[f64]], y: &[f64], p50: &[f64], recent: &[bool], fc: &Feat
             IntervalScale::Level => (level_column, floor),
             IntervalScale::Volatility => (vol_column, vol_floor),
         };
-        let mut cal = IntervalCalibration { lower: vec![0.0; 24], upper: vec![0.0; 24], scale: scale_kind, scale_column: col, scale_floor: fl, reference_abs_z: 0.0, recent_abs_z: 0.0 };
+        let mut cal = IntervalCalibration {
+            lower: vec![0.0; 24],
+            upper: vec![0.0; 24],
+            scale: scale_kind,
+            scale_column: col,
+            scale_floor: fl,
+            reference_abs_z: 0.0,
+            recent_abs_z: 0.0,
+        };
         let scale: Vec<f64> = rows.iter().map(|r| cal.scale_of(r)).collect();
-        let z: Vec<f64> = y.iter().zip(p50).zip(&scale).map(|((y, p), s)| (y - p) / s).collect();
+        let z: Vec<f64> = y
+            .iter()
+            .zip(p50)
+            .zip(&scale)
+            .map(|((y, p), s)| (y - p) / s)
+            .collect();
         let mut all = z.clone();
         let g_lo = metrics::quantile(&mut all, 0.1).min(0.0);
         let g_hi = metrics::quantile(&mut all, 0.9).max(0.0);
         let mut lower = vec![g_lo; 24];
         let mut upper = vec![g_hi; 24];
         for h in 0..24 {
-            let mut zh: Vec<f64> = rows.iter().zip(&z).filter(|(r, _)| hour_of(r) == h).map(|(_, z)| *z).collect();
+            let mut zh: Vec<f64> = rows
+                .iter()
+                .zip(&z)
+                .filter(|(r, _)| hour_of(r) == h)
+                .map(|(_, z)| *z)
+                .collect();
             if zh.len() >= 10 {
                 lower[h] = metrics::quantile(&mut zh, 0.1).min(0.0);
                 upper[h] = metrics::quantile(&mut zh, 0.9).max(0.0);
             }
         }
-        let off_lo: Vec<f64> = rows.iter().zip(&scale).map(|(r, s)| lower[hour_of(r)] * s).collect();
-        let off_hi: Vec<f64> = rows.iter().zip(&scale).map(|(r, s)| upper[hour_of(r)] * s).collect();
+        let off_lo: Vec<f64> = rows
+            .iter()
+            .zip(&scale)
+            .map(|(r, s)| lower[hour_of(r)] * s)
+            .collect();
+        let off_hi: Vec<f64> = rows
+            .iter()
+            .zip(&scale)
+            .map(|(r, s)| upper[hour_of(r)] * s)
+            .collect();
         let a_lo = brent_scale(0.1, y, p50, &off_lo);
         let a_hi = brent_scale(0.9, y, p50, &off_hi);
         lower.iter_mut().for_each(|v| *v *= a_lo);
@@ -491,7 +550,15 @@ fn calibrate(rows: &[&[f64]], y: &[f64], p50: &[f64], recent: &[bool], fc: &Feat
         }
     }
     let Some((_, mut cal)) = best else {
-        return IntervalCalibration { lower: vec![0.0; 24], upper: vec![0.0; 24], scale: IntervalScale::Absolute, scale_column: 0, scale_floor: 0.0, reference_abs_z: 0.0, recent_abs_z: 0.0 };
+        return IntervalCalibration {
+            lower: vec![0.0; 24],
+            upper: vec![0.0; 24],
+            scale: IntervalScale::Absolute,
+            scale_column: 0,
+            scale_floor: 0.0,
+            reference_abs_z: 0.0,
+            recent_abs_z: 0.0,
+        };
     };
     // Coverage on the recent points as a function of a common stretch factor.
     let idx: Vec<usize> = (0..y.len()).filter(|&i| recent[i]).collect();
@@ -533,15 +600,26 @@ fn calibrate_robust(
     fc: &FeatureConfig,
     floor: f64,
 ) -> IntervalCalibration {
-    let modes = [IntervalScale::Absolute, IntervalScale::Level, IntervalScale::Volatility];
-    let (d0, d1) = (days.iter().min().copied().unwrap_or(0), days.iter().max().copied().unwrap_or(0));
+    let modes = [
+        IntervalScale::Absolute,
+        IntervalScale::Level,
+        IntervalScale::Volatility,
+    ];
+    let (d0, d1) = (
+        days.iter().min().copied().unwrap_or(0),
+        days.iter().max().copied().unwrap_or(0),
+    );
     let mid = d0 + (d1 - d0 + 1) / 2;
     let first: Vec<usize> = (0..y.len()).filter(|&i| days[i] < mid).collect();
     let second: Vec<usize> = (0..y.len()).filter(|&i| days[i] >= mid).collect();
     let mut choice = None;
     if first.len() >= 48 && second.len() >= 48 {
         let pick = |idx: &[usize]| -> (Vec<&[f64]>, Vec<f64>, Vec<f64>) {
-            (idx.iter().map(|&i| rows[i]).collect(), idx.iter().map(|&i| y[i]).collect(), idx.iter().map(|&i| p50[i]).collect())
+            (
+                idx.iter().map(|&i| rows[i]).collect(),
+                idx.iter().map(|&i| y[i]).collect(),
+                idx.iter().map(|&i| p50[i]).collect(),
+            )
         };
         let (r1, y1, p1) = pick(&first);
         let (r2, y2, p2) = pick(&second);
@@ -549,7 +627,8 @@ fn calibrate_robust(
         let mut best = f64::INFINITY;
         for m in modes {
             let cal = calibrate(&r1, &y1, &p1, &all_recent, fc, floor, &[m]);
-            let (lo, hi): (Vec<f64>, Vec<f64>) = r2.iter().zip(&p2).map(|(r, p)| cal.bounds(r, *p)).unzip();
+            let (lo, hi): (Vec<f64>, Vec<f64>) =
+                r2.iter().zip(&p2).map(|(r, p)| cal.bounds(r, *p)).unzip();
             let err = (metrics::coverage(&y2, &lo, &hi) - 0.8).abs();
             if err < best - 0.01 {
                 best = err;
@@ -570,11 +649,19 @@ fn calibrate_robust(
 /// # Errors
 /// [`Error::InvalidInput`] naming `test_from` when there are fewer than [`MIN_TRAINING_DAYS`] days (or fewer
 /// than 7 days of values) before `train_end_day`; [`Error::Unsupported`] if a fit fails numerically.
-pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str)) -> Result<ForecastModel> {
+pub fn train(
+    series: &Series,
+    cfg: &TrainConfig,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ForecastModel> {
     let spd = series.slots_per_day();
     let end = cfg.train_end_day;
     let n_pre = end - series.first_day;
-    let observed = series.history_before(end).iter().filter(|v| v.is_finite()).count();
+    let observed = series
+        .history_before(end)
+        .iter()
+        .filter(|v| v.is_finite())
+        .count();
     if n_pre < MIN_TRAINING_DAYS || observed < 7 * spd {
         return Err(Error::invalid(
             "test_from",
@@ -586,7 +673,10 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
             ),
         ));
     }
-    let v_days = cfg.validation_days.map_or_else(|| (n_pre / 4).clamp(7, 56), |v| v as i64).clamp(1, n_pre - 7);
+    let v_days = cfg
+        .validation_days
+        .map_or_else(|| (n_pre / 4).clamp(7, 56), |v| v as i64)
+        .clamp(1, n_pre - 7);
     let val_start = end - v_days;
     let fc = FeatureConfig {
         slots_per_day: spd,
@@ -606,7 +696,11 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
     }
     let total: f64 = profile.iter().sum::<f64>();
     let total_n: usize = counts.iter().sum();
-    let overall = if total_n > 0 { total / total_n as f64 } else { 0.0 };
+    let overall = if total_n > 0 {
+        total / total_n as f64
+    } else {
+        0.0
+    };
     for (p, c) in profile.iter_mut().zip(&counts) {
         *p = if *c > 0 { *p / *c as f64 } else { overall };
     }
@@ -619,13 +713,21 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
     let rows = build_rows(series, &fc, &profile, series.first_day + 1..end);
     let all = &rows.data;
     let train_set = all.select(|i, _| rows.day[i] < val_start);
-    let scored_val = (0..all.len()).filter(|&i| rows.day[i] >= val_start && rows.scored[i]).count();
+    let scored_val = (0..all.len())
+        .filter(|&i| rows.day[i] >= val_start && rows.scored[i])
+        .count();
     let use_scored = scored_val >= spd;
     let in_val = |i: usize| rows.day[i] >= val_start && (!use_scored || rows.scored[i]);
     let val = all.select(|i, _| in_val(i));
-    let val_days: Vec<i64> = (0..all.len()).filter(|&i| in_val(i)).map(|i| rows.day[i]).collect();
+    let val_days: Vec<i64> = (0..all.len())
+        .filter(|&i| in_val(i))
+        .map(|i| rows.day[i])
+        .collect();
     if train_set.len() < 2 * spd || val.is_empty() {
-        return Err(Error::invalid("test_from", "too little training data before the validation block"));
+        return Err(Error::invalid(
+            "test_from",
+            "too little training data before the validation block",
+        ));
     }
     let nonneg = all.y.iter().all(|v| *v >= 0.0);
     let night_threshold = 0.005 * all.y.iter().copied().fold(0.0, f64::max);
@@ -638,7 +740,8 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
     let slot_cols = fc.slot_columns();
     let all_cols: Vec<usize> = (0..fc.n_features()).collect();
     let mut cands: Vec<Candidate> = Vec::new();
-    let eval = |p: &Predictor| -> Vec<f64> { (0..val.len()).map(|i| p.predict(val.row(i))).collect() };
+    let eval =
+        |p: &Predictor| -> Vec<f64> { (0..val.len()).map(|i| p.predict(val.row(i))).collect() };
 
     progress("fitting ridge");
     let lam = ridge::tune_lambda(&train_set, &val, &slot_cols)?;
@@ -654,9 +757,22 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
     // A compact ridge that needs little data (short series).
     let names = fc.names();
     let small_cols: Vec<usize> = [
-        "tod_sin1", "tod_cos1", "tod_sin2", "tod_cos2", "is_offday", "prev_is_offday", "lag7_is_offday", "lag1",
-        "lag7", "lag1_smooth", "lag7_smooth", "mean7_smooth", "mean_same_weekday4", "mean_same_daytype14",
-        "prev_mean", "prev8_mean",
+        "tod_sin1",
+        "tod_cos1",
+        "tod_sin2",
+        "tod_cos2",
+        "is_offday",
+        "prev_is_offday",
+        "lag7_is_offday",
+        "lag1",
+        "lag7",
+        "lag1_smooth",
+        "lag7_smooth",
+        "mean7_smooth",
+        "mean_same_weekday4",
+        "mean_same_daytype14",
+        "prev_mean",
+        "prev8_mean",
     ]
     .iter()
     .filter_map(|n| names.iter().position(|x| x == n))
@@ -685,9 +801,14 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
             });
         }
     }
+    let offset = Some(column(&fc, "mean7_smooth"));
     for (name, loss) in [("gbt_abs", GbtLoss::Absolute), ("gbt_sq", GbtLoss::Squared)] {
         progress(&format!("fitting {name}"));
-        let params = GbtParams { loss, ..GbtParams::default() };
+        let params = GbtParams {
+            loss,
+            offset_column: offset,
+            ..GbtParams::default()
+        };
         let (m, _) = Gbt::fit(&train_set, &slot_cols, &params, Some(&val));
         let n_trees = m.trees.len();
         let p = Predictor::Gbt(m);
@@ -726,7 +847,12 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
             .map(|(i, _)| i)
     };
     if let (Some(a), Some(b)) = (best_of("ridge"), best_of("gbt")) {
-        let vp: Vec<f64> = cands[a].val_pred.iter().zip(&cands[b].val_pred).map(|(x, y)| 0.5 * (x + y)).collect();
+        let vp: Vec<f64> = cands[a]
+            .val_pred
+            .iter()
+            .zip(&cands[b].val_pred)
+            .map(|(x, y)| 0.5 * (x + y))
+            .collect();
         let mae = metrics::mae(&val.y, &post(&vp));
         let name = format!("ensemble({}+{})", cands[a].name, cands[b].name);
         let fitted = Predictor::Ensemble(vec![cands[a].fitted.clone(), cands[b].fitted.clone()]);
@@ -745,7 +871,10 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
         .chain(cands.iter().map(|c| (c.name.clone(), c.mae)))
         .collect();
     ranking[1..].sort_by(|a, b| a.1.total_cmp(&b.1));
-    progress(&format!("chose {} (validation MAE {:.5})", best.name, best.mae));
+    progress(&format!(
+        "chose {} (validation MAE {:.5})",
+        best.name, best.mae
+    ));
 
     // Intervals from the chosen model's out-of-sample validation residuals.
     let val_rows: Vec<&[f64]> = (0..val.len()).map(|i| val.row(i)).collect();
@@ -753,13 +882,23 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
     let level_floor = 0.1 * all.y.iter().map(|v| v.abs()).sum::<f64>() / all.len().max(1) as f64;
     let recent_from = end - (v_days.min(28));
     let recent: Vec<bool> = val_days.iter().map(|d| *d >= recent_from).collect();
-    let mut intervals = calibrate_robust(&val_rows, &val.y, &p50, &val_days, &recent, &fc, level_floor);
+    let mut intervals = calibrate_robust(
+        &val_rows,
+        &val.y,
+        &p50,
+        &val_days,
+        &recent,
+        &fc,
+        level_floor,
+    );
     {
         let last_week = end - 7;
         let (mut s_all, mut n_all, mut s_rec, mut n_rec) = (0.0, 0usize, 0.0, 0usize);
         for i in 0..val.len() {
             let sc = intervals.scale_of(val_rows[i]);
-            if sc > 0.0 && !(fc.kind == SeriesKind::Pv && val_rows[i][max14_column(&fc)] <= night_threshold) {
+            if sc > 0.0
+                && !(fc.kind == SeriesKind::Pv && val_rows[i][max14_column(&fc)] <= night_threshold)
+            {
                 let z = (val.y[i] - p50[i]).abs() / sc;
                 s_all += z;
                 n_all += 1;
@@ -770,14 +909,22 @@ pub fn train(series: &Series, cfg: &TrainConfig, progress: &mut dyn FnMut(&str))
             }
         }
         intervals.reference_abs_z = if n_all > 0 { s_all / n_all as f64 } else { 0.0 };
-        intervals.recent_abs_z = if n_rec > 0 { s_rec / n_rec as f64 } else { intervals.reference_abs_z };
+        intervals.recent_abs_z = if n_rec > 0 {
+            s_rec / n_rec as f64
+        } else {
+            intervals.reference_abs_z
+        };
     }
 
     let lag = |name: &str| column(&fc, name);
     let n1: Vec<f64> = val_rows.iter().map(|r| r[lag("lag1")]).collect();
     let n7: Vec<f64> = val_rows.iter().map(|r| r[lag("lag7")]).collect();
 
-    progress(&format!("refitting {} on all {} rows", best.name, all.len()));
+    progress(&format!(
+        "refitting {} on all {} rows",
+        best.name,
+        all.len()
+    ));
     let predictor = (best.refit)(all)?;
     let fc_copy = fc.clone();
     let mut model = ForecastModel {

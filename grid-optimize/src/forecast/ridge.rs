@@ -32,7 +32,10 @@ impl Dataset {
     }
     /// The rows whose indices `keep` selects.
     pub fn select(&self, keep: impl Fn(usize, &[f64]) -> bool) -> Dataset {
-        let mut d = Dataset { n_features: self.n_features, ..Default::default() };
+        let mut d = Dataset {
+            n_features: self.n_features,
+            ..Default::default()
+        };
         for i in 0..self.len() {
             if keep(i, self.row(i)) {
                 d.x.extend_from_slice(self.row(i));
@@ -95,12 +98,24 @@ impl Gram {
         for (j, mut c) in x.axis_iter_mut(Axis(1)).enumerate() {
             c /= scale[j];
         }
-        let y_mean = if n > 0 { data.y.iter().sum::<f64>() / n as f64 } else { 0.0 };
+        let y_mean = if n > 0 {
+            data.y.iter().sum::<f64>() / n as f64
+        } else {
+            0.0
+        };
         let yc = Array1::from_iter(data.y.iter().map(|v| v - y_mean));
         let xv: ArrayView2<'_, f64> = x.view();
         let xtx = xv.t().dot(&xv);
         let xty = xv.t().dot(&yc);
-        Self { columns: columns.to_vec(), mean: mean.to_vec(), scale, xtx, xty, y_mean, n }
+        Self {
+            columns: columns.to_vec(),
+            mean: mean.to_vec(),
+            scale,
+            xtx,
+            xty,
+            y_mean,
+            n,
+        }
     }
 
     fn solve(&self, lambda: f64) -> Result<Ridge> {
@@ -131,7 +146,9 @@ fn cholesky_solve(mut a: Array2<f64>, mut b: Vec<f64>) -> Result<Vec<f64>> {
             d -= a[[j, k]] * a[[j, k]];
         }
         if d <= 0.0 || !d.is_finite() {
-            return Err(Error::Unsupported("ridge system is not positive definite".into()));
+            return Err(Error::Unsupported(
+                "ridge system is not positive definite".into(),
+            ));
         }
         let d = d.sqrt();
         a[[j, j]] = d;
@@ -191,7 +208,10 @@ impl CostFunction for PenaltyCost<'_> {
     fn cost(&self, log_lambda: &f64) -> std::result::Result<f64, argmin::core::Error> {
         let r = self.gram.solve(10f64.powf(*log_lambda))?;
         let n = self.val.len().max(1) as f64;
-        Ok((0..self.val.len()).map(|i| (r.predict(self.val.row(i)) - self.val.y[i]).abs()).sum::<f64>() / n)
+        Ok((0..self.val.len())
+            .map(|i| (r.predict(self.val.row(i)) - self.val.y[i]).abs())
+            .sum::<f64>()
+            / n)
     }
 }
 
@@ -255,14 +275,21 @@ impl RidgeByHour {
 /// [`Error::Unsupported`] if no fit succeeds.
 pub fn tune_lambda_by_hour(train: &Dataset, val: &Dataset, columns: &[usize]) -> Result<f64> {
     let grams: Vec<(Gram, Dataset)> = (0..HOURS)
-        .map(|h| (Gram::new(&train.select(|_, r| hour_of(r) == h), columns), val.select(|_, r| hour_of(r) == h)))
+        .map(|h| {
+            (
+                Gram::new(&train.select(|_, r| hour_of(r) == h), columns),
+                val.select(|_, r| hour_of(r) == h),
+            )
+        })
         .collect();
     let mut best = (f64::INFINITY, 1e-2);
     for lambda in [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0] {
         let mut err = 0.0;
         for (g, v) in &grams {
             let r = g.solve(lambda)?;
-            err += (0..v.len()).map(|i| (r.predict(v.row(i)) - v.y[i]).abs()).sum::<f64>();
+            err += (0..v.len())
+                .map(|i| (r.predict(v.row(i)) - v.y[i]).abs())
+                .sum::<f64>();
         }
         if err < best.0 {
             best = (err, lambda);
@@ -277,7 +304,10 @@ mod tests {
 
     #[test]
     fn recovers_a_linear_function() {
-        let mut d = Dataset { n_features: 3, ..Default::default() };
+        let mut d = Dataset {
+            n_features: 3,
+            ..Default::default()
+        };
         for i in 0..200 {
             let a = (i as f64 * 0.37).sin();
             let b = (i as f64 * 0.11).cos();

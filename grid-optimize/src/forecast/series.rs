@@ -132,7 +132,9 @@ fn parse_timestamp(cell: &str, line: usize) -> Result<i64> {
         .map(|t| t.as_second())
         .or_else(|_| {
             // Tolerate a missing zone designator: the format says UTC.
-            format!("{cell}Z").parse::<Timestamp>().map(|t| t.as_second())
+            format!("{cell}Z")
+                .parse::<Timestamp>()
+                .map(|t| t.as_second())
         })
         .map_err(|e| {
             Error::invalid(
@@ -161,7 +163,10 @@ fn parse_timestamp(cell: &str, line: usize) -> Result<i64> {
 /// assert!(s.values[1].is_nan());
 /// ```
 pub fn parse_csv(text: &str, column: &str) -> Result<Series> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let (_, header_line) = lines
         .next()
         .ok_or_else(|| Error::invalid("input", "empty file"))?;
@@ -190,7 +195,10 @@ pub fn parse_csv(text: &str, column: &str) -> Result<Series> {
             f64::NAN
         } else {
             cell.parse::<f64>().map_err(|e| {
-                Error::invalid(format!("{full_name} (line {line_no})"), format!("`{cell}`: {e}"))
+                Error::invalid(
+                    format!("{full_name} (line {line_no})"),
+                    format!("`{cell}`: {e}"),
+                )
             })?
         };
         // Infinite values are treated like gaps: they are not measurements.
@@ -304,7 +312,10 @@ mod tests {
         let csv = "timestamp_utc,value_pu__H0-A_pload,value_pu__H0-B_pload\n\
                    2020-01-01T00:00:00Z,1,2\n2020-01-01T12:00:00Z,3,4\n";
         assert_eq!(parse_csv(csv, "H0-B_pload").unwrap().values[1], 4.0);
-        assert_eq!(parse_csv(csv, "value_pu__H0-A_pload").unwrap().values[1], 3.0);
+        assert_eq!(
+            parse_csv(csv, "value_pu__H0-A_pload").unwrap().values[1],
+            3.0
+        );
         let e = parse_csv(csv, "nope").unwrap_err();
         assert_eq!(e.field(), Some("column"));
         let e = parse_csv("timestamp_utc,value_W\nyesterday,1\nx,2\n", "value_W").unwrap_err();

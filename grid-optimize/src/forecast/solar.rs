@@ -25,7 +25,10 @@ impl Location {
     /// [`Error::InvalidInput`] naming `latitude` or `longitude`.
     pub fn new(latitude_deg: f64, longitude_deg: f64) -> Result<Self> {
         if !(-90.0..=90.0).contains(&latitude_deg) {
-            return Err(Error::invalid("latitude", format!("{latitude_deg} is outside -90..90")));
+            return Err(Error::invalid(
+                "latitude",
+                format!("{latitude_deg} is outside -90..90"),
+            ));
         }
         if !(-180.0..=180.0).contains(&longitude_deg) {
             return Err(Error::invalid(
@@ -33,7 +36,10 @@ impl Location {
                 format!("{longitude_deg} is outside -180..180"),
             ));
         }
-        Ok(Self { latitude_deg, longitude_deg })
+        Ok(Self {
+            latitude_deg,
+            longitude_deg,
+        })
     }
 }
 
@@ -43,7 +49,11 @@ pub fn cos_zenith(loc: Location, t: i64) -> f64 {
     let sec = t.rem_euclid(86_400) as f64;
     let (y, _, _) = civil_from_days(day);
     let doy = (day - days_from_civil(y, 1, 1)) as f64;
-    let year_len = if days_from_civil(y + 1, 1, 1) - days_from_civil(y, 1, 1) == 366 { 366.0 } else { 365.0 };
+    let year_len = if days_from_civil(y + 1, 1, 1) - days_from_civil(y, 1, 1) == 366 {
+        366.0
+    } else {
+        365.0
+    };
     let hour = sec / 3600.0;
     let g = 2.0 * PI / year_len * (doy + (hour - 12.0) / 24.0);
     let eqtime = 229.18
@@ -64,7 +74,11 @@ pub fn cos_zenith(loc: Location, t: i64) -> f64 {
 /// Haurwitz clear-sky global horizontal irradiance (W/m²) at `t` seconds since the epoch.
 pub fn clear_sky_ghi(loc: Location, t: i64) -> f64 {
     let cz = cos_zenith(loc, t);
-    if cz <= 0.0 { 0.0 } else { 1098.0 * cz * (-0.059 / cz).exp() }
+    if cz <= 0.0 {
+        0.0
+    } else {
+        1098.0 * cz * (-0.059 / cz).exp()
+    }
 }
 
 #[cfg(test)]
