@@ -179,12 +179,13 @@ impl Config {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut table: toml::Table = DEFAULT_CONFIG.parse().map_err(|e: toml::de::Error| {
-            Error::Config {
-                key: "<default>".into(),
-                reason: e.to_string(),
-            }
-        })?;
+        let mut table: toml::Table =
+            DEFAULT_CONFIG
+                .parse()
+                .map_err(|e: toml::de::Error| Error::Config {
+                    key: "<default>".into(),
+                    reason: e.to_string(),
+                })?;
         if let Some(text) = file {
             let user: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Config {
                 key: "<file>".into(),
@@ -231,7 +232,8 @@ impl Config {
         if !(5..=3600).contains(&self.mqtt.keepalive_s) {
             return Err(bad("mqtt.keepalive_s", "expected 5..=3600 seconds".into()));
         }
-        if self.mqtt.reconnect_min_ms == 0 || self.mqtt.reconnect_min_ms > self.mqtt.reconnect_max_ms
+        if self.mqtt.reconnect_min_ms == 0
+            || self.mqtt.reconnect_min_ms > self.mqtt.reconnect_max_ms
         {
             return Err(bad(
                 "mqtt.reconnect_min_ms",
@@ -368,12 +370,10 @@ impl Config {
         if hex.is_empty() {
             return Ok(None);
         }
-        decode_hex32(hex)
-            .map(Some)
-            .ok_or_else(|| Error::Config {
-                key: "agent.signing_public_key".into(),
-                reason: "expected 64 hexadecimal characters (an Ed25519 public key)".into(),
-            })
+        decode_hex32(hex).map(Some).ok_or_else(|| Error::Config {
+            key: "agent.signing_public_key".into(),
+            reason: "expected 64 hexadecimal characters (an Ed25519 public key)".into(),
+        })
     }
 
     /// The metrics listen address, when configured.
@@ -410,11 +410,15 @@ pub fn parse_broker_url(url: &str) -> std::result::Result<BrokerAddress, String>
     } else if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r)
     } else {
-        return Err(format!("{url:?}: expected mqtt://host:port or mqtts://host:port"));
+        return Err(format!(
+            "{url:?}: expected mqtt://host:port or mqtts://host:port"
+        ));
     };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-        return Err(format!("{url:?}: expected mqtt://host:port or mqtts://host:port"));
+        return Err(format!(
+            "{url:?}: expected mqtt://host:port or mqtts://host:port"
+        ));
     }
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && !h.ends_with(':') => (
@@ -471,13 +475,19 @@ fn blame(merged: &toml::Table, err: toml::de::Error) -> Error {
             toml::Value::Table(sub) => {
                 for (sk, sv) in sub {
                     if let Some(reason) = try_one(&[k, sk], sv) {
-                        return Error::Config { key: format!("{k}.{sk}"), reason };
+                        return Error::Config {
+                            key: format!("{k}.{sk}"),
+                            reason,
+                        };
                     }
                 }
             }
             v => {
                 if let Some(reason) = try_one(&[k], v) {
-                    return Error::Config { key: k.clone(), reason };
+                    return Error::Config {
+                        key: k.clone(),
+                        reason,
+                    };
                 }
             }
         }
@@ -545,26 +555,28 @@ fn apply_env(table: &mut toml::Table, name: &str, raw: &str) -> Result<()> {
         .filter(|(_, v)| v.is_table())
         .map(|(k, _)| k.clone())
         .collect();
-    let (slot, key_path): (&mut toml::Table, String) =
-        match sections.iter().find(|s| lower.starts_with(&format!("{s}_"))) {
-            Some(section) => {
-                let key = lower[section.len() + 1..].to_string();
-                let path = format!("{section}.{key}");
-                let Some(toml::Value::Table(t)) = table.get_mut(section.as_str()) else {
-                    return Err(unknown());
-                };
-                if !t.contains_key(&key) && !is_optional_key(&path) {
-                    return Err(unknown());
-                }
-                (t, key)
+    let (slot, key_path): (&mut toml::Table, String) = match sections
+        .iter()
+        .find(|s| lower.starts_with(&format!("{s}_")))
+    {
+        Some(section) => {
+            let key = lower[section.len() + 1..].to_string();
+            let path = format!("{section}.{key}");
+            let Some(toml::Value::Table(t)) = table.get_mut(section.as_str()) else {
+                return Err(unknown());
+            };
+            if !t.contains_key(&key) && !is_optional_key(&path) {
+                return Err(unknown());
             }
-            None => {
-                if !table.get(&lower).is_some_and(|v| !v.is_table()) {
-                    return Err(unknown());
-                }
-                (table, lower.clone())
+            (t, key)
+        }
+        None => {
+            if !table.get(&lower).is_some_and(|v| !v.is_table()) {
+                return Err(unknown());
             }
-        };
+            (table, lower.clone())
+        }
+    };
     let bad = |expected: &str| Error::Config {
         key: name.into(),
         reason: format!("{raw:?} is not {expected}"),
@@ -654,8 +666,14 @@ mod tests {
             "hardware.sim_initial_soc"
         );
         assert_eq!(key(load("device_id = \"a b\"\n", &[])), "device_id");
-        assert_eq!(key(load("[agent]\nfallback = \"maybe\"\n", &[])), "agent.fallback");
-        assert_eq!(key(load("[mqtt]\nkeepalive_s = \"soon\"\n", &[])), "mqtt.keepalive_s");
+        assert_eq!(
+            key(load("[agent]\nfallback = \"maybe\"\n", &[])),
+            "agent.fallback"
+        );
+        assert_eq!(
+            key(load("[mqtt]\nkeepalive_s = \"soon\"\n", &[])),
+            "mqtt.keepalive_s"
+        );
     }
 
     #[test]
@@ -663,11 +681,7 @@ mod tests {
         if cfg!(feature = "modbus") {
             return;
         }
-        let err = load(
-            "[hardware]\ndriver = \"sunspec-modbus\"\n",
-            &[],
-        )
-        .unwrap_err();
+        let err = load("[hardware]\ndriver = \"sunspec-modbus\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("--features modbus"), "{err}");
         assert!(err.to_string().contains("hardware.driver"), "{err}");
     }
@@ -676,7 +690,11 @@ mod tests {
     fn broker_urls() {
         assert_eq!(
             parse_broker_url("mqtt://127.0.0.1:1883").unwrap(),
-            BrokerAddress { tls: false, host: "127.0.0.1".into(), port: 1883 }
+            BrokerAddress {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1883
+            }
         );
         assert_eq!(parse_broker_url("mqtts://b.example").unwrap().port, 8883);
         assert!(parse_broker_url("tcp://x:1").is_err());

@@ -338,15 +338,27 @@ impl Engine {
         if let Some(json) = snapshot.inbox_state {
             match serde_json::from_str::<InboxState>(&json) {
                 Ok(state) => {
-                    self.inbox = Inbox::restore(self.config.device.clone(), inbox_config(&self.config), state);
+                    self.inbox = Inbox::restore(
+                        self.config.device.clone(),
+                        inbox_config(&self.config),
+                        state,
+                    );
                 }
-                Err(e) => out.push(log(LogLevel::Error, format!("stored inbox state is unreadable: {e}"), None)),
+                Err(e) => out.push(log(
+                    LogLevel::Error,
+                    format!("stored inbox state is unreadable: {e}"),
+                    None,
+                )),
             }
         }
         if let Some(json) = snapshot.command {
             match serde_json::from_str(&json) {
                 Ok(c) => self.command = Some(c),
-                Err(e) => out.push(log(LogLevel::Error, format!("stored command is unreadable: {e}"), None)),
+                Err(e) => out.push(log(
+                    LogLevel::Error,
+                    format!("stored command is unreadable: {e}"),
+                    None,
+                )),
             }
         }
         self.dropped_pending = 0;
@@ -455,7 +467,9 @@ impl Engine {
             }
             return;
         }
-        let correlation = grid_proto::decode(payload).ok().and_then(|e| e.correlation_id);
+        let correlation = grid_proto::decode(payload)
+            .ok()
+            .and_then(|e| e.correlation_id);
         let actions = self.inbox.on_message(now, topic, payload);
         self.apply_inbox(now, actions, correlation, out);
         if let Some(tag) = delivery {
@@ -464,7 +478,13 @@ impl Engine {
         }
     }
 
-    fn reject_oversized(&mut self, now: Timestamp, payload: &[u8], max: usize, out: &mut Vec<Action>) {
+    fn reject_oversized(
+        &mut self,
+        now: Timestamp,
+        payload: &[u8],
+        max: usize,
+        out: &mut Vec<Action>,
+    ) {
         self.metrics.rejected += 1;
         let err = grid_proto::Error::TooLarge {
             field: "payload",
@@ -474,11 +494,15 @@ impl Engine {
         let id = scan_message_id(payload);
         out.push(log(
             LogLevel::Warn,
-            format!("rejected message {}: {err}", id.as_ref().map_or("<no id>", |i| i.as_str())),
+            format!(
+                "rejected message {}: {err}",
+                id.as_ref().map_or("<no id>", |i| i.as_str())
+            ),
             None,
         ));
         if let Some(id) = id {
-            let ack = Ack::for_message(id, ExecutionState::Rejected).with_reason(err.reason_code(), err.to_string());
+            let ack = Ack::for_message(id, ExecutionState::Rejected)
+                .with_reason(err.reason_code(), err.to_string());
             self.publish_ack(now, ack, out);
         }
     }
@@ -518,7 +542,11 @@ impl Engine {
                                 LogLevel::Info,
                                 format!(
                                     "accepted schedule {} v{} ({} slots of {} s from {})",
-                                    r.schedule_id, r.version, assign.horizon.slots, assign.horizon.slot_s, assign.horizon.start
+                                    r.schedule_id,
+                                    r.version,
+                                    assign.horizon.slots,
+                                    assign.horizon.slot_s,
+                                    assign.horizon.start
                                 ),
                                 correlation.clone(),
                             ));
@@ -531,8 +559,16 @@ impl Engine {
                 }
                 InboxAction::Send(env) => {
                     if let Body::Ack(ack) = &env.body {
-                        let about_infeasible = ack.schedule.as_ref().is_some_and(|r| self.infeasible.contains(r));
-                        if about_infeasible && matches!(ack.state, ExecutionState::Accepted | ExecutionState::Executing) {
+                        let about_infeasible = ack
+                            .schedule
+                            .as_ref()
+                            .is_some_and(|r| self.infeasible.contains(r));
+                        if about_infeasible
+                            && matches!(
+                                ack.state,
+                                ExecutionState::Accepted | ExecutionState::Executing
+                            )
+                        {
                             continue; // it is answered `rejected` below instead
                         }
                         self.metrics.acks += 1;
@@ -564,7 +600,11 @@ impl Engine {
                         version: r.version.0,
                         state: ExecutionState::Executing.as_str().into(),
                     });
-                    rest.push(log(LogLevel::Info, format!("executing schedule {} v{}", r.schedule_id, r.version), correlation.clone()));
+                    rest.push(log(
+                        LogLevel::Info,
+                        format!("executing schedule {} v{}", r.schedule_id, r.version),
+                        correlation.clone(),
+                    ));
                 }
                 InboxAction::Stop(r, state) => {
                     self.close_track_if(&r);
@@ -574,27 +614,44 @@ impl Engine {
                         state: state.as_str().into(),
                     });
                     if !self.infeasible.remove(&r) {
-                        rest.push(log(LogLevel::Info, format!("schedule {} v{} {state}", r.schedule_id, r.version), None));
+                        rest.push(log(
+                            LogLevel::Info,
+                            format!("schedule {} v{} {state}", r.schedule_id, r.version),
+                            None,
+                        ));
                     }
                 }
                 InboxAction::Run(id, cmd) => {
                     self.safe_mode = false;
                     self.run_command(now, &id, &cmd.action, &mut ops);
-                    rest.push(log(LogLevel::Info, format!("running command {id}: {:?}", cmd.action), correlation.clone()));
+                    rest.push(log(
+                        LogLevel::Info,
+                        format!("running command {id}: {:?}", cmd.action),
+                        correlation.clone(),
+                    ));
                 }
                 InboxAction::Discarded(e) => {
                     self.metrics.rejected += 1;
-                    rest.push(log(LogLevel::Warn, format!("discarded a message: {e}"), None));
+                    rest.push(log(
+                        LogLevel::Warn,
+                        format!("discarded a message: {e}"),
+                        None,
+                    ));
                 }
             }
         }
         // Infeasible schedules end at once; the device answers `rejected` (they never ran).
         for (r, detail) in newly_infeasible {
-            let failed = self.inbox.fail(now, &r, ReasonCode::InvalidSchedule, &detail);
+            let failed = self
+                .inbox
+                .fail(now, &r, ReasonCode::InvalidSchedule, &detail);
             self.metrics.rejected += 1;
             rest.push(log(
                 LogLevel::Warn,
-                format!("rejected schedule {} v{}: {detail}", r.schedule_id, r.version),
+                format!(
+                    "rejected schedule {} v{}: {detail}",
+                    r.schedule_id, r.version
+                ),
                 correlation.clone(),
             ));
             for a in failed {
@@ -619,7 +676,11 @@ impl Engine {
         }
         match serde_json::to_string(self.inbox.state()) {
             Ok(json) => ops.push(StoreOp::SetInboxState(json)),
-            Err(e) => rest.push(log(LogLevel::Error, format!("cannot serialize the inbox state: {e}"), None)),
+            Err(e) => rest.push(log(
+                LogLevel::Error,
+                format!("cannot serialize the inbox state: {e}"),
+                None,
+            )),
         }
         out.push(Action::Persist(ops));
         out.extend(rest);
@@ -633,12 +694,23 @@ impl Engine {
         }
     }
 
-    fn run_command(&mut self, now: Timestamp, id: &MessageId, action: &CommandAction, ops: &mut Vec<StoreOp>) {
+    fn run_command(
+        &mut self,
+        now: Timestamp,
+        id: &MessageId,
+        action: &CommandAction,
+        ops: &mut Vec<StoreOp>,
+    ) {
         let record = match action {
-            CommandAction::SetPower { power_kw, duration_s } => Some(CommandRecord {
+            CommandAction::SetPower {
+                power_kw,
+                duration_s,
+            } => Some(CommandRecord {
                 message_id: id.to_string(),
                 power_kw: Some(*power_kw),
-                until: now.checked_add(jiff::SignedDuration::from_secs(i64::from(*duration_s))).ok(),
+                until: now
+                    .checked_add(jiff::SignedDuration::from_secs(i64::from(*duration_s)))
+                    .ok(),
             }),
             CommandAction::Idle => Some(CommandRecord {
                 message_id: id.to_string(),
@@ -648,7 +720,9 @@ impl Engine {
             // The inbox already stopped the schedule; a running set-power command stays.
             CommandAction::CancelSchedule { .. } => return,
         };
-        ops.push(StoreOp::SetCommand(record.as_ref().and_then(|r| serde_json::to_string(r).ok())));
+        ops.push(StoreOp::SetCommand(
+            record.as_ref().and_then(|r| serde_json::to_string(r).ok()),
+        ));
         self.command = record;
     }
 
@@ -663,7 +737,9 @@ impl Engine {
         let (sub, planned_initial) = if from == 0 {
             (schedule.clone(), schedule.expected().initial)
         } else {
-            let window = horizon.window(from, horizon.len() - from).map_err(|e| e.to_string())?;
+            let window = horizon
+                .window(from, horizon.len() - from)
+                .map_err(|e| e.to_string())?;
             let initial = schedule.expected().start_of_slot(from);
             let end = window.end();
             let parts = ScheduleParts {
@@ -682,14 +758,16 @@ impl Engine {
             Some(s) => s.soc.energy(self.config.spec.capacity()),
             None => planned_initial,
         };
-        sub.validate(&self.config.spec, initial).map(|_| ()).map_err(|v| {
-            let first = v.0.first().map(|x| x.to_string()).unwrap_or_default();
-            format!(
-                "{} violation(s) of the battery limits from {:.3} kWh; first: {first}",
-                v.0.len(),
-                initial.kwh()
-            )
-        })
+        sub.validate(&self.config.spec, initial)
+            .map(|_| ())
+            .map_err(|v| {
+                let first = v.0.first().map(|x| x.to_string()).unwrap_or_default();
+                format!(
+                    "{} violation(s) of the battery limits from {:.3} kWh; first: {first}",
+                    v.0.len(),
+                    initial.kwh()
+                )
+            })
     }
 
     // ---- time ----
@@ -699,7 +777,8 @@ impl Engine {
     }
 
     fn comms_lost_for(&self, now: Timestamp) -> Option<Duration> {
-        self.disconnected_since.map(|since| now.duration_since(since).unsigned_abs())
+        self.disconnected_since
+            .map(|since| now.duration_since(since).unsigned_abs())
     }
 
     fn on_tick(&mut self, now: Timestamp, out: &mut Vec<Action>) {
@@ -725,7 +804,10 @@ impl Engine {
             }
         };
         if changed {
-            let source_changed = self.last_setpoint.as_ref().is_none_or(|(_, s, _)| *s != source);
+            let source_changed = self
+                .last_setpoint
+                .as_ref()
+                .is_none_or(|(_, s, _)| *s != source);
             if source_changed {
                 let message = match &source {
                     SetpointSource::Schedule { schedule, slot } => format!(
@@ -734,8 +816,12 @@ impl Engine {
                         schedule.version,
                         power.kw()
                     ),
-                    SetpointSource::Command(id) => format!("following command {id}: {:.3} kW", power.kw()),
-                    SetpointSource::Fallback(r) => format!("fallback ({r:?}): {:.3} kW", power.kw()),
+                    SetpointSource::Command(id) => {
+                        format!("following command {id}: {:.3} kW", power.kw())
+                    }
+                    SetpointSource::Fallback(r) => {
+                        format!("fallback ({r:?}): {:.3} kW", power.kw())
+                    }
                 };
                 out.push(log(LogLevel::Info, message, None));
                 self.status(now, out);
@@ -763,14 +849,20 @@ impl Engine {
     /// The setpoint in force now.
     fn choose(&mut self, now: Timestamp, trusted: bool) -> (Power, SetpointSource) {
         if !trusted {
-            return (self.fallback_power(), SetpointSource::Fallback(FallbackReason::ClockUntrusted));
+            return (
+                self.fallback_power(),
+                SetpointSource::Fallback(FallbackReason::ClockUntrusted),
+            );
         }
         let lost = self.comms_lost_for(now);
         let active = self.inbox.active(now).cloned();
         if let Some(c) = &self.command {
             let stale = lost.is_some_and(|d| d > self.config.reversion_timeout);
             if !stale {
-                let p = c.power_kw.and_then(|kw| Power::from_kw(kw).ok()).unwrap_or(Power::ZERO);
+                let p = c
+                    .power_kw
+                    .and_then(|kw| Power::from_kw(kw).ok())
+                    .unwrap_or(Power::ZERO);
                 return (p, SetpointSource::Command(c.message_id.clone()));
             }
         }
@@ -783,11 +875,20 @@ impl Engine {
                         .and_then(|h| h.slot_at(now))
                         .unwrap_or(0);
                     let p = Power::from_kw(kw).unwrap_or(Power::ZERO);
-                    return (p, SetpointSource::Schedule { schedule: a.schedule_ref(), slot });
+                    return (
+                        p,
+                        SetpointSource::Schedule {
+                            schedule: a.schedule_ref(),
+                            slot,
+                        },
+                    );
                 }
             }
         }
-        let executing = self.inbox.held().any(|(_, s)| s == ExecutionState::Executing);
+        let executing = self
+            .inbox
+            .held()
+            .any(|(_, s)| s == ExecutionState::Executing);
         let reason = if executing && lost.is_some() {
             FallbackReason::CommsLost
         } else if self.safe_mode {
@@ -805,7 +906,8 @@ impl Engine {
                 // Move the battery by minus the grid import: the meter then reads zero.
                 (Some(grid), Some(s)) => {
                     let spec = &self.config.spec;
-                    let target = (s.power.kw() - grid.kw()).clamp(-spec.max_discharge().kw(), spec.max_charge().kw());
+                    let target = (s.power.kw() - grid.kw())
+                        .clamp(-spec.max_discharge().kw(), spec.max_charge().kw());
                     Power::from_kw(target).unwrap_or(Power::ZERO)
                 }
                 _ => Power::ZERO,
@@ -982,7 +1084,11 @@ fn scan_message_id(payload: &[u8]) -> Option<MessageId> {
         Err(e) => std::str::from_utf8(&head[..e.valid_up_to()]).ok()?,
     };
     let start = text.find("\"id\"")? + 4;
-    let rest = text[start..].trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let rest = text[start..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
     let end = rest.find('"')?;
     MessageId::new(&rest[..end]).ok()
 }
@@ -1014,7 +1120,11 @@ mod tests {
             Body::ScheduleAssign(ScheduleAssign {
                 schedule_id: grid_core::ScheduleId::new(sched).unwrap(),
                 version: grid_core::ScheduleVersion(version),
-                horizon: grid_proto::v1::WireHorizon { start: t(0), slot_s: 60, slots: kw.len() as u32 },
+                horizon: grid_proto::v1::WireHorizon {
+                    start: t(0),
+                    slot_s: 60,
+                    slots: kw.len() as u32,
+                },
                 setpoints_kw: kw.to_vec(),
                 initial_kwh: 5.0,
                 expected_kwh: vec![5.0; kw.len()],
@@ -1031,7 +1141,10 @@ mod tests {
             MessageId::new(id).unwrap(),
             DeviceId::new(DEV).unwrap(),
             t(0),
-            Body::Command(grid_proto::v1::Command { valid_until: t(3600), action }),
+            Body::Command(grid_proto::v1::Command {
+                valid_until: t(3600),
+                action,
+            }),
         );
         Codec::Json.encode(&env).unwrap()
     }
@@ -1042,17 +1155,23 @@ mod tests {
         } else {
             "grid/v1/bat-1/down/command"
         };
-        Event::Message { topic, payload, delivery: Some(DeliveryTag(tag)) }
+        Event::Message {
+            topic,
+            payload,
+            delivery: Some(DeliveryTag(tag)),
+        }
     }
 
     fn acks(actions: &[Action]) -> Vec<(Option<String>, ExecutionState, Option<ReasonCode>)> {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Publish(p) if p.topic.ends_with("/up/ack") => match grid_proto::decode(&p.payload).unwrap().body {
-                    Body::Ack(a) => Some((a.ref_id.map(|r| r.to_string()), a.state, a.reason)),
-                    _ => None,
-                },
+                Action::Publish(p) if p.topic.ends_with("/up/ack") => {
+                    match grid_proto::decode(&p.payload).unwrap().body {
+                        Body::Ack(a) => Some((a.ref_id.map(|r| r.to_string()), a.state, a.reason)),
+                        _ => None,
+                    }
+                }
                 _ => None,
             })
             .collect()
@@ -1083,19 +1202,31 @@ mod tests {
         let p = schedule("m1", "day", 1, &[2.0, -1.0], 0);
         let out = e.handle(t(1), msg("schedule", &p, 7));
         let persist = out.iter().position(|a| matches!(a, Action::Persist(ops) if ops.iter().any(|o| matches!(o, StoreOp::PutSchedule(_))))).unwrap();
-        let puback = out.iter().position(|a| *a == Action::AckDelivery(DeliveryTag(7))).unwrap();
+        let puback = out
+            .iter()
+            .position(|a| *a == Action::AckDelivery(DeliveryTag(7)))
+            .unwrap();
         assert!(persist < puback, "PUBACK only after the commit");
         assert_eq!(
             acks(&out),
-            [(Some("m1".into()), ExecutionState::Accepted, None), (Some("m1".into()), ExecutionState::Executing, None)]
+            [
+                (Some("m1".into()), ExecutionState::Accepted, None),
+                (Some("m1".into()), ExecutionState::Executing, None)
+            ]
         );
         assert_eq!(setpoint(&out), Some(2.0));
-        let ack_pos = out.iter().position(|a| matches!(a, Action::Publish(p) if p.topic.ends_with("/up/ack"))).unwrap();
+        let ack_pos = out
+            .iter()
+            .position(|a| matches!(a, Action::Publish(p) if p.topic.ends_with("/up/ack")))
+            .unwrap();
         assert!(persist < ack_pos, "no ack leaves before the commit");
         let out = e.handle(t(61), Event::Tick);
         assert_eq!(setpoint(&out), Some(-1.0));
         let out = e.handle(t(120), Event::Tick);
-        assert_eq!(acks(&out), [(Some("m1".into()), ExecutionState::Completed, None)]);
+        assert_eq!(
+            acks(&out),
+            [(Some("m1".into()), ExecutionState::Completed, None)]
+        );
         assert_eq!(setpoint(&out), Some(0.0));
         assert!(e.held().is_empty());
     }
@@ -1107,17 +1238,34 @@ mod tests {
         e.handle(t(1), msg("schedule", &p2, 1));
         let out = e.handle(t(2), msg("schedule", &p2, 2));
         // A duplicate is answered with the current state, never accepted or started again.
-        assert_eq!(acks(&out), [(Some("m2".into()), ExecutionState::Executing, None)]);
+        assert_eq!(
+            acks(&out),
+            [(Some("m2".into()), ExecutionState::Executing, None)]
+        );
         assert!(out.contains(&Action::AckDelivery(DeliveryTag(2))));
         assert_eq!(e.metrics().schedules_started, 1);
         assert_eq!(e.metrics().schedules_accepted, 1);
         let p1 = schedule("m3", "day", 1, &[-1.0], 0);
         let out = e.handle(t(3), msg("schedule", &p1, 3));
-        assert_eq!(acks(&out), [(Some("m3".into()), ExecutionState::Superseded, Some(ReasonCode::Superseded))]);
+        assert_eq!(
+            acks(&out),
+            [(
+                Some("m3".into()),
+                ExecutionState::Superseded,
+                Some(ReasonCode::Superseded)
+            )]
+        );
         let p3 = schedule("m4", "day", 3, &[0.5], 0);
         let out = e.handle(t(4), msg("schedule", &p3, 4));
         let a = acks(&out);
-        assert_eq!(a[0], (Some("m2".into()), ExecutionState::Superseded, Some(ReasonCode::Superseded)));
+        assert_eq!(
+            a[0],
+            (
+                Some("m2".into()),
+                ExecutionState::Superseded,
+                Some(ReasonCode::Superseded)
+            )
+        );
         assert_eq!(a[1], (Some("m4".into()), ExecutionState::Accepted, None));
         assert_eq!(setpoint(&out), Some(0.5));
     }
@@ -1129,7 +1277,14 @@ mod tests {
         e.handle(t(0), Event::Sample(sample(t(0), 0.895, 0.0)));
         let p = schedule("m1", "day", 1, &[5.0, 5.0], 0);
         let out = e.handle(t(1), msg("schedule", &p, 1));
-        assert_eq!(acks(&out), [(Some("m1".into()), ExecutionState::Rejected, Some(ReasonCode::InvalidSchedule))]);
+        assert_eq!(
+            acks(&out),
+            [(
+                Some("m1".into()),
+                ExecutionState::Rejected,
+                Some(ReasonCode::InvalidSchedule)
+            )]
+        );
         assert_eq!(setpoint(&out), Some(0.0));
         assert!(e.held().is_empty());
     }
@@ -1161,25 +1316,66 @@ mod tests {
     #[test]
     fn commands_set_power_then_fall_back_to_the_schedule_and_cancel() {
         let mut e = engine();
-        e.handle(t(0), msg("schedule", &schedule("s1", "day", 1, &[1.0, 1.0, 1.0], 0), 1));
-        let c = command("c1", CommandAction::SetPower { power_kw: -3.0, duration_s: 30 });
+        e.handle(
+            t(0),
+            msg(
+                "schedule",
+                &schedule("s1", "day", 1, &[1.0, 1.0, 1.0], 0),
+                1,
+            ),
+        );
+        let c = command(
+            "c1",
+            CommandAction::SetPower {
+                power_kw: -3.0,
+                duration_s: 30,
+            },
+        );
         let out = e.handle(t(5), msg("command", &c, 2));
-        assert_eq!(acks(&out), [(Some("c1".into()), ExecutionState::Executing, None)]);
+        assert_eq!(
+            acks(&out),
+            [(Some("c1".into()), ExecutionState::Executing, None)]
+        );
         assert_eq!(setpoint(&out), Some(-3.0));
         let out = e.handle(t(36), Event::Tick);
-        assert_eq!(acks(&out), [(Some("c1".into()), ExecutionState::Completed, None)]);
+        assert_eq!(
+            acks(&out),
+            [(Some("c1".into()), ExecutionState::Completed, None)]
+        );
         assert_eq!(setpoint(&out), Some(1.0));
-        let c = command("c2", CommandAction::CancelSchedule { schedule_id: grid_core::ScheduleId::new("day").unwrap() });
+        let c = command(
+            "c2",
+            CommandAction::CancelSchedule {
+                schedule_id: grid_core::ScheduleId::new("day").unwrap(),
+            },
+        );
         let out = e.handle(t(40), msg("command", &c, 3));
         let a = acks(&out);
-        assert!(a.contains(&(Some("s1".into()), ExecutionState::Cancelled, Some(ReasonCode::Cancelled))), "{a:?}");
+        assert!(
+            a.contains(&(
+                Some("s1".into()),
+                ExecutionState::Cancelled,
+                Some(ReasonCode::Cancelled)
+            )),
+            "{a:?}"
+        );
         assert_eq!(setpoint(&out), Some(0.0));
         let c = command("c3", CommandAction::Idle);
         let out = e.handle(t(41), msg("command", &c, 4));
-        assert_eq!(acks(&out), [(Some("c3".into()), ExecutionState::Completed, None)]);
+        assert_eq!(
+            acks(&out),
+            [(Some("c3".into()), ExecutionState::Completed, None)]
+        );
         assert_eq!(setpoint(&out), Some(0.0));
         // The idle command holds until the next schedule.
-        e.handle(t(42), msg("schedule", &schedule("s2", "night", 1, &[1.0, 1.0, 1.0], 0), 5));
+        e.handle(
+            t(42),
+            msg(
+                "schedule",
+                &schedule("s2", "night", 1, &[1.0, 1.0, 1.0], 0),
+                5,
+            ),
+        );
         assert_eq!(setpoint(&e.handle(t(43), Event::Tick)).unwrap_or(1.0), 1.0);
         assert_eq!(e.metrics().setpoint_kw, 1.0);
     }
@@ -1188,7 +1384,10 @@ mod tests {
     fn telemetry_batches_samples_and_plan_vs_actual() {
         let mut e = engine();
         e.handle(t(0), Event::Tick);
-        e.handle(t(0), msg("schedule", &schedule("s1", "day", 1, &[3.0, 3.0], 0), 1));
+        e.handle(
+            t(0),
+            msg("schedule", &schedule("s1", "day", 1, &[3.0, 3.0], 0), 1),
+        );
         let mut out = Vec::new();
         for s in 1..=61 {
             out.extend(e.handle(t(s), Event::Sample(sample(t(s), 0.5, 3.0))));
@@ -1197,10 +1396,12 @@ mod tests {
         let tel = out
             .iter()
             .find_map(|a| match a {
-                Action::Publish(p) if p.topic.ends_with("/up/telemetry") => match grid_proto::decode(&p.payload).unwrap().body {
-                    Body::Telemetry(t) => Some(t),
-                    _ => None,
-                },
+                Action::Publish(p) if p.topic.ends_with("/up/telemetry") => {
+                    match grid_proto::decode(&p.payload).unwrap().body {
+                        Body::Telemetry(t) => Some(t),
+                        _ => None,
+                    }
+                }
                 _ => None,
             })
             .expect("telemetry after the interval");
@@ -1215,13 +1416,36 @@ mod tests {
     #[test]
     fn malformed_and_foreign_messages_are_rejected_by_id() {
         let mut e = engine();
-        let out = e.handle(t(0), msg("schedule", br#"{"v":1,"id":"x1","kind":"schedule_assign"}"#, 1));
-        assert_eq!(acks(&out), [(Some("x1".into()), ExecutionState::Rejected, Some(ReasonCode::Malformed))]);
-        let other = Event::Message { topic: "grid/v1/bat-2/down/schedule", payload: b"{}", delivery: Some(DeliveryTag(2)) };
+        let out = e.handle(
+            t(0),
+            msg(
+                "schedule",
+                br#"{"v":1,"id":"x1","kind":"schedule_assign"}"#,
+                1,
+            ),
+        );
+        assert_eq!(
+            acks(&out),
+            [(
+                Some("x1".into()),
+                ExecutionState::Rejected,
+                Some(ReasonCode::Malformed)
+            )]
+        );
+        let other = Event::Message {
+            topic: "grid/v1/bat-2/down/schedule",
+            payload: b"{}",
+            delivery: Some(DeliveryTag(2)),
+        };
         let out = e.handle(t(0), other);
         assert!(acks(&out).is_empty());
         assert!(out.contains(&Action::AckDelivery(DeliveryTag(2))));
-        assert_eq!(scan_message_id(br#"{"v":1, "id" : "big-1","pad":"xxxx"#).unwrap().as_str(), "big-1");
+        assert_eq!(
+            scan_message_id(br#"{"v":1, "id" : "big-1","pad":"xxxx"#)
+                .unwrap()
+                .as_str(),
+            "big-1"
+        );
     }
 
     #[test]
@@ -1241,13 +1465,23 @@ mod tests {
             .last()
             .expect("inbox state persisted");
         let mut e2 = engine();
-        let logs = e2.restore(Snapshot { inbox_state: Some(state), ..Snapshot::default() });
+        let logs = e2.restore(Snapshot {
+            inbox_state: Some(state),
+            ..Snapshot::default()
+        });
         assert!(logs.is_empty(), "{logs:?}");
         let out = e2.handle(t(2), Event::Tick);
-        assert!(acks(&out).is_empty(), "no second executing ack after a restart");
+        assert!(
+            acks(&out).is_empty(),
+            "no second executing ack after a restart"
+        );
         assert_eq!(setpoint(&out), Some(2.0));
         let out = e2.handle(t(3), msg("schedule", &p, 2));
-        assert_eq!(acks(&out), [(Some("m1".into()), ExecutionState::Executing, None)], "a redelivery is a duplicate");
+        assert_eq!(
+            acks(&out),
+            [(Some("m1".into()), ExecutionState::Executing, None)],
+            "a redelivery is a duplicate"
+        );
         assert_eq!(e2.metrics().schedules_started, 0);
     }
 }

@@ -117,7 +117,11 @@ pub struct Hardware {
 impl Hardware {
     /// Wraps `battery` in the safety layer for `spec`; the watchdog reverts to idle after
     /// `reversion_timeout` without a new setpoint.
-    pub fn new(battery: Box<dyn Battery>, spec: &BatterySpec, reversion_timeout: Duration) -> Result<Self> {
+    pub fn new(
+        battery: Box<dyn Battery>,
+        spec: &BatterySpec,
+        reversion_timeout: Duration,
+    ) -> Result<Self> {
         let config = SafetyConfig {
             watchdog_timeout: reversion_timeout,
             ..SafetyConfig::for_spec(spec)
@@ -130,7 +134,12 @@ impl Hardware {
     }
 
     /// A simulated battery of `spec` (seeded), inside the safety layer.
-    pub fn sim(spec: &BatterySpec, seed: u64, initial_soc: f64, reversion_timeout: Duration) -> Result<Self> {
+    pub fn sim(
+        spec: &BatterySpec,
+        seed: u64,
+        initial_soc: f64,
+        reversion_timeout: Duration,
+    ) -> Result<Self> {
         let sim = SimBattery::new(
             spec.clone(),
             SimConfig {
@@ -170,7 +179,11 @@ impl Hardware {
                 reason: format!(
                     "driver {:?} is not wired into this grid-agent build (use \"sim\"{})",
                     other.as_str(),
-                    if cfg!(feature = "rpi") { " or \"sbs-i2c\"" } else { "" }
+                    if cfg!(feature = "rpi") {
+                        " or \"sbs-i2c\""
+                    } else {
+                        ""
+                    }
                 ),
             }),
         }
@@ -185,7 +198,10 @@ impl Hardware {
         if let Some(last) = self.last {
             if let Ok(dt) = Duration::try_from(now.duration_since(last)) {
                 // A clock jump (NTP sync after boot) must not simulate hours in one step.
-                self.safe.inner_mut().0.advance(dt.min(Duration::from_secs(3600)));
+                self.safe
+                    .inner_mut()
+                    .0
+                    .advance(dt.min(Duration::from_secs(3600)));
             }
         }
         self.last = Some(self.last.map_or(now, |l| l.max(now)));
@@ -208,7 +224,10 @@ impl Hardware {
 
     /// The telemetry sample of a tick report taken at `now`.
     pub fn sample(report: &TickReport, now: Timestamp) -> Option<TelemetrySample> {
-        report.state.filter(BatteryState::is_finite).map(|s| s.at(now))
+        report
+            .state
+            .filter(BatteryState::is_finite)
+            .map(|s| s.at(now))
     }
 
     /// The setpoint the safety layer last applied (kW, positive = charging).

@@ -67,7 +67,11 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }
@@ -78,23 +82,28 @@ fn main() -> anyhow::Result<()> {
             print!("{DEFAULT_CONFIG}");
             return Ok(());
         }
-        Mode::Check(path) => {
-            match load(&path) {
-                Ok(c) => {
-                    println!("{}: ok (device {}, driver {})", path.display(), c.device_id, c.hardware.driver.as_str());
-                    return Ok(());
-                }
-                Err(e) => {
-                    eprintln!("{}: {e:#}", path.display());
-                    std::process::exit(2);
-                }
+        Mode::Check(path) => match load(&path) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (device {}, driver {})",
+                    path.display(),
+                    c.device_id,
+                    c.hardware.driver.as_str()
+                );
+                return Ok(());
             }
-        }
+            Err(e) => {
+                eprintln!("{}: {e:#}", path.display());
+                std::process::exit(2);
+            }
+        },
         Mode::Run(path) => load(&path)?,
     };
     init_logging(config.agent.log_format);
     // One thread: the agent is one task; this keeps RSS and idle CPU low on a Pi.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(config))
 }
 
@@ -105,9 +114,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis);
     let location = StoreLocation::File(config.agent.store_path.clone());
-    let (store, open_report) = Store::open(&location, &config.device_id, config.agent.telemetry_buffer_max)
-        .await
-        .with_context(|| format!("cannot open the store {}", config.agent.store_path.display()))?;
+    let (store, open_report) = Store::open(
+        &location,
+        &config.device_id,
+        config.agent.telemetry_buffer_max,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the store {}",
+            config.agent.store_path.display()
+        )
+    })?;
     let hardware = Hardware::from_config(&config)?;
     let agent = Agent {
         options,

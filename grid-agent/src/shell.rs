@@ -111,7 +111,11 @@ impl ScaledClock {
         Self {
             start,
             origin: std::time::Instant::now(),
-            factor: if factor.is_finite() && factor > 0.0 { factor } else { 1.0 },
+            factor: if factor.is_finite() && factor > 0.0 {
+                factor
+            } else {
+                1.0
+            },
         }
     }
 }
@@ -170,9 +174,11 @@ impl AgentOptions {
         let spec = config.battery_spec()?;
         let verifying_key = match config.signing_key()? {
             Some(bytes) => Some(
-                grid_proto::signature::VerifyingKey::from_bytes(&bytes).map_err(|_| Error::Config {
-                    key: "agent.signing_public_key".into(),
-                    reason: "not a valid Ed25519 public key".into(),
+                grid_proto::signature::VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                    Error::Config {
+                        key: "agent.signing_public_key".into(),
+                        reason: "not a valid Ed25519 public key".into(),
+                    }
                 })?,
             ),
             None => None,
@@ -287,7 +293,9 @@ async fn drive(mut eventloop: EventLoop, settings: MqttSettings, tx: mpsc::Sende
             }
             Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => Net::Publish(p),
             Ok(rumqttc::Event::Incoming(Packet::PubAck(a))) => Net::PubAck(a.pkid),
-            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Net::OutgoingPublish(pkid),
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                Net::OutgoingPublish(pkid)
+            }
             Ok(_) => continue,
             Err(ConnectionError::RequestsDone) => return,
             Err(e) => {
@@ -432,7 +440,11 @@ pub async fn run_agent_with_metrics(
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(device = %device, %addr, "serving Prometheus metrics");
-            Some(tokio::spawn(metrics::serve(listener, device.clone(), metrics.clone())))
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                device.clone(),
+                metrics.clone(),
+            )))
         }
         None => None,
     };
@@ -510,7 +522,13 @@ impl Shell {
         // Log a change of interventions, not the same clamp every tick.
         let kinds: Vec<String> = events
             .iter()
-            .map(|e| format!("{e:?}").split([' ', '{', '(']).next().unwrap_or("").to_string())
+            .map(|e| {
+                format!("{e:?}")
+                    .split([' ', '{', '('])
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect();
         let key = kinds.join(",");
         if key != self.last_safety {
@@ -636,9 +654,14 @@ impl Shell {
                 }
                 Action::Publish(out) => match out.outbox {
                     Some(kind) => {
-                        let (_, dropped) = self.store.outbox_push(kind, &out.topic, &out.payload).await?;
+                        let (_, dropped) = self
+                            .store
+                            .outbox_push(kind, &out.topic, &out.payload)
+                            .await?;
                         if dropped > 0 {
-                            let a = self.engine.handle(self.clock.now(), Event::TelemetryDropped(dropped));
+                            let a = self
+                                .engine
+                                .handle(self.clock.now(), Event::TelemetryDropped(dropped));
                             debug_assert!(a.is_empty());
                         }
                         if kind == OutboxKind::Ack || self.connected {
@@ -673,9 +696,15 @@ impl Shell {
                     let device = self.engine.config().device.as_str();
                     let corr = correlation_id.as_deref().unwrap_or("");
                     match level {
-                        LogLevel::Info => tracing::info!(device, correlation_id = corr, "{message}"),
-                        LogLevel::Warn => tracing::warn!(device, correlation_id = corr, "{message}"),
-                        LogLevel::Error => tracing::error!(device, correlation_id = corr, "{message}"),
+                        LogLevel::Info => {
+                            tracing::info!(device, correlation_id = corr, "{message}")
+                        }
+                        LogLevel::Warn => {
+                            tracing::warn!(device, correlation_id = corr, "{message}")
+                        }
+                        LogLevel::Error => {
+                            tracing::error!(device, correlation_id = corr, "{message}")
+                        }
                     }
                 }
             }
@@ -694,7 +723,9 @@ impl Shell {
         let flushed = self.run_actions(actions).await;
         if self.connected {
             if let Some((topic, payload)) = self.engine.last_will(now) {
-                let _ = self.client.try_publish(topic, QoS::AtLeastOnce, true, payload);
+                let _ = self
+                    .client
+                    .try_publish(topic, QoS::AtLeastOnce, true, payload);
                 self.outflow.requested.push_back(None);
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3);

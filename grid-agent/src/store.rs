@@ -295,14 +295,15 @@ impl Store {
     ) -> Result<(i64, u64)> {
         let d = self.device.as_str();
         let mut tx = self.pool.begin().await?;
-        let id = sqlx::query("INSERT INTO outbox (device, kind, topic, payload) VALUES (?, ?, ?, ?)")
-            .bind(d)
-            .bind(kind.as_str())
-            .bind(topic)
-            .bind(payload)
-            .execute(&mut *tx)
-            .await?
-            .last_insert_rowid();
+        let id =
+            sqlx::query("INSERT INTO outbox (device, kind, topic, payload) VALUES (?, ?, ?, ?)")
+                .bind(d)
+                .bind(kind.as_str())
+                .bind(topic)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?
+                .last_insert_rowid();
         let mut dropped = 0;
         if kind == OutboxKind::Telemetry {
             let n: i64 = sqlx::query_scalar(
@@ -449,7 +450,9 @@ async fn memory_pool() -> Result<SqlitePool> {
 async fn open_checked(path: &Path) -> std::result::Result<SqlitePool, String> {
     let pool = file_pool(path).await.map_err(|e| e.to_string())?;
     let check: std::result::Result<Vec<String>, sqlx::Error> =
-        sqlx::query_scalar("PRAGMA quick_check").fetch_all(&pool).await;
+        sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_all(&pool)
+            .await;
     match check {
         Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(pool),
         Ok(rows) => {
@@ -503,10 +506,8 @@ mod tests {
     }
 
     fn temp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "grid-agent-store-{}-{name}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("grid-agent-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("agent.db")
@@ -551,8 +552,13 @@ mod tests {
 
     #[tokio::test]
     async fn telemetry_is_bounded_oldest_first_and_acks_are_never_dropped() {
-        let (store, _) = Store::open(&StoreLocation::Memory, "bat-1", 3).await.unwrap();
-        store.outbox_push(OutboxKind::Ack, "a", b"ack-0").await.unwrap();
+        let (store, _) = Store::open(&StoreLocation::Memory, "bat-1", 3)
+            .await
+            .unwrap();
+        store
+            .outbox_push(OutboxKind::Ack, "a", b"ack-0")
+            .await
+            .unwrap();
         let mut dropped = 0;
         for i in 0..5 {
             let (_, d) = store
@@ -567,7 +573,12 @@ mod tests {
         let payloads: Vec<_> = rows.iter().map(|r| r.payload.clone()).collect();
         assert_eq!(
             payloads,
-            vec![b"ack-0".to_vec(), b"t-2".to_vec(), b"t-3".to_vec(), b"t-4".to_vec()]
+            vec![
+                b"ack-0".to_vec(),
+                b"t-2".to_vec(),
+                b"t-3".to_vec(),
+                b"t-4".to_vec()
+            ]
         );
         store.outbox_remove(rows[0].id).await.unwrap();
         assert!(!store.outbox_contains(rows[0].id).await.unwrap());
@@ -586,7 +597,10 @@ mod tests {
         assert!(report.corruption.is_some());
         assert_eq!(std::fs::read(&moved).unwrap(), vec![0x42u8; 8192]);
         assert_eq!(store.load().await.unwrap(), Snapshot::default());
-        store.apply(&[StoreOp::SetInboxState("{}".into())]).await.unwrap();
+        store
+            .apply(&[StoreOp::SetInboxState("{}".into())])
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -597,7 +611,11 @@ mod tests {
             let (store, _) = Store::open(&loc, "bat-1", 3).await.unwrap();
             for i in 0..200 {
                 store
-                    .apply(&[StoreOp::PutSchedule(record(&format!("s{i}"), 1, "accepted"))])
+                    .apply(&[StoreOp::PutSchedule(record(
+                        &format!("s{i}"),
+                        1,
+                        "accepted",
+                    ))])
                     .await
                     .unwrap();
             }

@@ -41,7 +41,10 @@ fn secs(s: i64) -> jiff::SignedDuration {
 }
 
 fn states_for(acks: &[Ack], id: &MessageId) -> Vec<ExecutionState> {
-    acks.iter().filter(|a| a.ref_id.as_ref() == Some(id)).map(|a| a.state).collect()
+    acks.iter()
+        .filter(|a| a.ref_id.as_ref() == Some(id))
+        .map(|a| a.state)
+        .collect()
 }
 
 /// Advances the manual clock by `total` in `step`s, letting the agent tick after each.
@@ -62,23 +65,52 @@ async fn schedule_executes_slot_by_slot(kind: BrokerKind) {
     let mut setup = AgentSetup::new(device.clone(), broker, clock.clone());
     setup.telemetry_interval = Duration::from_secs(600);
     let agent = setup.start().await;
-    let hello = server.next_of(BodyKind::Hello, T).await.expect("hello on connect");
-    let Body::Hello(h) = hello.body else { unreachable!() };
+    let hello = server
+        .next_of(BodyKind::Hello, T)
+        .await
+        .expect("hello on connect");
+    let Body::Hello(h) = hello.body else {
+        unreachable!()
+    };
     assert!(h.schedules.is_empty());
 
     let id = server.next_id();
-    server.publish(&schedule_msg(id.clone(), &device, "day", 1, t0(), 60, &[2.0, -1.0, 0.5], t0(), 0)).await;
+    server
+        .publish(&schedule_msg(
+            id.clone(),
+            &device,
+            "day",
+            1,
+            t0(),
+            60,
+            &[2.0, -1.0, 0.5],
+            t0(),
+            0,
+        ))
+        .await;
     let acks = server.ack_until(&id, ExecutionState::Executing, T).await;
-    assert_eq!(states_for(&acks, &id), [ExecutionState::Accepted, ExecutionState::Executing]);
+    assert_eq!(
+        states_for(&acks, &id),
+        [ExecutionState::Accepted, ExecutionState::Executing]
+    );
     let accepted = &acks[0];
     assert_eq!(accepted.schedule.as_ref().unwrap().version.0, 1);
-    wait_for("slot 0 at 2 kW", T, || (agent.applied_kw() - 2.0).abs() < 1e-9).await;
+    wait_for("slot 0 at 2 kW", T, || {
+        (agent.applied_kw() - 2.0).abs() < 1e-9
+    })
+    .await;
 
     // Walk through the slots on the simulated clock, in 5 s steps.
     run_clock(&clock, Duration::from_secs(59), Duration::from_secs(5)).await;
-    wait_for("slot 1 at -1 kW", T, || (agent.applied_kw() + 1.0).abs() < 1e-9).await;
+    wait_for("slot 1 at -1 kW", T, || {
+        (agent.applied_kw() + 1.0).abs() < 1e-9
+    })
+    .await;
     run_clock(&clock, Duration::from_secs(60), Duration::from_secs(5)).await;
-    wait_for("slot 2 at 0.5 kW", T, || (agent.applied_kw() - 0.5).abs() < 1e-9).await;
+    wait_for("slot 2 at 0.5 kW", T, || {
+        (agent.applied_kw() - 0.5).abs() < 1e-9
+    })
+    .await;
     run_clock(&clock, Duration::from_secs(60), Duration::from_secs(5)).await;
     let acks = server.ack_until(&id, ExecutionState::Completed, T).await;
     assert_eq!(states_for(&acks, &id), [ExecutionState::Completed]);
@@ -86,8 +118,13 @@ async fn schedule_executes_slot_by_slot(kind: BrokerKind) {
 
     // Plan-vs-actual arrives with the telemetry flushed at shutdown.
     agent.stop().await;
-    let tel = server.next_of(BodyKind::Telemetry, T).await.expect("telemetry flushed at stop");
-    let Body::Telemetry(tel) = tel.body else { unreachable!() };
+    let tel = server
+        .next_of(BodyKind::Telemetry, T)
+        .await
+        .expect("telemetry flushed at stop");
+    let Body::Telemetry(tel) = tel.body else {
+        unreachable!()
+    };
     assert!(!tel.samples.is_empty());
     let plan: Vec<_> = tel.plan.iter().map(|r| (r.slot, r.planned_kw)).collect();
     assert_eq!(plan, [(0, 2.0), (1, -1.0), (2, 0.5)], "{:#?}", tel.plan);
@@ -95,31 +132,77 @@ async fn schedule_executes_slot_by_slot(kind: BrokerKind) {
         let planned_kwh = r.planned_kw / 60.0;
         assert!((r.deviation_kwh - (r.delivered_kwh - planned_kwh)).abs() < 1e-12);
         // The first slot starts one second late (the clock started at 00:00:01).
-        assert!(r.deviation_kwh.abs() <= 0.1 * planned_kwh.abs() + 1e-3, "{r:?}");
+        assert!(
+            r.deviation_kwh.abs() <= 0.1 * planned_kwh.abs() + 1e-3,
+            "{r:?}"
+        );
     }
 }
-both!(schedule_executes_slot_by_slot_embedded, schedule_executes_slot_by_slot_live, schedule_executes_slot_by_slot);
+both!(
+    schedule_executes_slot_by_slot_embedded,
+    schedule_executes_slot_by_slot_live,
+    schedule_executes_slot_by_slot
+);
 
 async fn duplicates_execute_once_and_old_versions_are_superseded(kind: BrokerKind) {
     let broker = broker(kind);
     let device = device_id("dup");
     let clock = Arc::new(ManualClock::new(t0() + secs(1)));
     let mut server = TestServer::connect(broker, &device).await;
-    let agent = AgentSetup::new(device.clone(), broker, clock.clone()).start().await;
+    let agent = AgentSetup::new(device.clone(), broker, clock.clone())
+        .start()
+        .await;
     server.next_of(BodyKind::Hello, T).await.expect("hello");
 
     let v2 = server.next_id();
-    let msg = schedule_msg(v2.clone(), &device, "day", 2, t0(), 60, &[1.0, 1.0], t0(), 0);
+    let msg = schedule_msg(
+        v2.clone(),
+        &device,
+        "day",
+        2,
+        t0(),
+        60,
+        &[1.0, 1.0],
+        t0(),
+        0,
+    );
     server.publish(&msg).await;
     server.publish(&msg).await; // a duplicate delivery (same message id)
     server.ack_until(&v2, ExecutionState::Executing, T).await;
     let v1 = server.next_id();
-    server.publish(&schedule_msg(v1.clone(), &device, "day", 1, t0(), 60, &[-3.0, -3.0], t0(), 0)).await;
+    server
+        .publish(&schedule_msg(
+            v1.clone(),
+            &device,
+            "day",
+            1,
+            t0(),
+            60,
+            &[-3.0, -3.0],
+            t0(),
+            0,
+        ))
+        .await;
     let same = server.next_id();
-    server.publish(&schedule_msg(same.clone(), &device, "day", 2, t0(), 60, &[-2.0, -2.0], t0(), 0)).await;
+    server
+        .publish(&schedule_msg(
+            same.clone(),
+            &device,
+            "day",
+            2,
+            t0(),
+            60,
+            &[-2.0, -2.0],
+            t0(),
+            0,
+        ))
+        .await;
     // The version it holds, under another message id: answered with its current state.
     let rest = server.ack_until(&same, ExecutionState::Executing, T).await;
-    let old = rest.iter().find(|a| a.ref_id.as_ref() == Some(&v1)).expect("an ack for the older version");
+    let old = rest
+        .iter()
+        .find(|a| a.ref_id.as_ref() == Some(&v1))
+        .expect("an ack for the older version");
     assert_eq!(old.state, ExecutionState::Superseded);
     assert_eq!(old.reason, Some(ReasonCode::Superseded));
     assert_eq!(old.schedule.as_ref().unwrap().version.0, 1);
@@ -133,7 +216,9 @@ async fn duplicates_execute_once_and_old_versions_are_superseded(kind: BrokerKin
         .collect();
     // The duplicate is answered with the current state at most; never accepted or started again.
     assert!(
-        states_for(&all, &v2).iter().all(|s| *s == ExecutionState::Executing),
+        states_for(&all, &v2)
+            .iter()
+            .all(|s| *s == ExecutionState::Executing),
         "the duplicate was accepted again: {all:#?}"
     );
     assert_eq!(agent.applied_kw(), 1.0, "the newer version keeps running");
@@ -142,9 +227,24 @@ async fn duplicates_execute_once_and_old_versions_are_superseded(kind: BrokerKin
 
     // A newer version supersedes the running one.
     let v3 = server.next_id();
-    server.publish(&schedule_msg(v3.clone(), &device, "day", 3, t0(), 60, &[0.5, 0.5], t0(), 0)).await;
+    server
+        .publish(&schedule_msg(
+            v3.clone(),
+            &device,
+            "day",
+            3,
+            t0(),
+            60,
+            &[0.5, 0.5],
+            t0(),
+            0,
+        ))
+        .await;
     let acks = server.ack_until(&v3, ExecutionState::Executing, T).await;
-    let sup = acks.iter().find(|a| a.ref_id.as_ref() == Some(&v2)).expect("v2 superseded");
+    let sup = acks
+        .iter()
+        .find(|a| a.ref_id.as_ref() == Some(&v2))
+        .expect("v2 superseded");
     assert_eq!(sup.state, ExecutionState::Superseded);
     wait_for("v3 applied", T, || agent.applied_kw() == 0.5).await;
     agent.stop().await;
@@ -172,27 +272,76 @@ async fn bad_payloads_are_rejected_with_a_reason(kind: BrokerKind) {
     let m = format!(
         r#"{{"v":1,"id":"bad-malformed","device":"{device}","sent_at":"2026-11-27T00:00:00Z","kind":"schedule_assign","body":{{"nope":1}}}}"#
     );
-    server.publish_raw(TopicKind::Schedule, m.into_bytes()).await;
+    server
+        .publish_raw(TopicKind::Schedule, m.into_bytes())
+        .await;
     expect.push(("bad-malformed", ReasonCode::Malformed));
     // Oversized.
-    let big = format!(r#"{{"v":1,"id":"bad-oversized","pad":"{}"}}"#, "x".repeat(70_000));
-    server.publish_raw(TopicKind::Schedule, big.into_bytes()).await;
+    let big = format!(
+        r#"{{"v":1,"id":"bad-oversized","pad":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    server
+        .publish_raw(TopicKind::Schedule, big.into_bytes())
+        .await;
     expect.push(("bad-oversized", ReasonCode::TooLarge));
     // Wrong device (a well-formed, signed message for another device on our topic).
-    let mut other = schedule_msg(MessageId::new("bad-device").unwrap(), &grid_core::DeviceId::new("someone-else").unwrap(), "x", 1, t0(), 60, &[1.0], t0(), 0);
+    let mut other = schedule_msg(
+        MessageId::new("bad-device").unwrap(),
+        &grid_core::DeviceId::new("someone-else").unwrap(),
+        "x",
+        1,
+        t0(),
+        60,
+        &[1.0],
+        t0(),
+        0,
+    );
     signature::sign(&mut other, &key).unwrap();
-    server.publish_raw(TopicKind::Schedule, Codec::Json.encode(&other).unwrap()).await;
+    server
+        .publish_raw(TopicKind::Schedule, Codec::Json.encode(&other).unwrap())
+        .await;
     expect.push(("bad-device", ReasonCode::WrongDevice));
     // Signed with the wrong key, and not signed at all.
-    let mut forged = schedule_msg(MessageId::new("bad-sig").unwrap(), &device, "x", 1, t0(), 60, &[1.0], t0(), 0);
+    let mut forged = schedule_msg(
+        MessageId::new("bad-sig").unwrap(),
+        &device,
+        "x",
+        1,
+        t0(),
+        60,
+        &[1.0],
+        t0(),
+        0,
+    );
     signature::sign(&mut forged, &wrong_key).unwrap();
     server.publish(&forged).await;
     expect.push(("bad-sig", ReasonCode::BadSignature));
-    let unsigned = schedule_msg(MessageId::new("bad-unsigned").unwrap(), &device, "x", 1, t0(), 60, &[1.0], t0(), 0);
+    let unsigned = schedule_msg(
+        MessageId::new("bad-unsigned").unwrap(),
+        &device,
+        "x",
+        1,
+        t0(),
+        60,
+        &[1.0],
+        t0(),
+        0,
+    );
     server.publish(&unsigned).await;
     expect.push(("bad-unsigned", ReasonCode::BadSignature));
     // Breaks the battery's limits (8 kW on a 5 kW battery).
-    let mut too_strong = schedule_msg(MessageId::new("bad-limits").unwrap(), &device, "y", 1, t0(), 60, &[4.0], t0(), 0);
+    let mut too_strong = schedule_msg(
+        MessageId::new("bad-limits").unwrap(),
+        &device,
+        "y",
+        1,
+        t0(),
+        60,
+        &[4.0],
+        t0(),
+        0,
+    );
     if let Body::ScheduleAssign(a) = &mut too_strong.body {
         a.setpoints_kw = vec![8.0];
         a.expected_kwh = vec![5.0 + 8.0 * 0.95 / 60.0];
@@ -201,7 +350,17 @@ async fn bad_payloads_are_rejected_with_a_reason(kind: BrokerKind) {
     server.publish(&too_strong).await;
     expect.push(("bad-limits", ReasonCode::InvalidSchedule));
     // Expired on arrival.
-    let mut late = schedule_msg(MessageId::new("bad-expired").unwrap(), &device, "z", 1, t0() - secs(600), 60, &[1.0], t0() - secs(600), 0);
+    let mut late = schedule_msg(
+        MessageId::new("bad-expired").unwrap(),
+        &device,
+        "z",
+        1,
+        t0() - secs(600),
+        60,
+        &[1.0],
+        t0() - secs(600),
+        0,
+    );
     signature::sign(&mut late, &key).unwrap();
     server.publish(&late).await;
 
@@ -210,9 +369,18 @@ async fn bad_payloads_are_rejected_with_a_reason(kind: BrokerKind) {
         let acks = server.ack_until(&id, ExecutionState::Rejected, T).await;
         let a = acks.last().unwrap();
         assert_eq!(a.reason, Some(*reason), "{id}: {a:?}");
-        assert!(a.detail.as_deref().is_some_and(|d| !d.is_empty()), "{id}: no detail");
+        assert!(
+            a.detail.as_deref().is_some_and(|d| !d.is_empty()),
+            "{id}: no detail"
+        );
     }
-    let acks = server.ack_until(&MessageId::new("bad-expired").unwrap(), ExecutionState::Expired, T).await;
+    let acks = server
+        .ack_until(
+            &MessageId::new("bad-expired").unwrap(),
+            ExecutionState::Expired,
+            T,
+        )
+        .await;
     assert_eq!(acks.last().unwrap().reason, Some(ReasonCode::Expired));
     // Nothing was executed.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -222,10 +390,22 @@ async fn bad_payloads_are_rejected_with_a_reason(kind: BrokerKind) {
     assert_eq!(m.rejected, 6);
 
     // A correctly signed schedule is accepted.
-    let mut good = schedule_msg(server.next_id(), &device, "ok", 1, t0(), 60, &[1.5], t0(), 0);
+    let mut good = schedule_msg(
+        server.next_id(),
+        &device,
+        "ok",
+        1,
+        t0(),
+        60,
+        &[1.5],
+        t0(),
+        0,
+    );
     signature::sign(&mut good, &key).unwrap();
     server.publish(&good).await;
-    server.ack_until(&good.id, ExecutionState::Executing, T).await;
+    server
+        .ack_until(&good.id, ExecutionState::Executing, T)
+        .await;
     wait_for("signed schedule applied", T, || agent.applied_kw() == 1.5).await;
     agent.stop().await;
 }
@@ -236,10 +416,26 @@ both!(
 );
 
 /// The current minute and a schedule of `n` one-minute slots from it, on the real clock.
-fn now_schedule(server: &mut TestServer, device: &grid_core::DeviceId, kw: f64, n: usize, reversion_s: u32) -> Envelope {
+fn now_schedule(
+    server: &mut TestServer,
+    device: &grid_core::DeviceId,
+    kw: f64,
+    n: usize,
+    reversion_s: u32,
+) -> Envelope {
     let now = Timestamp::now();
     let start = grid_core::time::floor_to_slot(now, grid_core::SlotLength::MINUTE).unwrap();
-    schedule_msg(server.next_id(), device, "live", 1, start, 60, &vec![kw; n], now, reversion_s)
+    schedule_msg(
+        server.next_id(),
+        device,
+        "live",
+        1,
+        start,
+        60,
+        &vec![kw; n],
+        now,
+        reversion_s,
+    )
 }
 
 async fn comms_loss_falls_back_within_the_timeout(kind: BrokerKind) {
@@ -247,24 +443,42 @@ async fn comms_loss_falls_back_within_the_timeout(kind: BrokerKind) {
     let proxy = Proxy::start(upstream).await;
     let device = device_id("loss");
     let mut server = TestServer::connect(upstream, &device).await;
-    let agent = AgentSetup::new(device.clone(), proxy.addr, Arc::new(SystemClock)).start().await;
+    let agent = AgentSetup::new(device.clone(), proxy.addr, Arc::new(SystemClock))
+        .start()
+        .await;
     server.next_of(BodyKind::Hello, T).await.expect("hello");
     let msg = now_schedule(&mut server, &device, 1.5, 5, 2);
     server.publish(&msg).await;
-    server.ack_until(&msg.id, ExecutionState::Executing, T).await;
+    server
+        .ack_until(&msg.id, ExecutionState::Executing, T)
+        .await;
     wait_for("schedule applied", T, || agent.applied_kw() == 1.5).await;
 
     proxy.cut();
     let cut = Instant::now();
-    wait_for("fallback to idle", Duration::from_secs(6), || agent.applied_kw() == 0.0).await;
+    wait_for("fallback to idle", Duration::from_secs(6), || {
+        agent.applied_kw() == 0.0
+    })
+    .await;
     let took = cut.elapsed();
     // Measured from the last contact, which is up to one tick (50 ms) before the cut.
-    assert!(took >= Duration::from_millis(1900), "fell back before the 2 s timeout: {took:?}");
-    assert!(took <= Duration::from_secs(3), "fallback took {took:?}, more than timeout + 1 s");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "fell back before the 2 s timeout: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_secs(3),
+        "fallback took {took:?}, more than timeout + 1 s"
+    );
     assert!(agent.metrics().engine.fallback_active);
 
     proxy.restore();
-    wait_for("the schedule resumes after reconnect", Duration::from_secs(10), || agent.applied_kw() == 1.5).await;
+    wait_for(
+        "the schedule resumes after reconnect",
+        Duration::from_secs(10),
+        || agent.applied_kw() == 1.5,
+    )
+    .await;
     agent.stop().await;
 }
 both!(
@@ -282,7 +496,11 @@ struct PrivateMosquitto {
 
 impl PrivateMosquitto {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = temp_dir("mosquitto");
         std::fs::write(
             dir.join("mosquitto.conf"),
@@ -292,7 +510,11 @@ impl PrivateMosquitto {
             ),
         )
         .unwrap();
-        let mut m = Self { port, dir, child: None };
+        let mut m = Self {
+            port,
+            dir,
+            child: None,
+        };
         m.spawn();
         m
     }
@@ -322,7 +544,10 @@ impl PrivateMosquitto {
     /// SIGTERM (Mosquitto saves its sessions), wait, start again.
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let _ = c.wait();
         }
     }
@@ -355,10 +580,24 @@ async fn broker_restart_mid_schedule(kind: BrokerKind) {
     let device = device_id("restart");
     let clock = Arc::new(ManualClock::new(t0() + secs(1)));
     let mut server = TestServer::connect(server_broker, &device).await;
-    let agent = AgentSetup::new(device.clone(), agent_broker, clock.clone()).start().await;
+    let agent = AgentSetup::new(device.clone(), agent_broker, clock.clone())
+        .start()
+        .await;
     server.next_of(BodyKind::Hello, T).await.expect("hello");
     let id = server.next_id();
-    server.publish(&schedule_msg(id.clone(), &device, "day", 1, t0(), 60, &[1.0, -2.0, 3.0], t0(), 0)).await;
+    server
+        .publish(&schedule_msg(
+            id.clone(),
+            &device,
+            "day",
+            1,
+            t0(),
+            60,
+            &[1.0, -2.0, 3.0],
+            t0(),
+            0,
+        ))
+        .await;
     server.ack_until(&id, ExecutionState::Executing, T).await;
     wait_for("slot 0", T, || agent.applied_kw() == 1.0).await;
 
@@ -369,14 +608,20 @@ async fn broker_restart_mid_schedule(kind: BrokerKind) {
     if let Some(m) = mosquitto.as_mut() {
         m.stop();
     }
-    wait_for("disconnect noticed", T, || !agent.metrics().engine.connected).await;
+    wait_for("disconnect noticed", T, || {
+        !agent.metrics().engine.connected
+    })
+    .await;
     run_clock(&clock, Duration::from_secs(60), Duration::from_secs(10)).await;
     wait_for("slot 1 while offline", T, || agent.applied_kw() == -2.0).await;
     run_clock(&clock, Duration::from_secs(60), Duration::from_secs(10)).await;
     wait_for("slot 2 while offline", T, || agent.applied_kw() == 3.0).await;
     run_clock(&clock, Duration::from_secs(60), Duration::from_secs(10)).await;
     wait_for("completed offline", T, || agent.applied_kw() == 0.0).await;
-    assert!(agent.metrics().outbox_len >= 1, "the completed ack waits in the outbox");
+    assert!(
+        agent.metrics().outbox_len >= 1,
+        "the completed ack waits in the outbox"
+    );
 
     if let Some(p) = &proxy {
         p.restore();
@@ -385,28 +630,49 @@ async fn broker_restart_mid_schedule(kind: BrokerKind) {
         m.spawn();
     }
     // The ack produced offline arrives after the reconnect, and a new hello.
-    let acks = server.ack_until(&id, ExecutionState::Completed, Duration::from_secs(20)).await;
-    assert_eq!(states_for(&acks, &id).last(), Some(&ExecutionState::Completed));
+    let acks = server
+        .ack_until(&id, ExecutionState::Completed, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        states_for(&acks, &id).last(),
+        Some(&ExecutionState::Completed)
+    );
     wait_for("outbox drained", T, || agent.metrics().outbox_len == 0).await;
     assert!(agent.metrics().connects >= 2);
     agent.stop().await;
 }
-both!(broker_restart_mid_schedule_embedded, broker_restart_mid_schedule_live, broker_restart_mid_schedule);
+both!(
+    broker_restart_mid_schedule_embedded,
+    broker_restart_mid_schedule_live,
+    broker_restart_mid_schedule
+);
 
 async fn corrupt_store_enters_safe_mode_then_recovers(kind: BrokerKind) {
     let broker = broker(kind);
     let device = device_id("corrupt");
     let dir = temp_dir("corrupt");
     let db = dir.join("agent.db");
-    std::fs::write(&db, b"this is not a SQLite database, it is an SD card that lost a page".repeat(100)).unwrap();
+    std::fs::write(
+        &db,
+        b"this is not a SQLite database, it is an SD card that lost a page".repeat(100),
+    )
+    .unwrap();
     let clock = Arc::new(ManualClock::new(t0() + secs(1)));
     let mut server = TestServer::connect(broker, &device).await;
     let mut setup = AgentSetup::new(device.clone(), broker, clock.clone());
     setup.location = StoreLocation::File(db.clone());
     let agent = setup.start().await;
-    let hello = server.next_of(BodyKind::Hello, T).await.expect("hello in safe mode");
-    let Body::Hello(h) = hello.body else { unreachable!() };
-    assert!(h.schedules.is_empty(), "safe mode asks for everything: {h:?}");
+    let hello = server
+        .next_of(BodyKind::Hello, T)
+        .await
+        .expect("hello in safe mode");
+    let Body::Hello(h) = hello.body else {
+        unreachable!()
+    };
+    assert!(
+        h.schedules.is_empty(),
+        "safe mode asks for everything: {h:?}"
+    );
     wait_for("safe mode", T, || agent.metrics().engine.safe_mode).await;
     assert_eq!(agent.applied_kw(), 0.0);
     let moved: Vec<_> = std::fs::read_dir(&dir)
@@ -418,11 +684,28 @@ async fn corrupt_store_enters_safe_mode_then_recovers(kind: BrokerKind) {
 
     // Recovery: the server resends, the agent accepts and runs it, and the new store works.
     let id = server.next_id();
-    server.publish(&schedule_msg(id.clone(), &device, "day", 1, t0(), 60, &[2.5], t0(), 0)).await;
+    server
+        .publish(&schedule_msg(
+            id.clone(),
+            &device,
+            "day",
+            1,
+            t0(),
+            60,
+            &[2.5],
+            t0(),
+            0,
+        ))
+        .await;
     server.ack_until(&id, ExecutionState::Executing, T).await;
-    wait_for("recovered", T, || agent.applied_kw() == 2.5 && !agent.metrics().engine.safe_mode).await;
+    wait_for("recovered", T, || {
+        agent.applied_kw() == 2.5 && !agent.metrics().engine.safe_mode
+    })
+    .await;
     agent.stop().await;
-    let (store, report) = grid_agent::Store::open(&StoreLocation::File(db), device.as_str(), 10).await.unwrap();
+    let (store, report) = grid_agent::Store::open(&StoreLocation::File(db), device.as_str(), 10)
+        .await
+        .unwrap();
     assert!(report.moved_corrupt_file_to.is_none());
     assert_eq!(store.load().await.unwrap().schedules.len(), 1);
 }
@@ -442,7 +725,10 @@ struct Child {
 fn spawn_agent(config: &std::path::Path, pause_ms: Option<u64>) -> Child {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"));
-    cmd.arg("--config").arg(config).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    cmd.arg("--config")
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
     if let Some(ms) = pause_ms {
         cmd.env("GRID_TEST_AGENT_PAUSE_AFTER_RECEIVE_MS", ms.to_string());
     }
@@ -450,7 +736,10 @@ fn spawn_agent(config: &std::path::Path, pause_ms: Option<u64>) -> Child {
     let stderr = child.stderr.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
@@ -476,7 +765,11 @@ impl Child {
     }
 }
 
-fn write_config(dir: &std::path::Path, device: &grid_core::DeviceId, broker: std::net::SocketAddr) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    device: &grid_core::DeviceId,
+    broker: std::net::SocketAddr,
+) -> std::path::PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
@@ -499,7 +792,10 @@ async fn kill9_between_receive_and_ack_loses_nothing(kind: BrokerKind) {
 
     // 1. Killed after receiving the schedule, before committing or acknowledging it.
     let child = spawn_agent(&config, Some(60_000));
-    server.next_of(BodyKind::Hello, T).await.expect("hello from the binary");
+    server
+        .next_of(BodyKind::Hello, T)
+        .await
+        .expect("hello from the binary");
     let msg = now_schedule(&mut server, &device, 1.0, 5, 0);
     server.publish(&msg).await;
     let child = tokio::task::spawn_blocking(move || {
@@ -510,12 +806,20 @@ async fn kill9_between_receive_and_ack_loses_nothing(kind: BrokerKind) {
     .unwrap();
     child.kill9();
     let early = server.drain(Duration::from_millis(300)).await;
-    assert!(early.iter().all(|e| e.kind() != BodyKind::Ack), "acked before the commit: {early:#?}");
+    assert!(
+        early.iter().all(|e| e.kind() != BodyKind::Ack),
+        "acked before the commit: {early:#?}"
+    );
 
     // 2. Restarted: the broker redelivers; accepted and executed exactly once.
     let child = spawn_agent(&config, None);
-    let acks = server.ack_until(&msg.id, ExecutionState::Executing, Duration::from_secs(20)).await;
-    assert_eq!(states_for(&acks, &msg.id), [ExecutionState::Accepted, ExecutionState::Executing]);
+    let acks = server
+        .ack_until(&msg.id, ExecutionState::Executing, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        states_for(&acks, &msg.id),
+        [ExecutionState::Accepted, ExecutionState::Executing]
+    );
     let more = server.drain(Duration::from_millis(1500)).await;
     let dup: Vec<_> = more
         .iter()
@@ -525,15 +829,28 @@ async fn kill9_between_receive_and_ack_loses_nothing(kind: BrokerKind) {
         })
         .collect();
     assert!(dup.is_empty(), "acked twice: {dup:?}");
-    let started: Vec<String> = child.lines.try_iter().filter(|l| l.contains("executing schedule")).collect();
+    let started: Vec<String> = child
+        .lines
+        .try_iter()
+        .filter(|l| l.contains("executing schedule"))
+        .collect();
     assert_eq!(started.len(), 1, "{started:?}");
 
     // 3. Killed while executing, restarted: resumes from the store, nothing applied twice.
     child.kill9();
     let child = spawn_agent(&config, None);
-    let hello = server.next_of(BodyKind::Hello, Duration::from_secs(20)).await.expect("hello after restart");
-    let Body::Hello(h) = hello.body else { unreachable!() };
-    assert_eq!(h.schedules.len(), 1, "the executing schedule survived kill -9: {h:?}");
+    let hello = server
+        .next_of(BodyKind::Hello, Duration::from_secs(20))
+        .await
+        .expect("hello after restart");
+    let Body::Hello(h) = hello.body else {
+        unreachable!()
+    };
+    assert_eq!(
+        h.schedules.len(),
+        1,
+        "the executing schedule survived kill -9: {h:?}"
+    );
     assert!(h.last_message_ids.contains(&msg.id));
     // After a restart the agent repeats the state it holds (`executing`), never `accepted`, and
     // does not start the schedule again.
@@ -541,7 +858,12 @@ async fn kill9_between_receive_and_ack_loses_nothing(kind: BrokerKind) {
     let not_executing = |envs: &[Envelope]| {
         envs.iter()
             .filter_map(|e| match &e.body {
-                Body::Ack(a) if a.ref_id.as_ref() == Some(&msg.id) && a.state != ExecutionState::Executing => Some(a.state),
+                Body::Ack(a)
+                    if a.ref_id.as_ref() == Some(&msg.id)
+                        && a.state != ExecutionState::Executing =>
+                {
+                    Some(a.state)
+                }
                 _ => None,
             })
             .collect::<Vec<_>>()
@@ -551,17 +873,35 @@ async fn kill9_between_receive_and_ack_loses_nothing(kind: BrokerKind) {
     server.publish(&msg).await;
     let again = server.drain(Duration::from_millis(1000)).await;
     assert!(not_executing(&again).is_empty(), "{again:#?}");
-    let restarted: Vec<String> = child.lines.try_iter().filter(|l| l.contains("executing schedule")).collect();
-    assert!(restarted.is_empty(), "started again after kill -9: {restarted:?}");
+    let restarted: Vec<String> = child
+        .lines
+        .try_iter()
+        .filter(|l| l.contains("executing schedule"))
+        .collect();
+    assert!(
+        restarted.is_empty(),
+        "started again after kill -9: {restarted:?}"
+    );
 
     // 4. SIGTERM: clean shutdown with exit code 0 and an offline status.
     let pid = child.child.id();
     let mut child = child;
-    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.child.wait().unwrap()).await.unwrap();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(status.success(), "{status:?}");
-    let status_msg = server.next_of(BodyKind::Status, T).await.expect("offline status");
-    let Body::Status(s) = status_msg.body else { unreachable!() };
+    let status_msg = server
+        .next_of(BodyKind::Status, T)
+        .await
+        .expect("offline status");
+    let Body::Status(s) = status_msg.body else {
+        unreachable!()
+    };
     assert!(!s.online);
 }
 both!(
@@ -575,7 +915,11 @@ fn check_config_names_the_key_and_exits_non_zero() {
     let dir = temp_dir("check");
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[mqtt]\nurl = \"http://nope\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent")).arg("--check-config").arg(&bad).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"))
+        .arg("--check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mqtt.url"), "{err}");
@@ -590,10 +934,24 @@ fn check_config_names_the_key_and_exits_non_zero() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("GRID_AGENT_AGENT_TICK_INTERVAL_MS"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent")).arg("--check-config").arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"))
+        .arg("--check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent")).arg("--print-default-config").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"))
+        .arg("--print-default-config")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), grid_agent::config::DEFAULT_CONFIG);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        grid_agent::config::DEFAULT_CONFIG
+    );
 }

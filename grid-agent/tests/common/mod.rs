@@ -35,9 +35,12 @@ pub fn broker(kind: BrokerKind) -> SocketAddr {
     match kind {
         BrokerKind::Embedded => *EMBEDDED.get_or_init(start_rumqttd),
         BrokerKind::Live => {
-            let url = std::env::var("MQTT_URL").expect("live test: MQTT_URL must be set (run by .ci/run)");
+            let url = std::env::var("MQTT_URL")
+                .expect("live test: MQTT_URL must be set (run by .ci/run)");
             let b = parse_broker_url(&url).expect("MQTT_URL");
-            let addr: SocketAddr = format!("{}:{}", b.host, b.port).parse().expect("MQTT_URL host must be an IP");
+            let addr: SocketAddr = format!("{}:{}", b.host, b.port)
+                .parse()
+                .expect("MQTT_URL host must be an IP");
             std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
                 .unwrap_or_else(|e| panic!("live test: broker {url} unreachable: {e}"));
             addr
@@ -117,14 +120,18 @@ impl Proxy {
         let (up, up_rx) = watch::channel(true);
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
                 if !*up_rx.borrow() {
                     drop(client);
                     continue;
                 }
                 let mut rx = up_rx.clone();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
                     tokio::select! {
@@ -176,7 +183,9 @@ impl TestServer {
     pub async fn connect(broker: SocketAddr, device: &DeviceId) -> TestServer {
         let id = format!("srv-{}", device);
         let mut o = MqttOptions::new(id, broker.ip().to_string(), broker.port());
-        o.set_keep_alive(Duration::from_secs(5)).set_clean_session(true).set_max_packet_size(1 << 20, 1 << 20);
+        o.set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(true)
+            .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(o, 64);
         let mut net = el.network_options();
         net.set_tcp_nodelay(true);
@@ -208,8 +217,16 @@ impl TestServer {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx).await.unwrap().unwrap();
-        TestServer { client, device: device.clone(), rx, seq: 0 }
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        TestServer {
+            client,
+            device: device.clone(),
+            rx,
+            seq: 0,
+        }
     }
 
     pub fn next_id(&mut self) -> MessageId {
@@ -220,19 +237,25 @@ impl TestServer {
     /// Publishes raw bytes on the device's downlink `kind` topic.
     pub async fn publish_raw(&self, kind: TopicKind, payload: Vec<u8>) {
         let topic = Topic::new(self.device.clone(), kind).to_string();
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
     }
 
     pub async fn publish(&self, env: &Envelope) {
         let kind = TopicKind::for_body(env.kind());
-        self.publish_raw(kind, Codec::Json.encode(env).unwrap()).await;
+        self.publish_raw(kind, Codec::Json.encode(env).unwrap())
+            .await;
     }
 
     /// The next uplink message of `kind`, within `timeout`.
     pub async fn next_of(&mut self, kind: BodyKind, timeout: Duration) -> Option<Envelope> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (_, env) = tokio::time::timeout_at(deadline, self.rx.recv()).await.ok()??;
+            let (_, env) = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .ok()??;
             if env.kind() == kind {
                 return Some(env);
             }
@@ -248,7 +271,12 @@ impl TestServer {
     }
 
     /// Acks until one in `state` for `ref_id` arrives (collecting all seen).
-    pub async fn ack_until(&mut self, ref_id: &MessageId, state: ExecutionState, timeout: Duration) -> Vec<Ack> {
+    pub async fn ack_until(
+        &mut self,
+        ref_id: &MessageId,
+        state: ExecutionState,
+        timeout: Duration,
+    ) -> Vec<Ack> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
@@ -298,20 +326,28 @@ pub fn schedule_msg(
     let traj = grid_core::SocTrajectory::simulate(
         &spec,
         initial,
-        &setpoints_kw.iter().map(|&p| grid_core::Power::from_kw(p).unwrap()).collect::<Vec<_>>(),
+        &setpoints_kw
+            .iter()
+            .map(|&p| grid_core::Power::from_kw(p).unwrap())
+            .collect::<Vec<_>>(),
         horizon.slot_length(),
     );
     let body = ScheduleAssign {
         schedule_id: grid_core::ScheduleId::new(schedule_id).unwrap(),
         version: grid_core::ScheduleVersion(version),
-        horizon: WireHorizon { start, slot_s, slots: setpoints_kw.len() as u32 },
+        horizon: WireHorizon {
+            start,
+            slot_s,
+            slots: setpoints_kw.len() as u32,
+        },
         setpoints_kw: setpoints_kw.to_vec(),
         initial_kwh: initial.kwh(),
         expected_kwh: traj.end_of_slot.iter().map(|e| e.kwh()).collect(),
         valid_until: horizon.end(),
         reversion_timeout_s,
     };
-    Envelope::new(id, device.clone(), sent_at, Body::ScheduleAssign(body)).with_correlation_id(format!("corr-{schedule_id}-{version}"))
+    Envelope::new(id, device.clone(), sent_at, Body::ScheduleAssign(body))
+        .with_correlation_id(format!("corr-{schedule_id}-{version}"))
 }
 
 /// An agent running in this process.
@@ -336,7 +372,11 @@ impl InProcess {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), t).await.unwrap().unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
         }
     }
 }
@@ -365,12 +405,18 @@ impl AgentSetup {
     }
 
     pub async fn start(self) -> InProcess {
-        let (store, open_report) = Store::open(&self.location, self.device.as_str(), 100).await.unwrap();
+        let (store, open_report) = Store::open(&self.location, self.device.as_str(), 100)
+            .await
+            .unwrap();
         let engine = EngineConfig {
             reversion_timeout: self.reversion_timeout,
             telemetry_interval: self.telemetry_interval,
             verifying_key: self.verifying_key,
-            message_id_prefix: format!("{}-{}", self.device, UNIQUE.fetch_add(1, Ordering::Relaxed)),
+            message_id_prefix: format!(
+                "{}-{}",
+                self.device,
+                UNIQUE.fetch_add(1, Ordering::Relaxed)
+            ),
             ..EngineConfig::new(self.device.clone(), spec())
         };
         let options = AgentOptions {
@@ -390,12 +436,29 @@ impl AgentSetup {
             metrics_listen: None,
             pause_after_receive: None,
         };
-        let hardware = Arc::new(Mutex::new(Hardware::sim(&spec(), 7, 0.5, self.reversion_timeout).unwrap()));
+        let hardware = Arc::new(Mutex::new(
+            Hardware::sim(&spec(), 7, 0.5, self.reversion_timeout).unwrap(),
+        ));
         let metrics: SharedMetrics = Arc::default();
-        let agent = Agent { options, store, open_report, hardware: hardware.clone(), clock: self.clock };
+        let agent = Agent {
+            options,
+            store,
+            open_report,
+            hardware: hardware.clone(),
+            clock: self.clock,
+        };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(shell::run_agent_with_metrics(agent, metrics.clone(), stop_rx));
-        InProcess { hardware, metrics, stop: Some(stop_tx), task: Some(task) }
+        let task = tokio::spawn(shell::run_agent_with_metrics(
+            agent,
+            metrics.clone(),
+            stop_rx,
+        ));
+        InProcess {
+            hardware,
+            metrics,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
     }
 }
 
@@ -412,7 +475,11 @@ pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool
 
 /// A fresh temporary directory.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("grid-agent-it-{}-{name}-{}", std::process::id(), UNIQUE.fetch_add(1, Ordering::Relaxed)));
+    let dir = std::env::temp_dir().join(format!(
+        "grid-agent-it-{}-{name}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
