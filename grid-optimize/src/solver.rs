@@ -5,16 +5,17 @@
 //! | problem | method | why |
 //! | --- | --- | --- |
 //! | linear, no feeder, no tracking (one site, or sites that share nothing) | [`crate::site_dp::SiteDpSolver`] | each site is a one-state optimal-control LP whose cost-to-go is convex piecewise linear in the SoC: an exact dynamic program over slope-sorted segment lists, microseconds per site |
-//! | a feeder envelope, aggregate tracking, or quadratic wear | the structured interior-point method (`crate::ipm`) | the coupling rows and quadratic terms break the DP's piecewise-linear structure; a Mehrotra predictor–corrector whose Newton steps are per-site banded solves plus a T×T Schur complement stays exact and fast |
+//! | a feeder envelope, aggregate tracking, or quadratic wear | [`crate::ipm::InteriorPointSolver`] | the coupling rows and quadratic terms break the DP's piecewise-linear structure; a Mehrotra predictor–corrector whose Newton steps are per-site banded solves plus a T×T Schur complement stays exact and fast |
 //!
 //! Both methods are exact: the DP is exact by construction (its duality gap is zero up to rounding, reported in
 //! [`crate::Diagnostics::duality_gap`]); the interior-point method stops when residuals and gap are below its
 //! tolerances, and the returned schedule is checked against every constraint.
 //!
-//! Until the interior-point method is available in this build, problems that need it are rejected with
-//! [`Error::Unsupported`] rather than solved approximately.
+//! A single site with quadratic wear goes to the interior-point method too (it is a fleet of one there). Warm
+//! starts ([`Solver::solve_warm`]) are passed on to the interior-point method; the DP needs none.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::ipm::InteriorPointSolver;
 use crate::problem::FleetProblem;
 use crate::site_dp::SiteDpSolver;
 use crate::solution::FleetSolution;
@@ -30,7 +31,11 @@ pub trait Solver {
 
     /// Solves `problem`, using `warm_start` (typically the previous MPC solution, shifted) where the method can.
     /// The default ignores the warm start.
-    fn solve_warm(&self, problem: &FleetProblem, warm_start: Option<&FleetSolution>) -> Result<FleetSolution> {
+    fn solve_warm(
+        &self,
+        problem: &FleetProblem,
+        warm_start: Option<&FleetSolution>,
+    ) -> Result<FleetSolution> {
         let _ = warm_start;
         self.solve(problem)
     }
@@ -41,14 +46,18 @@ pub trait Solver {
 pub enum Method {
     /// The exact dynamic program, per site ([`crate::site_dp`]).
     SiteDp,
-    /// The structured interior-point method (`crate::ipm`).
+    /// The structured interior-point method ([`crate::ipm`]).
     InteriorPoint,
 }
 
 impl Method {
     /// The method for `problem`: the DP whenever the sites are independent linear programs.
     pub fn for_problem(problem: &FleetProblem) -> Method {
-        if SiteDpSolver::supports(problem) { Method::SiteDp } else { Method::InteriorPoint }
+        if SiteDpSolver::supports(problem) {
+            Method::SiteDp
+        } else {
+            Method::InteriorPoint
+        }
     }
 }
 
@@ -95,6 +104,8 @@ impl Method {
 pub struct DefaultSolver {
     /// The exact DP, for problems whose sites are independent linear programs.
     pub site_dp: SiteDpSolver,
+    /// The interior-point method, for everything else (its settings: tolerances, iteration limit, threads).
+    pub ipm: InteriorPointSolver,
 }
 
 impl DefaultSolver {
@@ -109,19 +120,16 @@ impl Solver for DefaultSolver {
         self.solve_warm(problem, None)
     }
 
-    fn solve_warm(&self, problem: &FleetProblem, warm_start: Option<&FleetSolution>) -> Result<FleetSolution> {
+    fn solve_warm(
+        &self,
+        problem: &FleetProblem,
+        warm_start: Option<&FleetSolution>,
+    ) -> Result<FleetSolution> {
         problem.validate()?;
         match Method::for_problem(problem) {
             // The DP is exact and fast from scratch; a warm start has nothing to add.
             Method::SiteDp => self.site_dp.solve_validated(problem),
-            Method::InteriorPoint => {
-                let _ = warm_start;
-                Err(Error::Unsupported(
-                    "problems with a feeder envelope, aggregate tracking or quadratic wear need the \
-                     interior-point solver, which this build does not include yet"
-                        .into(),
-                ))
-            }
+            Method::InteriorPoint => self.ipm.solve_warm(problem, warm_start),
         }
     }
 }

@@ -83,7 +83,7 @@ fn assert_optimal_fixture(name: &str) {
 
 #[test]
 fn fixtures_print_optimal_solutions() {
-    for name in ["a_arbitrage_T96", "b_home_pv_demand_T96", "c_week_T672"] {
+    for name in ["a_arbitrage_T96", "b_home_pv_demand_T96", "c_week_T672", "d_fleet_N10_T96"] {
         assert_optimal_fixture(name);
     }
 }
