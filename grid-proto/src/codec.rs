@@ -114,14 +114,7 @@ impl Codec {
     /// Encodes without validating (tests use it to build invalid messages).
     #[doc(hidden)]
     pub fn encode_unchecked(self, envelope: &Envelope) -> Result<Vec<u8>> {
-        let bytes = match &envelope.body {
-            Body::ScheduleAssign(b) => self.encode_with(envelope, b),
-            Body::Command(b) => self.encode_with(envelope, b),
-            Body::Ack(b) => self.encode_with(envelope, b),
-            Body::Telemetry(b) => self.encode_with(envelope, b),
-            Body::Status(b) => self.encode_with(envelope, b),
-            Body::Hello(b) => self.encode_with(envelope, b),
-        }?;
+        let bytes = self.encode_unbounded(envelope)?;
         if bytes.len() > MAX_PAYLOAD_BYTES {
             return Err(Error::TooLarge {
                 field: "payload",
@@ -130,6 +123,19 @@ impl Codec {
             });
         }
         Ok(bytes)
+    }
+
+    /// Encodes without the validation and the size limit (for local storage, e.g. the
+    /// tracker's saved state, where a JSON copy of a large CBOR message may exceed 64 KiB).
+    pub(crate) fn encode_unbounded(self, envelope: &Envelope) -> Result<Vec<u8>> {
+        match &envelope.body {
+            Body::ScheduleAssign(b) => self.encode_with(envelope, b),
+            Body::Command(b) => self.encode_with(envelope, b),
+            Body::Ack(b) => self.encode_with(envelope, b),
+            Body::Telemetry(b) => self.encode_with(envelope, b),
+            Body::Status(b) => self.encode_with(envelope, b),
+            Body::Hello(b) => self.encode_with(envelope, b),
+        }
     }
 
     fn encode_with<B: Serialize>(self, e: &Envelope, body: &B) -> Result<Vec<u8>> {
@@ -193,6 +199,12 @@ impl Codec {
                 max: MAX_PAYLOAD_BYTES,
             });
         }
+        self.decode_unbounded(bytes)
+    }
+
+    /// Decodes and validates without the size limit (for local storage only, see
+    /// [`Codec::encode_unbounded`]).
+    pub(crate) fn decode_unbounded(self, bytes: &[u8]) -> Result<Envelope> {
         if bytes.is_empty() {
             return Err(Error::Malformed {
                 codec: self,

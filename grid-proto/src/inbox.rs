@@ -51,6 +51,9 @@ use grid_core::{DeviceId, ExecutionState, ScheduleId, ScheduleVersion, Timestamp
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
+/// How many schedule ids the inbox remembers the newest version of.
+pub const MAX_REMEMBERED_IDS: usize = 1024;
+
 /// How the inbox checks and answers messages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxConfig {
@@ -382,7 +385,7 @@ impl Inbox {
             }
         }
         if now >= assign.valid_until {
-            self.state.latest.insert(r.schedule_id.clone(), r.version);
+            self.record_latest(&r);
             self.finish(r.clone(), ExecutionState::Expired);
             self.remember(id.clone(), Seen::Schedule(r.clone()));
             let ack = Ack::for_schedule(r, Some(id), ExecutionState::Expired)
@@ -418,7 +421,7 @@ impl Inbox {
                 out,
             );
         }
-        self.state.latest.insert(r.schedule_id.clone(), r.version);
+        self.record_latest(&r);
         self.state.seq += 1;
         self.state.held.push(HeldSchedule {
             assign: assign.clone(),
@@ -640,6 +643,28 @@ impl Inbox {
             ack = ack.with_reason(reason, "");
         }
         out.push(self.ack(now, ack));
+    }
+
+    /// Remembers the newest version of a schedule id. The map keeps every held id and at most
+    /// [`MAX_REMEMBERED_IDS`] in all, forgetting ids no longer held (alphabetically first);
+    /// a server that uses a new id per plan (e.g. per day) stays far below the bound for years.
+    fn record_latest(&mut self, r: &ScheduleRef) {
+        self.state.latest.insert(r.schedule_id.clone(), r.version);
+        while self.state.latest.len() > MAX_REMEMBERED_IDS {
+            let held = &self.state.held;
+            let Some(old) = self
+                .state
+                .latest
+                .keys()
+                .find(|id| {
+                    *id != &r.schedule_id && !held.iter().any(|h| &h.assign.schedule_id == *id)
+                })
+                .cloned()
+            else {
+                break;
+            };
+            self.state.latest.remove(&old);
+        }
     }
 
     fn finish(&mut self, r: ScheduleRef, state: ExecutionState) {

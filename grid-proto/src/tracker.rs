@@ -82,7 +82,7 @@ struct Stored(Envelope);
 impl Serialize for Stored {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let bytes = Codec::Json
-            .encode_unchecked(&self.0)
+            .encode_unbounded(&self.0)
             .map_err(serde::ser::Error::custom)?;
         let text = String::from_utf8(bytes).map_err(serde::ser::Error::custom)?;
         s.serialize_str(&text)
@@ -93,7 +93,7 @@ impl<'de> Deserialize<'de> for Stored {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         Codec::Json
-            .decode(text.as_bytes())
+            .decode_unbounded(text.as_bytes())
             .map(Stored)
             .map_err(serde::de::Error::custom)
     }

@@ -354,7 +354,7 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn engines_keep_their_promises_under_loss_duplication_reordering_restarts_and_clock_jumps(

@@ -507,3 +507,37 @@ fn the_inbox_dedup_memory_is_bounded_and_hello_lists_what_it_holds() {
         "held schedules are re-acked on connect"
     );
 }
+
+#[test]
+fn a_schedule_too_large_for_json_but_fine_in_cbor_survives_the_saved_state() {
+    let mut a = schedule_assign();
+    a.horizon.start = ts("2026-11-28T00:00:00Z");
+    a.horizon.slot_s = 60;
+    a.horizon.slots = 2880;
+    a.valid_until = ts("2026-11-30T00:00:00Z");
+    a.setpoints_kw = (0..2880)
+        .map(|i| (f64::from(i) * 0.37).sin() * 4.2)
+        .collect();
+    a.expected_kwh = (0..2880)
+        .map(|i| 6.0 + (f64::from(i) * 0.11).cos() * 3.3)
+        .collect();
+    let msg = Envelope::new(
+        mid("big"),
+        device(),
+        ts("2026-11-27T11:50:00Z"),
+        Body::ScheduleAssign(a),
+    );
+    assert!(matches!(
+        Codec::Json.encode(&msg),
+        Err(grid_proto::Error::TooLarge { .. })
+    ));
+    assert!(Codec::Cbor.encode(&msg).is_ok());
+    let mut t = tracker();
+    t.assign(ts("2026-11-27T11:50:00Z"), msg.clone()).unwrap();
+    let saved = serde_json::to_string(t.state()).unwrap();
+    let restored = DeliveryTracker::restore(
+        TrackerConfig::default(),
+        serde_json::from_str(&saved).unwrap(),
+    );
+    assert_eq!(restored.deliveries()[0].message(), &msg);
+}
