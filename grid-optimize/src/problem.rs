@@ -140,7 +140,10 @@ impl FleetProblem {
     pub fn validate(&self) -> Result<()> {
         let t = self.slots();
         if t == 0 {
-            return Err(Error::invalid("import_price", "the horizon must have at least one slot"));
+            return Err(Error::invalid(
+                "import_price",
+                "the horizon must have at least one slot",
+            ));
         }
         positive("dt", self.dt)?;
         series("import_price", &self.import_price, t, Sign::Any)?;
@@ -179,7 +182,8 @@ impl FleetProblem {
     /// schedule allows. Returns `f64::INFINITY` when the solution has the wrong number of sites or slots.
     pub fn objective(&self, solution: &FleetSolution) -> f64 {
         let t = self.slots();
-        if solution.sites.len() != self.sites.len() || solution.sites.iter().any(|s| !s.has_len(t)) {
+        if solution.sites.len() != self.sites.len() || solution.sites.iter().any(|s| !s.has_len(t))
+        {
             return f64::INFINITY;
         }
         let dt = self.dt;
@@ -189,7 +193,11 @@ impl FleetProblem {
         }
         if let Some(tr) = &self.tracking {
             for k in 0..t {
-                let net: f64 = solution.sites.iter().map(|s| s.grid_import[k] - s.grid_export[k]).sum();
+                let net: f64 = solution
+                    .sites
+                    .iter()
+                    .map(|s| s.grid_import[k] - s.grid_export[k])
+                    .sum();
                 let e = net - tr.setpoint_kw[k];
                 total += dt * tr.weight * e * e;
             }
@@ -203,7 +211,8 @@ impl FleetProblem {
     /// reported `soc_end`. Returns `f64::INFINITY` for the wrong number of sites or slots, or a non-finite value.
     pub fn max_violation(&self, solution: &FleetSolution) -> f64 {
         let t = self.slots();
-        if solution.sites.len() != self.sites.len() || solution.sites.iter().any(|s| !s.has_len(t)) {
+        if solution.sites.len() != self.sites.len() || solution.sites.iter().any(|s| !s.has_len(t))
+        {
             return f64::INFINITY;
         }
         let mut worst: f64 = 0.0;
@@ -212,8 +221,14 @@ impl FleetProblem {
         }
         if let Some(f) = &self.feeder {
             for k in 0..t {
-                let net: f64 = solution.sites.iter().map(|s| s.grid_import[k] - s.grid_export[k]).sum();
-                worst = worst.max(net - f.import_limit[k]).max(-f.export_limit[k] - net);
+                let net: f64 = solution
+                    .sites
+                    .iter()
+                    .map(|s| s.grid_import[k] - s.grid_export[k])
+                    .sum();
+                worst = worst
+                    .max(net - f.import_limit[k])
+                    .max(-f.export_limit[k] - net);
             }
         }
         if worst.is_nan() { f64::INFINITY } else { worst }
@@ -261,7 +276,10 @@ impl SiteProblem {
         if b.e0 < b.e_min - 1e-9 || b.e0 > b.e_max + 1e-9 {
             return Err(Error::invalid(
                 p("battery.e0"),
-                format!("initial SoC {} kWh outside [e_min, e_max] = [{}, {}] kWh", b.e0, b.e_min, b.e_max),
+                format!(
+                    "initial SoC {} kWh outside [e_min, e_max] = [{}, {}] kWh",
+                    b.e0, b.e_min, b.e_max
+                ),
             ));
         }
         if let Some(ef) = b.e_final_min {
@@ -272,24 +290,48 @@ impl SiteProblem {
         for (name, eta) in [("battery.eta_ch", b.eta_ch), ("battery.eta_dis", b.eta_dis)] {
             finite(&p(name), eta)?;
             if !(eta > 0.0 && eta <= 1.0) {
-                return Err(Error::invalid(p(name), format!("efficiency {eta} outside (0, 1]")));
+                return Err(Error::invalid(
+                    p(name),
+                    format!("efficiency {eta} outside (0, 1]"),
+                ));
             }
         }
         nonneg(&p("battery.deg_cost"), b.deg_cost)?;
         if let Some(pb) = &self.power_bounds {
-            series(&p("power_bounds.charge_max"), &pb.charge_max, t, Sign::NonNegative)?;
-            series(&p("power_bounds.discharge_max"), &pb.discharge_max, t, Sign::NonNegative)?;
+            series(
+                &p("power_bounds.charge_max"),
+                &pb.charge_max,
+                t,
+                Sign::NonNegative,
+            )?;
+            series(
+                &p("power_bounds.discharge_max"),
+                &pb.discharge_max,
+                t,
+                Sign::NonNegative,
+            )?;
         }
         Ok(())
     }
 
     /// This site's share of the objective for `sol` (without the fleet's tracking term).
-    pub fn objective(&self, dt: f64, import_price: &[f64], export_price: &[f64], sol: &crate::SiteSolution) -> f64 {
+    pub fn objective(
+        &self,
+        dt: f64,
+        import_price: &[f64],
+        export_price: &[f64],
+        sol: &crate::SiteSolution,
+    ) -> f64 {
         let b = &self.battery;
         let mut total = 0.0;
         let mut peak: f64 = 0.0;
         for k in 0..import_price.len() {
-            let (c, d, gp, gm) = (sol.charge[k], sol.discharge[k], sol.grid_import[k], sol.grid_export[k]);
+            let (c, d, gp, gm) = (
+                sol.charge[k],
+                sol.discharge[k],
+                sol.grid_import[k],
+                sol.grid_export[k],
+            );
             total += dt * (import_price[k] * gp - export_price[k] * gm) + dt * b.deg_cost * (c + d);
             if self.wear_quadratic != 0.0 {
                 total += dt * self.wear_quadratic * (c * c + d * d);
@@ -309,7 +351,12 @@ impl SiteProblem {
         let mut s = b.e0;
         let t = sol.charge.len();
         for k in 0..t {
-            let (c, d, gp, gm) = (sol.charge[k], sol.discharge[k], sol.grid_import[k], sol.grid_export[k]);
+            let (c, d, gp, gm) = (
+                sol.charge[k],
+                sol.discharge[k],
+                sol.grid_import[k],
+                sol.grid_export[k],
+            );
             worst = worst
                 .max(-c)
                 .max(c - self.charge_max(k))
@@ -321,7 +368,10 @@ impl SiteProblem {
                 .max(gm - self.grid_export_max)
                 .max(((gp - gm) - (self.load[k] - self.pv[k] + c - d)).abs());
             s += b.eta_ch * dt * c - dt / b.eta_dis * d;
-            worst = worst.max(b.e_min - s).max(s - b.e_max).max((s - sol.soc_end[k]).abs());
+            worst = worst
+                .max(b.e_min - s)
+                .max(s - b.e_max)
+                .max((s - sol.soc_end[k]).abs());
             if let (true, Some(p)) = (self.demand_charge > 0.0, sol.peak_import) {
                 worst = worst.max(gp - p);
             }
@@ -343,14 +393,20 @@ fn finite(field: &str, v: f64) -> Result<()> {
     if v.is_finite() {
         Ok(())
     } else {
-        Err(Error::invalid(field, format!("must be a finite number, got {v}")))
+        Err(Error::invalid(
+            field,
+            format!("must be a finite number, got {v}"),
+        ))
     }
 }
 
 fn nonneg(field: &str, v: f64) -> Result<()> {
     finite(field, v)?;
     if v < 0.0 {
-        return Err(Error::invalid(field, format!("must be non-negative, got {v}")));
+        return Err(Error::invalid(
+            field,
+            format!("must be non-negative, got {v}"),
+        ));
     }
     Ok(())
 }
@@ -365,7 +421,10 @@ fn positive(field: &str, v: f64) -> Result<()> {
 
 fn series(field: &str, v: &[f64], t: usize, sign: Sign) -> Result<()> {
     if v.len() != t {
-        return Err(Error::invalid(field, format!("expected {t} values (one per slot), got {}", v.len())));
+        return Err(Error::invalid(
+            field,
+            format!("expected {t} values (one per slot), got {}", v.len()),
+        ));
     }
     for (k, &x) in v.iter().enumerate() {
         match sign {

@@ -123,7 +123,9 @@ impl FleetSolution {
     /// An infeasible result with `reason` and no schedule.
     pub fn infeasible(reason: impl Into<String>, diagnostics: Diagnostics) -> Self {
         FleetSolution {
-            status: SolveStatus::Infeasible { reason: reason.into() },
+            status: SolveStatus::Infeasible {
+                reason: reason.into(),
+            },
             objective: f64::INFINITY,
             sites: Vec::new(),
             diagnostics,

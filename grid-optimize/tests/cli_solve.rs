@@ -26,7 +26,12 @@ fn solve_stdin(input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("grid-opt runs");
-    child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("stdin accepts the instance");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("stdin accepts the instance");
     child.wait_with_output().expect("grid-opt finishes")
 }
 
@@ -37,7 +42,11 @@ fn stderr(out: &Output) -> String {
 /// Rebuilds a [`FleetSolution`] from a printed `battopt-solution/1`.
 fn parse_solution(doc: &Value) -> FleetSolution {
     let floats = |v: &Value| -> Vec<f64> {
-        v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|x| x.as_f64().expect("number"))
+            .collect()
     };
     let sites = doc["sites"]
         .as_array()
@@ -63,27 +72,49 @@ fn parse_solution(doc: &Value) -> FleetSolution {
 
 fn assert_optimal_fixture(name: &str) {
     let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(env!("CARGO_BIN_EXE_grid-opt")).args(["solve", &path]).output().expect("grid-opt runs");
-    assert_eq!(out.status.code(), Some(0), "{name}: stderr {}", stderr(&out));
+    let out = Command::new(env!("CARGO_BIN_EXE_grid-opt"))
+        .args(["solve", &path])
+        .output()
+        .expect("grid-opt runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{name}: stderr {}",
+        stderr(&out)
+    );
     let doc: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
     assert_eq!(doc["schema"], "battopt-solution/1");
     assert_eq!(doc["instance"], name);
     assert_eq!(doc["status"], "optimal");
     assert!(doc["reason"].is_null());
     assert!(doc["solve_seconds"].as_f64().expect("solve_seconds") >= 0.0);
-    let reference = fixture_value(name)["reference"]["objective"].as_f64().expect("reference");
+    let reference = fixture_value(name)["reference"]["objective"]
+        .as_f64()
+        .expect("reference");
     let printed = doc["objective"].as_f64().expect("objective");
-    assert!((printed - reference).abs() <= 1e-6 * reference.abs().max(1.0), "{name}: {printed} vs {reference}");
+    assert!(
+        (printed - reference).abs() <= 1e-6 * reference.abs().max(1.0),
+        "{name}: {printed} vs {reference}"
+    );
     // The printed schedule itself is feasible and has the printed objective.
     let problem = parse_instance(&fixture_text(name)).expect("fixture parses");
     let solution = parse_solution(&doc);
-    assert!(problem.max_violation(&solution) <= 1e-6, "{name}: violation {}", problem.max_violation(&solution));
+    assert!(
+        problem.max_violation(&solution) <= 1e-6,
+        "{name}: violation {}",
+        problem.max_violation(&solution)
+    );
     assert!((problem.objective(&solution) - printed).abs() <= 1e-9 * printed.abs().max(1.0));
 }
 
 #[test]
 fn fixtures_print_optimal_solutions() {
-    for name in ["a_arbitrage_T96", "b_home_pv_demand_T96", "c_week_T672", "d_fleet_N10_T96"] {
+    for name in [
+        "a_arbitrage_T96",
+        "b_home_pv_demand_T96",
+        "c_week_T672",
+        "d_fleet_N10_T96",
+    ] {
         assert_optimal_fixture(name);
     }
 }
@@ -92,9 +123,14 @@ fn fixtures_print_optimal_solutions() {
 fn stdin_and_pretty_output() {
     let out = solve_stdin(&fixture_text("a_arbitrage_T96"));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let path = format!("{}/tests/fixtures/a_arbitrage_T96.json", env!("CARGO_MANIFEST_DIR"));
-    let pretty =
-        Command::new(env!("CARGO_BIN_EXE_grid-opt")).args(["solve", "--pretty", &path]).output().expect("runs");
+    let path = format!(
+        "{}/tests/fixtures/a_arbitrage_T96.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let pretty = Command::new(env!("CARGO_BIN_EXE_grid-opt"))
+        .args(["solve", "--pretty", &path])
+        .output()
+        .expect("runs");
     assert_eq!(pretty.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&pretty.stdout).lines().count() > 100);
     let a: Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -106,8 +142,15 @@ fn stdin_and_pretty_output() {
 fn assert_invalid(input: &str, field: &str) {
     let out = solve_stdin(input);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "expected exit 2 for {field}; stderr: {err}");
-    assert!(out.stdout.is_empty(), "stdout must stay empty for invalid input");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2 for {field}; stderr: {err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "stdout must stay empty for invalid input"
+    );
     assert!(err.contains(field), "stderr should name {field}: {err}");
 }
 
@@ -127,16 +170,28 @@ fn nan_and_non_numbers_are_invalid() {
     assert!(text.contains("Infinity"));
     let out = solve_stdin(&text);
     assert_eq!(out.status.code(), Some(2));
-    assert_invalid(&mutated(|v| v["sites"][0]["battery"]["eta_ch"] = Value::from("0.95")), "sites[0].battery.eta_ch");
-    assert_invalid(&mutated(|v| v["sites"][0]["grid_import_max"] = Value::Null), "sites[0].grid_import_max");
-    assert_invalid(&mutated(|v| v["export_price"][3] = Value::from("NaN")), "export_price[3]");
+    assert_invalid(
+        &mutated(|v| v["sites"][0]["battery"]["eta_ch"] = Value::from("0.95")),
+        "sites[0].battery.eta_ch",
+    );
+    assert_invalid(
+        &mutated(|v| v["sites"][0]["grid_import_max"] = Value::Null),
+        "sites[0].grid_import_max",
+    );
+    assert_invalid(
+        &mutated(|v| v["export_price"][3] = Value::from("NaN")),
+        "export_price[3]",
+    );
 }
 
 #[test]
 fn missing_fields_are_invalid() {
     assert_invalid(
         &mutated(|v| {
-            v["sites"][0]["battery"].as_object_mut().expect("battery").remove("p_ch_max");
+            v["sites"][0]["battery"]
+                .as_object_mut()
+                .expect("battery")
+                .remove("p_ch_max");
         }),
         "sites[0].battery.p_ch_max",
     );
@@ -156,12 +211,30 @@ fn missing_fields_are_invalid() {
 
 #[test]
 fn negative_capacities_and_bad_ranges_are_invalid() {
-    assert_invalid(&mutated(|v| v["sites"][0]["battery"]["e_max"] = Value::from(-13.5)), "sites[0].battery.e_max");
-    assert_invalid(&mutated(|v| v["sites"][0]["battery"]["p_dis_max"] = Value::from(-1.0)), "sites[0].battery.p_dis_max");
-    assert_invalid(&mutated(|v| v["sites"][0]["grid_export_max"] = Value::from(-2.0)), "sites[0].grid_export_max");
-    assert_invalid(&mutated(|v| v["sites"][0]["battery"]["eta_dis"] = Value::from(1.2)), "sites[0].battery.eta_dis");
-    assert_invalid(&mutated(|v| v["sites"][0]["battery"]["e0"] = Value::from(20.0)), "sites[0].battery.e0");
-    assert_invalid(&mutated(|v| v["sites"][0]["battery"]["e_min"] = Value::from(14.0)), "sites[0].battery.e_min");
+    assert_invalid(
+        &mutated(|v| v["sites"][0]["battery"]["e_max"] = Value::from(-13.5)),
+        "sites[0].battery.e_max",
+    );
+    assert_invalid(
+        &mutated(|v| v["sites"][0]["battery"]["p_dis_max"] = Value::from(-1.0)),
+        "sites[0].battery.p_dis_max",
+    );
+    assert_invalid(
+        &mutated(|v| v["sites"][0]["grid_export_max"] = Value::from(-2.0)),
+        "sites[0].grid_export_max",
+    );
+    assert_invalid(
+        &mutated(|v| v["sites"][0]["battery"]["eta_dis"] = Value::from(1.2)),
+        "sites[0].battery.eta_dis",
+    );
+    assert_invalid(
+        &mutated(|v| v["sites"][0]["battery"]["e0"] = Value::from(20.0)),
+        "sites[0].battery.e0",
+    );
+    assert_invalid(
+        &mutated(|v| v["sites"][0]["battery"]["e_min"] = Value::from(14.0)),
+        "sites[0].battery.e_min",
+    );
     assert_invalid(&mutated(|v| v["dt"] = Value::from(0.0)), "dt");
 }
 
@@ -173,7 +246,10 @@ fn wrong_lengths_are_invalid() {
         }),
         "import_price",
     );
-    assert_invalid(&mutated(|v| v["sites"][0]["pv"] = Value::from(vec![1.0; 3])), "sites[0].pv");
+    assert_invalid(
+        &mutated(|v| v["sites"][0]["pv"] = Value::from(vec![1.0; 3])),
+        "sites[0].pv",
+    );
     assert_invalid(&mutated(|v| v["T"] = Value::from(95)), "import_price");
 }
 
@@ -182,7 +258,10 @@ fn malformed_or_missing_files_are_invalid() {
     let out = solve_stdin("{\"schema\": \"battopt-instance/1\", ");
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
-    assert_invalid(&mutated(|v| v["schema"] = Value::from("battopt-instance/9")), "schema");
+    assert_invalid(
+        &mutated(|v| v["schema"] = Value::from("battopt-instance/9")),
+        "schema",
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_grid-opt"))
         .args(["solve", "/nonexistent/instance.json"])
         .output()
@@ -199,7 +278,10 @@ fn assert_infeasible(input: &str, needle: &str) {
     assert_eq!(doc["status"], "infeasible");
     assert!(doc["objective"].is_null());
     let reason = doc["reason"].as_str().expect("reason");
-    assert!(reason.contains(needle), "reason {reason:?} should mention {needle:?}");
+    assert!(
+        reason.contains(needle),
+        "reason {reason:?} should mention {needle:?}"
+    );
 }
 
 #[test]

@@ -1,15 +1,17 @@
 //! Every fixture through [`DefaultSolver`] (the DP for the single sites, the interior-point method for the
 //! fleets under their feeder envelope): HiGHS's optimum to 1e-6 relative, every constraint to 1e-6.
 
+use grid_optimize::Solver;
 use grid_optimize::battopt::parse_instance;
 use grid_optimize::solver::{DefaultSolver, Method};
-use grid_optimize::Solver;
 
 fn check(name: &str, method: Method) {
     let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("fixture exists");
     let v: serde_json::Value = serde_json::from_str(&text).expect("fixture is JSON");
-    let reference = v["reference"]["objective"].as_f64().expect("fixture has a reference objective");
+    let reference = v["reference"]["objective"]
+        .as_f64()
+        .expect("fixture has a reference objective");
     let problem = parse_instance(&text).expect("fixture parses");
     let solver = DefaultSolver::default();
     assert_eq!(solver.method(&problem), method, "{name}");
@@ -18,8 +20,13 @@ fn check(name: &str, method: Method) {
     let objective = problem.objective(&solution);
     let violation = problem.max_violation(&solution);
     let rel = (objective - reference).abs() / reference.abs().max(1.0);
-    eprintln!("{name}: {method:?} objective {objective:.12} reference {reference:.12} rel {rel:.2e} violation {violation:.2e}");
-    assert!(rel <= 1e-6, "{name}: objective {objective} vs reference {reference}");
+    eprintln!(
+        "{name}: {method:?} objective {objective:.12} reference {reference:.12} rel {rel:.2e} violation {violation:.2e}"
+    );
+    assert!(
+        rel <= 1e-6,
+        "{name}: objective {objective} vs reference {reference}"
+    );
     assert!(violation <= 1e-6, "{name}: max violation {violation}");
 }
 

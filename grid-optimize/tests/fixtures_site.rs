@@ -1,14 +1,16 @@
 //! The single-site fixtures (HiGHS references) reproduced by the exact DP, to 1e-6 relative.
 
+use grid_optimize::Solver;
 use grid_optimize::battopt::parse_instance;
 use grid_optimize::site_dp::SiteDpSolver;
-use grid_optimize::Solver;
 
 fn fixture(name: &str) -> (String, f64) {
     let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("fixture exists");
     let v: serde_json::Value = serde_json::from_str(&text).expect("fixture is JSON");
-    let reference = v["reference"]["objective"].as_f64().expect("fixture has a reference objective");
+    let reference = v["reference"]["objective"]
+        .as_f64()
+        .expect("fixture has a reference objective");
     (text, reference)
 }
 
@@ -20,8 +22,13 @@ fn check(name: &str) {
     let objective = problem.objective(&solution);
     let violation = problem.max_violation(&solution);
     let rel = (objective - reference).abs() / reference.abs().max(1.0);
-    eprintln!("{name}: objective {objective:.12} reference {reference:.12} rel {rel:.2e} violation {violation:.2e}");
-    assert!(rel <= 1e-6, "{name}: objective {objective} vs reference {reference}");
+    eprintln!(
+        "{name}: objective {objective:.12} reference {reference:.12} rel {rel:.2e} violation {violation:.2e}"
+    );
+    assert!(
+        rel <= 1e-6,
+        "{name}: objective {objective} vs reference {reference}"
+    );
     assert!(violation <= 1e-6, "{name}: max violation {violation}");
 }
 

@@ -4,7 +4,8 @@
 
 use clarabel::algebra::CscMatrix;
 use clarabel::solver::{
-    DefaultSettingsBuilder, DefaultSolver, IPSolver, NonnegativeConeT, SolverStatus, SupportedConeT, ZeroConeT,
+    DefaultSettingsBuilder, DefaultSolver, IPSolver, NonnegativeConeT, SolverStatus,
+    SupportedConeT, ZeroConeT,
 };
 use grid_optimize::site_dp::{SiteDp, SiteDpSolver};
 use grid_optimize::{BatteryParams, FleetProblem, PowerBounds, SiteProblem, SiteSolution, Solver};
@@ -113,7 +114,9 @@ fn clarabel_reference(problem: &FleetProblem) -> Reference {
     solver.solve();
     match solver.solution.status {
         SolverStatus::Solved => Reference::Optimal(solver.solution.obj_val),
-        SolverStatus::PrimalInfeasible | SolverStatus::AlmostPrimalInfeasible => Reference::Infeasible,
+        SolverStatus::PrimalInfeasible | SolverStatus::AlmostPrimalInfeasible => {
+            Reference::Infeasible
+        }
         other => Reference::Unclear(format!("{other:?}")),
     }
 }
@@ -126,51 +129,70 @@ fn site_strategy(t: usize) -> impl Strategy<Value = (SiteProblem, f64, Vec<f64>,
     let pv = prop::option::of(prop::collection::vec(0.0f64..8.0, t));
     let grid = (2.0f64..15.0, 0.0f64..10.0, prop::option::of(0.05f64..1.0));
     let eta = prop::sample::select(vec![1.0, 0.95, 0.9, 0.8]);
-    let battery = (0.5f64..15.0, 0.0f64..0.3, 0.0f64..1.0, prop::option::of(0.0f64..1.0), 0.3f64..6.0, 0.3f64..6.0);
+    let battery = (
+        0.5f64..15.0,
+        0.0f64..0.3,
+        0.0f64..1.0,
+        prop::option::of(0.0f64..1.0),
+        0.3f64..6.0,
+        0.3f64..6.0,
+    );
     let bounds = prop::option::of(prop::collection::vec((0.0f64..1.2, 0.0f64..1.2), t));
     let deg = prop::sample::select(vec![0.0, 0.01, 0.03]);
-    (dt, prices, export_mode, load, pv, grid, (eta.clone(), eta), battery, bounds, deg).prop_map(
-        move |(dt, prices, mode, load, pv, grid, (eta_ch, eta_dis), bat, bounds, deg)| {
-            let import: Vec<f64> = prices.iter().map(|p| p.0).collect();
-            let export: Vec<f64> = prices
-                .iter()
-                .map(|p| match mode {
-                    0 => p.0 * p.1,
-                    1 => p.2,
-                    2 => 0.0,
-                    _ => p.0,
-                })
-                .collect();
-            let (e_max, min_frac, e0_frac, ef_frac, p_ch, p_dis) = bat;
-            let e_min = e_max * min_frac;
-            let e0 = e_min + (e_max - e_min) * e0_frac;
-            let site = SiteProblem {
-                id: "site0".into(),
-                load,
-                pv: pv.unwrap_or_else(|| vec![0.0; t]),
-                grid_import_max: grid.0,
-                grid_export_max: grid.1,
-                demand_charge: grid.2.unwrap_or(0.0),
-                battery: BatteryParams {
-                    e_min,
-                    e_max,
-                    e0,
-                    e_final_min: ef_frac.map(|f| e_min + (e_max - e_min) * f * 0.9),
-                    p_ch_max: p_ch,
-                    p_dis_max: p_dis,
-                    eta_ch,
-                    eta_dis,
-                    deg_cost: deg,
-                },
-                power_bounds: bounds.map(|v| PowerBounds {
-                    charge_max: v.iter().map(|x| x.0 * p_ch).collect(),
-                    discharge_max: v.iter().map(|x| x.1 * p_dis).collect(),
-                }),
-                wear_quadratic: 0.0,
-            };
-            (site, dt, import, export)
-        },
+    (
+        dt,
+        prices,
+        export_mode,
+        load,
+        pv,
+        grid,
+        (eta.clone(), eta),
+        battery,
+        bounds,
+        deg,
     )
+        .prop_map(
+            move |(dt, prices, mode, load, pv, grid, (eta_ch, eta_dis), bat, bounds, deg)| {
+                let import: Vec<f64> = prices.iter().map(|p| p.0).collect();
+                let export: Vec<f64> = prices
+                    .iter()
+                    .map(|p| match mode {
+                        0 => p.0 * p.1,
+                        1 => p.2,
+                        2 => 0.0,
+                        _ => p.0,
+                    })
+                    .collect();
+                let (e_max, min_frac, e0_frac, ef_frac, p_ch, p_dis) = bat;
+                let e_min = e_max * min_frac;
+                let e0 = e_min + (e_max - e_min) * e0_frac;
+                let site = SiteProblem {
+                    id: "site0".into(),
+                    load,
+                    pv: pv.unwrap_or_else(|| vec![0.0; t]),
+                    grid_import_max: grid.0,
+                    grid_export_max: grid.1,
+                    demand_charge: grid.2.unwrap_or(0.0),
+                    battery: BatteryParams {
+                        e_min,
+                        e_max,
+                        e0,
+                        e_final_min: ef_frac.map(|f| e_min + (e_max - e_min) * f * 0.9),
+                        p_ch_max: p_ch,
+                        p_dis_max: p_dis,
+                        eta_ch,
+                        eta_dis,
+                        deg_cost: deg,
+                    },
+                    power_bounds: bounds.map(|v| PowerBounds {
+                        charge_max: v.iter().map(|x| x.0 * p_ch).collect(),
+                        discharge_max: v.iter().map(|x| x.1 * p_dis).collect(),
+                    }),
+                    wear_quadratic: 0.0,
+                };
+                (site, dt, import, export)
+            },
+        )
 }
 
 fn problem_strategy() -> impl Strategy<Value = FleetProblem> {
