@@ -7,6 +7,7 @@ pub mod battopt;
 pub mod error;
 pub mod forecast;
 pub mod ipm;
+pub mod mpc;
 pub mod problem;
 pub mod site_dp;
 pub mod solution;

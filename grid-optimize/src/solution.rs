@@ -136,4 +136,9 @@ impl FleetSolution {
     pub fn is_optimal(&self) -> bool {
         matches!(self.status, SolveStatus::Optimal)
     }
+
+    /// Whether the solution carries a schedule (optimal, or the best point at the iteration limit).
+    pub fn is_usable(&self) -> bool {
+        !matches!(self.status, SolveStatus::Infeasible { .. }) && !self.sites.is_empty()
+    }
 }
