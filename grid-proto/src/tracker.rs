@@ -368,7 +368,12 @@ impl DeliveryTracker {
 
     fn find_for_ack(&self, ack: &Ack) -> Option<usize> {
         self.state.deliveries.iter().position(|d| match &d.key {
-            DeliveryKey::Schedule(r) => ack.schedule.as_ref() == Some(r),
+            // A device that could not read the schedule (bad signature, malformed) only knows
+            // the message id.
+            DeliveryKey::Schedule(r) => match &ack.schedule {
+                Some(s) => s == r,
+                None => ack.ref_id.as_ref() == Some(&d.message.0.id),
+            },
             DeliveryKey::Command { id } => {
                 ack.schedule.is_none() && ack.ref_id.as_ref() == Some(id)
             }

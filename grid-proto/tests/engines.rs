@@ -541,3 +541,25 @@ fn a_schedule_too_large_for_json_but_fine_in_cbor_survives_the_saved_state() {
     );
     assert_eq!(restored.deliveries()[0].message(), &msg);
 }
+
+#[test]
+fn a_rejection_that_names_only_the_message_id_reaches_the_schedule_delivery() {
+    let mut t = tracker();
+    let now = ts("2026-11-27T11:50:00Z");
+    let mut msg = assign_msg("m1", "day", 1);
+    let Body::ScheduleAssign(a) = &mut msg.body else {
+        unreachable!()
+    };
+    a.setpoints_kw[0] = 4.0; // the signature no longer matches
+    let sent = t.assign(now, msg).unwrap();
+    let Action::Send(out) = &sent[0] else {
+        panic!("{sent:?}")
+    };
+    let mut i = inbox();
+    let answer = deliver(&mut i, "2026-11-27T11:50:00Z", out, Codec::Json);
+    let InboxAction::Send(ack) = &answer[0] else {
+        panic!("{answer:?}")
+    };
+    let changes = changes(&t.on_ack(now, ack));
+    assert_eq!(changes, [(S::Delivered, S::Rejected)]);
+}
