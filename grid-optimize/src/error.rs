@@ -22,6 +22,9 @@ pub enum Error {
     /// The problem has a shape the chosen solver does not handle (e.g. a fleet given to the single-site DP).
     #[error("unsupported problem: {0}")]
     Unsupported(String),
+    /// A grid-core value could not be built or converted (e.g. a forecast that does not cover the horizon).
+    #[error(transparent)]
+    Core(#[from] grid_core::Error),
 }
 
 impl Error {
@@ -35,8 +38,18 @@ impl Error {
 
     /// The offending field's path, when the error names one.
     pub fn field(&self) -> Option<&str> {
+        use grid_core::Error as Core;
         match self {
             Error::InvalidInput { field, .. } => Some(field),
+            Error::Core(
+                Core::NotFinite { field, .. }
+                | Core::OutOfRange { field, .. }
+                | Core::InvalidId { field, .. }
+                | Core::LengthMismatch { field, .. }
+                | Core::Inconsistent { field, .. }
+                | Core::UnknownTimeZone { field, .. }
+                | Core::TimeOutOfRange { field, .. },
+            ) => Some(field),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "serde")]
 pub mod battopt;
+pub mod convert;
 pub mod error;
 pub mod forecast;
 pub mod ipm;
