@@ -2,5 +2,8 @@
 //! and simulated batteries together in one process, on real price, load and PV data.
 
 pub mod baseline;
+pub mod fleet;
+pub mod http;
+pub mod observer;
 pub mod report;
 pub mod scenario;
