@@ -213,11 +213,10 @@ impl Config {
         };
         DeviceId::new(self.device_id.clone()).map_err(|e| bad("device_id", e.to_string()))?;
         let address = self.broker()?;
-        if !address.tls
-            && !(self.mqtt.ca_file.is_empty()
-                && self.mqtt.cert_file.is_empty()
-                && self.mqtt.key_file.is_empty())
-        {
+        let any_tls_file = !(self.mqtt.ca_file.is_empty()
+            && self.mqtt.cert_file.is_empty()
+            && self.mqtt.key_file.is_empty());
+        if !address.tls && any_tls_file {
             return Err(bad(
                 "mqtt.ca_file",
                 "TLS files are set but mqtt.url is not mqtts://".into(),
@@ -571,7 +570,7 @@ fn apply_env(table: &mut toml::Table, name: &str, raw: &str) -> Result<()> {
             (t, key)
         }
         None => {
-            if !table.get(&lower).is_some_and(|v| !v.is_table()) {
+            if table.get(&lower).is_none_or(|v| v.is_table()) {
                 return Err(unknown());
             }
             (table, lower.clone())

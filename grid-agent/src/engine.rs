@@ -657,10 +657,10 @@ impl Engine {
             for a in failed {
                 match a {
                     InboxAction::Send(mut env) => {
-                        if let Body::Ack(ack) = &mut env.body {
-                            if ack.state == ExecutionState::Failed {
-                                ack.state = ExecutionState::Rejected;
-                            }
+                        if let Body::Ack(ack) = &mut env.body
+                            && ack.state == ExecutionState::Failed
+                        {
+                            ack.state = ExecutionState::Rejected;
                         }
                         self.metrics.acks += 1;
                         if let Some(p) = encode(&env, correlation.clone()) {
@@ -866,24 +866,23 @@ impl Engine {
                 return (p, SetpointSource::Command(c.message_id.clone()));
             }
         }
-        if let Some(a) = active {
-            if !self.infeasible.contains(&a.schedule_ref()) {
-                if let Some(kw) = a.setpoint_at(now) {
-                    let slot = a
-                        .core_horizon()
-                        .ok()
-                        .and_then(|h| h.slot_at(now))
-                        .unwrap_or(0);
-                    let p = Power::from_kw(kw).unwrap_or(Power::ZERO);
-                    return (
-                        p,
-                        SetpointSource::Schedule {
-                            schedule: a.schedule_ref(),
-                            slot,
-                        },
-                    );
-                }
-            }
+        if let Some(a) = active
+            && !self.infeasible.contains(&a.schedule_ref())
+            && let Some(kw) = a.setpoint_at(now)
+        {
+            let slot = a
+                .core_horizon()
+                .ok()
+                .and_then(|h| h.slot_at(now))
+                .unwrap_or(0);
+            let p = Power::from_kw(kw).unwrap_or(Power::ZERO);
+            return (
+                p,
+                SetpointSource::Schedule {
+                    schedule: a.schedule_ref(),
+                    slot,
+                },
+            );
         }
         let executing = self
             .inbox
@@ -918,12 +917,12 @@ impl Engine {
     // ---- telemetry and plan-vs-actual ----
 
     fn on_sample(&mut self, s: TelemetrySample) {
-        if let Some(t) = self.track.as_mut() {
-            if s.at > t.last_at {
-                let hours = s.at.duration_since(t.last_at).as_secs_f64() / 3600.0;
-                t.delivered_kwh += s.power.kw() * hours;
-                t.last_at = s.at;
-            }
+        if let Some(t) = self.track.as_mut()
+            && s.at > t.last_at
+        {
+            let hours = s.at.duration_since(t.last_at).as_secs_f64() / 3600.0;
+            t.delivered_kwh += s.power.kw() * hours;
+            t.last_at = s.at;
         }
         if self.samples.len() >= limits::MAX_TELEMETRY_SAMPLES {
             self.samples.remove(0);
@@ -947,17 +946,17 @@ impl Engine {
             return;
         }
         self.close_track();
-        if let Some((schedule, slot)) = current {
-            if let Some(a) = self.inbox.active(now) {
-                self.track = Some(SlotTrack {
-                    planned_kw: a.setpoints_kw.get(slot).copied().unwrap_or(0.0),
-                    slot_hours: f64::from(a.horizon.slot_s) / 3600.0,
-                    schedule,
-                    slot,
-                    delivered_kwh: 0.0,
-                    last_at: now,
-                });
-            }
+        if let Some((schedule, slot)) = current
+            && let Some(a) = self.inbox.active(now)
+        {
+            self.track = Some(SlotTrack {
+                planned_kw: a.setpoints_kw.get(slot).copied().unwrap_or(0.0),
+                slot_hours: f64::from(a.horizon.slot_s) / 3600.0,
+                schedule,
+                slot,
+                delivered_kwh: 0.0,
+                last_at: now,
+            });
         }
     }
 
@@ -1455,14 +1454,14 @@ mod tests {
         let out = e.handle(t(1), msg("schedule", &p, 1));
         let state = out
             .iter()
-            .filter_map(|a| match a {
+            .rev()
+            .find_map(|a| match a {
                 Action::Persist(ops) => ops.iter().find_map(|o| match o {
                     StoreOp::SetInboxState(s) => Some(s.clone()),
                     _ => None,
                 }),
                 _ => None,
             })
-            .last()
             .expect("inbox state persisted");
         let mut e2 = engine();
         let logs = e2.restore(Snapshot {

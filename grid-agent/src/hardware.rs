@@ -195,14 +195,14 @@ impl Hardware {
     }
 
     fn advance(&mut self, now: Timestamp) {
-        if let Some(last) = self.last {
-            if let Ok(dt) = Duration::try_from(now.duration_since(last)) {
-                // A clock jump (NTP sync after boot) must not simulate hours in one step.
-                self.safe
-                    .inner_mut()
-                    .0
-                    .advance(dt.min(Duration::from_secs(3600)));
-            }
+        if let Some(last) = self.last
+            && let Ok(dt) = Duration::try_from(now.duration_since(last))
+        {
+            // A clock jump (NTP sync after boot) must not simulate hours in one step.
+            self.safe
+                .inner_mut()
+                .0
+                .advance(dt.min(Duration::from_secs(3600)));
         }
         self.last = Some(self.last.map_or(now, |l| l.max(now)));
     }

@@ -594,10 +594,11 @@ impl Shell {
                 self.run_actions(actions).await?;
             }
             Net::OutgoingPublish(pkid) => {
-                if pkid != 0 && !self.outflow.inflight.contains_key(&pkid) {
-                    if let Some(row) = self.outflow.requested.pop_front() {
-                        self.outflow.inflight.insert(pkid, row);
-                    }
+                if pkid != 0
+                    && !self.outflow.inflight.contains_key(&pkid)
+                    && let Some(row) = self.outflow.requested.pop_front()
+                {
+                    self.outflow.inflight.insert(pkid, row);
                 }
             }
             Net::PubAck(pkid) => {
@@ -646,10 +647,10 @@ impl Shell {
             match action {
                 Action::Persist(ops) => self.store.apply(&ops).await?,
                 Action::AckDelivery(tag) => {
-                    if let Some(p) = self.deliveries.remove(&tag.0) {
-                        if let Err(e) = self.client.try_ack(&p) {
-                            tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
-                        }
+                    if let Some(p) = self.deliveries.remove(&tag.0)
+                        && let Err(e) = self.client.try_ack(&p)
+                    {
+                        tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
                     }
                 }
                 Action::Publish(out) => match out.outbox {

@@ -304,6 +304,7 @@ impl TestServer {
 }
 
 /// A schedule message for `device`: one setpoint per slot from `start`.
+#[allow(clippy::too_many_arguments)]
 pub fn schedule_msg(
     id: MessageId,
     device: &DeviceId,
