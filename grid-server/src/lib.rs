@@ -2,3 +2,11 @@
 //! MQTT transport, authentication and metrics).
 
 pub mod store;
+
+// --- HTTP half (helper server-api) ---
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod server;

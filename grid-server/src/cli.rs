@@ -1,0 +1,237 @@
+//! The command line of the `grid-server` binary: `serve` (the default), `token` and
+//! `print-config`. Flags and environment variables override the configuration file, which
+//! overrides the embedded default ([`crate::config::DEFAULT_CONFIG_TOML`]).
+//!
+//! clap reads the environment variables named here when the binary parses its arguments; the
+//! library itself only ever sees the resulting [`Config`].
+
+use crate::auth::Role;
+use crate::config::{Config, ConfigError, JwtAlgorithm, LogFormat};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// grid-server: the fleet server for smart home batteries (REST API with OpenAPI, PostgreSQL or
+/// SQLite storage, MQTT transport with an embedded broker, JWT auth, Prometheus metrics).
+///
+/// With no subcommand it serves (same as `grid-server serve`). With no environment at all it
+/// runs on SQLite (`grid.db` in the working directory) and an in-process MQTT broker on
+/// 127.0.0.1:1884, and generates an HS256 token key beside the database (`grid.db.jwt-key`).
+#[derive(Debug, Parser)]
+#[command(name = "grid-server", version, propagate_version = true)]
+pub struct Cli {
+    /// TOML configuration file layered over the embedded default (see `print-config`).
+    #[arg(long, env = "GRID_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the REST API.
+    #[arg(long, env = "GRID_LISTEN", global = true, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Database: `sqlite://PATH` (default `sqlite://grid.db`) or `postgres://user@host/db`.
+    #[arg(long, env = "DATABASE_URL", global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// External MQTT broker, `mqtt://host:port` or `mqtts://host:port`; unset = in-process broker.
+    #[arg(long, env = "MQTT_URL", global = true, value_name = "URL")]
+    pub mqtt_url: Option<String>,
+
+    /// Address of the in-process broker when MQTT_URL is unset [default: 127.0.0.1:1884].
+    #[arg(long, env = "GRID_MQTT_LISTEN", global = true, value_name = "ADDR")]
+    pub mqtt_listen: Option<SocketAddr>,
+
+    /// JWT algorithm: HS256, RS256 or EdDSA [default: HS256].
+    #[arg(long, env = "GRID_JWT_ALGORITHM", global = true, value_name = "ALG")]
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+
+    /// HS256 secret (at least 32 bytes). Unset: a key is generated beside the SQLite database.
+    #[arg(long, env = "GRID_JWT_SECRET", global = true, hide_env_values = true, value_name = "SECRET")]
+    pub jwt_secret: Option<String>,
+
+    /// Required `iss` claim [default: grid-server].
+    #[arg(long, env = "GRID_JWT_ISSUER", global = true, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim [default: grid-api].
+    #[arg(long, env = "GRID_JWT_AUDIENCE", global = true, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
+    /// Allowed clock skew on `exp`/`nbf`, seconds [default: 30].
+    #[arg(long, env = "GRID_JWT_LEEWAY_S", global = true, value_name = "SECONDS")]
+    pub jwt_leeway_s: Option<u64>,
+
+    /// PEM public key for RS256/EdDSA verification.
+    #[arg(long, env = "GRID_JWT_PUBLIC_KEY_FILE", global = true, value_name = "FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// PEM private key for RS256/EdDSA minting (`token`).
+    #[arg(long, env = "GRID_JWT_PRIVATE_KEY_FILE", global = true, value_name = "FILE")]
+    pub jwt_private_key_file: Option<PathBuf>,
+
+    /// HS256 key file used (and generated) when no secret is set [default: <sqlite path>.jwt-key].
+    #[arg(long, env = "GRID_JWT_KEY_FILE", global = true, value_name = "FILE")]
+    pub jwt_key_file: Option<PathBuf>,
+
+    /// Log filter directives, e.g. `info,grid_server=debug` [default: info].
+    #[arg(long, env = "GRID_LOG", global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Log format: json or pretty [default: json].
+    #[arg(long, env = "GRID_LOG_FORMAT", global = true, value_name = "FORMAT")]
+    pub log_format: Option<LogFormatArg>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API, the MQTT transport and (without MQTT_URL) the embedded broker (default).
+    Serve,
+    /// Mint a bearer token with the configured key and print it.
+    Token {
+        /// The token's role.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Lifetime, e.g. 30m, 12h, 7d [default: auth.default_ttl_s, 1h].
+        #[arg(long, value_name = "DURATION", value_parser = crate::auth::parse_ttl)]
+        ttl: Option<std::time::Duration>,
+        /// Confine the token to one tenant's objects (default: fleet-wide).
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
+        /// The `sub` claim [default: cli].
+        #[arg(long, value_name = "NAME", default_value = "cli")]
+        subject: String,
+    },
+    /// Print the embedded default configuration (a documented TOML file).
+    PrintConfig,
+}
+
+impl Cli {
+    /// Layers the configuration: embedded default, `--config` file, then flags / environment.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        if let Some(path) = &self.config {
+            c = c.merge_file(path)?;
+        }
+        if let Some(v) = self.listen {
+            c.http.listen = v;
+        }
+        if let Some(v) = &self.database_url {
+            c.database.url = v.clone();
+        }
+        if let Some(v) = &self.mqtt_url {
+            c.mqtt.url = v.clone();
+        }
+        if let Some(v) = self.mqtt_listen {
+            c.mqtt.listen = v;
+        }
+        if let Some(v) = self.jwt_algorithm {
+            c.auth.algorithm = v;
+        }
+        if let Some(v) = &self.jwt_secret {
+            c.auth.secret = Some(v.clone());
+        }
+        if let Some(v) = &self.jwt_issuer {
+            c.auth.issuer = v.clone();
+        }
+        if let Some(v) = &self.jwt_audience {
+            c.auth.audience = v.clone();
+        }
+        if let Some(v) = self.jwt_leeway_s {
+            c.auth.leeway_s = v;
+        }
+        if let Some(v) = &self.jwt_public_key_file {
+            c.auth.public_key_file = Some(v.clone());
+        }
+        if let Some(v) = &self.jwt_private_key_file {
+            c.auth.private_key_file = Some(v.clone());
+        }
+        if let Some(v) = &self.jwt_key_file {
+            c.auth.key_file = Some(v.clone());
+        }
+        if let Some(v) = &self.log {
+            c.log.filter = v.clone();
+        }
+        if let Some(v) = self.log_format {
+            c.log.format = match v {
+                LogFormatArg::Json => LogFormat::Json,
+                LogFormatArg::Pretty => LogFormat::Pretty,
+            };
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_names_every_environment_variable() {
+        let help = Cli::command().render_long_help().to_string();
+        for var in [
+            "GRID_LISTEN",
+            "DATABASE_URL",
+            "MQTT_URL",
+            "GRID_MQTT_LISTEN",
+            "GRID_JWT_SECRET",
+            "GRID_JWT_ALGORITHM",
+            "GRID_JWT_ISSUER",
+            "GRID_JWT_AUDIENCE",
+            "GRID_JWT_LEEWAY_S",
+            "GRID_JWT_PUBLIC_KEY_FILE",
+            "GRID_JWT_KEY_FILE",
+            "GRID_CONFIG",
+            "GRID_LOG",
+        ] {
+            assert!(help.contains(var), "--help lacks {var}");
+        }
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_default() {
+        let cli = Cli::try_parse_from([
+            "grid-server",
+            "--listen",
+            "127.0.0.1:9999",
+            "--database-url",
+            "sqlite:///tmp/x.db",
+            "token",
+            "--role",
+            "operator",
+            "--ttl",
+            "2h",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(c.http.listen.port(), 9999);
+        assert_eq!(
+            c.generated_key_path().unwrap(),
+            PathBuf::from("/tmp/x.db.jwt-key")
+        );
+        match cli.command {
+            Some(Command::Token { role, ttl, .. }) => {
+                assert_eq!(role, Role::Operator);
+                assert_eq!(ttl, Some(std::time::Duration::from_secs(7200)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = Cli::try_parse_from(["grid-server", "--database-url", "mysql://x"]).unwrap();
+        assert!(bad.config().unwrap_err().to_string().contains("database.url"));
+    }
+}
