@@ -377,7 +377,7 @@ fn interior(x: f64, l: f64, u: f64) -> f64 {
 /// Floor on the barrier Hessian diagonal (a primal regularisation). It bounds `1/D`, which keeps the normal
 /// equations accurate when a variable sits strictly inside its bounds at `μ → 0`; the equality rows are still
 /// solved exactly, so only the dual residual sees the (self-correcting) perturbation `MIN_HESSIAN·dx`.
-const MIN_HESSIAN: f64 = 1e-8;
+const MIN_HESSIAN: f64 = 1e-6;
 
 /// Sums reduced over sites in the residual pass.
 #[derive(Clone, Default)]
@@ -659,7 +659,7 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
             schur.copy_from_slice(&acc);
             for k in 0..t {
                 f.w[k] = inv_hess(f.x[k], f.lo[k], f.hi[k], f.zl[k], f.zu[k], f.quad);
-                schur[k * t + k] += f.w[k];
+                schur[k * t + k] += f.w[k] + site::DUAL_REG;
             }
             dense::cholesky(&mut schur, t);
         }

@@ -19,6 +19,12 @@ pub(crate) const GM: usize = 3;
 pub(crate) const S: usize = 4;
 pub(crate) const U: usize = 5;
 
+/// Dual regularisation added to the diagonal of every row of the normal equations. The step then satisfies
+/// `A dx = −r_p − DUAL_REG·dv`, a perturbation that vanishes with the multiplier step; in exchange the local 2×2
+/// blocks stay invertible when a slot's balance and peak rows both reduce to the same free variable (`gp` at the
+/// peak), whose near-singularity would otherwise be repaired only by the peak border, with cancellation.
+pub(crate) const DUAL_REG: f64 = 1e-7;
+
 /// Bounds narrower than this are widened to it so that a strictly interior point exists (kW or kWh).
 pub(crate) const MIN_WIDTH: f64 = 1e-7;
 
@@ -212,21 +218,21 @@ impl SiteFactor {
             let (wc, wd, wgp, wgm) = (w[k], w[t + k], w[2 * t + k], w[3 * t + k]);
             let x = if m.demand {
                 let wu = w[5 * t + k];
-                let mbb = wc + wd + wgp + wgm;
-                let mpp = wgp + wu;
-                let det = (wc + wd + wgm) * mpp + wgp * wu;
+                let mbb = wc + wd + wgp + wgm + DUAL_REG;
+                let mpp = wgp + wu + DUAL_REG;
+                let det = (wc + wd + wgm + DUAL_REG) * mpp + wgp * (wu + DUAL_REG);
                 self.einv_bb[k] = mpp / det;
                 self.einv_bp[k] = -wgp / det;
                 self.einv_pp[k] = mbb / det;
-                wgm + wgp * wu / mpp
+                wgm + DUAL_REG + wgp * (wu + DUAL_REG) / mpp
             } else {
-                self.einv_bb[k] = 1.0 / (wc + wd + wgp + wgm);
-                wgm + wgp
+                self.einv_bb[k] = 1.0 / (wc + wd + wgp + wgm + DUAL_REG);
+                wgm + wgp + DUAL_REG
             };
             let wb = wc + wd + x;
             let mbn = a * wc + b * wd;
             self.mbn[k] = mbn;
-            g[k] = (ab2 * wc * wd + (a * a * wc + b * b * wd) * x) / wb;
+            g[k] = (ab2 * wc * wd + (a * a * wc + b * b * wd) * x) / wb + DUAL_REG;
             self.kappa[k] = -mbn * x / wb;
             self.h[k] = (wc + wd) * x / wb;
             self.cyb[k] = -(wc + wd);
