@@ -174,6 +174,20 @@ impl Hardware {
                 );
                 Self::new(Box::new(MonitorOnly(sbs)), &spec, timeout)
             }
+            #[cfg(feature = "modbus")]
+            Driver::SunspecModbus => {
+                let addr = h.modbus_address.parse().map_err(|_| Error::Config {
+                    key: "hardware.modbus_address".into(),
+                    reason: format!("{:?} is not host:port", h.modbus_address),
+                })?;
+                let inverter = sunspec::SunSpecBattery::spawn(
+                    addr,
+                    h.modbus_unit_id,
+                    Duration::from_millis(config.agent.tick_interval_ms),
+                    timeout,
+                );
+                Self::new(Box::new(inverter), &spec, timeout)
+            }
             other => Err(Error::Config {
                 key: "hardware.driver".into(),
                 reason: format!(
@@ -238,5 +252,111 @@ impl Hardware {
     /// The simulator inside, if the driver is one (fault injection, true state in tests).
     pub fn sim_mut(&mut self) -> Option<&mut SimBattery> {
         self.safe.inner_mut().0.as_sim_mut()
+    }
+}
+
+/// The SunSpec Modbus TCP inverter (feature `modbus`) as a [`Battery`].
+///
+/// grid-hal's SunSpec client is async; the agent's battery interface is not (the safety layer is
+/// a blocking shell). A background task owns the client: it polls the inverter every tick,
+/// writes the latest setpoint (with the reversion timeout as the inverter's own `RvrtTms`, so
+/// the inverter reverts by itself if the agent dies), and reconnects with a delay after errors.
+/// [`Battery::read_state`] returns the last reading, or a timeout error when it is stale.
+#[cfg(feature = "modbus")]
+pub mod sunspec {
+    use super::Battery;
+    use grid_core::Power;
+    use grid_hal::sunspec::{SunSpecClient, SunSpecConfig};
+    use grid_hal::{BatteryState, ErrorKind, HalError};
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    use tokio::sync::watch;
+
+    type Reading = Option<(Instant, Result<BatteryState, ErrorKind>)>;
+
+    /// See the [module docs](self).
+    #[derive(Debug)]
+    pub struct SunSpecBattery {
+        latest: Arc<Mutex<Reading>>,
+        setpoint: watch::Sender<Power>,
+        stale_after: Duration,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl SunSpecBattery {
+        /// Spawns the polling task on the current tokio runtime (call from within it).
+        pub fn spawn(addr: SocketAddr, unit_id: u8, poll: Duration, revert: Duration) -> Self {
+            let latest: Arc<Mutex<Reading>> = Arc::default();
+            let (setpoint, mut rx) = watch::channel(Power::ZERO);
+            let shared = latest.clone();
+            let config = SunSpecConfig {
+                unit_id,
+                ..SunSpecConfig::default()
+            };
+            let task = tokio::spawn(async move {
+                loop {
+                    let mut client = match SunSpecClient::connect(addr, config).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(%addr, error = %e, "SunSpec inverter unreachable");
+                            store(&shared, Err(e.kind()));
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            continue;
+                        }
+                    };
+                    loop {
+                        let reading = client.read_state().await.map_err(|e| e.kind());
+                        let failed = reading.as_ref().is_err_and(|k| k.is_transient());
+                        store(&shared, reading);
+                        let p = *rx.borrow_and_update();
+                        if let Err(e) = client.set_power(p, revert).await {
+                            tracing::warn!(error = %e, "SunSpec setpoint write failed");
+                            if e.kind().is_transient() {
+                                break;
+                            }
+                        }
+                        if failed {
+                            break;
+                        }
+                        // Wake at the next tick, or at once when the setpoint changes.
+                        let _ = tokio::time::timeout(poll, rx.changed()).await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+            Self {
+                latest,
+                setpoint,
+                stale_after: poll * 5 + Duration::from_secs(3),
+                task,
+            }
+        }
+    }
+
+    fn store(shared: &Mutex<Reading>, reading: Result<BatteryState, ErrorKind>) {
+        if let Ok(mut g) = shared.lock() {
+            *g = Some((Instant::now(), reading));
+        }
+    }
+
+    impl Drop for SunSpecBattery {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Battery for SunSpecBattery {
+        fn read_state(&mut self) -> Result<BatteryState, ErrorKind> {
+            match self.latest.lock().ok().and_then(|g| *g) {
+                Some((at, r)) if at.elapsed() <= self.stale_after => r,
+                Some(_) | None => Err(ErrorKind::Timeout),
+            }
+        }
+
+        fn set_power(&mut self, power: Power) -> Result<(), ErrorKind> {
+            self.setpoint.send_replace(power);
+            Ok(())
+        }
     }
 }
