@@ -221,7 +221,7 @@ impl IntervalTracker {
         Self {
             recent_abs_z: model.intervals.recent_abs_z,
             reference_abs_z: model.intervals.reference_abs_z,
-            alpha: 0.25,
+            alpha: 0.3,
         }
     }
 
@@ -574,12 +574,21 @@ fn calibrate(
             .count();
         inside as f64 / idx.len().max(1) as f64
     };
+    // Coverage drops when the test period drifts from the validation block (seen on every load and price
+    // series here), so load and price intervals aim at 83 % on the recent validation points. PV is only
+    // rescaled when it is far off: its exactly-zero nights are always covered, and there are more of them
+    // in winter.
     let c1 = cov(1.0);
-    if !idx.is_empty() && !(0.77..=0.83).contains(&c1) {
-        let (mut a, mut b) = if c1 > 0.83 { (0.05, 1.0) } else { (1.0, 6.0) };
+    let (target, band) = if fc.kind == SeriesKind::Pv { (0.80, 0.03) } else { (0.83, 0.0) };
+    if !idx.is_empty() && (c1 - target).abs() > band {
+        let (mut a, mut b) = if c1 > target { (0.05, 1.0) } else { (1.0, 6.0) };
         for _ in 0..40 {
             let m = 0.5 * (a + b);
-            if cov(m) > 0.80 { b = m } else { a = m }
+            if cov(m) > target {
+                b = m
+            } else {
+                a = m
+            }
         }
         let m = 0.5 * (a + b);
         cal.lower.iter_mut().for_each(|v| *v *= m);
@@ -737,8 +746,13 @@ pub fn train(
         _ => None,
     };
 
-    let slot_cols = fc.slot_columns();
-    let all_cols: Vec<usize> = (0..fc.n_features()).collect();
+    // Day-of-year terms need a year of history: over a few weeks they only fit a trend that a linear model
+    // would extrapolate into the test period.
+    let names = fc.names();
+    let seasonal_ok = n_pre >= 300;
+    let keep = |c: &usize| seasonal_ok || !names[*c].starts_with("doy_");
+    let slot_cols: Vec<usize> = fc.slot_columns().into_iter().filter(keep).collect();
+    let all_cols: Vec<usize> = (0..fc.n_features()).filter(keep).collect();
     let mut cands: Vec<Candidate> = Vec::new();
     let eval =
         |p: &Predictor| -> Vec<f64> { (0..val.len()).map(|i| p.predict(val.row(i))).collect() };
@@ -755,7 +769,6 @@ pub fn train(
         mae: 0.0,
     });
     // A compact ridge that needs little data (short series).
-    let names = fc.names();
     let small_cols: Vec<usize> = [
         "tod_sin1",
         "tod_cos1",
@@ -802,11 +815,15 @@ pub fn train(
         }
     }
     let offset = Some(column(&fc, "mean7_smooth"));
-    for (name, loss) in [("gbt_abs", GbtLoss::Absolute), ("gbt_sq", GbtLoss::Squared)] {
+    // Two kinds of trees: median trees on the residual to the recent mean (follow level shifts), and mean trees
+    // on the raw target (free to learn shapes such as PV's daily curve).
+    for (name, loss, offset_column) in
+        [("gbt_abs", GbtLoss::Absolute, offset), ("gbt_sq", GbtLoss::Squared, None)]
+    {
         progress(&format!("fitting {name}"));
         let params = GbtParams {
             loss,
-            offset_column: offset,
+            offset_column,
             ..GbtParams::default()
         };
         let (m, _) = Gbt::fit(&train_set, &slot_cols, &params, Some(&val));
