@@ -1,6 +1,7 @@
 //! grid-server: the reference fleet server (REST API with OpenAPI, PostgreSQL or SQLite storage,
 //! MQTT transport, authentication and metrics).
 
+pub mod mqtt;
 pub mod store;
 
 // --- HTTP half (helper server-api) ---

@@ -1,0 +1,1033 @@
+//! The tokio shell around grid-proto's sans-IO `DeliveryTracker`: the MQTT event loop, inbound
+//! message handling, the retry loop over the persisted outbox, and the telemetry batch writer.
+
+use super::{
+    BrokerConfig, EmbeddedBroker, TransportConfig, TransportError, TransportResult,
+    install_crypto_provider, random_hex,
+};
+use crate::store::{
+    AckOutcome, AckRecord, AckTarget, CommandRecord, DeviceRecord, ScheduleFilter, StatusReport,
+    Store, StoreError, CommandFilter, ScheduleRef,
+};
+use grid_core::{
+    DeviceId, ExecutionState, LifecycleEvent, Schedule, TelemetrySample, Timestamp,
+};
+use grid_proto::Codec;
+use grid_proto::topic::{Topic, decode_on_topic, server_subscription};
+use grid_proto::tracker::{Action, DeliveryKey, DeliveryTracker};
+use grid_proto::v1::{Body, Envelope, MessageId, ScheduleAssign};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// How often a device's delivery state is re-read and re-applied when replicas race on it.
+const SAVE_RETRIES: usize = 16;
+
+/// How long a positive "device is registered" answer is cached.
+const DEVICE_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Counters for `/metrics` (monotonic since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Messages received from devices.
+    pub messages_in: u64,
+    /// Messages published to devices (first sends and retries).
+    pub messages_out: u64,
+    /// Inbound messages refused (bad topic or payload, device id mismatch, unknown device or
+    /// target).
+    pub refused: u64,
+    /// Acks that moved a lifecycle.
+    pub acks_applied: u64,
+    /// Duplicate acks (no change).
+    pub acks_duplicate: u64,
+    /// Acks the lifecycle ignored (stale or out of order).
+    pub acks_ignored: u64,
+    /// Telemetry samples written.
+    pub telemetry_samples: u64,
+    /// Publish, store or encoding failures.
+    pub errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    refused: AtomicU64,
+    acks_applied: AtomicU64,
+    acks_duplicate: AtomicU64,
+    acks_ignored: AtomicU64,
+    telemetry_samples: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What [`TransportHandle::distribute`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistributeOutcome {
+    /// The schedule is tracked now and was published (or will be, by the retry loop).
+    Published,
+    /// This version (or a newer one) was already tracked: nothing new was sent.
+    AlreadyTracked,
+}
+
+/// The transport's entry point.
+#[derive(Debug)]
+pub struct Transport;
+
+struct Inner {
+    store: Arc<dyn Store>,
+    client: AsyncClient,
+    config: TransportConfig,
+    healthy: AtomicBool,
+    subscribed: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+    counters: Counters,
+    telemetry: mpsc::Sender<(DeviceId, TelemetrySample)>,
+    devices: Mutex<HashMap<DeviceId, Instant>>,
+    _broker: Option<EmbeddedBroker>,
+}
+
+/// A cheap, cloneable handle on the running transport (what the API uses).
+#[derive(Clone)]
+pub struct TransportHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TransportHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportHandle")
+            .field("client_id", &self.inner.config.client_id)
+            .field("healthy", &self.broker_healthy())
+            .finish()
+    }
+}
+
+impl Transport {
+    /// Starts the transport: the embedded broker if configured, the MQTT client (TCP_NODELAY,
+    /// clean session, manual acks), the inbound handler, the retry loop and the telemetry writer.
+    /// Returns at once; [`TransportHandle::wait_ready`] waits for the subscription. The join
+    /// handle ends after [`TransportHandle::shutdown`].
+    ///
+    /// ```no_run
+    /// # async fn run(store: std::sync::Arc<dyn grid_server::store::Store>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use grid_server::mqtt::{Transport, TransportConfig};
+    /// let config = TransportConfig::from_url_or_embedded(None, "127.0.0.1:1884".parse()?)?;
+    /// let (transport, task) = Transport::start(config, store).await?;
+    /// assert!(transport.wait_ready(std::time::Duration::from_secs(5)).await);
+    /// transport.shutdown();
+    /// task.await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start(
+        config: TransportConfig,
+        store: Arc<dyn Store>,
+    ) -> TransportResult<(TransportHandle, JoinHandle<()>)> {
+        install_crypto_provider();
+        let (broker, host, port, url) = match &config.broker {
+            BrokerConfig::Embedded {
+                listen,
+                max_connections,
+            } => {
+                let (listen, max) = (*listen, *max_connections);
+                let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(listen, max))
+                    .await
+                    .map_err(|e| TransportError::Io(std::io::Error::other(e)))??;
+                let host = match listen.ip() {
+                    ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                    ip => ip.to_string(),
+                };
+                (Some(broker), host, listen.port(), None)
+            }
+            BrokerConfig::External(url) => (None, url.host.clone(), url.port, Some(url.clone())),
+        };
+        let mut options = MqttOptions::new(&config.client_id, host, port);
+        options
+            .set_keep_alive(config.keep_alive.max(Duration::from_secs(5)))
+            .set_clean_session(true)
+            .set_manual_acks(true)
+            .set_inflight(1000)
+            .set_request_channel_capacity(10_000)
+            .set_max_packet_size(256 * 1024, 256 * 1024);
+        if let Some(url) = &url {
+            if let Some(user) = &url.username {
+                options.set_credentials(user.clone(), url.password.clone().unwrap_or_default());
+            }
+            if url.tls {
+                options.set_transport(tls_transport(config.tls.as_ref())?);
+            }
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        let mut net = NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(10);
+        eventloop.set_network_options(net);
+
+        let (telemetry_tx, telemetry_rx) = mpsc::channel(config.telemetry_batch.max(1) * 16);
+        let (subscribed, _) = watch::channel(false);
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            store,
+            client,
+            config,
+            healthy: AtomicBool::new(false),
+            subscribed,
+            shutdown,
+            counters: Counters::default(),
+            telemetry: telemetry_tx,
+            devices: Mutex::new(HashMap::new()),
+            _broker: broker,
+        });
+        let handle = TransportHandle {
+            inner: inner.clone(),
+        };
+        let events = tokio::spawn(event_loop(inner.clone(), eventloop));
+        let retries = tokio::spawn(retry_loop(inner.clone()));
+        let writer = tokio::spawn(telemetry_writer(inner.clone(), telemetry_rx));
+        let reconcile = tokio::spawn(reconcile_on_start(handle.clone()));
+        let task = tokio::spawn(async move {
+            for (name, task) in [
+                ("events", events),
+                ("retries", retries),
+                ("telemetry", writer),
+                ("reconcile", reconcile),
+            ] {
+                if let Err(e) = task.await {
+                    tracing::error!(task = name, error = %e, "transport task failed");
+                }
+            }
+        });
+        Ok((handle, task))
+    }
+}
+
+fn tls_transport(files: Option<&super::TlsFiles>) -> TransportResult<rumqttc::Transport> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| TransportError::TlsFile {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    match files {
+        Some(files) => {
+            let ca = read(&files.ca)?;
+            let client = match &files.client {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            };
+            Ok(rumqttc::Transport::tls(ca, client, None))
+        }
+        // No CA given: the platform's roots.
+        None => Ok(rumqttc::Transport::tls_with_config(Default::default())),
+    }
+}
+
+impl TransportHandle {
+    /// Whether the MQTT connection is up (for `/readyz`).
+    pub fn broker_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the client is connected and subscribed; false on timeout.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.subscribed.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// This replica's MQTT client id (also its outbox claim owner).
+    pub fn client_id(&self) -> &str {
+        &self.inner.config.client_id
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TransportStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TransportStats {
+            messages_in: get(&c.messages_in),
+            messages_out: get(&c.messages_out),
+            refused: get(&c.refused),
+            acks_applied: get(&c.acks_applied),
+            acks_duplicate: get(&c.acks_duplicate),
+            acks_ignored: get(&c.acks_ignored),
+            telemetry_samples: get(&c.telemetry_samples),
+            errors: get(&c.errors),
+        }
+    }
+
+    /// Stops the transport (disconnects; pending telemetry is flushed). Deliveries in flight
+    /// stay in the outbox for the next start or another replica.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Sends a stored schedule to its device: the device's delivery tracker takes it (superseding
+    /// older versions of the same schedule id), its state is saved, then the message is published
+    /// (QoS 1) and retried until the device answers or `expires_at` passes. Idempotent: a version
+    /// already tracked is [`DistributeOutcome::AlreadyTracked`].
+    pub async fn distribute(
+        &self,
+        schedule: &Schedule,
+        correlation_id: Option<&str>,
+    ) -> TransportResult<DistributeOutcome> {
+        let device = self.inner.active_device(schedule.device()).await?;
+        let now = Timestamp::now();
+        let body = ScheduleAssign::from_schedule(schedule, self.inner.config.reversion_timeout);
+        let mut envelope = Envelope::new(
+            MessageId::new(random_hex(16))?,
+            device.id.clone(),
+            now,
+            Body::ScheduleAssign(body),
+        );
+        envelope.correlation_id = correlation_id.filter(|c| valid_correlation(c)).map(str::to_owned);
+        envelope.validate()?;
+        let key = DeliveryKey::Schedule(grid_proto::v1::ScheduleRef {
+            schedule_id: schedule.id().clone(),
+            version: schedule.version(),
+        });
+        let mut fresh = false;
+        self.inner
+            .with_tracker(&device, now, false, |tracker| {
+                fresh = false;
+                if tracker.state_of(&key).is_some() {
+                    return Ok(Vec::new());
+                }
+                match tracker.assign(now, envelope.clone()) {
+                    Ok(actions) => {
+                        fresh = true;
+                        Ok(actions)
+                    }
+                    Err(grid_proto::Error::StaleVersion { .. }) => Ok(Vec::new()),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+        Ok(if fresh {
+            DistributeOutcome::Published
+        } else {
+            DistributeOutcome::AlreadyTracked
+        })
+    }
+
+    /// Sends a stored command (its id becomes the message id, so it must be a valid grid-proto
+    /// message id: 1–64 of `A–Z a–z 0–9 . _ -`), tracked and retried like a schedule until the
+    /// device answers or it expires. Idempotent per command id.
+    pub async fn send_command(&self, command: &CommandRecord) -> TransportResult<DistributeOutcome> {
+        let device = self.inner.active_device(&command.device).await?;
+        let now = Timestamp::now();
+        let body = grid_proto::v1::Command::from_core(&command.command, command.expires_at)?;
+        let id = MessageId::new(command.id.clone())?;
+        let mut envelope = Envelope::new(id.clone(), device.id.clone(), now, Body::Command(body));
+        envelope.correlation_id = command
+            .correlation_id
+            .as_deref()
+            .filter(|c| valid_correlation(c))
+            .map(str::to_owned);
+        envelope.validate()?;
+        let key = DeliveryKey::Command { id };
+        let mut fresh = false;
+        self.inner
+            .with_tracker(&device, now, false, |tracker| {
+                fresh = false;
+                if tracker.state_of(&key).is_some() {
+                    return Ok(Vec::new());
+                }
+                fresh = true;
+                Ok(tracker.command(now, envelope.clone())?)
+            })
+            .await?;
+        Ok(if fresh {
+            DistributeOutcome::Published
+        } else {
+            DistributeOutcome::AlreadyTracked
+        })
+    }
+}
+
+fn valid_correlation(c: &str) -> bool {
+    !c.is_empty() && c.len() <= 128 && c.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// The lifecycle event that moves a delivery to `to`.
+fn event_to(to: ExecutionState) -> Option<LifecycleEvent> {
+    use ExecutionState as S;
+    use LifecycleEvent as E;
+    Some(match to {
+        S::Queued => return None,
+        S::Delivered => E::Deliver,
+        S::Accepted => E::Accept,
+        S::Rejected => E::Reject,
+        S::Executing => E::Start,
+        S::Completed => E::Complete,
+        S::Failed => E::Fail,
+        S::Expired => E::Expire,
+        S::Superseded => E::Supersede,
+        S::Cancelled => E::Cancel,
+    })
+}
+
+/// Store errors that only mean "already recorded" when mirroring tracker transitions.
+fn benign(e: &StoreError) -> bool {
+    matches!(e, StoreError::Conflict { .. } | StoreError::NotFound { .. })
+}
+
+impl Inner {
+    fn now_stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// The device, if registered and not decommissioned (cached briefly).
+    async fn active_device(&self, id: &DeviceId) -> TransportResult<DeviceRecord> {
+        let device = match self.store.get_device(id).await {
+            Ok(d) => d,
+            Err(StoreError::NotFound { .. }) => return Err(TransportError::UnknownDevice(id.clone())),
+            Err(e) => return Err(e.into()),
+        };
+        if device.decommissioned_at.is_some() {
+            return Err(TransportError::UnknownDevice(id.clone()));
+        }
+        Ok(device)
+    }
+
+    /// Whether a device may talk to us: registered and not decommissioned.
+    async fn device_allowed(&self, id: &DeviceId) -> TransportResult<bool> {
+        if let Ok(cache) = self.devices.lock()
+            && cache.get(id).is_some_and(|t| t.elapsed() < DEVICE_CACHE_TTL)
+        {
+            return Ok(true);
+        }
+        match self.active_device(id).await {
+            Ok(_) => {
+                if let Ok(mut cache) = self.devices.lock() {
+                    if cache.len() > 100_000 {
+                        cache.clear();
+                    }
+                    cache.insert(id.clone(), Instant::now());
+                }
+                Ok(true)
+            }
+            Err(TransportError::UnknownDevice(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads the device's tracker from the outbox (or makes one), applies `f`, saves the new
+    /// state with an optimistic revision check (re-reading and re-applying on a race with another
+    /// replica), and only then carries out the actions: the outbox is written before anything is
+    /// published. With `force_save` the state is saved even if unchanged (clearing a claim).
+    async fn with_tracker<F>(
+        &self,
+        device: &DeviceRecord,
+        now: Timestamp,
+        force_save: bool,
+        mut f: F,
+    ) -> TransportResult<()>
+    where
+        F: FnMut(&mut DeliveryTracker) -> TransportResult<Vec<Action>>,
+    {
+        for _ in 0..SAVE_RETRIES {
+            let stored = self.store.outbox_load(&device.id).await?;
+            let (mut tracker, revision) = match &stored {
+                Some(r) => (
+                    DeliveryTracker::restore(
+                        self.config.tracker.clone(),
+                        serde_json::from_str(&r.state)?,
+                    ),
+                    Some(r.revision),
+                ),
+                None => (self.new_tracker(device), None),
+            };
+            let before = tracker.state().clone();
+            let actions = f(&mut tracker)?;
+            if !force_save && actions.is_empty() && tracker.state() == &before {
+                return Ok(());
+            }
+            let state = serde_json::to_string(tracker.state())?;
+            match self
+                .store
+                .outbox_save(&device.id, &state, tracker.next_wakeup(), revision, now)
+                .await
+            {
+                Ok(_) => {
+                    self.execute(tracker.codec(), actions, now).await;
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(TransportError::Contention(device.id.clone()))
+    }
+
+    fn new_tracker(&self, device: &DeviceRecord) -> DeliveryTracker {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        let tracker = DeliveryTracker::new(
+            device.id.clone(),
+            self.config.tracker.clone(),
+            u64::from_le_bytes(seed),
+        );
+        // Until the device's first hello, speak the codec it was registered with.
+        let mut state = tracker.state().clone();
+        state.codec = match device.codec {
+            crate::store::PayloadCodec::Json => Codec::Json,
+            crate::store::PayloadCodec::Cbor => Codec::Cbor,
+        };
+        DeliveryTracker::restore(self.config.tracker.clone(), state)
+    }
+
+    /// Carries out a tracker's actions: record each (re)send in the store, then publish it;
+    /// mirror state changes into the store (already-recorded ones are fine).
+    async fn execute(&self, codec: Codec, actions: Vec<Action>, now: Timestamp) {
+        for action in actions {
+            match action {
+                Action::Send(envelope) => self.publish(codec, &envelope, now).await,
+                Action::StateChanged { key, to, reason, detail, .. } => {
+                    let Some(event) = event_to(to) else { continue };
+                    if event == LifecycleEvent::Deliver {
+                        continue; // recorded with the send
+                    }
+                    let why = detail.or_else(|| reason.map(|r| r.as_str().to_owned()));
+                    let result = match &key {
+                        DeliveryKey::Schedule(r) => self
+                            .store
+                            .apply_schedule_event(&r.schedule_id, r.version, event, now, why.as_deref())
+                            .await
+                            .map(|_| ()),
+                        DeliveryKey::Command { id } => self
+                            .store
+                            .apply_command_event(id.as_str(), event, now, why.as_deref())
+                            .await
+                            .map(|_| ()),
+                    };
+                    if let Err(e) = result
+                        && !benign(&e)
+                    {
+                        bump(&self.counters.errors);
+                        tracing::warn!(?key, error = %e, "recording a delivery state change failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, codec: Codec, envelope: &Envelope, now: Timestamp) {
+        let recorded = match &envelope.body {
+            Body::ScheduleAssign(b) => self
+                .store
+                .apply_schedule_event(&b.schedule_id, b.version, LifecycleEvent::Deliver, now, None)
+                .await
+                .map(|_| ()),
+            Body::Command(_) => self
+                .store
+                .apply_command_event(envelope.id.as_str(), LifecycleEvent::Deliver, now, None)
+                .await
+                .map(|_| ()),
+            _ => Ok(()),
+        };
+        if let Err(e) = recorded
+            && !benign(&e)
+        {
+            bump(&self.counters.errors);
+            tracing::warn!(id = %envelope.id.as_str(), error = %e, "recording a send failed");
+        }
+        let payload = match codec.encode(envelope) {
+            Ok(p) => p,
+            Err(e) => {
+                bump(&self.counters.errors);
+                tracing::error!(id = %envelope.id.as_str(), error = %e, "cannot encode a message");
+                return;
+            }
+        };
+        let topic = Topic::for_envelope(envelope).to_string();
+        match self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            Ok(()) => bump(&self.counters.messages_out),
+            Err(e) => {
+                // The tracker resends it at its next attempt.
+                bump(&self.counters.errors);
+                tracing::warn!(error = %e, "publish failed");
+            }
+        }
+    }
+
+    /// Handles one inbound message; refusals are logged and counted, never fatal.
+    async fn on_message(&self, topic: &str, payload: &[u8]) {
+        bump(&self.counters.messages_in);
+        let now = Timestamp::now();
+        let (_, envelope) = match decode_on_topic(topic, payload) {
+            Ok(x) => x,
+            Err(e) => {
+                bump(&self.counters.refused);
+                tracing::warn!(topic, error = %e, "refused an inbound message");
+                return;
+            }
+        };
+        match self.device_allowed(&envelope.device).await {
+            Ok(true) => {}
+            Ok(false) => {
+                bump(&self.counters.refused);
+                tracing::warn!(device = %envelope.device, "message from an unknown or decommissioned device");
+                return;
+            }
+            Err(e) => {
+                bump(&self.counters.errors);
+                tracing::warn!(error = %e, "device lookup failed");
+                return;
+            }
+        }
+        let result = match &envelope.body {
+            Body::Ack(_) => self.on_ack(&envelope, now).await,
+            Body::Status(status) => {
+                let report = StatusReport {
+                    device: envelope.device.clone(),
+                    online: status.online,
+                    // Arrival order decides (a last will carries its connect-time instant).
+                    at: now,
+                    agent_version: Some(status.agent_version.clone()),
+                    firmware_version: status.firmware_version.clone(),
+                    active_schedule: status.active.as_ref().map(|a| ScheduleRef {
+                        id: a.schedule_id.clone(),
+                        version: a.version,
+                    }),
+                    capabilities: status.capabilities.clone(),
+                    clock_offset_ms: status.clock_offset_ms,
+                };
+                self.store
+                    .record_status(&report)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into)
+            }
+            Body::Telemetry(t) => {
+                for s in &t.samples {
+                    match s.to_core() {
+                        Ok(sample) => {
+                            if self
+                                .telemetry
+                                .send((envelope.device.clone(), sample))
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            bump(&self.counters.refused);
+                            tracing::warn!(device = %envelope.device, error = %e, "bad telemetry sample");
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Body::Hello(_) => self.on_hello(&envelope, now).await,
+            Body::ScheduleAssign(_) | Body::Command(_) => {
+                bump(&self.counters.refused);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            bump(&self.counters.errors);
+            tracing::warn!(device = %envelope.device, kind = envelope.kind().as_str(), error = %e, "handling an inbound message failed");
+        }
+    }
+
+    async fn on_ack(&self, envelope: &Envelope, now: Timestamp) -> TransportResult<()> {
+        let Body::Ack(ack) = &envelope.body else {
+            return Ok(());
+        };
+        let target = match (&ack.schedule, &ack.ref_id) {
+            (Some(s), _) => AckTarget::Schedule {
+                id: s.schedule_id.clone(),
+                version: s.version,
+            },
+            (None, Some(r)) => AckTarget::Command {
+                id: r.as_str().to_owned(),
+            },
+            (None, None) => {
+                bump(&self.counters.refused);
+                return Ok(());
+            }
+        };
+        let record = AckRecord {
+            message_id: envelope.id.as_str().to_owned(),
+            device: envelope.device.clone(),
+            target,
+            state: ack.state,
+            reason_code: ack.reason.map(|r| r.as_str().to_owned()),
+            reason: ack.detail.clone(),
+            sent_at: envelope.sent_at,
+            received_at: now,
+        };
+        match self.store.record_ack(&record).await {
+            Ok(AckOutcome::Applied { .. }) => bump(&self.counters.acks_applied),
+            Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
+            Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
+            Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
+                bump(&self.counters.refused);
+                tracing::warn!(device = %envelope.device, error = %e, "refused an ack");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Stop the retries (and let the tracker follow the lifecycle).
+        let device = self.active_device(&envelope.device).await?;
+        self.with_tracker(&device, now, false, |tracker| Ok(tracker.on_ack(now, envelope)))
+            .await
+    }
+
+    /// Answers a hello with exactly what the device lacks: the tracker resends what the device
+    /// does not hold, and schedules or commands the store has queued but no tracker took (a
+    /// replica died between storing and distributing) are assigned now.
+    async fn on_hello(&self, envelope: &Envelope, now: Timestamp) -> TransportResult<()> {
+        let Body::Hello(hello) = &envelope.body else {
+            return Ok(());
+        };
+        let device = self.active_device(&envelope.device).await?;
+        let status = StatusReport {
+            device: device.id.clone(),
+            online: true,
+            at: now,
+            agent_version: Some(hello.agent_version.clone()),
+            firmware_version: None,
+            active_schedule: None,
+            capabilities: hello.capabilities.clone(),
+            clock_offset_ms: None,
+        };
+        self.store.record_status(&status).await?;
+        let pending = self.untracked_envelopes(&device, now).await?;
+        self.with_tracker(&device, now, false, |tracker| {
+            let mut actions = tracker.on_hello(now, envelope);
+            for (key, env) in &pending {
+                if tracker.state_of(key).is_some() {
+                    continue;
+                }
+                let more = match &env.body {
+                    Body::ScheduleAssign(_) => match tracker.assign(now, env.clone()) {
+                        Ok(a) => a,
+                        Err(grid_proto::Error::StaleVersion { .. }) => Vec::new(),
+                        Err(e) => return Err(e.into()),
+                    },
+                    _ => tracker.command(now, env.clone())?,
+                };
+                actions.extend(more);
+            }
+            Ok(actions)
+        })
+        .await
+    }
+
+    /// Envelopes for the device's queued (never sent) schedules and commands that are still
+    /// valid.
+    async fn untracked_envelopes(
+        &self,
+        device: &DeviceRecord,
+        now: Timestamp,
+    ) -> TransportResult<Vec<(DeliveryKey, Envelope)>> {
+        let mut out = Vec::new();
+        for rec in self.store.open_schedules(&device.id).await? {
+            if rec.state != ExecutionState::Queued || rec.schedule.expires_at() <= now {
+                continue;
+            }
+            let s = &rec.schedule;
+            let body = ScheduleAssign::from_schedule(s, self.config.reversion_timeout);
+            let mut env = Envelope::new(
+                MessageId::new(random_hex(16))?,
+                device.id.clone(),
+                now,
+                Body::ScheduleAssign(body),
+            );
+            env.correlation_id = rec.correlation_id.filter(|c| valid_correlation(c));
+            if env.validate().is_err() {
+                continue;
+            }
+            let key = DeliveryKey::Schedule(grid_proto::v1::ScheduleRef {
+                schedule_id: s.id().clone(),
+                version: s.version(),
+            });
+            out.push((key, env));
+        }
+        let commands = self
+            .store
+            .list_commands(&CommandFilter {
+                device: Some(device.id.clone()),
+                state: Some(ExecutionState::Queued),
+                limit: 100,
+                ..Default::default()
+            })
+            .await?;
+        for c in commands.items {
+            if c.expires_at <= now {
+                continue;
+            }
+            let Ok(id) = MessageId::new(c.id.clone()) else {
+                continue;
+            };
+            let Ok(body) = grid_proto::v1::Command::from_core(&c.command, c.expires_at) else {
+                continue;
+            };
+            let mut env = Envelope::new(id.clone(), device.id.clone(), now, Body::Command(body));
+            env.correlation_id = c.correlation_id.filter(|x| valid_correlation(x));
+            if env.validate().is_ok() {
+                out.push((DeliveryKey::Command { id }, env));
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn event_loop(inner: Arc<Inner>, mut eventloop: EventLoop) {
+    let filter = server_subscription(inner.config.share_group.as_deref());
+    let permits = Arc::new(Semaphore::new(inner.config.inbound_concurrency.max(1)));
+    let mut stop = inner.shutdown.subscribe();
+    let mut failures: u32 = 0;
+    loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                inner.healthy.store(true, Ordering::Relaxed);
+                tracing::info!(client_id = %inner.config.client_id, %filter, "connected to the MQTT broker");
+                // A clean session forgets subscriptions: subscribe on every (re)connect.
+                if let Err(e) = inner.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "subscribing failed");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let ok = ack
+                    .return_codes
+                    .iter()
+                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if ok {
+                    inner.subscribed.send_replace(true);
+                } else {
+                    tracing::error!(%filter, "the broker refused the subscription");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    inner.on_message(&publish.topic, &publish.payload).await;
+                    // Acknowledge to the broker only once the store has the message.
+                    if inner.client.try_ack(&publish).is_err() {
+                        let _ = inner.client.ack(&publish).await;
+                    }
+                    drop(permit);
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                inner.healthy.store(false, Ordering::Relaxed);
+                inner.subscribed.send_replace(false);
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                }
+                let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    inner.healthy.store(false, Ordering::Relaxed);
+    let _ = inner.client.try_disconnect();
+    // Let the disconnect go out.
+    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+}
+
+/// Claims due trackers from the outbox and polls them (resends, expiries).
+async fn retry_loop(inner: Arc<Inner>) {
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(inner.config.retry_interval) => {}
+        }
+        if !inner.healthy.load(Ordering::Relaxed) {
+            continue;
+        }
+        let now = Timestamp::now();
+        let claimed = match inner
+            .store
+            .outbox_claim_due(now, &inner.config.client_id, inner.config.claim_lease, 500)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                bump(&inner.counters.errors);
+                tracing::warn!(error = %e, "claiming due deliveries failed");
+                continue;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for record in claimed {
+            let inner = inner.clone();
+            tasks.spawn(async move {
+                let device = match inner.active_device(&record.device).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(device = %record.device, error = %e, "skipping a due delivery");
+                        return;
+                    }
+                };
+                if let Err(e) = inner
+                    .with_tracker(&device, now, true, |tracker| Ok(tracker.poll(now)))
+                    .await
+                {
+                    bump(&inner.counters.errors);
+                    tracing::warn!(device = %device.id, error = %e, "retrying deliveries failed");
+                }
+            });
+            while tasks.len() >= 32 {
+                tasks.join_next().await;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        if inner.now_stopping() {
+            break;
+        }
+    }
+}
+
+/// Writes telemetry in batches of up to `telemetry_batch` samples, at least every
+/// `telemetry_flush`.
+async fn telemetry_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<(DeviceId, TelemetrySample)>) {
+    let mut stop = inner.shutdown.subscribe();
+    let max = inner.config.telemetry_batch.max(1);
+    let mut batch = Vec::with_capacity(max);
+    loop {
+        let first = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            s = rx.recv() => s,
+        };
+        let Some(first) = first else {
+            // Flush what is queued, then stop.
+            while let Ok(s) = rx.try_recv() {
+                batch.push(s);
+            }
+            flush(&inner, &mut batch).await;
+            break;
+        };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + inner.config.telemetry_flush;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(s)) => batch.push(s),
+                _ => break,
+            }
+        }
+        flush(&inner, &mut batch).await;
+    }
+}
+
+async fn flush(inner: &Inner, batch: &mut Vec<(DeviceId, TelemetrySample)>) {
+    if batch.is_empty() {
+        return;
+    }
+    match inner.store.insert_telemetry(batch).await {
+        Ok(n) => {
+            inner
+                .counters
+                .telemetry_samples
+                .fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            bump(&inner.counters.errors);
+            tracing::warn!(samples = batch.len(), error = %e, "writing telemetry failed");
+        }
+    }
+    batch.clear();
+}
+
+/// After the first subscription: hand every queued, never-distributed schedule and command to
+/// its device's tracker (a replica may have died between storing and distributing).
+async fn reconcile_on_start(handle: TransportHandle) {
+    let mut ready = handle.inner.subscribed.subscribe();
+    let mut stop = handle.inner.shutdown.subscribe();
+    let ready_now = tokio::select! {
+        _ = stop.wait_for(|s| *s) => false,
+        r = ready.wait_for(|s| *s) => r.is_ok(),
+    };
+    if !ready_now {
+        return;
+    }
+    let store = handle.inner.store.clone();
+    let mut filter = ScheduleFilter {
+        state: Some(ExecutionState::Queued),
+        limit: 500,
+        ..Default::default()
+    };
+    let mut resumed = 0usize;
+    loop {
+        let page = match store.list_schedules(&filter).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing queued schedules failed");
+                return;
+            }
+        };
+        let now = Timestamp::now();
+        for rec in &page.items {
+            if rec.schedule.expires_at() <= now {
+                continue;
+            }
+            match handle
+                .distribute(&rec.schedule, rec.correlation_id.as_deref())
+                .await
+            {
+                Ok(DistributeOutcome::Published) => resumed += 1,
+                Ok(DistributeOutcome::AlreadyTracked) => {}
+                Err(e) => tracing::debug!(schedule = %rec.schedule.id(), error = %e, "not resumed"),
+            }
+        }
+        match page.next_cursor {
+            Some(c) => filter.after = Some(c),
+            None => break,
+        }
+    }
+    let mut cfilter = CommandFilter {
+        state: Some(ExecutionState::Queued),
+        limit: 500,
+        ..Default::default()
+    };
+    loop {
+        let page = match store.list_commands(&cfilter).await {
+            Ok(p) => p,
+            Err(_) => break,
+        };
+        let now = Timestamp::now();
+        for c in &page.items {
+            if c.expires_at > now
+                && matches!(handle.send_command(c).await, Ok(DistributeOutcome::Published))
+            {
+                resumed += 1;
+            }
+        }
+        match page.next_cursor {
+            Some(c) => cfilter.after = Some(c),
+            None => break,
+        }
+    }
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed queued deliveries");
+    }
+}
