@@ -6,14 +6,17 @@
 //! bench times `forecast_day_into` (features + model + intervals for the 96 slots of one day).
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use grid_optimize::forecast::SeriesKind;
 use grid_optimize::forecast::model::{DayForecast, TrainConfig, train};
 use grid_optimize::forecast::series::{Series, parse_csv};
-use grid_optimize::forecast::SeriesKind;
 use std::hint::black_box;
 use std::time::Duration;
 
 fn year_of_household_load() -> Series {
-    let path = format!("{}/../data/load_simbench_h0a_g0a_2016_q4_15min.csv", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../data/load_simbench_h0a_g0a_2016_q4_15min.csv",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).expect("the shipped data slice exists");
     let s = parse_csv(&text, "H0-A_pload").expect("the slice parses");
     let spd = s.slots_per_day();
@@ -22,9 +25,12 @@ fn year_of_household_load() -> Series {
     for d in 0..365 {
         let src = &s.values[(d % days) * spd..(d % days + 1) * spd];
         let season = 1.0 + 0.2 * ((d as f64) / 365.0 * std::f64::consts::TAU).cos();
-        v.extend(src.iter().enumerate().map(|(i, x)| x * season * (1.0 + 0.05 * (((d * 97 + i * 31) % 17) as f64 / 17.0 - 0.5))));
+        v.extend(src.iter().enumerate().map(|(i, x)| {
+            x * season * (1.0 + 0.05 * (((d * 97 + i * 31) % 17) as f64 / 17.0 - 0.5))
+        }));
     }
-    Series::from_values("H0-A year", s.first_day - 365 + 84, s.step_seconds, v).expect("valid series")
+    Series::from_values("H0-A year", s.first_day - 365 + 84, s.step_seconds, v)
+        .expect("valid series")
 }
 
 fn bench(c: &mut Criterion) {
@@ -38,8 +44,12 @@ fn bench(c: &mut Criterion) {
         validation_days: None,
     };
     let mut g = c.benchmark_group("forecast");
-    g.sample_size(10).measurement_time(Duration::from_secs(60)).warm_up_time(Duration::from_secs(1));
-    g.bench_function("train_one_year_15min", |b| b.iter(|| black_box(train(&s, &cfg, &mut |_| {}).expect("trains"))));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(60))
+        .warm_up_time(Duration::from_secs(1));
+    g.bench_function("train_one_year_15min", |b| {
+        b.iter(|| black_box(train(&s, &cfg, &mut |_| {}).expect("trains")))
+    });
     g.finish();
 
     let model = train(&s, &cfg, &mut |_| {}).expect("trains");
@@ -47,12 +57,15 @@ fn bench(c: &mut Criterion) {
     let mut scratch = Vec::new();
     let mut out = DayForecast::default();
     let mut g = c.benchmark_group("forecast");
-    g.bench_function(format!("day_ahead_96_slots_{}", model.metadata.model_kind), |b| {
-        b.iter(|| {
-            model.forecast_day_into(black_box(history), end, &mut scratch, &mut out);
-            black_box(&out);
-        })
-    });
+    g.bench_function(
+        format!("day_ahead_96_slots_{}", model.metadata.model_kind),
+        |b| {
+            b.iter(|| {
+                model.forecast_day_into(black_box(history), end, &mut scratch, &mut out);
+                black_box(&out);
+            })
+        },
+    );
     g.finish();
 }
 

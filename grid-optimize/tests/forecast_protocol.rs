@@ -20,7 +20,7 @@ fn household() -> &'static Series {
             &data("load_simbench_h0a_g0a_2016_q4_15min.csv"),
             "H0-A_pload",
         )
-        .unwrap()
+        .expect("the shipped slice parses")
     })
 }
 
@@ -29,7 +29,7 @@ const TEST_FROM: &str = "2016-12-03";
 fn config(test_from: i64) -> TrainConfig {
     TrainConfig {
         kind: SeriesKind::Load,
-        country: Some("DE".parse().unwrap()),
+        country: Some("DE".parse().expect("DE is a known country")),
         location: None,
         train_end_day: test_from,
         validation_days: None,
@@ -39,8 +39,8 @@ fn config(test_from: i64) -> TrainConfig {
 fn trained() -> &'static ForecastModel {
     static M: OnceLock<ForecastModel> = OnceLock::new();
     M.get_or_init(|| {
-        let d = parse_day(TEST_FROM, "t").unwrap();
-        train(household(), &config(d), &mut |_| {}).unwrap()
+        let d = parse_day(TEST_FROM, "t").expect("a valid date");
+        train(household(), &config(d), &mut |_| {}).expect("trains on the shipped slice")
     })
 }
 

@@ -411,10 +411,13 @@ fn build_rows(
     rows
 }
 
+/// Refits a candidate's model (same hyper-parameters) on more data.
+type Refit = Rc<dyn Fn(&Dataset) -> Result<Predictor>>;
+
 struct Candidate {
     name: String,
     fitted: Predictor,
-    refit: Rc<dyn Fn(&Dataset) -> Result<Predictor>>,
+    refit: Refit,
     val_pred: Vec<f64>,
     mae: f64,
 }
@@ -579,16 +582,16 @@ fn calibrate(
     // rescaled when it is far off: its exactly-zero nights are always covered, and there are more of them
     // in winter.
     let c1 = cov(1.0);
-    let (target, band) = if fc.kind == SeriesKind::Pv { (0.80, 0.03) } else { (0.83, 0.0) };
+    let (target, band) = if fc.kind == SeriesKind::Pv {
+        (0.80, 0.03)
+    } else {
+        (0.83, 0.0)
+    };
     if !idx.is_empty() && (c1 - target).abs() > band {
         let (mut a, mut b) = if c1 > target { (0.05, 1.0) } else { (1.0, 6.0) };
         for _ in 0..40 {
             let m = 0.5 * (a + b);
-            if cov(m) > target {
-                b = m
-            } else {
-                a = m
-            }
+            if cov(m) > target { b = m } else { a = m }
         }
         let m = 0.5 * (a + b);
         cal.lower.iter_mut().for_each(|v| *v *= m);
@@ -817,9 +820,10 @@ pub fn train(
     let offset = Some(column(&fc, "mean7_smooth"));
     // Two kinds of trees: median trees on the residual to the recent mean (follow level shifts), and mean trees
     // on the raw target (free to learn shapes such as PV's daily curve).
-    for (name, loss, offset_column) in
-        [("gbt_abs", GbtLoss::Absolute, offset), ("gbt_sq", GbtLoss::Squared, None)]
-    {
+    for (name, loss, offset_column) in [
+        ("gbt_abs", GbtLoss::Absolute, offset),
+        ("gbt_sq", GbtLoss::Squared, None),
+    ] {
         progress(&format!("fitting {name}"));
         let params = GbtParams {
             loss,
