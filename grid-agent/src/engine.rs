@@ -57,7 +57,7 @@ use grid_proto::v1::{
 };
 use grid_proto::{Codec, limits};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Instants before this are treated as an unset clock (a Raspberry Pi without RTC boots in 1970).
@@ -273,6 +273,8 @@ pub struct Engine {
     command: Option<CommandRecord>,
     /// Schedules that failed the feasibility check: never followed.
     infeasible: BTreeSet<ScheduleRef>,
+    /// The correlation id of each held schedule, for its logs and acks.
+    correlations: BTreeMap<ScheduleRef, String>,
     connected: bool,
     disconnected_since: Option<Timestamp>,
     last_sample: Option<TelemetrySample>,
@@ -314,6 +316,7 @@ impl Engine {
             inbox,
             command: None,
             infeasible: BTreeSet::new(),
+            correlations: BTreeMap::new(),
             connected: false,
             disconnected_since: None,
             last_sample: None,
@@ -349,6 +352,16 @@ impl Engine {
                     format!("stored inbox state is unreadable: {e}"),
                     None,
                 )),
+            }
+        }
+        for r in snapshot.schedules {
+            if let (Some(c), Ok(id)) = (r.correlation_id, grid_core::ScheduleId::new(r.schedule_id))
+            {
+                let key = ScheduleRef {
+                    schedule_id: id,
+                    version: grid_core::ScheduleVersion(r.version),
+                };
+                self.correlations.insert(key, c);
             }
         }
         if let Some(json) = snapshot.command {
@@ -531,6 +544,9 @@ impl Engine {
                             self.metrics.schedules_accepted += 1;
                             self.safe_mode = false;
                             self.end_idle_command(&mut ops);
+                            if let Some(c) = &correlation {
+                                self.correlations.insert(r.clone(), c.clone());
+                            }
                             ops.push(StoreOp::PutSchedule(ScheduleRecord {
                                 schedule_id: r.schedule_id.to_string(),
                                 version: r.version.0,
@@ -585,7 +601,10 @@ impl Engine {
                             ));
                         }
                     }
-                    if let Some(p) = encode(&env, correlation.clone()) {
+                    let corr = self
+                        .correlation_of_env(&env)
+                        .or_else(|| correlation.clone());
+                    if let Some(p) = encode(&env, corr) {
                         rest.push(Action::Publish(p));
                     }
                 }
@@ -603,7 +622,10 @@ impl Engine {
                     rest.push(log(
                         LogLevel::Info,
                         format!("executing schedule {} v{}", r.schedule_id, r.version),
-                        correlation.clone(),
+                        self.correlations
+                            .get(&r)
+                            .cloned()
+                            .or_else(|| correlation.clone()),
                     ));
                 }
                 InboxAction::Stop(r, state) => {
@@ -617,7 +639,7 @@ impl Engine {
                         rest.push(log(
                             LogLevel::Info,
                             format!("schedule {} v{} {state}", r.schedule_id, r.version),
-                            None,
+                            self.correlations.get(&r).cloned(),
                         ));
                     }
                 }
@@ -674,6 +696,8 @@ impl Engine {
                 }
             }
         }
+        let held: BTreeSet<ScheduleRef> = self.inbox.held().map(|(r, _)| r).collect();
+        self.correlations.retain(|r, _| held.contains(r));
         match serde_json::to_string(self.inbox.state()) {
             Ok(json) => ops.push(StoreOp::SetInboxState(json)),
             Err(e) => rest.push(log(
@@ -691,6 +715,16 @@ impl Engine {
         if self.command.as_ref().is_some_and(|c| c.power_kw.is_none()) {
             self.command = None;
             ops.push(StoreOp::SetCommand(None));
+        }
+    }
+
+    /// The correlation id of the schedule an uplink ack is about.
+    fn correlation_of_env(&self, env: &Envelope) -> Option<String> {
+        match &env.body {
+            Body::Ack(Ack {
+                schedule: Some(r), ..
+            }) => self.correlations.get(r).cloned(),
+            _ => None,
         }
     }
 
@@ -823,7 +857,13 @@ impl Engine {
                         format!("fallback ({r:?}): {:.3} kW", power.kw())
                     }
                 };
-                out.push(log(LogLevel::Info, message, None));
+                let corr = match &source {
+                    SetpointSource::Schedule { schedule, .. } => {
+                        self.correlations.get(schedule).cloned()
+                    }
+                    _ => None,
+                };
+                out.push(log(LogLevel::Info, message, corr));
                 self.status(now, out);
             }
             self.metrics.setpoint_kw = power.kw();

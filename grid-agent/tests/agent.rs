@@ -470,7 +470,10 @@ async fn comms_loss_falls_back_within_the_timeout(kind: BrokerKind) {
         took <= Duration::from_secs(3),
         "fallback took {took:?}, more than timeout + 1 s"
     );
-    assert!(agent.metrics().engine.fallback_active);
+    wait_for("fallback reported", T, || {
+        agent.metrics().engine.fallback_active
+    })
+    .await;
 
     proxy.restore();
     wait_for(
@@ -618,10 +621,10 @@ async fn broker_restart_mid_schedule(kind: BrokerKind) {
     wait_for("slot 2 while offline", T, || agent.applied_kw() == 3.0).await;
     run_clock(&clock, Duration::from_secs(60), Duration::from_secs(10)).await;
     wait_for("completed offline", T, || agent.applied_kw() == 0.0).await;
-    assert!(
-        agent.metrics().outbox_len >= 1,
-        "the completed ack waits in the outbox"
-    );
+    wait_for("the completed ack waits in the outbox", T, || {
+        agent.metrics().outbox_len >= 1
+    })
+    .await;
 
     if let Some(p) = &proxy {
         p.restore();
