@@ -549,36 +549,62 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
     for iter in 0..=settings.max_iterations {
         // --- residuals ---
         let yref = fleet.as_ref().map(|f| f.y.as_slice());
-        let mut r = sites
+        // Residuals and the factorisation in one pass over the sites (the factorisation depends only on the
+        // iterate); on the final iteration the factorisation is simply not used.
+        let (mut r, acc, _) = sites
             .par_iter_mut()
             .zip(models.par_iter())
             .with_min_len(chunk)
-            .map(|(s, m)| {
-                let mut out = Resid::default();
-                m.apply_at(&s.v, yref, &mut s.tmp);
-                for j in 0..m.nv {
-                    let x = s.x[j];
-                    let qd = m.qdiag(j);
-                    let rd = qd * x + m.q[j] - s.tmp[j] - s.zl[j] + s.zu[j];
-                    s.rd[j] = rd;
-                    out.dres = out.dres.max(rd.abs());
-                    out.comp += (x - m.lo[j]) * s.zl[j] + (m.hi[j] - x) * s.zu[j];
-                    out.pobj += m.q[j] * x + 0.5 * qd * x * x;
-                }
-                out.nb = 2 * m.nv;
-                m.apply_a(&s.x, &mut s.rp);
-                for (rr, r) in s.rp.iter_mut().enumerate() {
-                    *r -= m.rhs(rr);
-                    out.pres = out.pres.max(r.abs());
-                }
-                if coupled {
-                    out.flow = (0..m.t)
-                        .map(|k| s.x[C * m.t + k] - s.x[D * m.t + k])
-                        .collect();
-                }
-                out
-            })
-            .reduce(Resid::default, merge_resid);
+            .fold(
+                || {
+                    (
+                        Resid::default(),
+                        vec![0.0; if coupled { t * t } else { 0 }],
+                        vec![0.0; t],
+                    )
+                },
+                |(acc_r, mut s_acc, mut buf), (s, m)| {
+                    let mut out = Resid::default();
+                    m.apply_at(&s.v, yref, &mut s.tmp);
+                    for j in 0..m.nv {
+                        let x = s.x[j];
+                        let qd = m.qdiag(j);
+                        let rd = qd * x + m.q[j] - s.tmp[j] - s.zl[j] + s.zu[j];
+                        s.rd[j] = rd;
+                        out.dres = out.dres.max(rd.abs());
+                        out.comp += (x - m.lo[j]) * s.zl[j] + (m.hi[j] - x) * s.zu[j];
+                        out.pobj += m.q[j] * x + 0.5 * qd * x * x;
+                    }
+                    out.nb = 2 * m.nv;
+                    m.apply_a(&s.x, &mut s.rp);
+                    for (rr, r) in s.rp.iter_mut().enumerate() {
+                        *r -= m.rhs(rr);
+                        out.pres = out.pres.max(r.abs());
+                    }
+                    if coupled {
+                        out.flow = (0..m.t)
+                            .map(|k| s.x[C * m.t + k] - s.x[D * m.t + k])
+                            .collect();
+                    }
+                    for j in 0..m.nv {
+                        let isl = 1.0 / (s.x[j] - m.lo[j]);
+                        let isu = 1.0 / (m.hi[j] - s.x[j]);
+                        s.isl[j] = isl;
+                        s.isu[j] = isu;
+                        let d = m.qdiag(j) + s.zl[j] * isl + s.zu[j] * isu;
+                        s.w[j] = 1.0 / d.max(MIN_HESSIAN);
+                    }
+                    s.f.factor(m, &s.w);
+                    if coupled {
+                        s.f.add_schur(m, &mut s_acc, &mut buf);
+                    }
+                    (merge_resid(acc_r, out), s_acc, buf)
+                },
+            )
+            .reduce(
+                || (Resid::default(), Vec::new(), Vec::new()),
+                |a, b| (merge_resid(a.0, b.0), add_vec(a.1, b.1), Vec::new()),
+            );
         if let Some(f) = fleet.as_mut() {
             for k in 0..t {
                 let rp = r.flow[k] - f.x[k] - f.rhs[k];
@@ -630,31 +656,7 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
         }
         iterations = iter + 1;
 
-        // --- factorisation ---
-        let acc = sites
-            .par_iter_mut()
-            .zip(models.par_iter())
-            .with_min_len(chunk)
-            .fold(
-                || (vec![0.0; if coupled { t * t } else { 0 }], vec![0.0; t]),
-                |(mut s_acc, mut buf), (s, m)| {
-                    for j in 0..m.nv {
-                        let isl = 1.0 / (s.x[j] - m.lo[j]);
-                        let isu = 1.0 / (m.hi[j] - s.x[j]);
-                        s.isl[j] = isl;
-                        s.isu[j] = isu;
-                        let d = m.qdiag(j) + s.zl[j] * isl + s.zu[j] * isu;
-                        s.w[j] = 1.0 / d.max(MIN_HESSIAN);
-                    }
-                    s.f.factor(m, &s.w);
-                    if coupled {
-                        s.f.add_schur(m, &mut s_acc, &mut buf);
-                    }
-                    (s_acc, buf)
-                },
-            )
-            .map(|(s_acc, _)| s_acc)
-            .reduce(Vec::new, add_vec);
+        // --- factorisation of the fleet Schur complement ---
         if let Some(f) = fleet.as_mut() {
             schur.copy_from_slice(&acc);
             for k in 0..t {
