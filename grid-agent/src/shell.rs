@@ -733,7 +733,6 @@ impl Shell {
             while !(self.outflow.queued.is_empty() && self.outflow.inflight.is_empty()) {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(Net::PubAck(pkid))) => {
-                        self.outflow.requested.clear();
                         if let Some(Some(row)) = self.outflow.inflight.remove(&pkid) {
                             let _ = self.store.outbox_remove(row).await;
                             self.outflow.queued.remove(&row);

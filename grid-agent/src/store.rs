@@ -122,6 +122,8 @@ pub struct Store {
     pool: SqlitePool,
     device: String,
     telemetry_max: u32,
+    /// Whether [`Store::close`] closes the pool (not when it is shared with other agents).
+    owns_pool: bool,
 }
 
 impl Store {
@@ -147,7 +149,9 @@ impl Store {
             },
         };
         Self::migrate(&pool).await?;
-        Ok((Self::shared(pool, device, telemetry_max), report))
+        let mut store = Self::shared(pool, device, telemetry_max);
+        store.owns_pool = true;
+        Ok((store, report))
     }
 
     /// Applies the migrations to `pool` (idempotent; run once before sharing a pool).
@@ -156,12 +160,14 @@ impl Store {
         Ok(())
     }
 
-    /// A store for `device` on an already migrated, possibly shared pool.
+    /// A store for `device` on an already migrated pool shared with other agents;
+    /// [`Store::close`] leaves the pool open.
     pub fn shared(pool: SqlitePool, device: &str, telemetry_max: u32) -> Store {
         Store {
             pool,
             device: device.to_string(),
             telemetry_max: telemetry_max.max(1),
+            owns_pool: false,
         }
     }
 
@@ -397,9 +403,11 @@ impl Store {
         to_u64(v.unwrap_or(0))
     }
 
-    /// Closes the pool (checkpointing the WAL).
+    /// Closes the pool (checkpointing the WAL), unless it is shared ([`Store::shared`]).
     pub async fn close(&self) {
-        self.pool.close().await;
+        if self.owns_pool {
+            self.pool.close().await;
+        }
     }
 }
 

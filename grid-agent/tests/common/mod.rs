@@ -390,6 +390,8 @@ pub struct AgentSetup {
     pub reversion_timeout: Duration,
     pub verifying_key: Option<grid_proto::signature::VerifyingKey>,
     pub telemetry_interval: Duration,
+    /// A store on a shared pool (the fleet case) instead of opening `location`.
+    pub shared_store: Option<Store>,
 }
 
 impl AgentSetup {
@@ -402,13 +404,17 @@ impl AgentSetup {
             reversion_timeout: Duration::from_secs(300),
             verifying_key: None,
             telemetry_interval: Duration::from_secs(30),
+            shared_store: None,
         }
     }
 
     pub async fn start(self) -> InProcess {
-        let (store, open_report) = Store::open(&self.location, self.device.as_str(), 100)
-            .await
-            .unwrap();
+        let (store, open_report) = match self.shared_store {
+            Some(s) => (s, grid_agent::store::OpenReport::default()),
+            None => Store::open(&self.location, self.device.as_str(), 100)
+                .await
+                .unwrap(),
+        };
         let engine = EngineConfig {
             reversion_timeout: self.reversion_timeout,
             telemetry_interval: self.telemetry_interval,
