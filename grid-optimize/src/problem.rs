@@ -256,7 +256,7 @@ impl SiteProblem {
 
     /// Checks this site as `sites[index]` of a problem with `t` slots.
     pub fn validate_at(&self, index: usize, t: usize) -> Result<()> {
-        let p = |f: &str| format!("sites[{index}].{f}");
+        let p = |f: &'static str| SiteField(index, f);
         series(&p("load"), &self.load, t, Sign::Any)?;
         series(&p("pv"), &self.pv, t, Sign::Any)?;
         nonneg(&p("grid_import_max"), self.grid_import_max)?;
@@ -268,14 +268,14 @@ impl SiteProblem {
         nonneg(&p("battery.e_max"), b.e_max)?;
         if b.e_min > b.e_max {
             return Err(Error::invalid(
-                p("battery.e_min"),
+                p("battery.e_min").to_string(),
                 format!("e_min {} kWh exceeds e_max {} kWh", b.e_min, b.e_max),
             ));
         }
         finite(&p("battery.e0"), b.e0)?;
         if b.e0 < b.e_min - 1e-9 || b.e0 > b.e_max + 1e-9 {
             return Err(Error::invalid(
-                p("battery.e0"),
+                p("battery.e0").to_string(),
                 format!(
                     "initial SoC {} kWh outside [e_min, e_max] = [{}, {}] kWh",
                     b.e0, b.e_min, b.e_max
@@ -291,7 +291,7 @@ impl SiteProblem {
             finite(&p(name), eta)?;
             if !(eta > 0.0 && eta <= 1.0) {
                 return Err(Error::invalid(
-                    p(name),
+                    p(name).to_string(),
                     format!("efficiency {eta} outside (0, 1]"),
                 ));
             }
@@ -389,48 +389,70 @@ enum Sign {
     NonNegative,
 }
 
-fn finite(field: &str, v: f64) -> Result<()> {
+/// `sites[i].name`, formatted only when an error needs it.
+struct SiteField(usize, &'static str);
+
+impl std::fmt::Display for SiteField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sites[{}].{}", self.0, self.1)
+    }
+}
+
+fn finite(field: &(impl std::fmt::Display + ?Sized), v: f64) -> Result<()> {
     if v.is_finite() {
         Ok(())
     } else {
         Err(Error::invalid(
-            field,
+            field.to_string(),
             format!("must be a finite number, got {v}"),
         ))
     }
 }
 
-fn nonneg(field: &str, v: f64) -> Result<()> {
+fn nonneg(field: &(impl std::fmt::Display + ?Sized), v: f64) -> Result<()> {
     finite(field, v)?;
     if v < 0.0 {
         return Err(Error::invalid(
-            field,
+            field.to_string(),
             format!("must be non-negative, got {v}"),
         ));
     }
     Ok(())
 }
 
-fn positive(field: &str, v: f64) -> Result<()> {
+fn positive(field: &(impl std::fmt::Display + ?Sized), v: f64) -> Result<()> {
     finite(field, v)?;
     if v <= 0.0 {
-        return Err(Error::invalid(field, format!("must be positive, got {v}")));
+        return Err(Error::invalid(
+            field.to_string(),
+            format!("must be positive, got {v}"),
+        ));
     }
     Ok(())
 }
 
-fn series(field: &str, v: &[f64], t: usize, sign: Sign) -> Result<()> {
+fn series(
+    field: &(impl std::fmt::Display + ?Sized),
+    v: &[f64],
+    t: usize,
+    sign: Sign,
+) -> Result<()> {
     if v.len() != t {
         return Err(Error::invalid(
-            field,
+            field.to_string(),
             format!("expected {t} values (one per slot), got {}", v.len()),
         ));
     }
-    for (k, &x) in v.iter().enumerate() {
-        match sign {
-            Sign::Any => finite(&format!("{field}[{k}]"), x)?,
-            Sign::NonNegative => nonneg(&format!("{field}[{k}]"), x)?,
-        }
+    let bad = |x: f64| match sign {
+        Sign::Any => !x.is_finite(),
+        Sign::NonNegative => !(x.is_finite() && x >= 0.0),
+    };
+    // Name the element only when there is one to name: formatting on the happy path would dominate.
+    match v.iter().position(|&x| bad(x)) {
+        None => Ok(()),
+        Some(k) => match sign {
+            Sign::Any => finite(&format!("{field}[{k}]"), v[k]),
+            Sign::NonNegative => nonneg(&format!("{field}[{k}]"), v[k]),
+        },
     }
-    Ok(())
 }
