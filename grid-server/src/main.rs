@@ -26,7 +26,8 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(grid_server::server::run(config))
+            runtime.block_on(grid_server::server::run(config))?;
+            Ok(())
         }
     }
 }
