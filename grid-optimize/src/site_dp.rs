@@ -1238,6 +1238,11 @@ fn slot_reason(id: &str, k: usize, slot: &Slot, why: SlotInfeasible, capped: boo
     }
 }
 
+thread_local! {
+    /// The DP workspace of this thread, reused by [`SiteDpSolver`].
+    static WORKSPACE: std::cell::RefCell<SiteDp> = std::cell::RefCell::new(SiteDp::new());
+}
+
 /// The exact DP as a [`Solver`]: handles any problem without a feeder, tracking or quadratic terms, solving each
 /// site independently (they share nothing else).
 #[derive(Debug, Clone, Default)]
@@ -1269,18 +1274,24 @@ impl SiteDpSolver {
             )?;
             Ok((r, dp.passes(), dp.duality_gap()))
         };
+        // One workspace per thread, kept between solves: no allocation once warm.
+        let with_workspace = |site: &SiteProblem| {
+            WORKSPACE.with(|ws| match ws.try_borrow_mut() {
+                Ok(mut dp) => one(&mut dp, site),
+                Err(_) => one(&mut SiteDp::new(), site),
+            })
+        };
         let results: Vec<_> = if problem.sites.len() >= Self::PARALLEL_FROM {
             problem
                 .sites
                 .par_iter()
-                .map_init(SiteDp::new, one)
+                .map(with_workspace)
                 .collect::<Result<Vec<_>>>()?
         } else {
-            let mut dp = SiteDp::new();
             problem
                 .sites
                 .iter()
-                .map(|site| one(&mut dp, site))
+                .map(with_workspace)
                 .collect::<Result<Vec<_>>>()?
         };
         let mut sites = Vec::with_capacity(results.len());
