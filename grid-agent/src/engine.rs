@@ -36,8 +36,7 @@
 //! let topics: Vec<_> = actions.iter().filter_map(|a| match a {
 //!     Action::Publish(p) => Some(p.topic.as_str()), _ => None }).collect();
 //! assert_eq!(topics, ["grid/v1/bat-1/up/hello", "grid/v1/bat-1/up/status"]);
-//! // Nothing to follow: the fallback (idle) is applied.
-//! let actions = engine.handle(now, Event::Tick);
+//! // Nothing to follow: the fallback (idle) is applied at once.
 //! assert!(actions.iter().any(|a| matches!(a, Action::SetPower { power, .. } if power.kw() == 0.0)));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -286,6 +285,7 @@ pub struct Engine {
     last_telemetry: Option<Timestamp>,
     track: Option<SlotTrack>,
     seq: u64,
+    last_status: Option<Timestamp>,
     safe_mode: bool,
     metrics: EngineMetrics,
     trusted_floor: Timestamp,
@@ -328,6 +328,7 @@ impl Engine {
             last_telemetry: None,
             track: None,
             seq: 0,
+            last_status: None,
             safe_mode: false,
             metrics: EngineMetrics::default(),
             trusted_floor: TRUSTED_CLOCK_FLOOR.parse().unwrap_or(Timestamp::UNIX_EPOCH),
@@ -1061,9 +1062,11 @@ impl Engine {
     // ---- uplink ----
 
     fn status(&mut self, now: Timestamp, out: &mut Vec<Action>) {
-        if !self.connected {
+        // One status per instant: a connect and the first setpoint would otherwise send two.
+        if !self.connected || self.last_status == Some(now) {
             return;
         }
+        self.last_status = Some(now);
         let Some(id) = self.next_id() else { return };
         let env = self.inbox.status(now, true, id);
         if let Some(p) = encode(&env, None) {
