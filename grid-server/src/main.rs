@@ -1,10 +1,22 @@
 //! The `grid-server` binary: parse the command line, then serve, mint a token or print the
-//! default configuration. All the work is in the library.
+//! default configuration. All the work is in the library; errors end the process with one line.
 
 use clap::Parser as _;
 use grid_server::cli::{Cli, Command};
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, no "Caused by" chain: every error message already names its cause.
+            eprintln!("grid-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::PrintConfig) = cli.command {
         print!("{}", grid_server::config::DEFAULT_CONFIG_TOML);
@@ -18,7 +30,8 @@ fn main() -> anyhow::Result<()> {
             tenant,
             subject,
         }) => {
-            let token = grid_server::server::mint_token(&config, &subject, role, tenant.as_deref(), ttl)?;
+            let token =
+                grid_server::server::mint_token(&config, &subject, role, tenant.as_deref(), ttl)?;
             println!("{token}");
             Ok(())
         }
