@@ -314,7 +314,10 @@ pub fn load_or_generate_key(path: &Path) -> Result<Vec<u8>, AuthError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = vec![0u8; 32];
             getrandom::fill(&mut key).map_err(|e| AuthError::Key(e.to_string()))?;
-            write_private(path, &base64::engine::general_purpose::STANDARD.encode(&key))?;
+            write_private(
+                path,
+                &base64::engine::general_purpose::STANDARD.encode(&key),
+            )?;
             Ok(key)
         }
         Err(e) => Err(AuthError::Key(format!(
@@ -384,9 +387,7 @@ mod tests {
     #[test]
     fn minted_tokens_verify_and_carry_role_and_tenant() {
         let a = auth();
-        let t = a
-            .mint("alice", Role::Operator, Some("acme"), None)
-            .unwrap();
+        let t = a.mint("alice", Role::Operator, Some("acme"), None).unwrap();
         let p = a.verify(&t).unwrap();
         assert_eq!(p.role, Role::Operator);
         assert_eq!(p.tenant.as_deref(), Some("acme"));

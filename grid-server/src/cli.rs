@@ -45,7 +45,13 @@ pub struct Cli {
     pub jwt_algorithm: Option<JwtAlgorithm>,
 
     /// HS256 secret (at least 32 bytes). Unset: a key is generated beside the SQLite database.
-    #[arg(long, env = "GRID_JWT_SECRET", global = true, hide_env_values = true, value_name = "SECRET")]
+    #[arg(
+        long,
+        env = "GRID_JWT_SECRET",
+        global = true,
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
     pub jwt_secret: Option<String>,
 
     /// Required `iss` claim [default: grid-server].
@@ -61,11 +67,21 @@ pub struct Cli {
     pub jwt_leeway_s: Option<u64>,
 
     /// PEM public key for RS256/EdDSA verification.
-    #[arg(long, env = "GRID_JWT_PUBLIC_KEY_FILE", global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        env = "GRID_JWT_PUBLIC_KEY_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
     pub jwt_public_key_file: Option<PathBuf>,
 
     /// PEM private key for RS256/EdDSA minting (`token`).
-    #[arg(long, env = "GRID_JWT_PRIVATE_KEY_FILE", global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        env = "GRID_JWT_PRIVATE_KEY_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
     pub jwt_private_key_file: Option<PathBuf>,
 
     /// HS256 key file used (and generated) when no secret is set [default: <sqlite path>.jwt-key].
@@ -232,6 +248,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let bad = Cli::try_parse_from(["grid-server", "--database-url", "mysql://x"]).unwrap();
-        assert!(bad.config().unwrap_err().to_string().contains("database.url"));
+        assert!(
+            bad.config()
+                .unwrap_err()
+                .to_string()
+                .contains("database.url")
+        );
     }
 }

@@ -109,7 +109,9 @@ impl std::str::FromStr for JwtAlgorithm {
             "HS256" => Ok(Self::HS256),
             "RS256" => Ok(Self::RS256),
             "EdDSA" => Ok(Self::EdDSA),
-            other => Err(format!("unknown JWT algorithm {other:?} (HS256, RS256 or EdDSA)")),
+            other => Err(format!(
+                "unknown JWT algorithm {other:?} (HS256, RS256 or EdDSA)"
+            )),
         }
     }
 }
@@ -222,10 +224,12 @@ impl Config {
         // The secret is never serialised; carry it over by hand.
         let secret = self.auth.secret.clone();
         merge_tables(&mut base, parse(text)?);
-        let mut merged: Config = base.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            source_name: source_name.to_owned(),
-            message: e.message().to_owned(),
-        })?;
+        let mut merged: Config =
+            base.try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    source_name: source_name.to_owned(),
+                    message: e.message().to_owned(),
+                })?;
         if merged.auth.secret.is_none() {
             merged.auth.secret = secret;
         }

@@ -48,7 +48,11 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by route"
+    );
     describe_counter!(MQTT_IN, "MQTT messages received by kind");
     describe_counter!(MQTT_OUT, "MQTT messages published by kind");
     describe_histogram!(

@@ -20,9 +20,7 @@ pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The HTTP address could not be bound.
-    #[error(
-        "cannot listen on {addr}: {source} (set --listen / GRID_LISTEN to another address)"
-    )]
+    #[error("cannot listen on {addr}: {source} (set --listen / GRID_LISTEN to another address)")]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -93,7 +91,11 @@ impl Dispatch for MqttDispatch {
             (crate::metrics::ACKS, "applied", s.acks_applied),
             (crate::metrics::ACKS, "duplicate", s.acks_duplicate),
             (crate::metrics::ACKS, "ignored", s.acks_ignored),
-            (crate::metrics::MQTT_IN, "telemetry_samples", s.telemetry_samples),
+            (
+                crate::metrics::MQTT_IN,
+                "telemetry_samples",
+                s.telemetry_samples,
+            ),
         ]
     }
 }
@@ -184,7 +186,9 @@ pub async fn serve(config: Config) -> Result<RunningServer, ServeError> {
     let transport_config = TransportConfig::from_url_or_embedded(mqtt_url, config.mqtt.listen)?;
     let (transport, transport_task) = Transport::start(transport_config, store.clone()).await?;
     if !transport.wait_ready(Duration::from_secs(10)).await {
-        tracing::warn!("MQTT broker not reachable yet; the transport keeps retrying (/readyz says so)");
+        tracing::warn!(
+            "MQTT broker not reachable yet; the transport keeps retrying (/readyz says so)"
+        );
     }
     let state = AppState::new(
         store.clone(),
@@ -246,8 +250,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             s.recv().await;
         }
@@ -263,8 +266,7 @@ async fn shutdown_signal() {
 /// Installs the JSON (or pretty) log subscriber with the configured filter; idempotent.
 pub fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_new(&config.log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(&config.log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -8,11 +8,11 @@
 //! do-nothing baseline, so `savings = −battery_cost`. With no price series the cost figures are
 //! absent.
 
+use super::AppState;
 use super::devices::{body_id, list_tenant, load_device};
 use super::error::{ApiError, ApiResult, Problem};
 use super::extract::{ApiQuery, Caller};
 use super::sites::check_range;
-use super::AppState;
 use crate::store::{
     BucketQuery, DeliveryQuery, PricePoint, ScheduleFilter, ScheduleRecord, TelemetryBucket,
     TelemetryScope,

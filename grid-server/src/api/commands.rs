@@ -20,7 +20,10 @@ use utoipa::IntoParams;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/devices/{id}/commands", get(list_commands).post(send_command))
+        .route(
+            "/devices/{id}/commands",
+            get(list_commands).post(send_command),
+        )
         .route("/commands/{id}", get(get_command))
 }
 
@@ -80,9 +83,11 @@ pub async fn send_command(
     let device = load_device(&state, &caller, &id).await?;
     if let Command::SetPower { power, .. } = &command {
         // The agent's safety layer clamps too, but a request beyond the spec is a client error.
-        let (max_c, max_d) = (device.spec.max_charge().kw(), device.spec.max_discharge().kw());
-        if power.kw() > max_c + grid_core::TOLERANCE || -power.kw() > max_d + grid_core::TOLERANCE
-        {
+        let (max_c, max_d) = (
+            device.spec.max_charge().kw(),
+            device.spec.max_discharge().kw(),
+        );
+        if power.kw() > max_c + grid_core::TOLERANCE || -power.kw() > max_d + grid_core::TOLERANCE {
             return Err(ApiError::invalid(
                 "power_kw",
                 format!("outside the device's limits [-{max_d}, {max_c}] kW"),

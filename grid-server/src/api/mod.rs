@@ -50,12 +50,18 @@ use tower_http::trace::TraceLayer;
 #[async_trait::async_trait]
 pub trait Dispatch: Send + Sync + 'static {
     /// Publishes a stored schedule to its device, tagging the message with `correlation_id`.
-    async fn distribute(&self, schedule: &ScheduleRecord, correlation_id: &str)
-    -> Result<(), String>;
+    async fn distribute(
+        &self,
+        schedule: &ScheduleRecord,
+        correlation_id: &str,
+    ) -> Result<(), String>;
 
     /// Publishes a stored command to its device.
-    async fn send_command(&self, command: &CommandRecord, correlation_id: &str)
-    -> Result<(), String>;
+    async fn send_command(
+        &self,
+        command: &CommandRecord,
+        correlation_id: &str,
+    ) -> Result<(), String>;
 
     /// Whether the broker connection is up (for `/readyz`).
     fn broker_healthy(&self) -> bool;

@@ -115,7 +115,10 @@ pub async fn optimize(
 ) -> ApiResult<Json<OptimizeResponse>> {
     caller.require(Role::Operator)?;
     if req.slots == 0 || req.slots > MAX_SLOTS {
-        return Err(ApiError::invalid("slots", format!("must be in 1..={MAX_SLOTS}")));
+        return Err(ApiError::invalid(
+            "slots",
+            format!("must be in 1..={MAX_SLOTS}"),
+        ));
     }
     let slot = SlotLength::from_seconds(req.slot_seconds)
         .map_err(|e| ApiError::invalid("slot_seconds", e.to_string()))?;
@@ -123,7 +126,10 @@ pub async fn optimize(
         .map_err(|e| ApiError::invalid("start", e.to_string()))?;
     let prefix = req.schedule_prefix.as_deref().unwrap_or("opt");
     if ScheduleId::new(format!("{prefix}-x")).is_err() || prefix.len() > 20 {
-        return Err(ApiError::invalid("schedule_prefix", "invalid prefix (at most 20 id characters)"));
+        return Err(ApiError::invalid(
+            "schedule_prefix",
+            "invalid prefix (at most 20 id characters)",
+        ));
     }
 
     // Sites: given, or the feeder's.
@@ -137,7 +143,10 @@ pub async fn optimize(
             let feeder = state.store.get_feeder(&id).await?;
             caller.check_tenant(Some(&feeder.tenant))?;
             let envelope = feeder.envelope.ok_or_else(|| {
-                ApiError::invalid("feeder", "the feeder has no envelope: PUT /feeders/{id}/envelope")
+                ApiError::invalid(
+                    "feeder",
+                    "the feeder has no envelope: PUT /feeders/{id}/envelope",
+                )
             })?;
             feeder_limit = Some(envelope_on(&envelope, &horizon)?);
             envelope.sites().to_vec()
@@ -154,7 +163,10 @@ pub async fn optimize(
         (None, true) => return Err(ApiError::invalid("sites", "name at least one site")),
     };
     if site_ids.len() > MAX_SITES {
-        return Err(ApiError::invalid("sites", format!("at most {MAX_SITES} sites")));
+        return Err(ApiError::invalid(
+            "sites",
+            format!("at most {MAX_SITES} sites"),
+        ));
     }
 
     let mut sites: Vec<(SiteRecord, DeviceRecord)> = Vec::with_capacity(site_ids.len());
@@ -175,7 +187,10 @@ pub async fn optimize(
             })
             .await?;
         let device = devices.items.into_iter().next().ok_or_else(|| {
-            ApiError::invalid(format!("sites[{i}]"), format!("site {id} has no active device"))
+            ApiError::invalid(
+                format!("sites[{i}]"),
+                format!("site {id} has no active device"),
+            )
         })?;
         sites.push((site, device));
     }
@@ -186,7 +201,10 @@ pub async fn optimize(
             .iter()
             .find_map(|(s, _)| s.price_series.clone())
             .ok_or_else(|| {
-                ApiError::invalid("price_series", "no price series given and the sites name none")
+                ApiError::invalid(
+                    "price_series",
+                    "no price series given and the sites name none",
+                )
             })?,
     };
     if series.parse::<SiteId>().is_err() {
@@ -274,10 +292,11 @@ pub async fn optimize(
     }
 
     let mut devices = Vec::with_capacity(sites.len());
-    for (((site, device), sol), (e0, source)) in
-        sites.iter().zip(&solution.sites).zip(initial)
-    {
-        let (max_c, max_d) = (device.spec.max_charge().kw(), device.spec.max_discharge().kw());
+    for (((site, device), sol), (e0, source)) in sites.iter().zip(&solution.sites).zip(initial) {
+        let (max_c, max_d) = (
+            device.spec.max_charge().kw(),
+            device.spec.max_discharge().kw(),
+        );
         // Clamp solver round-off at the power limits so validation sees the intended plan.
         let setpoints: Vec<f64> = sol
             .charge

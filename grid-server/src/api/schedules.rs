@@ -79,12 +79,16 @@ pub(super) async fn store_schedule(
                 )
             })?,
         None => {
-            let sample = state.store.last_telemetry(&device.id).await?.ok_or_else(|| {
-                ApiError::invalid(
-                    "initial_energy_kwh",
-                    "the device has sent no telemetry yet: give initial_energy_kwh",
-                )
-            })?;
+            let sample = state
+                .store
+                .last_telemetry(&device.id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "initial_energy_kwh",
+                        "the device has sent no telemetry yet: give initial_energy_kwh",
+                    )
+                })?;
             sample.soc.energy(device.spec.capacity())
         }
     };
@@ -149,12 +153,16 @@ pub async fn create_schedule(
     caller.require(Role::Operator)?;
     let id: ScheduleId = body_id("id", &body.id)?;
     let device_id: grid_core::DeviceId = body_id("device", &body.device)?;
-    let device = state.store.get_device(&device_id).await.map_err(|e| match e {
-        StoreError::NotFound { .. } => {
-            ApiError::invalid("device", format!("unknown device {device_id}"))
-        }
-        e => e.into(),
-    })?;
+    let device = state
+        .store
+        .get_device(&device_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound { .. } => {
+                ApiError::invalid("device", format!("unknown device {device_id}"))
+            }
+            e => e.into(),
+        })?;
     caller.check_tenant(Some(&device.tenant))?;
     let version = match body.version {
         Some(0) => return Err(ApiError::invalid("version", "versions start at 1")),
@@ -218,7 +226,11 @@ pub async fn list_schedules(
     ApiQuery(q): ApiQuery<ScheduleListQuery>,
 ) -> ApiResult<Json<PageBody<ScheduleBody>>> {
     let filter = ScheduleFilter {
-        device: q.device.as_deref().map(|d| body_id("device", d)).transpose()?,
+        device: q
+            .device
+            .as_deref()
+            .map(|d| body_id("device", d))
+            .transpose()?,
         id: q.id.as_deref().map(|d| body_id("id", d)).transpose()?,
         state: q.state.as_deref().map(parse_state).transpose()?,
         tenant: list_tenant(&caller, q.tenant)?,
@@ -277,7 +289,9 @@ fn parse_version(raw: &str) -> ApiResult<ScheduleVersion> {
         .ok()
         .filter(|v| *v > 0)
         .map(ScheduleVersion)
-        .ok_or_else(|| ApiError::not_found("schedule version", raw.chars().take(20).collect::<String>()))
+        .ok_or_else(|| {
+            ApiError::not_found("schedule version", raw.chars().take(20).collect::<String>())
+        })
 }
 
 /// One version of a schedule.

@@ -25,7 +25,10 @@ use utoipa::IntoParams;
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/sites", get(list_sites))
-        .route("/sites/{id}", get(get_site).put(put_site).delete(delete_site))
+        .route(
+            "/sites/{id}",
+            get(get_site).put(put_site).delete(delete_site),
+        )
         .route("/sites/{id}/tariff", put(put_tariff))
         .route("/feeders", get(list_feeders))
         .route("/feeders/{id}", get(get_feeder).put(put_feeder))
@@ -61,7 +64,11 @@ pub async fn list_sites(
 ) -> ApiResult<Json<PageBody<SiteBody>>> {
     let filter = SiteFilter {
         tenant: list_tenant(&caller, q.tenant)?,
-        feeder: q.feeder.as_deref().map(|f| body_id("feeder", f)).transpose()?,
+        feeder: q
+            .feeder
+            .as_deref()
+            .map(|f| body_id("feeder", f))
+            .transpose()?,
         after: check_cursor(q.after)?,
         limit: page_limit(&state.http, q.limit)?,
     };
@@ -124,8 +131,8 @@ pub async fn put_site(
     caller.require(Role::Admin)?;
     let id: SiteId = body_id("id", &id)?;
     let tenant = owning_tenant(&caller, body.tenant)?;
-    let grid = GridConnection::new(body.import_limit_kw, body.export_limit_kw).map_err(
-        |e| match ApiError::from(e) {
+    let grid = GridConnection::new(body.import_limit_kw, body.export_limit_kw).map_err(|e| {
+        match ApiError::from(e) {
             ApiError::Invalid { detail, field, .. } => ApiError::Invalid {
                 code: "invalid_field",
                 field: field.map(|f| {
@@ -135,8 +142,8 @@ pub async fn put_site(
                 detail,
             },
             other => other,
-        },
-    )?;
+        }
+    })?;
     let demand_charge = DemandCharge::per_kw(body.demand_charge_per_kw)?;
     let feeder = body
         .feeder
@@ -150,9 +157,7 @@ pub async fn put_site(
         Ok(existing) => {
             caller.check_tenant(Some(&existing.tenant))?;
             if existing.tenant != tenant {
-                return Err(ApiError::Conflict(
-                    "a site cannot change tenant".into(),
-                ));
+                return Err(ApiError::Conflict("a site cannot change tenant".into()));
             }
         }
         Err(StoreError::NotFound { .. }) => {}
@@ -479,9 +484,12 @@ pub async fn put_prices(
 
 /// Parses `timestamp_utc,import[,export]` CSV into a price series (rows evenly spaced).
 pub fn parse_price_csv(bytes: &[u8]) -> ApiResult<PriceSeries> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| ApiError::invalid("csv", "the CSV is not UTF-8"))?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| ApiError::invalid("csv", "the CSV is not UTF-8"))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let (_, header_line) = lines
         .next()
         .ok_or_else(|| ApiError::invalid("csv", "empty CSV"))?;

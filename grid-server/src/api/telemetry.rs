@@ -1,12 +1,12 @@
 //! Telemetry queries: raw samples of a device, or time-bucketed downsampling of a device, a site,
 //! a tenant or the fleet.
 
+use super::AppState;
 use super::devices::{body_id, list_tenant, load_device};
 use super::error::{ApiError, ApiResult, Problem};
 use super::extract::{ApiQuery, Caller};
 use super::sites::check_range;
 use super::types::{BucketBody, SampleBody};
-use super::AppState;
 use crate::store::{
     BucketQuery, MAX_BUCKETS, MAX_TELEMETRY_SAMPLES, TelemetryQuery, TelemetryScope,
 };

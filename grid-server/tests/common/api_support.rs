@@ -59,7 +59,10 @@ impl TestApp {
     pub async fn live() -> Self {
         let db = std::env::var("DATABASE_URL")
             .expect("live test: set DATABASE_URL=postgres://... (.ci/run does)");
-        assert!(db.starts_with("postgres"), "live test: DATABASE_URL must be PostgreSQL");
+        assert!(
+            db.starts_with("postgres"),
+            "live test: DATABASE_URL must be PostgreSQL"
+        );
         let mqtt = std::env::var("MQTT_URL")
             .expect("live test: set MQTT_URL=mqtt://127.0.0.1:1883 (.ci/run does)");
         let schema = unique("grid_api");
@@ -106,7 +109,10 @@ impl TestApp {
 
     /// A token with `role` bound to `tenant`.
     pub fn tenant_token(&self, role: Role, tenant: &str) -> String {
-        self.server.auth.mint("test", role, Some(tenant), None).unwrap()
+        self.server
+            .auth
+            .mint("test", role, Some(tenant), None)
+            .unwrap()
     }
 
     /// Signs arbitrary claims with the server's key.
@@ -144,7 +150,13 @@ impl TestApp {
     }
 
     /// JSON request through the router.
-    pub async fn json(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+    pub async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
         self.call(req(method, path, token, body)).await
     }
 
@@ -211,7 +223,13 @@ pub fn req(method: &str, path: &str, token: Option<&str>, body: Option<Value>) -
 }
 
 /// A raw-body request.
-pub fn raw(method: &str, path: &str, token: Option<&str>, content_type: &str, body: Vec<u8>) -> Request<Body> {
+pub fn raw(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Request<Body> {
     let mut b = Request::builder()
         .method(method)
         .uri(path)
@@ -263,13 +281,24 @@ pub fn spec_json() -> Value {
 }
 
 /// Creates a site and a device through the API (admin token), returning the device id.
-pub async fn site_and_device(app: &TestApp, admin: &str, site: &str, device: &str, tenant: Option<&str>) {
+pub async fn site_and_device(
+    app: &TestApp,
+    admin: &str,
+    site: &str,
+    device: &str,
+    tenant: Option<&str>,
+) {
     let mut body = serde_json::json!({"import_limit_kw": 17.0, "export_limit_kw": 11.0});
     if let Some(t) = tenant {
         body["tenant"] = t.into();
     }
     let r = app
-        .json("PUT", &format!("/api/v1/sites/{site}"), Some(admin), Some(body))
+        .json(
+            "PUT",
+            &format!("/api/v1/sites/{site}"),
+            Some(admin),
+            Some(body),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = app
