@@ -582,7 +582,8 @@ async fn broker_restart_mid_schedule(kind: BrokerKind) {
     };
     let device = device_id("restart");
     let clock = Arc::new(ManualClock::new(t0() + secs(1)));
-    let mut server = TestServer::connect(server_broker, &device).await;
+    // Live: the server's session (subscription, queued acks) must survive the restart too.
+    let mut server = TestServer::connect_with(server_broker, &device, live).await;
     let agent = AgentSetup::new(device.clone(), agent_broker, clock.clone())
         .start()
         .await;

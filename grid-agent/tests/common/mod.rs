@@ -181,10 +181,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn connect(broker: SocketAddr, device: &DeviceId) -> TestServer {
+        Self::connect_with(broker, device, false).await
+    }
+
+    /// With `persistent`, the session (subscription and queued acks) survives a broker restart.
+    pub async fn connect_with(
+        broker: SocketAddr,
+        device: &DeviceId,
+        persistent: bool,
+    ) -> TestServer {
         let id = format!("srv-{}", device);
         let mut o = MqttOptions::new(id, broker.ip().to_string(), broker.port());
         o.set_keep_alive(Duration::from_secs(5))
-            .set_clean_session(true)
+            .set_clean_session(!persistent)
             .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(o, 64);
         let mut net = el.network_options();
