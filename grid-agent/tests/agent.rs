@@ -527,7 +527,12 @@ impl PrivateMosquitto {
     }
 
     fn spawn(&mut self) {
-        let child = std::process::Command::new("mosquitto")
+        // /usr/sbin is not on every PATH.
+        let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let child = std::process::Command::new(bin)
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdout(std::process::Stdio::null())
