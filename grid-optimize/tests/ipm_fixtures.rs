@@ -134,3 +134,54 @@ fn iteration_limit_returns_the_best_point() {
     assert_eq!(solution.sites.len(), problem.sites.len());
     assert_eq!(solution.diagnostics.iterations, 3);
 }
+
+/// Solves a fleet from `../shared/opt/instances` (not copied into the repository: 1.3 MB / 13 MB): feasible,
+/// duality gap closed, and the reference objective reproduced where the file carries one. Ignored by default (run
+/// with `--ignored`, e.g. under `/usr/bin/time -v` for peak memory).
+fn shared_fleet(name: &str) {
+    let path = format!(
+        "{}/../../shared/opt/instances/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!("note: {path} not found; skipped");
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).expect("instance is JSON");
+    let reference = v["reference"]["objective"].as_f64();
+    let problem = parse_instance(&text).expect("instance parses");
+    let solution = InteriorPointSolver::default()
+        .solve(&problem)
+        .expect("solves");
+    let violation = problem.max_violation(&solution);
+    let d = &solution.diagnostics;
+    eprintln!(
+        "{name}: {:?} objective {:.9} reference {reference:?} violation {violation:.2e} iterations {} gap {:.2e} \
+         pres {:.2e} dres {:.2e} {:.0} ms",
+        solution.status,
+        solution.objective,
+        d.iterations,
+        d.duality_gap,
+        d.primal_residual,
+        d.dual_residual,
+        d.solve_seconds * 1e3
+    );
+    assert!(solution.is_optimal(), "{:?}", solution.status);
+    assert!(violation <= 1e-6);
+    assert!(d.duality_gap <= 1e-7 * solution.objective.abs().max(1.0));
+    if let Some(r) = reference {
+        assert!((solution.objective - r).abs() <= 1e-6 * r.abs().max(1.0));
+    }
+}
+
+#[test]
+#[ignore = "reads the 1.3 MB N=1000 instance from ../shared; run explicitly"]
+fn d_fleet_n1000_from_shared() {
+    shared_fleet("d_fleet_N1000_T96");
+}
+
+#[test]
+#[ignore = "reads the 13 MB N=10000 instance from ../shared; run explicitly"]
+fn d_fleet_n10000_from_shared() {
+    shared_fleet("d_fleet_N10000_T96");
+}

@@ -213,26 +213,28 @@ impl SiteFactor {
         let t = m.t;
         let (a, b) = (m.a, m.b);
         let ab2 = (a - b) * (a - b);
+        // Only sites with a peak border need the dual regularisation (see DUAL_REG).
+        let reg = if m.demand { DUAL_REG } else { 0.0 };
         let mut g = vec![0.0; t];
         for k in 0..t {
             let (wc, wd, wgp, wgm) = (w[k], w[t + k], w[2 * t + k], w[3 * t + k]);
             let x = if m.demand {
                 let wu = w[5 * t + k];
-                let mbb = wc + wd + wgp + wgm + DUAL_REG;
-                let mpp = wgp + wu + DUAL_REG;
-                let det = (wc + wd + wgm + DUAL_REG) * mpp + wgp * (wu + DUAL_REG);
+                let mbb = wc + wd + wgp + wgm + reg;
+                let mpp = wgp + wu + reg;
+                let det = (wc + wd + wgm + reg) * mpp + wgp * (wu + reg);
                 self.einv_bb[k] = mpp / det;
                 self.einv_bp[k] = -wgp / det;
                 self.einv_pp[k] = mbb / det;
-                wgm + DUAL_REG + wgp * (wu + DUAL_REG) / mpp
+                wgm + reg + wgp * (wu + reg) / mpp
             } else {
-                self.einv_bb[k] = 1.0 / (wc + wd + wgp + wgm + DUAL_REG);
-                wgm + wgp + DUAL_REG
+                self.einv_bb[k] = 1.0 / (wc + wd + wgp + wgm + reg);
+                wgm + wgp + reg
             };
             let wb = wc + wd + x;
             let mbn = a * wc + b * wd;
             self.mbn[k] = mbn;
-            g[k] = (ab2 * wc * wd + (a * a * wc + b * b * wd) * x) / wb + DUAL_REG;
+            g[k] = (ab2 * wc * wd + (a * a * wc + b * b * wd) * x) / wb + reg;
             self.kappa[k] = -mbn * x / wb;
             self.h[k] = (wc + wd) * x / wb;
             self.cyb[k] = -(wc + wd);
