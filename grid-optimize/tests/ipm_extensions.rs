@@ -48,7 +48,9 @@ fn generate(seed: u64, shape: Shape) -> FleetProblem {
     let t = shape.slots;
     let dt = 0.25;
     let import_price: Vec<f64> = (0..t)
-        .map(|k| 0.20 + 0.12 * (k as f64 * 6.28 / t as f64).sin() + r.range(-0.05, 0.05))
+        .map(|k| {
+            0.20 + 0.12 * (k as f64 * std::f64::consts::TAU / t as f64).sin() + r.range(-0.05, 0.05)
+        })
         .collect();
     let export_price: Vec<f64> = import_price
         .iter()
@@ -59,7 +61,7 @@ fn generate(seed: u64, shape: Shape) -> FleetProblem {
         let load: Vec<f64> = (0..t).map(|_| r.range(0.2, 3.0)).collect();
         let pv: Vec<f64> = (0..t)
             .map(|k| {
-                let x = (k as f64 / t as f64 * 3.14).sin();
+                let x = (k as f64 / t as f64 * std::f64::consts::PI).sin();
                 (r.range(0.0, 6.0) * x).max(0.0)
             })
             .collect();

@@ -122,10 +122,8 @@ pub fn build(problem: &FleetProblem) -> ClarabelModel {
             }
             ineq.row(&[(s, 1.0)], bat.e_max);
             let mut lo = bat.e_min;
-            if k + 1 == t {
-                if let Some(ef) = bat.e_final_min {
-                    lo = lo.max(ef);
-                }
+            if let (true, Some(ef)) = (k + 1 == t, bat.e_final_min) {
+                lo = lo.max(ef);
             }
             ineq.row(&[(s, -1.0)], -lo);
             if site.demand_charge > 0.0 {
@@ -194,11 +192,13 @@ pub fn build(problem: &FleetProblem) -> ClarabelModel {
 
 /// Solves a built model with clarabel (tolerances 1e-9, quiet).
 pub fn solve_model(model: &ClarabelModel) -> ClarabelResult {
-    let mut settings = DefaultSettings::<f64>::default();
-    settings.verbose = false;
-    settings.tol_gap_abs = 1e-9;
-    settings.tol_gap_rel = 1e-9;
-    settings.tol_feas = 1e-9;
+    let settings = DefaultSettings::<f64> {
+        verbose: false,
+        tol_gap_abs: 1e-9,
+        tol_gap_rel: 1e-9,
+        tol_feas: 1e-9,
+        ..Default::default()
+    };
     let mut solver = DefaultSolver::new(
         &model.p,
         &model.q,
