@@ -1,0 +1,41 @@
+//! `grid-sim`: the fleet demo (`grid-sim demo`) and the scale benchmark (`grid-sim load`).
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// grid's fleet simulator: the demo and the load tool.
+#[derive(Debug, Parser)]
+#[command(name = "grid-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the fleet demo: server, simulated homes, one optimised day, a summary.
+    Demo(grid_sim::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => grid_sim::demo::run(args).await.map(|_| ()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
