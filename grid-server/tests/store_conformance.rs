@@ -62,7 +62,10 @@ mod suite {
                 None => break,
             }
         }
-        assert_eq!(seen, ["site-b0", "site-b1", "site-b2", "site-b3", "site-b4"]);
+        assert_eq!(
+            seen,
+            ["site-b0", "site-b1", "site-b2", "site-b3", "site-b4"]
+        );
         let on_feeder = store
             .list_sites(&SiteFilter {
                 feeder: Some(FeederId::new("feeder-1").unwrap()),
@@ -416,7 +419,15 @@ mod suite {
             limit: 10,
             ..Default::default()
         };
-        assert_eq!(store.list_devices(&online_filter).await.unwrap().items.len(), 3);
+        assert_eq!(
+            store
+                .list_devices(&online_filter)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            3
+        );
 
         // Live status shows the newest schedule and the last sample.
         store
@@ -459,7 +470,10 @@ mod suite {
         let t0 = t("2026-11-27T00:00:00Z");
         let id = ScheduleId::new("day-1").unwrap();
         let v1 = store
-            .create_schedule(&new_schedule("day-1", &ids[0], 1, "2026-11-27T00:00:00Z"), t0)
+            .create_schedule(
+                &new_schedule("day-1", &ids[0], 1, "2026-11-27T00:00:00Z"),
+                t0,
+            )
             .await
             .unwrap();
         assert_eq!(v1.state, ExecutionState::Queued);
@@ -475,21 +489,32 @@ mod suite {
         for v in [1, 0] {
             assert!(matches!(
                 store
-                    .create_schedule(&new_schedule("day-1", &ids[0], v, "2026-11-27T00:00:00Z"), t0)
+                    .create_schedule(
+                        &new_schedule("day-1", &ids[0], v, "2026-11-27T00:00:00Z"),
+                        t0
+                    )
                     .await,
                 Err(StoreError::Conflict { .. })
             ));
         }
         assert!(matches!(
             store
-                .create_schedule(&new_schedule("day-1", &ids[1], 9, "2026-11-27T00:00:00Z"), t0)
+                .create_schedule(
+                    &new_schedule("day-1", &ids[1], 9, "2026-11-27T00:00:00Z"),
+                    t0
+                )
                 .await,
             Err(StoreError::Conflict { .. })
         ));
         assert!(matches!(
             store
                 .create_schedule(
-                    &new_schedule("x", &DeviceId::new("nobody").unwrap(), 1, "2026-11-27T00:00:00Z"),
+                    &new_schedule(
+                        "x",
+                        &DeviceId::new("nobody").unwrap(),
+                        1,
+                        "2026-11-27T00:00:00Z"
+                    ),
                     t0
                 )
                 .await,
@@ -506,17 +531,26 @@ mod suite {
             .apply_schedule_event(&id, ScheduleVersion(1), LifecycleEvent::Deliver, t1, None)
             .await
             .unwrap();
-        assert_eq!((r.state, r.attempts, r.first_sent_at), (ExecutionState::Delivered, 1, Some(t1)));
+        assert_eq!(
+            (r.state, r.attempts, r.first_sent_at),
+            (ExecutionState::Delivered, 1, Some(t1))
+        );
         let r = store
             .apply_schedule_event(&id, ScheduleVersion(1), LifecycleEvent::Deliver, t2, None)
             .await
             .unwrap();
-        assert_eq!((r.attempts, r.first_sent_at, r.last_sent_at), (2, Some(t1), Some(t2)));
+        assert_eq!(
+            (r.attempts, r.first_sent_at, r.last_sent_at),
+            (2, Some(t1), Some(t2))
+        );
         let r = store
             .apply_schedule_event(&id, ScheduleVersion(1), LifecycleEvent::Accept, t2, None)
             .await
             .unwrap();
-        assert_eq!((r.state, r.answered_at), (ExecutionState::Accepted, Some(t2)));
+        assert_eq!(
+            (r.state, r.answered_at),
+            (ExecutionState::Accepted, Some(t2))
+        );
         assert!(matches!(
             store
                 .apply_schedule_event(&id, ScheduleVersion(1), LifecycleEvent::Reject, t2, None)
@@ -533,7 +567,10 @@ mod suite {
         // A new version supersedes the open older one.
         let t3 = t("2026-11-27T00:10:00Z");
         let v2 = store
-            .create_schedule(&new_schedule("day-1", &ids[0], 2, "2026-11-27T00:00:00Z"), t3)
+            .create_schedule(
+                &new_schedule("day-1", &ids[0], 2, "2026-11-27T00:00:00Z"),
+                t3,
+            )
             .await
             .unwrap();
         assert_eq!(v2.schedule.version(), ScheduleVersion(2));
@@ -556,7 +593,11 @@ mod suite {
             .unwrap();
         assert_eq!(
             (c.state, c.reason.as_deref(), c.schedule.version()),
-            (ExecutionState::Cancelled, Some("operator"), ScheduleVersion(2))
+            (
+                ExecutionState::Cancelled,
+                Some("operator"),
+                ScheduleVersion(2)
+            )
         );
         assert!(matches!(
             store.cancel_schedule(&id, t3, None).await,
@@ -599,7 +640,9 @@ mod suite {
         }
         assert_eq!(
             seen,
-            ["bulk-6", "bulk-5", "bulk-4", "bulk-3", "bulk-2", "bulk-1", "bulk-0"]
+            [
+                "bulk-6", "bulk-5", "bulk-4", "bulk-3", "bulk-2", "bulk-1", "bulk-0"
+            ]
         );
         let by_id = store
             .list_schedules(&ScheduleFilter {
@@ -672,7 +715,12 @@ mod suite {
             .unwrap();
         assert_eq!((r.state, r.attempts), (ExecutionState::Delivered, 1));
         let r = store
-            .apply_command_event("cmd-1", LifecycleEvent::Start, t("2026-11-27T00:00:01Z"), None)
+            .apply_command_event(
+                "cmd-1",
+                LifecycleEvent::Start,
+                t("2026-11-27T00:00:01Z"),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(r.state, ExecutionState::Executing);
@@ -720,7 +768,13 @@ mod suite {
         ));
     }
 
-    fn ack(id: &str, device: &DeviceId, target: AckTarget, state: ExecutionState, at: &str) -> AckRecord {
+    fn ack(
+        id: &str,
+        device: &DeviceId,
+        target: AckTarget,
+        state: ExecutionState,
+        at: &str,
+    ) -> AckRecord {
         AckRecord {
             message_id: id.into(),
             device: device.clone(),
@@ -750,7 +804,13 @@ mod suite {
             version: ScheduleVersion(1),
         };
         use ExecutionState as S;
-        let a1 = ack("a-1", &ids[0], target.clone(), S::Accepted, "2026-11-27T00:00:02Z");
+        let a1 = ack(
+            "a-1",
+            &ids[0],
+            target.clone(),
+            S::Accepted,
+            "2026-11-27T00:00:02Z",
+        );
         assert_eq!(
             store.record_ack(&a1).await.unwrap(),
             AckOutcome::Applied {
@@ -763,14 +823,30 @@ mod suite {
             store.record_ack(&a1).await.unwrap(),
             AckOutcome::Duplicate { state: S::Accepted }
         );
-        let a1b = ack("a-1b", &ids[0], target.clone(), S::Accepted, "2026-11-27T00:00:03Z");
+        let a1b = ack(
+            "a-1b",
+            &ids[0],
+            target.clone(),
+            S::Accepted,
+            "2026-11-27T00:00:03Z",
+        );
         assert_eq!(
             store.record_ack(&a1b).await.unwrap(),
             AckOutcome::Duplicate { state: S::Accepted }
         );
         let rec = store.get_schedule(&id, None).await.unwrap();
-        assert_eq!(rec.answered_at, Some(t("2026-11-27T00:00:02Z")), "first answer kept");
-        let a2 = ack("a-2", &ids[0], target.clone(), S::Executing, "2026-11-27T00:00:04Z");
+        assert_eq!(
+            rec.answered_at,
+            Some(t("2026-11-27T00:00:02Z")),
+            "first answer kept"
+        );
+        let a2 = ack(
+            "a-2",
+            &ids[0],
+            target.clone(),
+            S::Executing,
+            "2026-11-27T00:00:04Z",
+        );
         assert!(matches!(
             store.record_ack(&a2).await.unwrap(),
             AckOutcome::Applied {
@@ -779,16 +855,33 @@ mod suite {
             }
         ));
         // A late "accepted" after "executing" is kept but changes nothing.
-        let late = ack("a-0", &ids[0], target.clone(), S::Accepted, "2026-11-27T00:00:01Z");
+        let late = ack(
+            "a-0",
+            &ids[0],
+            target.clone(),
+            S::Accepted,
+            "2026-11-27T00:00:01Z",
+        );
         assert_eq!(
             store.record_ack(&late).await.unwrap(),
-            AckOutcome::Ignored { state: S::Executing }
+            AckOutcome::Ignored {
+                state: S::Executing
+            }
         );
         // Another device's ack, and an ack for nothing.
-        let wrong = ack("a-9", &ids[1], target.clone(), S::Completed, "2026-11-27T00:00:05Z");
+        let wrong = ack(
+            "a-9",
+            &ids[1],
+            target.clone(),
+            S::Completed,
+            "2026-11-27T00:00:05Z",
+        );
         assert!(matches!(
             store.record_ack(&wrong).await,
-            Err(StoreError::Invalid { field: "device", .. })
+            Err(StoreError::Invalid {
+                field: "device",
+                ..
+            })
         ));
         let nothing = ack(
             "a-10",
@@ -804,7 +897,13 @@ mod suite {
             store.record_ack(&nothing).await,
             Err(StoreError::NotFound { .. })
         ));
-        let mut failed = ack("a-3", &ids[0], target.clone(), S::Failed, "2026-11-27T00:00:06Z");
+        let mut failed = ack(
+            "a-3",
+            &ids[0],
+            target.clone(),
+            S::Failed,
+            "2026-11-27T00:00:06Z",
+        );
         failed.reason_code = Some("safety_limit".into());
         failed.reason = Some("over temperature".into());
         assert!(matches!(
@@ -840,16 +939,31 @@ mod suite {
             .await
             .unwrap();
         let ct = AckTarget::Command { id: "cmd".into() };
-        let c1 = ack("c-1", &ids[0], ct.clone(), S::Completed, "2026-11-27T00:00:02Z");
-        assert!(matches!(
-            store.record_ack(&c1).await,
-            Ok(AckOutcome::Ignored { state: S::Queued })
-        ), "completed needs a delivery first");
+        let c1 = ack(
+            "c-1",
+            &ids[0],
+            ct.clone(),
+            S::Completed,
+            "2026-11-27T00:00:02Z",
+        );
+        assert!(
+            matches!(
+                store.record_ack(&c1).await,
+                Ok(AckOutcome::Ignored { state: S::Queued })
+            ),
+            "completed needs a delivery first"
+        );
         store
             .apply_command_event("cmd", LifecycleEvent::Deliver, t0, None)
             .await
             .unwrap();
-        let c2 = ack("c-2", &ids[0], ct.clone(), S::Completed, "2026-11-27T00:00:03Z");
+        let c2 = ack(
+            "c-2",
+            &ids[0],
+            ct.clone(),
+            S::Completed,
+            "2026-11-27T00:00:03Z",
+        );
         assert!(matches!(
             store.record_ack(&c2).await.unwrap(),
             AckOutcome::Applied {
@@ -869,7 +983,10 @@ mod suite {
         let mut handles = Vec::new();
         for n in 0..10 {
             store
-                .create_schedule(&new_schedule(&format!("c{n}"), &ids[0], 1, "2026-11-27T00:00:00Z"), t0)
+                .create_schedule(
+                    &new_schedule(&format!("c{n}"), &ids[0], 1, "2026-11-27T00:00:00Z"),
+                    t0,
+                )
                 .await
                 .unwrap();
         }
@@ -887,7 +1004,13 @@ mod suite {
                         id: ScheduleId::new(format!("c{n}")).unwrap(),
                         version: ScheduleVersion(1),
                     };
-                    let a = ack(&format!("m-{n}-{k}"), &device, target, state, "2026-11-27T00:00:01Z");
+                    let a = ack(
+                        &format!("m-{n}-{k}"),
+                        &device,
+                        target,
+                        state,
+                        "2026-11-27T00:00:01Z",
+                    );
                     store.record_ack(&a).await.unwrap()
                 }));
             }
@@ -926,13 +1049,23 @@ mod suite {
             let p = if m < 15 { 2.0 } else { -4.0 };
             batch.push((
                 ids[0].clone(),
-                sample(&format!("2026-11-27T10:{m:02}:00Z"), 0.5 + f64::from(m) * 0.001, p),
+                sample(
+                    &format!("2026-11-27T10:{m:02}:00Z"),
+                    0.5 + f64::from(m) * 0.001,
+                    p,
+                ),
             ));
         }
         // Device 1: 1 kW throughout; device `far` on another site.
         for m in 0..30 {
-            batch.push((ids[1].clone(), sample(&format!("2026-11-27T10:{m:02}:30Z"), 0.2, 1.0)));
-            batch.push((other[0].clone(), sample(&format!("2026-11-27T10:{m:02}:30Z"), 0.9, -1.0)));
+            batch.push((
+                ids[1].clone(),
+                sample(&format!("2026-11-27T10:{m:02}:30Z"), 0.2, 1.0),
+            ));
+            batch.push((
+                other[0].clone(),
+                sample(&format!("2026-11-27T10:{m:02}:30Z"), 0.9, -1.0),
+            ));
         }
         let mut alarm = sample("2026-11-27T10:29:59Z", 0.6, 0.0);
         alarm.alarms = Alarms::OVER_TEMPERATURE.union(Alarms::FULLY_CHARGED);
@@ -957,7 +1090,10 @@ mod suite {
         assert_eq!(raw[0], batch[10].1, "samples round-trip");
         assert!(raw.windows(2).all(|w| w[0].at < w[1].at));
         let limited = store
-            .telemetry(&TelemetryQuery { limit: 3, ..q.clone() })
+            .telemetry(&TelemetryQuery {
+                limit: 3,
+                ..q.clone()
+            })
             .await
             .unwrap();
         assert_eq!(limited.len(), 3);
@@ -1085,13 +1221,21 @@ mod suite {
         );
         assert!(
             matches!(
-                store.outbox_save(&ids[0], "{\"a\":3}", None, Some(1), t0).await,
+                store
+                    .outbox_save(&ids[0], "{\"a\":3}", None, Some(1), t0)
+                    .await,
                 Err(StoreError::Conflict { .. })
             ),
             "a stale revision loses"
         );
         store
-            .outbox_save(&ids[1], "{\"b\":1}", Some(t("2026-11-27T00:00:02Z")), None, t0)
+            .outbox_save(
+                &ids[1],
+                "{\"b\":1}",
+                Some(t("2026-11-27T00:00:02Z")),
+                None,
+                t0,
+            )
             .await
             .unwrap();
         store
@@ -1102,23 +1246,31 @@ mod suite {
 
         // Claims: nothing due yet; then both, earliest first; a second replica gets none.
         let lease = Duration::from_secs(30);
-        assert!(store
-            .outbox_claim_due(t0, "r1", lease, 10)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(
+            store
+                .outbox_claim_due(t0, "r1", lease, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let got = store.outbox_claim_due(due, "r1", lease, 10).await.unwrap();
         let order: Vec<_> = got.iter().map(|r| r.device.to_string()).collect();
         assert_eq!(order, ["bat-1", "bat-0"]);
-        assert!(store
-            .outbox_claim_due(due, "r2", lease, 10)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(
+            store
+                .outbox_claim_due(due, "r2", lease, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // After the lease runs out another replica may take over.
         let after = t("2026-11-27T00:01:00Z");
         assert_eq!(
-            store.outbox_claim_due(after, "r2", lease, 1).await.unwrap().len(),
+            store
+                .outbox_claim_due(after, "r2", lease, 1)
+                .await
+                .unwrap()
+                .len(),
             1
         );
         // Saving clears the claim.
@@ -1126,7 +1278,10 @@ mod suite {
             .outbox_save(&ids[0], "{\"a\":4}", Some(due), Some(2), after)
             .await
             .unwrap();
-        let again = store.outbox_claim_due(after, "r3", lease, 10).await.unwrap();
+        let again = store
+            .outbox_claim_due(after, "r3", lease, 10)
+            .await
+            .unwrap();
         assert!(again.iter().any(|r| r.device == ids[0] && r.revision == 3));
 
         // A restarted store sees the same state; decommissioning drops it.
@@ -1144,12 +1299,18 @@ mod suite {
             artefact: bytes.to_vec(),
             activate,
         };
-        let v1 = store.put_model(&new(true, b"\x00\x01model-1"), t0).await.unwrap();
+        let v1 = store
+            .put_model(&new(true, b"\x00\x01model-1"), t0)
+            .await
+            .unwrap();
         assert_eq!((v1.version, v1.active, v1.artefact_len), (1, true, 9));
         let v2 = store.put_model(&new(false, b"model-2"), t0).await.unwrap();
         assert_eq!((v2.version, v2.active), (2, false));
         let active = store.active_model("load/site-1").await.unwrap().unwrap();
-        assert_eq!((active.info.version, active.artefact.as_slice()), (1, &b"\x00\x01model-1"[..]));
+        assert_eq!(
+            (active.info.version, active.artefact.as_slice()),
+            (1, &b"\x00\x01model-1"[..])
+        );
         assert_eq!(active.info.metadata["mae_kw"], 0.42);
         let newest = store.get_model("load/site-1", None).await.unwrap();
         assert_eq!(newest.info.version, 2);
@@ -1157,12 +1318,21 @@ mod suite {
         let act = store.activate_model("load/site-1", 2).await.unwrap();
         assert!(act.active);
         assert_eq!(
-            store.active_model("load/site-1").await.unwrap().unwrap().info.version,
+            store
+                .active_model("load/site-1")
+                .await
+                .unwrap()
+                .unwrap()
+                .info
+                .version,
             2
         );
         let listed = store.list_models(&ModelFilter::default()).await.unwrap();
         assert_eq!(
-            listed.iter().map(|m| (m.version, m.active)).collect::<Vec<_>>(),
+            listed
+                .iter()
+                .map(|m| (m.version, m.active))
+                .collect::<Vec<_>>(),
             [(1, false), (2, true)]
         );
         assert_eq!(
@@ -1181,7 +1351,14 @@ mod suite {
         let v3 = store.put_model(&new(true, b""), t0).await.unwrap();
         assert_eq!(v3.version, 3);
         assert_eq!(
-            store.list_models(&ModelFilter { active_only: true, ..Default::default() }).await.unwrap().len(),
+            store
+                .list_models(&ModelFilter {
+                    active_only: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len(),
             1,
             "activating a new version deactivates the others"
         );
@@ -1212,7 +1389,10 @@ mod suite {
         {
             let id = format!("d{n}");
             store
-                .create_schedule(&new_schedule(&id, &ids[device], 1, "2026-11-27T00:00:00Z"), t0)
+                .create_schedule(
+                    &new_schedule(&id, &ids[device], 1, "2026-11-27T00:00:00Z"),
+                    t0,
+                )
                 .await
                 .unwrap();
             let Some((state, after_ms)) = answer else {
@@ -1255,7 +1435,12 @@ mod suite {
         assert_eq!(s.accepted, 2);
         assert_eq!(
             s.by_state,
-            [(S::Queued, 1), (S::Accepted, 1), (S::Rejected, 1), (S::Executing, 1)]
+            [
+                (S::Queued, 1),
+                (S::Accepted, 1),
+                (S::Rejected, 1),
+                (S::Executing, 1)
+            ]
         );
         assert_eq!(s.success_rate, Some(2.0 / 3.0));
         assert_eq!(s.latency_p50_ms, Some(200.0));
@@ -1267,7 +1452,10 @@ mod suite {
             })
             .await
             .unwrap();
-        assert_eq!((one.total, one.accepted, one.success_rate), (2, 0, Some(0.0)));
+        assert_eq!(
+            (one.total, one.accepted, one.success_rate),
+            (2, 0, Some(0.0))
+        );
         let none = store
             .delivery_stats(&DeliveryQuery {
                 tenant: Some("nobody".into()),
@@ -1275,7 +1463,10 @@ mod suite {
             })
             .await
             .unwrap();
-        assert_eq!((none.total, none.latency_p50_ms, none.success_rate), (0, None, None));
+        assert_eq!(
+            (none.total, none.latency_p50_ms, none.success_rate),
+            (0, None, None)
+        );
     }
 
     pub async fn health(store: S) {
@@ -1340,7 +1531,10 @@ async fn connect_picks_the_backend_from_the_url() {
     assert!(dir.join("sub.db").exists(), "created if missing");
     // Reopening applies no migration twice and keeps the data.
     store
-        .upsert_site(&site_record("kept", DEFAULT_TENANT), t("2026-11-27T00:00:00Z"))
+        .upsert_site(
+            &site_record("kept", DEFAULT_TENANT),
+            t("2026-11-27T00:00:00Z"),
+        )
         .await
         .unwrap();
     drop(store);

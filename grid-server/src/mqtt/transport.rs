@@ -6,12 +6,10 @@ use super::{
     install_crypto_provider, random_hex,
 };
 use crate::store::{
-    AckOutcome, AckRecord, AckTarget, CommandRecord, DeviceRecord, ScheduleFilter, StatusReport,
-    Store, StoreError, CommandFilter, ScheduleRef,
+    AckOutcome, AckRecord, AckTarget, CommandFilter, CommandRecord, DeviceRecord, ScheduleFilter,
+    ScheduleRef, StatusReport, Store, StoreError,
 };
-use grid_core::{
-    DeviceId, ExecutionState, LifecycleEvent, Schedule, TelemetrySample, Timestamp,
-};
+use grid_core::{DeviceId, ExecutionState, LifecycleEvent, Schedule, TelemetrySample, Timestamp};
 use grid_proto::Codec;
 use grid_proto::topic::{Topic, decode_on_topic, server_subscription};
 use grid_proto::tracker::{Action, DeliveryKey, DeliveryTracker};
@@ -126,19 +124,27 @@ impl Transport {
     /// # Ok(()) }
     /// ```
     pub async fn start(
-        config: TransportConfig,
+        mut config: TransportConfig,
         store: Arc<dyn Store>,
     ) -> TransportResult<(TransportHandle, JoinHandle<()>)> {
         install_crypto_provider();
+        if matches!(config.broker, BrokerConfig::Embedded { .. }) {
+            // rumqttd 0.20 keeps one cursor per shared group across every topic a wildcard
+            // matches, and skips messages on topics whose log is behind it (measured: a second
+            // device's acks never arrived). The embedded broker serves one process anyway, so it
+            // gets a plain subscription.
+            config.share_group = None;
+        }
         let (broker, host, port, url) = match &config.broker {
             BrokerConfig::Embedded {
                 listen,
                 max_connections,
             } => {
                 let (listen, max) = (*listen, *max_connections);
-                let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(listen, max))
-                    .await
-                    .map_err(|e| TransportError::Io(std::io::Error::other(e)))??;
+                let broker =
+                    tokio::task::spawn_blocking(move || EmbeddedBroker::start(listen, max))
+                        .await
+                        .map_err(|e| TransportError::Io(std::io::Error::other(e)))??;
                 let host = match listen.ip() {
                     ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
                     ip => ip.to_string(),
@@ -287,7 +293,9 @@ impl TransportHandle {
             now,
             Body::ScheduleAssign(body),
         );
-        envelope.correlation_id = correlation_id.filter(|c| valid_correlation(c)).map(str::to_owned);
+        envelope.correlation_id = correlation_id
+            .filter(|c| valid_correlation(c))
+            .map(str::to_owned);
         envelope.validate()?;
         let key = DeliveryKey::Schedule(grid_proto::v1::ScheduleRef {
             schedule_id: schedule.id().clone(),
@@ -320,7 +328,10 @@ impl TransportHandle {
     /// Sends a stored command (its id becomes the message id, so it must be a valid grid-proto
     /// message id: 1–64 of `A–Z a–z 0–9 . _ -`), tracked and retried like a schedule until the
     /// device answers or it expires. Idempotent per command id.
-    pub async fn send_command(&self, command: &CommandRecord) -> TransportResult<DistributeOutcome> {
+    pub async fn send_command(
+        &self,
+        command: &CommandRecord,
+    ) -> TransportResult<DistributeOutcome> {
         let device = self.inner.active_device(&command.device).await?;
         let now = Timestamp::now();
         let body = grid_proto::v1::Command::from_core(&command.command, command.expires_at)?;
@@ -388,7 +399,9 @@ impl Inner {
     async fn active_device(&self, id: &DeviceId) -> TransportResult<DeviceRecord> {
         let device = match self.store.get_device(id).await {
             Ok(d) => d,
-            Err(StoreError::NotFound { .. }) => return Err(TransportError::UnknownDevice(id.clone())),
+            Err(StoreError::NotFound { .. }) => {
+                return Err(TransportError::UnknownDevice(id.clone()));
+            }
             Err(e) => return Err(e.into()),
         };
         if device.decommissioned_at.is_some() {
@@ -400,7 +413,9 @@ impl Inner {
     /// Whether a device may talk to us: registered and not decommissioned.
     async fn device_allowed(&self, id: &DeviceId) -> TransportResult<bool> {
         if let Ok(cache) = self.devices.lock()
-            && cache.get(id).is_some_and(|t| t.elapsed() < DEVICE_CACHE_TTL)
+            && cache
+                .get(id)
+                .is_some_and(|t| t.elapsed() < DEVICE_CACHE_TTL)
         {
             return Ok(true);
         }
@@ -490,7 +505,13 @@ impl Inner {
         for action in actions {
             match action {
                 Action::Send(envelope) => self.publish(codec, &envelope, now).await,
-                Action::StateChanged { key, to, reason, detail, .. } => {
+                Action::StateChanged {
+                    key,
+                    to,
+                    reason,
+                    detail,
+                    ..
+                } => {
                     let Some(event) = event_to(to) else { continue };
                     if event == LifecycleEvent::Deliver {
                         continue; // recorded with the send
@@ -499,7 +520,13 @@ impl Inner {
                     let result = match &key {
                         DeliveryKey::Schedule(r) => self
                             .store
-                            .apply_schedule_event(&r.schedule_id, r.version, event, now, why.as_deref())
+                            .apply_schedule_event(
+                                &r.schedule_id,
+                                r.version,
+                                event,
+                                now,
+                                why.as_deref(),
+                            )
                             .await
                             .map(|_| ()),
                         DeliveryKey::Command { id } => self
@@ -523,7 +550,13 @@ impl Inner {
         let recorded = match &envelope.body {
             Body::ScheduleAssign(b) => self
                 .store
-                .apply_schedule_event(&b.schedule_id, b.version, LifecycleEvent::Deliver, now, None)
+                .apply_schedule_event(
+                    &b.schedule_id,
+                    b.version,
+                    LifecycleEvent::Deliver,
+                    now,
+                    None,
+                )
                 .await
                 .map(|_| ()),
             Body::Command(_) => self
@@ -683,8 +716,10 @@ impl Inner {
         }
         // Stop the retries (and let the tracker follow the lifecycle).
         let device = self.active_device(&envelope.device).await?;
-        self.with_tracker(&device, now, false, |tracker| Ok(tracker.on_ack(now, envelope)))
-            .await
+        self.with_tracker(&device, now, false, |tracker| {
+            Ok(tracker.on_ack(now, envelope))
+        })
+        .await
     }
 
     /// Answers a hello with exactly what the device lacks: the tracker resends what the device
@@ -1017,7 +1052,10 @@ async fn reconcile_on_start(handle: TransportHandle) {
         let now = Timestamp::now();
         for c in &page.items {
             if c.expires_at > now
-                && matches!(handle.send_command(c).await, Ok(DistributeOutcome::Published))
+                && matches!(
+                    handle.send_command(c).await,
+                    Ok(DistributeOutcome::Published)
+                )
             {
                 resumed += 1;
             }

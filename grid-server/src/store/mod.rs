@@ -17,8 +17,8 @@ pub use types::*;
 
 use async_trait::async_trait;
 use grid_core::{
-    DeviceId, FeederId, LifecycleEvent, PriceSeries, ScheduleId, ScheduleVersion,
-    SiteId, TelemetrySample, Timestamp,
+    DeviceId, FeederId, LifecycleEvent, PriceSeries, ScheduleId, ScheduleVersion, SiteId,
+    TelemetrySample, Timestamp,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +44,9 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://grid.db";
 /// ```
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url, max_connections).await?))
+        Ok(Arc::new(
+            PostgresStore::connect(url, max_connections).await?,
+        ))
     } else if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
     } else {
@@ -93,8 +95,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_site(&self, id: &SiteId) -> StoreResult<()>;
 
     /// Creates or replaces a feeder (stored creation time kept).
-    async fn upsert_feeder(&self, feeder: &FeederRecord, now: Timestamp)
-    -> StoreResult<FeederRecord>;
+    async fn upsert_feeder(
+        &self,
+        feeder: &FeederRecord,
+        now: Timestamp,
+    ) -> StoreResult<FeederRecord>;
 
     /// One feeder.
     async fn get_feeder(&self, id: &FeederId) -> StoreResult<FeederRecord>;
@@ -121,8 +126,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Registers a device; [`StoreError::Conflict`] if the id exists, [`StoreError::NotFound`] if
     /// the site does not.
-    async fn register_device(&self, device: &NewDevice, now: Timestamp)
-    -> StoreResult<DeviceRecord>;
+    async fn register_device(
+        &self,
+        device: &NewDevice,
+        now: Timestamp,
+    ) -> StoreResult<DeviceRecord>;
 
     /// One device (decommissioned ones included).
     async fn get_device(&self, id: &DeviceId) -> StoreResult<DeviceRecord>;
@@ -159,8 +167,11 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new schedule (state `queued`). Its device must exist and not be decommissioned;
     /// its version must exceed every stored version of its id ([`StoreError::Conflict`]
     /// otherwise). Older non-terminal versions become `superseded` in the same transaction.
-    async fn create_schedule(&self, new: &NewSchedule, now: Timestamp)
-    -> StoreResult<ScheduleRecord>;
+    async fn create_schedule(
+        &self,
+        new: &NewSchedule,
+        now: Timestamp,
+    ) -> StoreResult<ScheduleRecord>;
 
     /// One schedule version, or with `version: None` the newest.
     async fn get_schedule(
@@ -297,4 +308,3 @@ pub trait Store: Send + Sync + 'static {
     /// Delivery success and latency over the schedules a query selects.
     async fn delivery_stats(&self, query: &DeliveryQuery) -> StoreResult<DeliveryStats>;
 }
-

@@ -30,7 +30,10 @@ impl PostgresStore {
 
     /// Connects with explicit options (e.g. a `search_path` for an isolated test schema) and
     /// applies the migrations.
-    pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> StoreResult<Self> {
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(std::time::Duration::from_secs(10))

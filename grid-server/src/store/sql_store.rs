@@ -8,9 +8,9 @@ use crate::store::types::{from_ms, ms};
 use crate::store::*;
 use async_trait::async_trait;
 use grid_core::{
-    Alarms, BatterySpec, Command, DemandCharge, DeviceId, ExecutionState, FeederId,
-    GridConnection, LifecycleEvent, Power, PriceSeries, Schedule, ScheduleId, ScheduleVersion,
-    SiteId, Soc, TelemetrySample, Temperature, Timestamp,
+    Alarms, BatterySpec, Command, DemandCharge, DeviceId, ExecutionState, FeederId, GridConnection,
+    LifecycleEvent, Power, PriceSeries, Schedule, ScheduleId, ScheduleVersion, SiteId, Soc,
+    TelemetrySample, Temperature, Timestamp,
 };
 use sqlx::{QueryBuilder, Row};
 use std::time::Duration;
@@ -73,8 +73,7 @@ fn state_col(row: &DbRow, name: &'static str) -> StoreResult<ExecutionState> {
 }
 
 fn version_param(version: ScheduleVersion) -> StoreResult<i64> {
-    i64::try_from(version.0)
-        .map_err(|_| StoreError::invalid("version", "must be below 2^63"))
+    i64::try_from(version.0).map_err(|_| StoreError::invalid("version", "must be below 2^63"))
 }
 
 fn version_col(row: &DbRow, name: &'static str) -> StoreResult<ScheduleVersion> {
@@ -93,7 +92,10 @@ fn attempts_col(row: &DbRow) -> StoreResult<u32> {
 }
 
 /// Maps a unique-key violation to [`StoreError::Conflict`], anything else to a backend error.
-fn unique(entity: &'static str, key: impl std::fmt::Display) -> impl FnOnce(sqlx::Error) -> StoreError {
+fn unique(
+    entity: &'static str,
+    key: impl std::fmt::Display,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |e| match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::conflict(entity, key, "already exists")
@@ -110,7 +112,10 @@ fn check_text(field: &'static str, value: &str, max: usize) -> StoreResult<()> {
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(StoreError::invalid(field, "must not contain control characters"));
+        return Err(StoreError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -315,23 +320,22 @@ impl This {
     where
         E: sqlx::Executor<'e, Database = Db>,
     {
-        let row = match version {
-            Some(v) => {
-                sqlx::query("SELECT * FROM schedules WHERE schedule_id = $1 AND version = $2")
-                    .bind(id.as_str())
-                    .bind(version_param(v)?)
-                    .fetch_optional(exec)
-                    .await?
-            }
-            None => {
-                sqlx::query(
+        let row =
+            match version {
+                Some(v) => {
+                    sqlx::query("SELECT * FROM schedules WHERE schedule_id = $1 AND version = $2")
+                        .bind(id.as_str())
+                        .bind(version_param(v)?)
+                        .fetch_optional(exec)
+                        .await?
+                }
+                None => sqlx::query(
                     "SELECT * FROM schedules WHERE schedule_id = $1 ORDER BY version DESC LIMIT 1",
                 )
                 .bind(id.as_str())
                 .fetch_optional(exec)
-                .await?
-            }
-        };
+                .await?,
+            };
         match row {
             Some(row) => schedule_from_row(&row),
             None => Err(StoreError::not_found(
@@ -608,9 +612,13 @@ impl Store for This {
         if let Some(after) = &filter.after {
             q.push(" AND id > ").push_bind(after.clone());
         }
-        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(site_from_row).collect::<StoreResult<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(site_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok(page(items, limit, |s| s.id.to_string()))
     }
 
@@ -685,12 +693,11 @@ impl Store for This {
     }
 
     async fn list_feeders(&self, tenant: Option<&str>) -> StoreResult<Vec<FeederRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM feeders WHERE ($1 IS NULL OR tenant = $1) ORDER BY id",
-        )
-        .bind(tenant)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT * FROM feeders WHERE ($1 IS NULL OR tenant = $1) ORDER BY id")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(feeder_from_row).collect()
     }
 
@@ -822,9 +829,13 @@ impl Store for This {
         if let Some(after) = &filter.after {
             q.push(" AND id > ").push_bind(after.clone());
         }
-        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(device_from_row).collect::<StoreResult<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(device_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok(page(items, limit, |d| d.id.to_string()))
     }
 
@@ -964,7 +975,10 @@ impl Store for This {
             .await?
             .ok_or_else(|| StoreError::not_found("device", id))?;
         let reported_schedule = match (
-            opt_id::<ScheduleId>("device.reported_schedule_id", col(&row, "reported_schedule_id")?)?,
+            opt_id::<ScheduleId>(
+                "device.reported_schedule_id",
+                col(&row, "reported_schedule_id")?,
+            )?,
             col::<Option<i64>>(&row, "reported_schedule_version")?,
         ) {
             (Some(id), Some(v)) => Some(ScheduleRef {
@@ -1108,7 +1122,8 @@ impl Store for This {
             q.push(" AND device_id = ").push_bind(d.as_str().to_owned());
         }
         if let Some(id) = &filter.id {
-            q.push(" AND schedule_id = ").push_bind(id.as_str().to_owned());
+            q.push(" AND schedule_id = ")
+                .push_bind(id.as_str().to_owned());
         }
         if let Some(s) = filter.state {
             q.push(" AND state = ").push_bind(s.as_str());
@@ -1145,7 +1160,10 @@ impl Store for This {
         q.push(" ORDER BY created_ms DESC, schedule_id DESC, version DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(schedule_from_row).collect::<StoreResult<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(schedule_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok(page(items, limit, |s| {
             format!(
                 "{}:{}:{}",
@@ -1269,7 +1287,11 @@ impl Store for This {
             .await?
             .ok_or_else(|| StoreError::not_found("device", &new.device))?;
         if col::<Option<i64>>(&device, "decommissioned_ms")?.is_some() {
-            return Err(StoreError::conflict("device", &new.device, "decommissioned"));
+            return Err(StoreError::conflict(
+                "device",
+                &new.device,
+                "decommissioned",
+            ));
         }
         let row = sqlx::query(
             "INSERT INTO commands (id, device_id, command_json, state, correlation_id, \
@@ -1323,8 +1345,13 @@ impl Store for This {
         q.push(" ORDER BY created_ms DESC, id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(command_from_row).collect::<StoreResult<Vec<_>>>()?;
-        Ok(page(items, limit, |c| format!("{}:{}", ms(c.created_at), c.id)))
+        let items = rows
+            .iter()
+            .map(command_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(page(items, limit, |c| {
+            format!("{}:{}", ms(c.created_at), c.id)
+        }))
     }
 
     async fn apply_command_event(
@@ -1377,7 +1404,9 @@ impl Store for This {
 
     async fn list_acks(&self, target: &AckTarget) -> StoreResult<Vec<AckRecord>> {
         let (kind, id, version) = match target {
-            AckTarget::Schedule { id, version } => ("schedule", id.as_str(), version_param(*version)?),
+            AckTarget::Schedule { id, version } => {
+                ("schedule", id.as_str(), version_param(*version)?)
+            }
             AckTarget::Command { id } => ("command", id.as_str(), 0),
         };
         let rows = sqlx::query(ACKS_BY_TARGET)
@@ -1486,7 +1515,8 @@ impl Store for This {
         q.push(") <> 0 THEN 1 ELSE 0 END) AS crit FROM telemetry t");
         match &query.scope {
             TelemetryScope::Device(d) => {
-                q.push(" WHERE t.device_id = ").push_bind(d.as_str().to_owned());
+                q.push(" WHERE t.device_id = ")
+                    .push_bind(d.as_str().to_owned());
             }
             TelemetryScope::Site(s) => {
                 q.push(" JOIN devices d ON d.id = t.device_id WHERE d.site_id = ")
@@ -1573,7 +1603,11 @@ impl Store for This {
                 .bind(ms(now))
                 .execute(&self.pool)
                 .await?;
-                if done.rows_affected() == 1 { Ok(1) } else { Err(stale()) }
+                if done.rows_affected() == 1 {
+                    Ok(1)
+                } else {
+                    Err(stale())
+                }
             }
             Some(revision) => {
                 let rev = i64::try_from(revision)
@@ -1590,7 +1624,11 @@ impl Store for This {
                 .bind(rev)
                 .execute(&self.pool)
                 .await?;
-                if done.rows_affected() == 1 { Ok(revision + 1) } else { Err(stale()) }
+                if done.rows_affected() == 1 {
+                    Ok(revision + 1)
+                } else {
+                    Err(stale())
+                }
             }
         }
     }
@@ -1620,7 +1658,10 @@ impl Store for This {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut records = rows.iter().map(outbox_from_row).collect::<StoreResult<Vec<_>>>()?;
+        let mut records = rows
+            .iter()
+            .map(outbox_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
         records.sort_by(|a, b| a.next_wakeup_at.cmp(&b.next_wakeup_at));
         Ok(records)
     }

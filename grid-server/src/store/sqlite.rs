@@ -4,7 +4,9 @@
 //! on the busy timeout instead of failing on lock upgrade.
 
 use crate::store::{Backend, StoreResult};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::str::FromStr;
 
 type Db = sqlx::Sqlite;

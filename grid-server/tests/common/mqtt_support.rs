@@ -33,8 +33,14 @@ pub struct FakeDevice {
 impl FakeDevice {
     /// Connects to host:port as `id` and subscribes to `grid/v1/{id}/down/+`.
     pub async fn connect(host: &str, port: u16, id: &DeviceId) -> Self {
-        let mut options = MqttOptions::new(format!("dev-{id}-{}", super::support::unique("c")), host, port);
-        options.set_keep_alive(Duration::from_secs(10)).set_clean_session(true);
+        let mut options = MqttOptions::new(
+            format!("dev-{id}-{}", super::support::unique("c")),
+            host,
+            port,
+        );
+        options
+            .set_keep_alive(Duration::from_secs(10))
+            .set_clean_session(true);
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let mut net = NetworkOptions::new();
         net.set_tcp_nodelay(true);
@@ -84,7 +90,8 @@ impl FakeDevice {
     /// Publishes an envelope on its topic (JSON) at QoS 1.
     pub async fn send(&self, envelope: &Envelope) {
         let topic = Topic::for_envelope(envelope).to_string();
-        self.send_raw(&topic, Codec::Json.encode(envelope).unwrap()).await;
+        self.send_raw(&topic, Codec::Json.encode(envelope).unwrap())
+            .await;
     }
 
     /// Publishes raw bytes on any topic.
