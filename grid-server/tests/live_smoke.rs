@@ -8,7 +8,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set for the live tests (see .ci/run)"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} must be set for the live tests (see .ci/run)"))
 }
 
 #[tokio::test]
@@ -16,7 +17,10 @@ fn env(name: &str) -> String {
 async fn postgres_answers_a_query() {
     use sqlx::Connection;
     let url = env("DATABASE_URL");
-    assert!(url.starts_with("postgres"), "DATABASE_URL must be a postgres:// URL, got {url}");
+    assert!(
+        url.starts_with("postgres"),
+        "DATABASE_URL must be a postgres:// URL, got {url}"
+    );
     let mut conn = tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&url))
         .await
         .expect("PostgreSQL did not answer within 10 s")
@@ -36,7 +40,10 @@ async fn mqtt_broker_round_trips_a_message() {
     let rest = url
         .strip_prefix("mqtt://")
         .unwrap_or_else(|| panic!("MQTT_URL must be mqtt://host:port, got {url}"));
-    let (host, port) = rest.trim_end_matches('/').rsplit_once(':').expect("host:port");
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .expect("host:port");
     let port: u16 = port.parse().expect("numeric port");
     let client_id = format!("grid-smoke-{}", std::process::id());
     let mut opts = MqttOptions::new(client_id.clone(), host, port);
