@@ -94,10 +94,12 @@ use crate::solution::{Diagnostics, FleetSolution, SiteSolution, SolveStatus};
 use crate::solver::Solver;
 use std::time::Instant;
 
-/// Energy tolerance (kWh) below which window cuts are ignored.
-const E_TOL: f64 = 1e-11;
-/// Power tolerance (kW) for per-slot feasibility checks.
-const P_TOL: f64 = 1e-9;
+/// Energy tolerance (kWh) below which window cuts are ignored, relative to `1 + e_max`. Without it, rounding
+/// left by summing segment lengths (~1e-16 relative) would make a cut that ends exactly on a segment boundary
+/// nibble at the next segment, and report that segment's slope as the marginal value of energy.
+const E_TOL: f64 = 1e-12;
+/// Power tolerance for per-slot feasibility checks, relative to the slot's power magnitudes.
+const P_TOL: f64 = 1e-11;
 /// Most segments a slot cost function can have (generic path: at most 16 candidate breakpoints).
 const MAX_SLOT_SEGS: usize = 20;
 
@@ -344,11 +346,18 @@ impl Slot {
         }
     }
 
+    /// Rounding tolerance on battery power in this slot (kW).
+    #[inline]
+    fn p_tol(&self) -> f64 {
+        P_TOL * (self.l.abs() + self.u + self.e + self.c + self.d)
+    }
+
     fn check(&self) -> std::result::Result<(), SlotInfeasible> {
-        if self.p_high() < -self.d - P_TOL {
+        let tol = self.p_tol();
+        if self.p_high() < -self.d - tol {
             return Err(SlotInfeasible::LoadAboveImport);
         }
-        if self.p_low() > self.c + P_TOL {
+        if self.p_low() > self.c + tol {
             return Err(SlotInfeasible::SurplusAboveExport);
         }
         Ok(())
@@ -474,11 +483,13 @@ impl Slot {
         n += 3;
         let cand = &mut cand[..n];
         cand.sort_unstable_by(f64::total_cmp);
+        let ptol = self.p_tol();
         let feasible = |x: f64| {
             let pmin = if x >= 0.0 { x / a } else { x / b };
             let lo = pmin.max(pl);
             let hi = ((x + c * (b - a)) / b).min((x + d * (b - a)) / a).min(pu);
-            x >= -b * d - E_TOL && x <= a * c + E_TOL && lo <= hi + P_TOL
+            let tol = E_TOL * (1.0 + a * c + b * d);
+            x >= -b * d - tol && x <= a * c + tol && lo <= hi + ptol
         };
         let mut first = None;
         let mut last = None;
@@ -502,7 +513,7 @@ impl Slot {
         let mut x_prev = cand[i0];
         let mut h_prev = self.h_generic(x_prev);
         for &x in &cand[i0 + 1..=i1] {
-            if x - x_prev <= 1e-13 * (1.0 + x.abs()) {
+            if x - x_prev <= 1e-13 * (a * c + b * d + x.abs()) {
                 continue;
             }
             let h = self.h_generic(x);
@@ -582,6 +593,12 @@ pub struct SiteDp {
     xr: Vec<f64>,
     x: Vec<f64>,
     best_x: Vec<f64>,
+    /// Scratch copy of `x` for finite differences.
+    fd_x: Vec<f64>,
+    /// Typical power (kW), energy (kWh) and cost (currency) of the site being solved, for relative tolerances.
+    power_scale: f64,
+    energy_scale: f64,
+    cost_scale: f64,
     cut_lo: Vec<f64>,
     cut_hi: Vec<f64>,
     lam: Vec<f64>,
@@ -714,6 +731,21 @@ impl SiteDp {
                 simple: lossless || g1 + kappa >= 0.0,
             });
         }
+        // Magnitudes for relative tolerances, so that the same problem in other units behaves the same.
+        let (mut power, mut energy, mut cost) = (
+            site.grid_import_max.max(site.grid_export_max),
+            bat.e_max,
+            0.0,
+        );
+        for s in &self.slots {
+            let p = s.l.abs() + s.c + s.d;
+            power = power.max(p);
+            energy = energy.max(a * s.c + b * s.d);
+            cost += (s.pi_dt.abs().max(s.pe_dt.abs()) + delta) * p;
+        }
+        self.power_scale = power.max(f64::MIN_POSITIVE);
+        self.energy_scale = energy.max(f64::MIN_POSITIVE);
+        self.cost_scale = (cost + site.demand_charge * power).max(f64::MIN_POSITIVE);
     }
 
     /// One forward DP pass with import cap `cap`; fills `x`, the cut thresholds and `lam`.
@@ -725,6 +757,7 @@ impl SiteDp {
         }
         let bat = &site.battery;
         let (e_min, e_max) = (bat.e_min, bat.e_max);
+        let etol = E_TOL * self.energy_scale;
         let id = &site.id;
         self.list.clear();
         let mut left = bat.e0;
@@ -760,13 +793,10 @@ impl SiteDp {
             }
             // Cut from the left: energy the window forces into storage.
             let mut lo_thr = f64::NEG_INFINITY;
-            if left < e_min - E_TOL {
+            if left < e_min - etol {
                 let mut need = e_min - left;
-                while need > 0.0 {
+                while need > etol {
                     let Some(front) = self.list.front_mut() else {
-                        if need <= E_TOL {
-                            break;
-                        }
                         let reach = left;
                         return Pass::Infeasible(format!(
                             "{id} slot {k}: state of charge cannot be kept at or above e_min {} kWh: at most {} kWh \
@@ -797,8 +827,8 @@ impl SiteDp {
             }
             // Cut from the right: energy that cannot be stored any more.
             let mut hi_thr = f64::INFINITY;
-            if left + total > e_max + E_TOL {
-                if left > e_max + E_TOL {
+            if left + total > e_max + etol {
+                if left > e_max + etol {
                     return Pass::Infeasible(format!(
                         "{id} slot {k}: state of charge cannot be kept at or below e_max {} kWh: at least {} kWh \
                          by the end of slot {k}",
@@ -807,7 +837,7 @@ impl SiteDp {
                     ));
                 }
                 let mut excess = left + total - e_max;
-                while excess > 0.0 {
+                while excess > etol {
                     let Some(back) = self.list.back_mut() else {
                         break;
                     };
@@ -834,7 +864,7 @@ impl SiteDp {
         let t = self.slots.len();
         let right = left + total;
         let target_min = bat.e_final_min.unwrap_or(f64::NEG_INFINITY);
-        if target_min > right + E_TOL {
+        if target_min > right + etol {
             let last = t.saturating_sub(1);
             return Pass::Infeasible(format!(
                 "{id}: terminal SoC {} kWh unreachable: at most {} kWh by slot {last}",
@@ -848,7 +878,7 @@ impl SiteDp {
             if seg.slope < 0.0 {
                 self.x[seg.slot as usize] += seg.len;
                 s += seg.len;
-            } else if s < target_min {
+            } else if s < target_min - etol {
                 let take = seg.len.min(target_min - s);
                 self.x[seg.slot as usize] += take;
                 s += take;
@@ -903,7 +933,7 @@ impl SiteDp {
                 dv -= (lam - sigma).max(0.0) * k_x;
             } else {
                 // Finite difference of the slot's Lagrangian value; exact unless a kink lies within eps.
-                let eps = 1e-7 * (1.0 + cap.abs());
+                let eps = 1e-7 * self.power_scale;
                 let mut up = *slot;
                 up.u = (slot.u + eps).min(imax);
                 let eps = up.u - slot.u;
@@ -952,7 +982,7 @@ impl SiteDp {
             self.gap = best.inner_gap;
             return Ok(Ok(self.recover_best(site, best.cap)));
         }
-        let scale = 1.0 + peak_free.abs();
+        let scale = self.power_scale;
         // The lowest feasible cap, exactly (Newton on a concave piecewise-linear margin), then a point there.
         let mut p_low = self.min_feasible_cap(site, p_floor.max(0.0), peak_free);
         let mut at_low = None;
@@ -962,7 +992,7 @@ impl SiteDp {
                 break;
             }
             // Rounding put the cap a hair below the boundary.
-            p_low = (p_low + 1e-11 * scale).min(peak_free);
+            p_low = (p_low + 1e-12 * scale).min(peak_free);
         }
         let Some((f_low, g_low, gap_low)) = at_low else {
             self.gap = best.inner_gap;
@@ -1005,7 +1035,7 @@ impl SiteDp {
                     };
                     self.keep_best();
                 }
-                if fv - lower <= 1e-12 * (1.0 + fv.abs()) || g == 0.0 {
+                if fv - lower <= 1e-13 * self.cost_scale || g == 0.0 {
                     lower = lower.min(fv);
                     break;
                 }
@@ -1115,7 +1145,7 @@ impl SiteDp {
         let mut p = lo;
         for _ in 0..200 {
             let (m, dm) = margin(p);
-            if m >= -1e-13 {
+            if m >= -0.1 * E_TOL * self.energy_scale {
                 return p;
             }
             if dm <= 0.0 {
@@ -1131,12 +1161,12 @@ impl SiteDp {
         let (mut a, mut b) = (p, hi);
         for _ in 0..100 {
             let mid = 0.5 * (a + b);
-            if margin(mid).0 >= -1e-13 {
+            if margin(mid).0 >= -0.1 * E_TOL * self.energy_scale {
                 b = mid
             } else {
                 a = mid
             }
-            if b - a <= 1e-13 * (1.0 + b.abs()) {
+            if b - a <= 1e-13 * self.power_scale {
                 break;
             }
         }
@@ -1151,11 +1181,28 @@ impl SiteDp {
             Pass::Feasible => {
                 let (v, _) = self.cost_of_x();
                 let gap = self.dual_gap(site, v);
-                Some((
-                    v + dc * p,
-                    dc + self.cap_derivative(p, site.grid_import_max),
-                    gap,
-                ))
+                let f = v + dc * p;
+                if gap.abs() <= 1e-10 * self.cost_scale {
+                    return Some((f, dc + self.cap_derivative(p, site.grid_import_max), gap));
+                }
+                // The duals do not certify this point, so their subgradient cannot be trusted either: use the
+                // secant to a slightly higher cap (valid as a cutting plane outside that tiny interval).
+                let x = std::mem::take(&mut self.x);
+                self.fd_x.clone_from(&x);
+                self.x = x;
+                let eps = 1e-7 * self.power_scale;
+                let up = match self.pass(site, p + eps) {
+                    Pass::Feasible => Some(self.cost_of_x().0 + dc * (p + eps)),
+                    Pass::Infeasible(_) => None,
+                };
+                self.x.clone_from(&self.fd_x);
+                // Restore the slots' cap for the caller (only `u` depends on it).
+                let u = site.grid_import_max.min(p);
+                for s in &mut self.slots {
+                    s.u = u;
+                }
+                let g = up.map_or(dc, |fu| (fu - f) / eps);
+                Some((f, g, gap))
             }
         }
     }

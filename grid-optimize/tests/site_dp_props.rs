@@ -196,7 +196,11 @@ fn site_strategy(t: usize) -> impl Strategy<Value = (SiteProblem, f64, Vec<f64>,
 }
 
 fn problem_strategy() -> impl Strategy<Value = FleetProblem> {
-    (1usize..20).prop_flat_map(|t| {
+    problem_strategy_with(1..20)
+}
+
+fn problem_strategy_with(slots: std::ops::Range<usize>) -> impl Strategy<Value = FleetProblem> {
+    slots.prop_flat_map(|t| {
         site_strategy(t).prop_map(|(site, dt, import_price, export_price)| FleetProblem {
             name: "random".into(),
             dt,
@@ -273,5 +277,86 @@ proptest! {
         let reused = dp.solve_site(p2.dt, &p2.import_price, &p2.export_price, &p2.sites[0]).expect("linear");
         let fresh = SiteDp::new().solve_site(p2.dt, &p2.import_price, &p2.export_price, &p2.sites[0]).expect("linear");
         prop_assert_eq!(reused, fresh);
+    }
+
+}
+
+/// Scales every price by `price`, every power by `power` and every energy by `energy`: the same problem in other
+/// units, which the DP must solve as exactly as the original.
+fn scaled(problem: &FleetProblem, price: f64, power: f64, energy: f64) -> FleetProblem {
+    let mut p = problem.clone();
+    p.import_price
+        .iter_mut()
+        .chain(p.export_price.iter_mut())
+        .for_each(|x| *x *= price);
+    for s in &mut p.sites {
+        s.load
+            .iter_mut()
+            .chain(s.pv.iter_mut())
+            .for_each(|x| *x *= power);
+        s.grid_import_max *= power;
+        s.grid_export_max *= power;
+        s.demand_charge *= price * energy / power;
+        let b = &mut s.battery;
+        b.p_ch_max *= power;
+        b.p_dis_max *= power;
+        b.e_min *= energy;
+        b.e_max *= energy;
+        b.e0 *= energy;
+        b.e_final_min = b.e_final_min.map(|e| e * energy);
+        b.deg_cost *= price;
+        if let Some(pb) = &mut s.power_bounds {
+            pb.charge_max
+                .iter_mut()
+                .chain(pb.discharge_max.iter_mut())
+                .for_each(|x| *x *= power);
+        }
+    }
+    // Keep `energy = power · dt` consistent.
+    p.dt *= energy / power;
+    p
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Long horizons (the segment list grows and is cut many times) still match the reference exactly.
+    #[test]
+    fn long_horizons_match_clarabel(problem in problem_strategy_with(60..300)) {
+        prop_assume!(problem.validate().is_ok());
+        let solution = SiteDpSolver::default().solve(&problem).expect("valid problem");
+        match clarabel_reference(&problem) {
+            Reference::Optimal(r) => {
+                prop_assert!(solution.is_optimal(), "dp {:?}, clarabel {r}", solution.status);
+                let objective = problem.objective(&solution);
+                prop_assert!((objective - r).abs() <= 1e-6 * objective.abs().max(1.0), "dp {objective} vs {r}");
+                prop_assert!(problem.max_violation(&solution) <= 1e-7);
+            }
+            Reference::Infeasible => prop_assert!(!solution.is_optimal()),
+            Reference::Unclear(_) => {}
+        }
+    }
+
+    /// Units from milli to mega: never a panic, and the same answer up to the scaling.
+    #[test]
+    fn extreme_magnitudes_are_solved_or_reported(
+        problem in problem_strategy(),
+        price in prop::sample::select(vec![1e-3, 1.0, 1e3]),
+        power in prop::sample::select(vec![1e-3, 1.0, 1e4]),
+        energy in prop::sample::select(vec![1e-3, 1.0, 1e5]),
+    ) {
+        prop_assume!(problem.validate().is_ok());
+        let base = SiteDpSolver::default().solve(&problem).expect("valid problem");
+        let big = scaled(&problem, price, power, energy);
+        prop_assume!(big.validate().is_ok());
+        let solution = SiteDpSolver::default().solve(&big).expect("valid problem");
+        prop_assert_eq!(base.is_optimal(), solution.is_optimal(), "{:?} vs {:?}", base.status, solution.status);
+        if solution.is_optimal() {
+            let tol = 1e-9 * (power.max(energy));
+            prop_assert!(big.max_violation(&solution) <= tol.max(1e-9), "violation {}", big.max_violation(&solution));
+            let expect = problem.objective(&base) * price * energy;
+            let got = big.objective(&solution);
+            prop_assert!((got - expect).abs() <= 1e-8 * expect.abs().max(price * energy), "{got} vs {expect}");
+        }
     }
 }
