@@ -1,12 +1,12 @@
 //! Property tests of the exact single-site DP on random instances: it agrees with an independent LP solve
-//! (clarabel on the same model written out row by row here) on feasibility and on the optimum, its schedule
-//! satisfies every constraint, it is never worse than leaving the battery idle, and its duality gap closes.
+//! (clarabel on the same model, built by the shared `common/clarabel_ref.rs`) on feasibility and on the
+//! optimum, its schedule satisfies every constraint, it is never worse than leaving the battery idle, and its
+//! duality gap closes.
 
-use clarabel::algebra::CscMatrix;
-use clarabel::solver::{
-    DefaultSettingsBuilder, DefaultSolver, IPSolver, NonnegativeConeT, SolverStatus,
-    SupportedConeT, ZeroConeT,
-};
+#[path = "common/clarabel_ref.rs"]
+mod clarabel_ref;
+
+use clarabel::solver::SolverStatus;
 use grid_optimize::site_dp::{SiteDp, SiteDpSolver};
 use grid_optimize::{BatteryParams, FleetProblem, PowerBounds, SiteProblem, SiteSolution, Solver};
 use proptest::prelude::*;
@@ -19,101 +19,11 @@ enum Reference {
     Unclear(String),
 }
 
-/// The battopt LP of one site, for clarabel: `min q'x` s.t. `A x + s = b`, `s` in zero × nonnegative cones.
-/// Variables per slot `t`: `c, d, gp, gm, s` at `5t..5t+5`, then the peak `P` when there is a demand charge.
+/// clarabel's answer on the identical LP (the shared reference model of `common/clarabel_ref.rs`).
 fn clarabel_reference(problem: &FleetProblem) -> Reference {
-    let site = &problem.sites[0];
-    let bat = &site.battery;
-    let t = problem.slots();
-    let dt = problem.dt;
-    let has_peak = site.demand_charge > 0.0;
-    let n = 5 * t + usize::from(has_peak);
-    let (a, b) = (bat.eta_ch * dt, dt / bat.eta_dis);
-    let var = |k: usize, j: usize| 5 * k + j;
-    let mut q = vec![0.0; n];
-    for k in 0..t {
-        q[var(k, 0)] = dt * bat.deg_cost;
-        q[var(k, 1)] = dt * bat.deg_cost;
-        q[var(k, 2)] = dt * problem.import_price[k];
-        q[var(k, 3)] = -dt * problem.export_price[k];
-    }
-    if has_peak {
-        q[5 * t] = site.demand_charge;
-    }
-    let (mut rows, mut cols, mut vals, mut rhs) = (vec![], vec![], vec![], vec![]);
-    let mut row = 0;
-    let mut push = |r: usize, c: usize, v: f64, rows: &mut Vec<usize>| {
-        rows.push(r);
-        cols.push(c);
-        vals.push(v);
-    };
-    // Equalities: balance and SoC dynamics.
-    for k in 0..t {
-        push(row, var(k, 2), 1.0, &mut rows);
-        push(row, var(k, 3), -1.0, &mut rows);
-        push(row, var(k, 0), -1.0, &mut rows);
-        push(row, var(k, 1), 1.0, &mut rows);
-        rhs.push(site.load[k] - site.pv[k]);
-        row += 1;
-        push(row, var(k, 4), 1.0, &mut rows);
-        push(row, var(k, 0), -a, &mut rows);
-        push(row, var(k, 1), b, &mut rows);
-        if k > 0 {
-            push(row, var(k - 1, 4), -1.0, &mut rows);
-            rhs.push(0.0);
-        } else {
-            rhs.push(bat.e0);
-        }
-        row += 1;
-    }
-    let n_eq = row;
-    // Inequalities `A x ≤ b`.
-    for k in 0..t {
-        let bounds = [
-            (0, 0.0, site.charge_max(k)),
-            (1, 0.0, site.discharge_max(k)),
-            (2, 0.0, site.grid_import_max),
-            (3, 0.0, site.grid_export_max),
-            (4, bat.e_min, bat.e_max),
-        ];
-        for (j, lo, hi) in bounds {
-            push(row, var(k, j), -1.0, &mut rows);
-            rhs.push(-lo);
-            row += 1;
-            push(row, var(k, j), 1.0, &mut rows);
-            rhs.push(hi);
-            row += 1;
-        }
-        if has_peak {
-            push(row, var(k, 2), 1.0, &mut rows);
-            push(row, 5 * t, -1.0, &mut rows);
-            rhs.push(0.0);
-            row += 1;
-        }
-    }
-    if let Some(ef) = bat.e_final_min {
-        push(row, var(t - 1, 4), -1.0, &mut rows);
-        rhs.push(-ef);
-        row += 1;
-    }
-    let m = row;
-    let a_mat = CscMatrix::new_from_triplets(m, n, rows, cols, vals);
-    let p_mat = CscMatrix::<f64>::zeros((n, n));
-    let cones: Vec<SupportedConeT<f64>> = vec![ZeroConeT(n_eq), NonnegativeConeT(m - n_eq)];
-    let settings = DefaultSettingsBuilder::default()
-        .verbose(false)
-        .tol_gap_abs(1e-10)
-        .tol_gap_rel(1e-10)
-        .tol_feas(1e-10)
-        .max_iter(300)
-        .build()
-        .expect("valid settings");
-    let Ok(mut solver) = DefaultSolver::new(&p_mat, &q, &a_mat, &rhs, &cones, settings) else {
-        return Reference::Unclear("clarabel rejected the model".into());
-    };
-    solver.solve();
-    match solver.solution.status {
-        SolverStatus::Solved => Reference::Optimal(solver.solution.obj_val),
+    let r = clarabel_ref::solve(problem);
+    match r.status {
+        SolverStatus::Solved => Reference::Optimal(r.objective),
         SolverStatus::PrimalInfeasible | SolverStatus::AlmostPrimalInfeasible => {
             Reference::Infeasible
         }
