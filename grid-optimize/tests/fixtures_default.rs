@@ -1,5 +1,6 @@
 //! Every fixture through [`DefaultSolver`] (the DP for the single sites, the interior-point method for the
 //! fleets under their feeder envelope): HiGHS's optimum to 1e-6 relative, every constraint to 1e-6.
+#![cfg(feature = "serde")]
 
 use grid_optimize::Solver;
 use grid_optimize::battopt::parse_instance;

@@ -1,4 +1,5 @@
 //! The single-site fixtures (HiGHS references) reproduced by the exact DP, to 1e-6 relative.
+#![cfg(feature = "serde")]
 
 use grid_optimize::Solver;
 use grid_optimize::battopt::parse_instance;
