@@ -45,10 +45,25 @@
 //! `P`, and so is `f(P) = V(P) + demand_charge·P`. A subgradient of `V` comes from the DP's duals: the marginal
 //! value of stored energy `λ_t` follows from the thresholds at which the window cut segments
 //! (`λ_t = max(ℓ_t, min(r_t, λ_{t+1}))`), and each slot's share is the derivative of
-//! `min_x h_t(x; P) - λ_t·x` in `P`. The search over `P` is a one-dimensional cutting-plane (Kelley) method
-//! between a point with a negative and one with a positive subgradient: it jumps to the intersection of the two
-//! supporting lines, which for a piecewise-linear function lands on the optimal breakpoint after a few steps,
-//! and stops when the function value there meets the lower bound.
+//! `min_x h_t(x; P) - λ_t·x` in `P`. The search runs in three steps:
+//!
+//! 1. solve without a cap: its peak `P_free` bounds the optimal cap from above (beyond it `f` rises at the
+//!    demand charge);
+//! 2. find the lowest feasible cap exactly. Only the upper end of the reachable SoC interval depends on `P`, it
+//!    is concave and nondecreasing in `P`, so Newton's method on the smallest SoC margin, from the left, reaches
+//!    the boundary in a few O(T) sweeps without a DP pass. Often (a large demand charge) the optimum is right
+//!    there: one pass confirms a non-negative subgradient, and the site is solved in two passes;
+//! 3. otherwise a one-dimensional cutting-plane (Kelley) method between a point with a negative and one with a
+//!    positive subgradient: it jumps to the intersection of the two supporting lines, which for a
+//!    piecewise-linear function lands on the optimal breakpoint after a few steps, and stops when the function
+//!    value there meets the lower bound.
+//!
+//! Every pass is certified by its Lagrangian bound ([`SiteDp::duality_gap`]); a pass whose duals do not close
+//! the gap (which the tests have not produced since tolerances became relative) gets its subgradient from a
+//! secant instead, so a wrong cutting plane cannot end the search early.
+//!
+//! **Tolerances** are relative to the site's magnitudes (its largest power, energy and cost per horizon), so the
+//! same problem written in other units is solved the same way.
 //!
 //! ```
 //! use grid_optimize::{BatteryParams, FleetProblem, SiteProblem, Solver};
