@@ -4,6 +4,7 @@
 //! deterministic perturbation, so the bench needs nothing outside the repository. The training bench times
 //! the whole [`train`] call (features, five candidate models, selection, calibration, refit); the forecast
 //! bench times `forecast_day_into` (features + model + intervals for the 96 slots of one day).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use grid_optimize::forecast::SeriesKind;

@@ -4,6 +4,7 @@
 //! check and duality-gap certificate). The fixtures are read from `grid-optimize/tests/fixtures/`.
 //!
 //! `cargo bench -p grid-benches --bench site_dp`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use grid_optimize::battopt::parse_instance;
@@ -14,7 +15,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 fn fixture(name: &str) -> FleetProblem {
-    let path = format!("{}/../grid-optimize/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../grid-optimize/tests/fixtures/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).expect("the fixture is in the repository");
     parse_instance(&text).expect("the fixture parses")
 }
@@ -29,7 +33,12 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{name}/workspace"), |b| {
             b.iter(|| {
                 let r = dp
-                    .solve_site(problem.dt, &problem.import_price, &problem.export_price, black_box(site))
+                    .solve_site(
+                        problem.dt,
+                        &problem.import_price,
+                        &problem.export_price,
+                        black_box(site),
+                    )
                     .expect("linear site");
                 black_box(r.is_ok())
             })

@@ -7,6 +7,7 @@
 //! Criterion measures our solvers and clarabel on a/b/c/N100. Clarabel on N=1000 takes tens of seconds per solve,
 //! so it is timed once (median of two runs) in the summary instead of by criterion. The summary printed first is
 //! the table in docs/benchmarks.md: median wall time of each side, the ratio and the target.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 #[path = "../../grid-optimize/tests/common/clarabel_ref.rs"]
 mod clarabel_ref;

@@ -2,6 +2,7 @@
 //! discharge-expensive plan, its validation against the battery's envelope, and resampling.
 //!
 //! Run with `cargo run -p grid-core --example model_tour`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_core::*;
 
@@ -43,7 +44,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
     )?;
     // The local day in Berlin, in UTC slots of 15 minutes.
-    let horizon = Horizon::new("2026-11-26T23:00:00Z".parse()?, SlotLength::QUARTER_HOUR, 96)?;
+    let horizon = Horizon::new(
+        "2026-11-26T23:00:00Z".parse()?,
+        SlotLength::QUARTER_HOUR,
+        96,
+    )?;
     let prices = tariff.expand(&horizon)?;
 
     // Naive plan: charge at 3 kW when cheap, discharge at 4 kW in the evening peak.

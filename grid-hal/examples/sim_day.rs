@@ -2,6 +2,7 @@
 //! discharge in the evening), an over-temperature fault at noon and a silent controller in the
 //! afternoon, with every safety intervention printed. Run with
 //! `cargo run -p grid-hal --example sim_day`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use core::time::Duration;
 use grid_core::{BatteryParams, BatterySpec, Power, Soc, Temperature};

@@ -1,6 +1,7 @@
 //! `grid-opt solve` end to end: the built binary on fixtures and on broken or infeasible variants of them.
 //! Exit 0 optimal (the printed schedule is re-checked here), 1 infeasible (with a reason), 2 invalid input
 //! (a message naming the field on stderr, nothing on stdout).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_optimize::battopt::parse_instance;
 use grid_optimize::{FleetSolution, SiteSolution, SolveStatus};

@@ -1,6 +1,7 @@
 //! Every fixture through [`DefaultSolver`] (the DP for the single sites, the interior-point method for the
 //! fleets under their feeder envelope): HiGHS's optimum to 1e-6 relative, every constraint to 1e-6.
 #![cfg(feature = "serde")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_optimize::Solver;
 use grid_optimize::battopt::parse_instance;

@@ -1,5 +1,6 @@
 //! The single-site fixtures (HiGHS references) reproduced by the exact DP, to 1e-6 relative.
 #![cfg(feature = "serde")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_optimize::Solver;
 use grid_optimize::battopt::parse_instance;

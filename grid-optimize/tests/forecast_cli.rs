@@ -1,5 +1,6 @@
 //! `grid-opt forecast backtest` end to end on the shipped data slices: the JSON shape, the numbers and the
 //! exit code 2 with a clear message for bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use std::process::{Command, Output};
 

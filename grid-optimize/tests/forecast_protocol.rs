@@ -1,5 +1,6 @@
 //! The forecasting protocol on the shipped data slices: no test-period value can reach training or a forecast
 //! of an earlier day, gaps are survived, and the forecaster beats the seasonal-naive baselines.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_optimize::forecast::backtest::{BacktestOptions, run_on_series};
 use grid_optimize::forecast::model::{TrainConfig, train};

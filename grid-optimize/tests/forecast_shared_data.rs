@@ -2,6 +2,7 @@
 //!
 //! Run with `cargo test --release -p grid-optimize --test forecast_shared_data -- --ignored --nocapture`;
 //! `FORECAST_CASE=<substring>` runs only the matching cases.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_optimize::forecast::SeriesKind;
 use grid_optimize::forecast::backtest::{BacktestConfig, run};

@@ -2,6 +2,7 @@
 //! tracking), per-slot power bounds, demand charges and binding feeder envelopes: objective equal to clarabel's on
 //! the identical model (1e-6 relative), and property tests (feasible, no worse than leaving the batteries idle,
 //! duality gap closed), plus infeasibility reasons.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 #[path = "common/clarabel_ref.rs"]
 mod clarabel_ref;

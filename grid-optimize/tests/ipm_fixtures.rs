@@ -2,6 +2,7 @@
 //! d_fleet_N10 and d_fleet_N100 under their binding feeder envelope, and the single sites a/b/c as a cross-check
 //! of the exact DP. Objective within 1e-6 relative, every constraint within 1e-6 kW/kWh.
 #![cfg(feature = "serde")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_optimize::Solver;
 use grid_optimize::battopt::parse_instance;

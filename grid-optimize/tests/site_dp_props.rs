@@ -2,6 +2,7 @@
 //! (clarabel on the same model, built by the shared `common/clarabel_ref.rs`) on feasibility and on the
 //! optimum, its schedule satisfies every constraint, it is never worse than leaving the battery idle, and its
 //! duality gap closes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 #[path = "common/clarabel_ref.rs"]
 mod clarabel_ref;

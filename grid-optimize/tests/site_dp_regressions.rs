@@ -1,4 +1,5 @@
 //! Instances on which the site DP once went wrong, kept as regression tests (found by the property tests).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_optimize::site_dp::SiteDpSolver;
 use grid_optimize::{BatteryParams, FleetProblem, PowerBounds, SiteProblem, Solver};

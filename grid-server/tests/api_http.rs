@@ -7,6 +7,7 @@
 //!
 //! The ignored live test runs the main flow on PostgreSQL (`DATABASE_URL`) and Mosquitto
 //! (`MQTT_URL`), as `.ci/run` does.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 #[path = "common/api_support.rs"]
 mod api_support;

@@ -4,6 +4,7 @@
 //!
 //! By default: SQLite and an embedded rumqttd broker per test. The ignored live test runs the same
 //! scenarios on PostgreSQL (`DATABASE_URL`) and Mosquitto (`MQTT_URL`), as `.ci/run` does.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 #[path = "common/store_support.rs"]
 mod support;

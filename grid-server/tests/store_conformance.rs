@@ -1,6 +1,7 @@
 //! The `Store` conformance suite: every query of the trait, run against SQLite (a temporary file)
 //! always, and against PostgreSQL (a fresh schema of `DATABASE_URL`) in the ignored live test that
 //! `.ci/run` runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 #[path = "common/store_support.rs"]
 mod support;
@@ -584,7 +585,7 @@ mod suite {
         );
         assert_eq!(store.get_schedule(&id, None).await.unwrap(), v2);
         let open = store.open_schedules(&ids[0]).await.unwrap();
-        assert_eq!(open, [v2.clone()]);
+        assert_eq!(open, std::slice::from_ref(&v2));
 
         // Cancel the newest open version; then there is nothing left to cancel.
         let c = store

@@ -63,7 +63,8 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("grid-sim-demo-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
 
     // The simulated day is tomorrow (UTC): schedules are made day-ahead, as in production.
     let now = Timestamp::now();
@@ -80,7 +81,12 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
     let (server, backend, (mqtt_host, mqtt_port)) = start_server(&args, &work_dir).await?;
     let token = server
         .auth
-        .mint("grid-sim", Role::Admin, None, Some(Duration::from_secs(7 * 86_400)))
+        .mint(
+            "grid-sim",
+            Role::Admin,
+            None,
+            Some(Duration::from_secs(7 * 86_400)),
+        )
         .context("minting the demo's token")?;
     let api = ApiClient::new(server.local_addr, token.clone());
     eprintln!("server: http://{} ({backend})", server.local_addr);
@@ -186,17 +192,30 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
     // 6. Run the day.
     let end = start.checked_add(jiff::SignedDuration::from_hours(24))?;
     let day_real = Duration::from_secs_f64(86_400.0 / args.speed);
-    eprintln!("simulating the day: {:.0} s of wall time at {}×", day_real.as_secs_f64(), args.speed);
+    eprintln!(
+        "simulating the day: {:.0} s of wall time at {}×",
+        day_real.as_secs_f64(),
+        args.speed
+    );
     let bar = Progress::new("day", SLOTS);
     loop {
         let t = grid_agent::shell::Clock::now(clock.as_ref());
         let slot = ((t.as_second() - start.as_second()).max(0) / 900) as usize;
         let (accepted, executing) = {
-            let seen = observer.seen.lock().map_err(|_| anyhow::anyhow!("observer poisoned"))?;
-            (seen.count(ExecutionState::Accepted), seen.count(ExecutionState::Executing))
+            let seen = observer
+                .seen
+                .lock()
+                .map_err(|_| anyhow::anyhow!("observer poisoned"))?;
+            (
+                seen.count(ExecutionState::Accepted),
+                seen.count(ExecutionState::Executing),
+            )
         };
         let fleet_kw: f64 = agents.iter().map(|a| a.snapshot().applied_kw).sum();
-        let online = agents.iter().filter(|a| a.snapshot().engine.connected).count();
+        let online = agents
+            .iter()
+            .filter(|a| a.snapshot().engine.connected)
+            .count();
         bar.status(
             slot.min(SLOTS),
             &format!(
@@ -214,7 +233,15 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
 
     // 7. Summarise.
     let report = summarise(
-        &args, &scenario, &solution, &agents, &observer, published, optimiser_ms, &backend, wall,
+        &args,
+        &scenario,
+        &solution,
+        &agents,
+        &observer,
+        published,
+        optimiser_ms,
+        &backend,
+        wall,
     )?;
     for a in agents.iter_mut() {
         a.stop().await?;
@@ -245,7 +272,11 @@ async fn start_server(
     work_dir: &std::path::Path,
 ) -> Result<(grid_server::server::RunningServer, String, (String, u16))> {
     let mut config = ServerConfig::default();
-    config.http.listen = if args.serve { args.listen } else { "127.0.0.1:0".parse()? };
+    config.http.listen = if args.serve {
+        args.listen
+    } else {
+        "127.0.0.1:0".parse()?
+    };
     config.http.max_page_size = config.http.max_page_size.max(1000);
     let db = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
     let mqtt = std::env::var("MQTT_URL").ok().filter(|u| !u.is_empty());
@@ -263,13 +294,20 @@ async fn start_server(
         }
         None => {
             config.mqtt.listen = free_local_port()?;
-            (config.mqtt.listen.ip().to_string(), config.mqtt.listen.port())
+            (
+                config.mqtt.listen.ip().to_string(),
+                config.mqtt.listen.port(),
+            )
         }
     };
     let backend = format!(
         "{} + {}",
         if db.is_some() { "PostgreSQL" } else { "SQLite" },
-        if mqtt.is_some() { "external MQTT broker" } else { "embedded rumqttd" }
+        if mqtt.is_some() {
+            "external MQTT broker"
+        } else {
+            "embedded rumqttd"
+        }
     );
     let server = grid_server::server::serve(config)
         .await
@@ -286,14 +324,20 @@ async fn wait_connected(agents: &[SimAgent], timeout: Duration) -> Result<()> {
     let bar = Progress::new("connecting", agents.len());
     let deadline = Instant::now() + timeout;
     loop {
-        let online = agents.iter().filter(|a| a.snapshot().engine.connected).count();
+        let online = agents
+            .iter()
+            .filter(|a| a.snapshot().engine.connected)
+            .count();
         bar.set(online);
         if online == agents.len() {
             bar.done();
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {online} of {} agents connected within {timeout:?}", agents.len());
+            bail!(
+                "only {online} of {} agents connected within {timeout:?}",
+                agents.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -387,7 +431,9 @@ impl Progress {
 
     fn status(&self, n: usize, text: &str) {
         let width = 30;
-        let filled = if self.total == 0 { width } else { (n * width / self.total).min(width) };
+        let filled = (n * width)
+            .checked_div(self.total)
+            .map_or(width, |f| f.min(width));
         let mut err = std::io::stderr().lock();
         let _ = write!(
             err,

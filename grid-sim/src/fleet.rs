@@ -5,14 +5,16 @@
 
 use crate::scenario::{DT_HOURS, Home, SLOTS};
 use anyhow::{Context, Result};
+use grid_agent::EngineConfig;
 use grid_agent::config::{BrokerAddress, FallbackMode};
 use grid_agent::hardware::{Battery, Hardware};
 use grid_agent::metrics::{MetricsSnapshot, SharedMetrics};
 use grid_agent::shell::{Agent, AgentOptions, Clock, MqttSettings, run_agent_with_metrics};
 use grid_agent::store::{OpenReport, Store, StoreLocation};
-use grid_agent::EngineConfig;
 use grid_core::{BatterySpec, Power, Soc};
-use grid_hal::{BatteryController, BatteryMonitor, BatteryState, ErrorKind, HalError, SimBattery, SimConfig};
+use grid_hal::{
+    BatteryController, BatteryMonitor, BatteryState, ErrorKind, HalError, SimBattery, SimConfig,
+};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -124,7 +126,9 @@ impl SimAgent {
         }
         if let Some(task) = self.task.take() {
             match tokio::time::timeout(Duration::from_secs(10), task).await {
-                Ok(joined) => joined.context("agent task panicked")?.context("agent failed")?,
+                Ok(joined) => joined
+                    .context("agent task panicked")?
+                    .context("agent failed")?,
                 Err(_) => anyhow::bail!("agent {} did not stop within 10 s", self.device),
             }
         }
@@ -160,9 +164,13 @@ pub struct FleetSettings {
 pub async fn start_agents(homes: &[Home], settings: &FleetSettings) -> Result<Vec<SimAgent>> {
     let db = settings.store_dir.join("agents.db");
     let first = homes.first().context("no homes")?;
-    let (seed_store, _) = Store::open(&StoreLocation::File(db.clone()), first.device.as_str(), 10_000)
-        .await
-        .with_context(|| format!("opening the agents' store {}", db.display()))?;
+    let (seed_store, _) = Store::open(
+        &StoreLocation::File(db.clone()),
+        first.device.as_str(),
+        10_000,
+    )
+    .await
+    .with_context(|| format!("opening the agents' store {}", db.display()))?;
     let pool = seed_store.pool().clone();
     let mut agents = Vec::with_capacity(homes.len());
     for home in homes {
@@ -179,7 +187,9 @@ async fn start_one(home: &Home, s: &FleetSettings, pool: sqlx::SqlitePool) -> Re
         home.spec.clone(),
         SimConfig {
             seed: home.seed,
-            initial_soc: Soc::from_fraction((home.initial_energy.kwh() / capacity).clamp(0.0, 1.0))?,
+            initial_soc: Soc::from_fraction(
+                (home.initial_energy.kwh() / capacity).clamp(0.0, 1.0),
+            )?,
             ..SimConfig::default()
         },
     )

@@ -82,9 +82,10 @@ fn parse_response(raw: &[u8]) -> Result<Response> {
         .context("no status line")?
         .parse()
         .context("bad status code")?;
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
     let mut body = raw[split + 4..].to_vec();
     if chunked {
         body = dechunk(&body)?;
@@ -92,7 +93,8 @@ fn parse_response(raw: &[u8]) -> Result<Response> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
     };
     Ok(Response { status, body })
 }
@@ -123,13 +125,19 @@ mod tests {
 
     #[test]
     fn parses_plain_and_chunked_bodies() {
-        let r = parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 7\r\n\r\n{\"a\":1}").unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 7\r\n\r\n{\"a\":1}").unwrap();
         assert_eq!((r.status, r.body["a"].as_i64()), (201, Some(1)));
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n",
         )
         .unwrap();
         assert_eq!(r.body, serde_json::json!([1, 2]));
-        assert_eq!(parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap().body, Value::Null);
+        assert_eq!(
+            parse_response(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .unwrap()
+                .body,
+            Value::Null
+        );
     }
 }

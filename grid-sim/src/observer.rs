@@ -60,7 +60,11 @@ pub struct Observer {
 impl Observer {
     /// Connects to the broker and subscribes; returns once the subscriptions are acknowledged.
     pub async fn start(host: &str, port: u16) -> Result<Self> {
-        let mut opts = MqttOptions::new(format!("grid-sim-observer-{}", std::process::id()), host, port);
+        let mut opts = MqttOptions::new(
+            format!("grid-sim-observer-{}", std::process::id()),
+            host,
+            port,
+        );
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = AsyncClient::new(opts, 1024);
@@ -82,10 +86,10 @@ impl Observer {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         subacks += 1;
-                        if subacks == 2 {
-                            if let Some(tx) = ready.take() {
-                                let _ = tx.send(());
-                            }
+                        if subacks == 2
+                            && let Some(tx) = ready.take()
+                        {
+                            let _ = tx.send(());
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => record(&sink, &p.topic, &p.payload),

@@ -104,9 +104,10 @@ pub(super) async fn store_schedule(
         created,
     )
     .map_err(|e| match e {
-        grid_core::Error::Inconsistent { field, .. } if field == "schedule.expires_at" => {
-            ApiError::invalid("start", "the horizon has already ended")
-        }
+        grid_core::Error::Inconsistent {
+            field: "schedule.expires_at",
+            ..
+        } => ApiError::invalid("start", "the horizon has already ended"),
         e => e.into(),
     })?;
     schedule.validate(&device.spec, initial)?;

@@ -1662,7 +1662,7 @@ impl Store for This {
             .iter()
             .map(outbox_from_row)
             .collect::<StoreResult<Vec<_>>>()?;
-        records.sort_by(|a, b| a.next_wakeup_at.cmp(&b.next_wakeup_at));
+        records.sort_by_key(|r| r.next_wakeup_at);
         Ok(records)
     }
 

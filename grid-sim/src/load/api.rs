@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 /// How to install the load generator.
-pub const INSTALL_HINT: &str = "install wrk: `apt-get install -y wrk` (Debian/Ubuntu) or `brew install wrk`";
+pub const INSTALL_HINT: &str =
+    "install wrk: `apt-get install -y wrk` (Debian/Ubuntu) or `brew install wrk`";
 
 /// The workload's inputs.
 #[derive(Debug, Clone)]
@@ -166,7 +167,8 @@ pub async fn run_wrk(
         bail!("wrk is not installed ({INSTALL_HINT})");
     }
     let path = dir.join("api-load.lua");
-    std::fs::write(&path, script(w, delay_ms)).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, script(w, delay_ms))
+        .with_context(|| format!("writing {}", path.display()))?;
     let out = tokio::process::Command::new("wrk")
         .arg("-t2")
         .arg(format!("-c{connections}"))

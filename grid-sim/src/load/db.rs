@@ -22,7 +22,9 @@ pub fn with_database(url: &str, name: &str) -> Result<String> {
         None => (url, ""),
     };
     if !(base.starts_with("postgres://") || base.starts_with("postgresql://")) {
-        bail!("the load benchmark needs PostgreSQL: DATABASE_URL must be postgres://… (got {base})");
+        bail!(
+            "the load benchmark needs PostgreSQL: DATABASE_URL must be postgres://… (got {base})"
+        );
     }
     let host_part = match base[scheme_end..].find('/') {
         Some(slash) => &base[..scheme_end + slash],
@@ -50,10 +52,12 @@ impl BenchDb {
             .await
             .with_context(|| format!("creating database {name}"))?;
         if async_commit {
-            sqlx::raw_sql(AssertSqlSafe(format!("ALTER DATABASE {name} SET synchronous_commit = off")))
-                .execute(&mut conn)
-                .await
-                .context("setting synchronous_commit")?;
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "ALTER DATABASE {name} SET synchronous_commit = off"
+            )))
+            .execute(&mut conn)
+            .await
+            .context("setting synchronous_commit")?;
         }
         let _ = conn.close().await;
         Ok(Self {
@@ -66,10 +70,13 @@ impl BenchDb {
     /// Drops the database (terminating leftover connections).
     pub async fn drop_db(&self) -> Result<()> {
         let mut conn = PgConnection::connect(&self.admin_url).await?;
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("dropping database {}", self.name))?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("dropping database {}", self.name))?;
         let _ = conn.close().await;
         Ok(())
     }
@@ -95,6 +102,33 @@ pub async fn devices_with_ack(pool: &PgPool, prefix: &str, state: &str) -> Resul
     Ok(row.try_get("n")?)
 }
 
+/// Benchmark schedules whose lifecycle the server has recorded as accepted (or later: executing,
+/// completed).
+pub async fn schedules_accepted(pool: &PgPool, prefix: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM schedules WHERE schedule_id LIKE $1 AND state IN ('accepted', 'executing', 'completed')",
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_one(pool)
+    .await?;
+    Ok(row.try_get("n")?)
+}
+
+/// Per schedule: first send and answer times (ms since the epoch) as the server recorded them.
+pub async fn schedule_times(
+    pool: &PgPool,
+    prefix: &str,
+) -> Result<Vec<(Option<i64>, Option<i64>)>> {
+    let rows =
+        sqlx::query("SELECT first_sent_ms, answered_ms FROM schedules WHERE schedule_id LIKE $1")
+            .bind(format!("{prefix}%"))
+            .fetch_all(pool)
+            .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("first_sent_ms")?, r.try_get("answered_ms")?)))
+        .collect()
+}
+
 /// Per device: the first time (ms since the epoch) the server sent the schedule, the agent's ack
 /// envelope time, and the server's receipt time of the `accepted` ack.
 pub async fn accept_times(pool: &PgPool, prefix: &str) -> Result<Vec<(Option<i64>, i64, i64)>> {
@@ -108,7 +142,13 @@ pub async fn accept_times(pool: &PgPool, prefix: &str) -> Result<Vec<(Option<i64
     .fetch_all(pool)
     .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("sent")?, r.try_get("acked")?, r.try_get("received")?)))
+        .map(|r| {
+            Ok((
+                r.try_get("sent")?,
+                r.try_get("acked")?,
+                r.try_get("received")?,
+            ))
+        })
         .collect()
 }
 
@@ -160,7 +200,10 @@ mod tests {
             with_database("postgres://u:p@h/db?sslmode=disable", "y").unwrap(),
             "postgres://u:p@h/y?sslmode=disable"
         );
-        assert_eq!(with_database("postgres://h:5432", "z").unwrap(), "postgres://h:5432/z");
+        assert_eq!(
+            with_database("postgres://h:5432", "z").unwrap(),
+            "postgres://h:5432/z"
+        );
         assert!(with_database("sqlite://grid.db", "z").is_err());
     }
 }

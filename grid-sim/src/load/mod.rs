@@ -246,7 +246,10 @@ impl Worker {
     async fn ask(&mut self, request: &Request) -> Result<Reply> {
         let mut line = serde_json::to_string(request)?;
         line.push('\n');
-        self.write.write_all(line.as_bytes()).await.context("writing to a worker")?;
+        self.write
+            .write_all(line.as_bytes())
+            .await
+            .context("writing to a worker")?;
         self.write.flush().await?;
         let answer = tokio::time::timeout(Duration::from_secs(120), self.read.next_line())
             .await
@@ -469,9 +472,10 @@ async fn bench_with(
     database: &db::BenchDb,
 ) -> Result<Value> {
     let t_setup = Instant::now();
-    let server = grid_server::server::serve(server_config(&database.url, args.db_pool, mosquitto.port)?)
-        .await
-        .context("starting the server")?;
+    let server =
+        grid_server::server::serve(server_config(&database.url, args.db_pool, mosquitto.port)?)
+            .await
+            .context("starting the server")?;
     let result = bench_server(args, dir, mosquitto, database, &server).await;
     let _ = server.shutdown().await;
     let mut summary = result?;
@@ -568,7 +572,18 @@ async fn bench_server(
         workers.push(Worker::start(&spec, exe.as_ref()).await?);
     }
     let mut fleet = Fleet(workers);
-    let outcome = bench_fleet(args, dir, mosquitto, server, &pg, &mut fleet, &mut summary, t, hello_from).await;
+    let outcome = bench_fleet(
+        args,
+        dir,
+        mosquitto,
+        server,
+        &pg,
+        &mut fleet,
+        &mut summary,
+        t,
+        hello_from,
+    )
+    .await;
     for w in fleet.0 {
         w.stop().await;
     }
@@ -593,10 +608,18 @@ async fn bench_fleet(
     let n = args.devices;
     let store = server.store.clone();
     let (connected, _) = fleet
-        .wait_for(t_agents, Duration::from_secs(300), |s| s.connected_once >= n)
+        .wait_for(t_agents, Duration::from_secs(300), |s| {
+            s.connected_once >= n
+        })
         .await
         .context("waiting for every agent to connect")?;
-    let hellos = wait_pg(pg, t_agents, Duration::from_secs(120), n as i64, PgCount::SeenSince(hello_from))
+    let hellos = wait_pg(
+        pg,
+        t_agents,
+        Duration::from_secs(120),
+        n as i64,
+        PgCount::SeenSince(hello_from),
+    )
     .await
     .context("waiting for the server to record every agent's hello")?;
     summary["setup"]["connect_all_s"] = json!(secs(connected));
@@ -647,7 +670,13 @@ async fn bench_fleet(
     })
     .await;
     let publish_calls = t0.elapsed();
-    let recorded = wait_pg(pg, t0, Duration::from_secs(120), n as i64, PgCount::Acked("accepted"))
+    let recorded = wait_pg(
+        pg,
+        t0,
+        Duration::from_secs(120),
+        n as i64,
+        PgCount::Acked("accepted"),
+    )
     .await;
     let after = Probe::take(broker_pid, &fleet.pids());
     let mut sent = Vec::new();
@@ -661,13 +690,27 @@ async fn bench_fleet(
         received.push((r - t0_ms) as f64);
     }
     let (accepted_rows, accepted_devices) = db::ack_rows(pg, SCHEDULE_PREFIX, "accepted").await?;
+    let mut answered = Vec::new();
+    let mut first_send = Vec::new();
+    for (s, a) in db::schedule_times(pg, SCHEDULE_PREFIX).await? {
+        if let Some(s) = s {
+            first_send.push((s - t0_ms) as f64);
+        }
+        if let Some(a) = a {
+            answered.push((a - t0_ms) as f64);
+        }
+    }
+    let schedules_accepted = db::schedules_accepted(pg, SCHEDULE_PREFIX).await?;
     summary["publish"] = json!({
         "publish_calls_s": secs(publish_calls),
         "publish_errors": publish_errors.len(),
         "first_publish_error": publish_errors.first(),
         "all_accepted_recorded_s": recorded.as_ref().ok().map(|d| secs(*d)),
         "not_recorded_error": recorded.as_ref().err().map(|e| format!("{e:#}")),
-        "accepted_recorded_ms": percentiles(&mut received),
+        "accepted_recorded_ms": percentiles(&mut answered),
+        "schedules_first_send_ms": percentiles(&mut first_send),
+        "schedules_recorded_accepted": schedules_accepted,
+        "ack_rows_accepted_recorded_ms": percentiles(&mut received),
         "agent_ack_sent_ms": percentiles(&mut agent_ack),
         "server_first_send_ms": percentiles(&mut sent),
         "accepted_ack_rows": accepted_rows,
@@ -679,9 +722,14 @@ async fn bench_fleet(
     // --- Executions (agents' counters; they refresh on the agents' tick) ----------------------
     tokio::time::sleep(Duration::from_millis(args.tick_ms + 1500)).await;
     let metrics = fleet.metrics().await?;
-    let started_once = metrics.started.get(&1).copied().unwrap_or(0);
-    let lost = metrics.started.get(&0).copied().unwrap_or(0);
-    let duplicated: usize = metrics.started.range(2..).map(|(_, v)| *v).sum();
+    let started_once = metrics.started.get("1").copied().unwrap_or(0);
+    let lost = metrics.started.get("0").copied().unwrap_or(0);
+    let duplicated: usize = metrics
+        .started
+        .iter()
+        .filter(|(k, _)| k.parse::<u64>().map_or(true, |c| c > 1))
+        .map(|(_, v)| *v)
+        .sum();
     let (exec_rows, exec_devices) = db::ack_rows(pg, SCHEDULE_PREFIX, "executing").await?;
     summary["executions"] = json!({
         "agents_started_once": started_once,
@@ -704,12 +752,22 @@ async fn bench_fleet(
         // Restart the agents without jitter (their stores survive), then storm again.
         let t = Instant::now();
         let from = now_ms();
-        fleet.all(&Request::Restart { reconnect_min_ms: 0 }).await?;
+        fleet
+            .all(&Request::Restart {
+                reconnect_min_ms: 0,
+            })
+            .await?;
         let (connected, _) = fleet
             .wait_for(t, Duration::from_secs(300), |s| s.connected_once >= n)
             .await
             .context("agents reconnecting after a restart without jitter")?;
-        let hellos = wait_pg(pg, t, Duration::from_secs(120), n as i64, PgCount::SeenSince(from))
+        let hellos = wait_pg(
+            pg,
+            t,
+            Duration::from_secs(120),
+            n as i64,
+            PgCount::SeenSince(from),
+        )
         .await?;
         summary["setup"]["restart_without_jitter_connect_all_s"] = json!(secs(connected));
         summary["setup"]["restart_without_jitter_hello_recorded_all_s"] = json!(secs(hellos));
@@ -748,7 +806,7 @@ async fn wait_pg(
     loop {
         let c = match what {
             PgCount::SeenSince(ms) => db::devices_seen_since(pg, ms).await?,
-            PgCount::Acked(state) => db::devices_with_ack(pg, SCHEDULE_PREFIX, state).await?,
+            PgCount::Acked(_) => db::schedules_accepted(pg, SCHEDULE_PREFIX).await?,
         };
         if c >= target {
             return Ok(since.elapsed());
@@ -779,10 +837,18 @@ async fn storm(
     mosquitto.restart().await?;
     let t_up = Instant::now();
     let (reconnected, _) = fleet
-        .wait_for(t_up, Duration::from_secs(300), |s| s.reconnected_since_mark >= n)
+        .wait_for(t_up, Duration::from_secs(300), |s| {
+            s.reconnected_since_mark >= n
+        })
         .await
         .context("waiting for every agent to reconnect")?;
-    let hellos = wait_pg(pg, t_up, Duration::from_secs(300), n as i64, PgCount::SeenSince(kill_ms))
+    let hellos = wait_pg(
+        pg,
+        t_up,
+        Duration::from_secs(300),
+        n as i64,
+        PgCount::SeenSince(kill_ms),
+    )
     .await
     .context("waiting for the server to record every hello after the storm")?;
     let after = Probe::take(mosquitto.pid(), &fleet.pids());
@@ -831,26 +897,42 @@ async fn api_test(
     for chunk in batch.chunks(5000) {
         store.insert_telemetry(chunk).await?;
     }
-    let token = server
-        .auth
-        .mint("grid-sim-load", Role::Operator, None, Some(Duration::from_secs(3600)))?;
+    let token = server.auth.mint(
+        "grid-sim-load",
+        Role::Operator,
+        None,
+        Some(Duration::from_secs(3600)),
+    )?;
     let end = start.checked_add(jiff::SignedDuration::from_hours(24))?;
     let workload = api::Workload {
         addr: server.local_addr,
         token,
         devices: (0..addressed)
-            .map(|i| (worker::device_name(i), format!("{}-day", worker::device_name(i))))
+            .map(|i| {
+                (
+                    worker::device_name(i),
+                    format!("{}-day", worker::device_name(i)),
+                )
+            })
             .collect(),
         telemetry_from: start.to_string(),
         telemetry_to: end.to_string(),
         schedule_start: start.to_string(),
     };
     let before = Probe::take(broker_pid, &fleet.pids());
-    let result = api::run_paced(&workload, dir, args.api_rate, Duration::from_secs(args.api_seconds)).await?;
+    let result = api::run_paced(
+        &workload,
+        dir,
+        args.api_rate,
+        Duration::from_secs(args.api_seconds),
+    )
+    .await?;
     let after = Probe::take(broker_pid, &fleet.pids());
     let mut v = serde_json::to_value(&result)?;
     v["target_rate"] = json!(args.api_rate);
-    v["mix"] = json!("30% device status, 25% schedule status, 25% telemetry range (1 day, hourly buckets), 10% schedule creation (published), 10% set-power commands");
+    v["mix"] = json!(
+        "30% device status, 25% schedule status, 25% telemetry range (1 day, hourly buckets), 10% schedule creation (published), 10% set-power commands"
+    );
     v["usage"] = after.since(&before);
     Ok(v)
 }
@@ -868,20 +950,56 @@ pub fn table(s: &Value) -> String {
         if v.is_null() {
             "-".to_owned()
         } else {
-            format!("p50 {} / p99 {} / max {} ms", f(&v["p50"]), f(&v["p99"]), f(&v["max"]))
+            format!(
+                "p50 {} / p99 {} / max {} ms",
+                f(&v["p50"]),
+                f(&v["p99"]),
+                f(&v["max"])
+            )
         }
     };
     row("devices", f(&s["devices"]));
     row("agent processes", f(&s["agent_processes"]));
-    row("register (store)", format!("{} s", f(&s["setup"]["register_s"])));
-    row("connect all (jittered)", format!("{} s", f(&s["setup"]["connect_all_s"])));
-    row("publish: distribute calls done", format!("{} s", f(&s["publish"]["publish_calls_s"])));
-    row("publish: all accepted + recorded", format!("{} s", f(&s["publish"]["all_accepted_recorded_s"])));
-    row("  accepted ack recorded (from publish)", pct(&s["publish"]["accepted_recorded_ms"]));
-    row("  agent ack sent (from publish)", pct(&s["publish"]["agent_ack_sent_ms"]));
-    row("  server first send (from publish)", pct(&s["publish"]["server_first_send_ms"]));
-    row("acks recorded in PostgreSQL (devices)", f(&s["publish"]["accepted_devices"]));
-    row("executions lost / duplicated", format!("{} / {}", f(&s["executions"]["lost"]), f(&s["executions"]["duplicated"])));
+    row(
+        "register (store)",
+        format!("{} s", f(&s["setup"]["register_s"])),
+    );
+    row(
+        "connect all (jittered)",
+        format!("{} s", f(&s["setup"]["connect_all_s"])),
+    );
+    row(
+        "publish: distribute calls done",
+        format!("{} s", f(&s["publish"]["publish_calls_s"])),
+    );
+    row(
+        "publish: all accepted + recorded",
+        format!("{} s", f(&s["publish"]["all_accepted_recorded_s"])),
+    );
+    row(
+        "  accepted ack recorded (from publish)",
+        pct(&s["publish"]["accepted_recorded_ms"]),
+    );
+    row(
+        "  agent ack sent (from publish)",
+        pct(&s["publish"]["agent_ack_sent_ms"]),
+    );
+    row(
+        "  server first send (from publish)",
+        pct(&s["publish"]["server_first_send_ms"]),
+    );
+    row(
+        "acks recorded in PostgreSQL (devices)",
+        f(&s["publish"]["accepted_devices"]),
+    );
+    row(
+        "executions lost / duplicated",
+        format!(
+            "{} / {}",
+            f(&s["executions"]["lost"]),
+            f(&s["executions"]["duplicated"])
+        ),
+    );
     let u = &s["publish"]["usage"];
     for part in ["server", "broker", "postgres", "agents"] {
         row(
@@ -931,7 +1049,10 @@ mod tests {
     fn percentiles_use_nearest_rank() {
         let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
         let p = percentiles(&mut v);
-        assert_eq!((p["p50"].as_f64(), p["p99"].as_f64(), p["max"].as_f64()), (Some(50.0), Some(99.0), Some(100.0)));
+        assert_eq!(
+            (p["p50"].as_f64(), p["p99"].as_f64(), p["max"].as_f64()),
+            (Some(50.0), Some(99.0), Some(100.0))
+        );
         assert!(percentiles(&mut []).is_null());
     }
 

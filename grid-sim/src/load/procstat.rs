@@ -36,7 +36,11 @@ pub fn read_by_name(comm: &str) -> Usage {
         return total;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {

@@ -77,12 +77,12 @@ pub struct Status {
 /// The answer to [`Request::Metrics`]: how many agents have each counter value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
-    /// Schedules accepted per agent → number of agents.
-    pub accepted: BTreeMap<u64, usize>,
+    /// Schedules accepted per agent (as a decimal string: JSON keys) → number of agents.
+    pub accepted: BTreeMap<String, usize>,
     /// Schedule versions started per agent → number of agents.
-    pub started: BTreeMap<u64, usize>,
+    pub started: BTreeMap<String, usize>,
     /// Downlink messages rejected per agent → number of agents.
-    pub rejected: BTreeMap<u64, usize>,
+    pub rejected: BTreeMap<String, usize>,
     /// Sum of downlink messages received.
     pub messages_received: u64,
     /// Sum of acks produced.
@@ -242,7 +242,10 @@ impl Fleet {
                 let _ = tx.send(());
             }
             set.spawn(async move {
-                if tokio::time::timeout(Duration::from_secs(10), &mut a.task).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(10), &mut a.task)
+                    .await
+                    .is_err()
+                {
                     a.task.abort();
                 }
             });
@@ -273,9 +276,15 @@ impl Fleet {
     fn metrics(&self) -> Metrics {
         let mut out = Metrics::default();
         for m in self.snapshots() {
-            *out.accepted.entry(m.engine.schedules_accepted).or_default() += 1;
-            *out.started.entry(m.engine.schedules_started).or_default() += 1;
-            *out.rejected.entry(m.engine.rejected).or_default() += 1;
+            *out.accepted
+                .entry(m.engine.schedules_accepted.to_string())
+                .or_default() += 1;
+            *out.started
+                .entry(m.engine.schedules_started.to_string())
+                .or_default() += 1;
+            *out.rejected
+                .entry(m.engine.rejected.to_string())
+                .or_default() += 1;
             out.messages_received += m.engine.messages_received;
             out.acks += m.engine.acks;
             out.safety_events += m.safety_events;
@@ -347,13 +356,17 @@ mod tests {
 
     #[test]
     fn requests_and_replies_round_trip_as_json_lines() {
-        let r = Request::Restart { reconnect_min_ms: 0 };
+        let r = Request::Restart {
+            reconnect_min_ms: 0,
+        };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(text, r#"{"cmd":"restart","reconnect_min_ms":0}"#);
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         let mut m = Metrics::default();
-        m.started.insert(1, 10);
-        let back: Reply = serde_json::from_str(&serde_json::to_string(&Reply::Metrics(m.clone())).unwrap()).unwrap();
+        m.started.insert("1".into(), 10);
+        let back: Reply =
+            serde_json::from_str(&serde_json::to_string(&Reply::Metrics(m.clone())).unwrap())
+                .unwrap();
         assert_eq!(back, Reply::Metrics(m));
     }
 
