@@ -675,7 +675,7 @@ async fn bench_fleet(
         t0,
         Duration::from_secs(120),
         n as i64,
-        PgCount::Acked("accepted"),
+        PgCount::Accepted,
     )
     .await;
     let after = Probe::take(broker_pid, &fleet.pids());
@@ -791,8 +791,8 @@ async fn bench_fleet(
 enum PgCount {
     /// Devices whose status was recorded at or after this instant (ms).
     SeenSince(i64),
-    /// Devices with a recorded benchmark-schedule ack in this state.
-    Acked(&'static str),
+    /// Benchmark schedules whose lifecycle is recorded as accepted or later.
+    Accepted,
 }
 
 /// Polls the count every 10 ms until it reaches `target`; the time since `since`.
@@ -806,7 +806,7 @@ async fn wait_pg(
     loop {
         let c = match what {
             PgCount::SeenSince(ms) => db::devices_seen_since(pg, ms).await?,
-            PgCount::Acked(_) => db::schedules_accepted(pg, SCHEDULE_PREFIX).await?,
+            PgCount::Accepted => db::schedules_accepted(pg, SCHEDULE_PREFIX).await?,
         };
         if c >= target {
             return Ok(since.elapsed());
