@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Run the fleet demo: server, simulated homes, one optimised day, a summary.
     Demo(grid_sim::demo::DemoArgs),
+    /// Run the scale benchmark: Mosquitto, PostgreSQL, the server and N simulated agents.
+    Load(grid_sim::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => grid_sim::demo::run(args).await.map(|_| ()),
+            Command::Load(args) => grid_sim::load::run(args).await,
         }
     });
     match result {

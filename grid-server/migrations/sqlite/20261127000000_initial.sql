@@ -96,7 +96,8 @@ CREATE INDEX commands_device ON commands (device_id, created_ms);
 CREATE INDEX commands_created ON commands (created_ms, id);
 
 CREATE TABLE acks (
-    message_id      TEXT PRIMARY KEY,
+    -- Uplink message ids are unique per device only (agents number them u1, u2, ...).
+    message_id      TEXT NOT NULL,
     device_id       TEXT NOT NULL,
     target_kind     TEXT NOT NULL,
     target_id       TEXT NOT NULL,
@@ -105,7 +106,8 @@ CREATE TABLE acks (
     reason_code     TEXT,
     reason          TEXT,
     sent_ms         BIGINT NOT NULL,
-    received_ms     BIGINT NOT NULL
+    received_ms     BIGINT NOT NULL,
+    PRIMARY KEY (device_id, message_id)
 );
 CREATE INDEX acks_target ON acks (target_kind, target_id, target_version);
 

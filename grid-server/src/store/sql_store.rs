@@ -469,7 +469,7 @@ impl This {
         let inserted = sqlx::query(
             "INSERT INTO acks (message_id, device_id, target_kind, target_id, target_version, \
              state, reason_code, reason, sent_ms, received_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (message_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (device_id, message_id) DO NOTHING",
         )
         .bind(&ack.message_id)
         .bind(ack.device.as_str())
