@@ -92,6 +92,12 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
     eprintln!("server: http://{} ({backend})", server.local_addr);
 
     // 2. Sites and devices through the REST API.
+    api.ok(
+        "PUT",
+        "/api/v1/feeders/feeder-demo",
+        Some(&json!({"name": "demo feeder"})),
+    )
+    .await?;
     let progress = Progress::new("registering", scenario.homes.len());
     for (i, home) in scenario.homes.iter().enumerate() {
         api.ok(
