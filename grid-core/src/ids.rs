@@ -45,7 +45,7 @@ macro_rules! id_type {
         pub struct $name(String);
 
         impl $name {
-            /// Builds the identifier, checking the rules in the [module docs](self).
+            /// Builds the identifier: 1–64 characters of `A–Z a–z 0–9 . _ -`, not starting with `.` or `-`.
             pub fn new(value: impl Into<String>) -> Result<Self> {
                 let value = value.into();
                 check_id($field, &value)?;

@@ -84,7 +84,7 @@ pub struct Cli {
     )]
     pub jwt_private_key_file: Option<PathBuf>,
 
-    /// HS256 key file used (and generated) when no secret is set [default: <sqlite path>.jwt-key].
+    /// HS256 key file used (and generated) when no secret is set [default: the SQLite path + `.jwt-key`].
     #[arg(long, env = "GRID_JWT_KEY_FILE", global = true, value_name = "FILE")]
     pub jwt_key_file: Option<PathBuf>,
 

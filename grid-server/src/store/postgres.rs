@@ -1,4 +1,4 @@
-//! The PostgreSQL [`Store`](crate::store::Store) (production): a connection pool, the migrations
+//! The PostgreSQL [`Store`] (production): a connection pool, the migrations
 //! in `migrations/postgres`, and the SQL shared with SQLite (`sql_store.rs`).
 
 use crate::store::{Backend, StoreResult};
@@ -15,7 +15,7 @@ const ACKS_BY_TARGET: &str = "SELECT * FROM acks WHERE target_kind = $1 AND targ
 /// The schema migrations, applied by [`PostgresStore::connect`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// A [`Store`](crate::store::Store) on PostgreSQL.
+/// A [`Store`] on PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,

@@ -1,4 +1,4 @@
-//! The SQLite [`Store`](crate::store::Store) (the embedded default): a WAL-mode database file
+//! The SQLite [`Store`] (the embedded default): a WAL-mode database file
 //! created if missing, the migrations in `migrations/sqlite`, and the SQL shared with PostgreSQL
 //! (`sql_store.rs`). Write transactions start with `BEGIN IMMEDIATE`, so concurrent writers wait
 //! on the busy timeout instead of failing on lock upgrade.
@@ -19,7 +19,7 @@ const ACKS_BY_TARGET: &str = "SELECT * FROM acks WHERE target_kind = $1 AND targ
 /// The schema migrations, applied by [`SqliteStore::connect`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// A [`Store`](crate::store::Store) on an SQLite file.
+/// A [`Store`] on an SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
