@@ -177,22 +177,30 @@ impl Solver for InteriorPointSolver {
     }
 }
 
-/// Per-site iterate, work buffers and factorisation.
+/// Per-site iterate, the quantities of the current factorisation, the two directions and the factorisation.
+///
+/// Arrays of length `nv` are indexed like the site's variables (kind-major, see [`site`]), arrays of length `nr`
+/// like its rows. Every per-variable pass over a site runs over these flat arrays, so it stays in cache and the
+/// compiler can vectorise it.
 struct SiteWork {
     x: Vec<f64>,
     zl: Vec<f64>,
     zu: Vec<f64>,
     v: Vec<f64>,
-    rd: Vec<f64>,
-    rp: Vec<f64>,
-    w: Vec<f64>,
-    /// `1/(x − l)` and `1/(u − x)`, refreshed with the factorisation (site bounds are always finite).
+    /// `1/(x − l)`, `1/(u − x)` and the inverse barrier Hessian `w` at the current iterate.
     isl: Vec<f64>,
     isu: Vec<f64>,
-    dx_aff: Vec<f64>,
+    w: Vec<f64>,
+    /// The right-hand side `ρ` of the current direction: the predictor's, overwritten by the corrector's.
+    rho: Vec<f64>,
+    /// The predictor's primal step (kept for the corrector's second-order term).
+    dxa: Vec<f64>,
+    /// The corrector's primal step, applied at the start of the next iteration.
     dx: Vec<f64>,
-    tmp: Vec<f64>,
+    rp: Vec<f64>,
+    /// `−r_p − A W ρ` of the current direction (the site's right-hand side of the normal equations).
     rhs: Vec<f64>,
+    /// Row multiplier step (after the second solve of the corrector: the step applied to `v`).
     dv: Vec<f64>,
     /// `ρ` of the peak variable (bordered, see [`SiteFactor::solve`]).
     rho_p: f64,
@@ -219,11 +227,20 @@ struct Fleet {
     dy: Vec<f64>,
 }
 
-/// Which right-hand side a direction uses.
+/// Which right-hand side a fleet direction uses.
 #[derive(Clone, Copy)]
 struct Mode {
     sigma_mu: f64,
     corrector: bool,
+}
+
+/// The step taken at the end of an iteration; the sites apply it at the start of the next residual pass, so that
+/// their data is read once for both.
+#[derive(Clone, Copy)]
+struct Step {
+    ap: f64,
+    ad: f64,
+    sigma_mu: f64,
 }
 
 /// Complementarity right-hand sides `(rl, ru)` of one variable.
@@ -258,7 +275,7 @@ fn comp_rhs(
     (rl, ru, sl, su)
 }
 
-/// Variable block view used by the generic per-variable kernels.
+/// Variable block view used by the fleet's per-variable kernels (its bounds may be infinite).
 struct Block<'a> {
     x: &'a [f64],
     zl: &'a [f64],
@@ -383,32 +400,26 @@ const MIN_HESSIAN: f64 = 1e-8;
 /// to stay accurate; it costs some extra iterations, so other sites keep the light one.
 const MIN_HESSIAN_PEAK: f64 = 1e-6;
 
-/// Sums reduced over sites in the residual pass.
-#[derive(Clone, Default)]
+/// Residual norms, complementarity and primal objective of the current iterate.
+#[derive(Clone, Copy, Default)]
 struct Resid {
     comp: f64,
     nb: usize,
     pres: f64,
     dres: f64,
     pobj: f64,
-    /// Σ_i (c − d) per slot.
-    flow: Vec<f64>,
 }
 
-fn merge_resid(mut a: Resid, b: Resid) -> Resid {
-    a.comp += b.comp;
-    a.nb += b.nb;
-    a.pres = a.pres.max(b.pres);
-    a.dres = a.dres.max(b.dres);
-    a.pobj += b.pobj;
-    if a.flow.is_empty() {
-        a.flow = b.flow;
-    } else {
-        for (x, y) in a.flow.iter_mut().zip(&b.flow) {
-            *x += y;
+impl Resid {
+    fn merge(self, b: Resid) -> Resid {
+        Resid {
+            comp: self.comp + b.comp,
+            nb: self.nb + b.nb,
+            pres: self.pres.max(b.pres),
+            dres: self.dres.max(b.dres),
+            pobj: self.pobj + b.pobj,
         }
     }
-    a
 }
 
 fn add_vec(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
@@ -419,6 +430,325 @@ fn add_vec(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
         *x += y;
     }
     a
+}
+
+/// What the residual pass adds up over sites: residuals, `Σ_i (c − d)` per slot, the Schur complement's site
+/// terms and the sites' share of the predictor's fleet right-hand side.
+struct Pass1 {
+    r: Resid,
+    flow: Vec<f64>,
+    schur: Vec<f64>,
+    ty: Vec<f64>,
+    buf: Vec<f64>,
+}
+
+impl Pass1 {
+    fn new(t: usize, coupled: bool) -> Self {
+        let n = if coupled { t } else { 0 };
+        Pass1 {
+            r: Resid::default(),
+            flow: vec![0.0; n],
+            schur: vec![0.0; n * n],
+            ty: vec![0.0; n],
+            buf: vec![0.0; t],
+        }
+    }
+
+    fn merge(self, b: Pass1) -> Pass1 {
+        Pass1 {
+            r: self.r.merge(b.r),
+            flow: add_vec(self.flow, b.flow),
+            schur: add_vec(self.schur, b.schur),
+            ty: add_vec(self.ty, b.ty),
+            buf: self.buf,
+        }
+    }
+}
+
+/// The bound-multiplier steps `(dzl, dzu)` of the corrector for one site variable, from its inverse slacks, bound
+/// multipliers, predictor step `dxa` and corrector step `dx` (the Newton equations of `(x − l)·zl = σμ` and
+/// `(u − x)·zu = σμ` with Mehrotra's second-order term).
+#[inline(always)]
+fn corrector_dz(
+    sigma_mu: f64,
+    il: f64,
+    iu: f64,
+    zl: f64,
+    zu: f64,
+    dxa: f64,
+    dx: f64,
+) -> (f64, f64) {
+    let (zsl, zsu) = (zl * il, zu * iu);
+    let dzla = -zl - zsl * dxa;
+    let dzua = -zu + zsu * dxa;
+    (
+        sigma_mu * il - zl - dxa * dzla * il - zsl * dx,
+        sigma_mu * iu - zu + dxa * dzua * iu + zsu * dx,
+    )
+}
+
+/// `a` or `b`, whichever is larger, written as a select so that loops using it vectorise (a NaN `b` is ignored).
+#[inline(always)]
+fn vmax(a: f64, b: f64) -> f64 {
+    if b > a { b } else { a }
+}
+
+/// [`interior`] for finite bounds, as selects.
+#[inline(always)]
+fn interior_finite(x: f64, l: f64, u: f64) -> f64 {
+    let eps = 1e-15 * (1.0 + x.abs());
+    let x = if x < l + eps { l + eps } else { x };
+    if x > u - eps { u - eps } else { x }
+}
+
+/// Applies the previous iteration's step to a site (row multipliers, variables, bound multipliers).
+fn site_update(m: &SiteModel, s: &mut SiteWork, st: Step) {
+    for (v, dv) in s.v.iter_mut().zip(&s.dv) {
+        *v += st.ad * dv;
+    }
+    let n = m.nv;
+    let (lo, hi) = (&m.lo[..n], &m.hi[..n]);
+    let (isl, isu, dxa, dx) = (&s.isl[..n], &s.isu[..n], &s.dxa[..n], &s.dx[..n]);
+    let (x, zl, zu) = (&mut s.x[..n], &mut s.zl[..n], &mut s.zu[..n]);
+    for j in 0..n {
+        let (dzl, dzu) = corrector_dz(st.sigma_mu, isl[j], isu[j], zl[j], zu[j], dxa[j], dx[j]);
+        x[j] = interior_finite(x[j] + st.ap * dx[j], lo[j], hi[j]);
+        zl[j] = vmax(zl[j] + st.ad * dzl, 1e-300);
+        zu[j] = vmax(zu[j] + st.ad * dzu, 1e-300);
+    }
+}
+
+/// Dual residual, complementarity and objective of the site variables in `range` (whose Hessian diagonal is `qd`),
+/// and their inverse slacks, inverse barrier Hessian and predictor right-hand side `ρ = −(Qx + q − Aᵀv)`.
+/// `s.rho` holds `Aᵀv` on entry.
+fn site_residual_kernel(
+    m: &SiteModel,
+    s: &mut SiteWork,
+    range: std::ops::Range<usize>,
+    qd: f64,
+    floor: f64,
+    out: &mut Resid,
+) {
+    let (x, lo, hi, q) = (
+        &s.x[range.clone()],
+        &m.lo[range.clone()],
+        &m.hi[range.clone()],
+        &m.q[range.clone()],
+    );
+    let n = x.len();
+    let (lo, hi, q) = (&lo[..n], &hi[..n], &q[..n]);
+    let (zl, zu) = (&s.zl[range.clone()], &s.zu[range.clone()]);
+    let (zl, zu) = (&zl[..n], &zu[..n]);
+    let rho = &mut s.rho[range.clone()][..n];
+    let isl = &mut s.isl[range.clone()][..n];
+    let isu = &mut s.isu[range.clone()][..n];
+    let w = &mut s.w[range][..n];
+    let (mut comp, mut dres, mut pobj) = (0.0, 0.0_f64, 0.0);
+    for j in 0..n {
+        let xj = x[j];
+        let (sl, su) = (xj - lo[j], hi[j] - xj);
+        let (il, iu) = (1.0 / sl, 1.0 / su);
+        let g = qd * xj + q[j] - rho[j];
+        dres = vmax(dres, (g - zl[j] + zu[j]).abs());
+        comp += sl * zl[j] + su * zu[j];
+        pobj += (q[j] + 0.5 * qd * xj) * xj;
+        isl[j] = il;
+        isu[j] = iu;
+        w[j] = 1.0 / vmax(qd + zl[j] * il + zu[j] * iu, floor);
+        rho[j] = -g;
+    }
+    out.comp += comp;
+    out.dres = out.dres.max(dres);
+    out.pobj += pobj;
+}
+
+/// The residual pass of one site: applies the previous step, computes the residuals, factorises the site block,
+/// adds the site's terms to the Schur complement and its share of the predictor's fleet right-hand side.
+fn site_pass1(
+    m: &SiteModel,
+    s: &mut SiteWork,
+    y: Option<&[f64]>,
+    step: Option<Step>,
+    acc: &mut Pass1,
+) {
+    let t = m.t;
+    if let Some(st) = step {
+        site_update(m, s, st);
+    }
+    m.apply_at(&s.v, y, &mut s.rho);
+    let floor = if m.demand {
+        MIN_HESSIAN_PEAK
+    } else {
+        MIN_HESSIAN
+    };
+    let mut r = Resid {
+        nb: 2 * m.nv,
+        ..Resid::default()
+    };
+    site_residual_kernel(m, s, 0..2 * t, m.quad, floor, &mut r);
+    site_residual_kernel(m, s, 2 * t..m.nv, 0.0, floor, &mut r);
+    m.apply_a(&s.x, &mut s.rp);
+    s.rp[t] -= m.e0;
+    for (rp, net) in s.rp[..t].iter_mut().zip(&m.net) {
+        *rp -= net;
+    }
+    r.pres = s.rp.iter().fold(0.0_f64, |a, v| a.max(v.abs()));
+    acc.r = acc.r.merge(r);
+    let coupled = !acc.flow.is_empty();
+    if coupled {
+        let (c, d) = (&s.x[C * t..C * t + t], &s.x[D * t..D * t + t]);
+        for k in 0..t {
+            acc.flow[k] += c[k] - d[k];
+        }
+    }
+    s.f.factor(m, &s.w);
+    if coupled {
+        s.f.add_schur(m, &mut acc.schur, &mut acc.buf);
+    }
+    first_solve(m, s, coupled.then_some(&mut acc.ty[..]));
+}
+
+/// Forms the site's right-hand side `−r_p − A W ρ` of the current direction (the peak's `ρ` goes into the border)
+/// and, for a coupled fleet, adds the site's share `−B W ρ − B M⁻¹ (…)` to the fleet right-hand side `ty`.
+fn first_solve(m: &SiteModel, s: &mut SiteWork, ty: Option<&mut [f64]>) {
+    let t = m.t;
+    if m.demand {
+        s.rho_p = s.rho[6 * t];
+    }
+    m.apply_a_scaled(&s.w, &s.rho, &mut s.rhs);
+    for (r, p) in s.rhs.iter_mut().zip(&s.rp) {
+        *r = -p - *r;
+    }
+    if let Some(ty) = ty {
+        let (wc, wd) = (&s.w[C * t..C * t + t], &s.w[D * t..D * t + t]);
+        let (rc, rd) = (&s.rho[C * t..C * t + t], &s.rho[D * t..D * t + t]);
+        for k in 0..t {
+            ty[k] -= wc[k] * rc[k] - wd[k] * rd[k];
+        }
+        s.dv.copy_from_slice(&s.rhs);
+        s.f.solve(m, &mut s.dv, s.rho_p);
+        s.f.sub_mys(m, &s.dv, ty);
+    }
+}
+
+/// The site's second solve of the current direction given the fleet multiplier step `dy`: the row multiplier
+/// step into `s.dv` and the primal step `W (ρ + Aᵀ dv + B ᵀ dy)` into `dx_aff` (predictor) or `dx` (corrector).
+fn second_solve(m: &SiteModel, s: &mut SiteWork, dy: Option<&[f64]>, corrector: bool) {
+    s.dv.copy_from_slice(&s.rhs);
+    if let Some(y) = dy {
+        s.f.sub_msy(m, y, &mut s.dv);
+    }
+    let dp = s.f.solve(m, &mut s.dv, s.rho_p);
+    let mut out = std::mem::take(if corrector { &mut s.dx } else { &mut s.dxa });
+    m.apply_at(&s.dv, dy, &mut out);
+    let n = m.nv;
+    let (w, rho) = (&s.w[..n], &s.rho[..n]);
+    for (j, o) in out[..n].iter_mut().enumerate() {
+        *o = w[j] * (rho[j] + *o);
+    }
+    if m.demand {
+        out[6 * m.t] = dp;
+    }
+    if corrector {
+        s.dx = out;
+    } else {
+        s.dxa = out;
+    }
+}
+
+/// What the predictor pass adds up over sites: the step-length ratios (`1/α` of the primal and dual steps) and the
+/// two sums that give the complementarity after any step `(αp, αd)` (see [`run`]).
+#[derive(Clone, Copy, Default)]
+struct PredStats {
+    ip: f64,
+    id: f64,
+    s2: f64,
+    s3: f64,
+}
+
+impl PredStats {
+    fn merge(self, b: PredStats) -> PredStats {
+        PredStats {
+            ip: self.ip.max(b.ip),
+            id: self.id.max(b.id),
+            s2: self.s2 + b.s2,
+            s3: self.s3 + b.s3,
+        }
+    }
+}
+
+/// The predictor's second solve of one site and its step-length ratios and complementarity sums.
+fn site_pass2(m: &SiteModel, s: &mut SiteWork, dy: Option<&[f64]>) -> PredStats {
+    second_solve(m, s, dy, false);
+    let n = m.nv;
+    let (dxa, isl, isu, zl, zu) = (
+        &s.dxa[..n],
+        &s.isl[..n],
+        &s.isu[..n],
+        &s.zl[..n],
+        &s.zu[..n],
+    );
+    let (mut ip, mut id, mut s2, mut s3) = (0.0_f64, 0.0_f64, 0.0, 0.0);
+    for j in 0..n {
+        let d = dxa[j];
+        let (a, b) = (d * isl[j], d * isu[j]);
+        ip = vmax(vmax(ip, -a), b);
+        id = vmax(vmax(id, a), -b);
+        // dzl = −zl·(1 + a), dzu = −zu·(1 − b).
+        let dzl = -zl[j] * (1.0 + a);
+        let dzu = -zu[j] * (1.0 - b);
+        s2 += d * (zl[j] - zu[j]);
+        s3 += d * (dzl - dzu);
+    }
+    PredStats {
+        ip,
+        id: 1.0 + id,
+        s2,
+        s3,
+    }
+}
+
+/// The corrector's right-hand side `ρ ← ρ + σμ (1/(x−l) − 1/(u−x)) − dxa (dzla/(x−l) + dzua/(u−x))` and first
+/// solve of one site.
+fn site_pass3(m: &SiteModel, s: &mut SiteWork, sigma_mu: f64, ty: Option<&mut [f64]>) {
+    let n = m.nv;
+    let (dxa, isl, isu, zl, zu) = (
+        &s.dxa[..n],
+        &s.isl[..n],
+        &s.isu[..n],
+        &s.zl[..n],
+        &s.zu[..n],
+    );
+    let rho = &mut s.rho[..n];
+    for j in 0..n {
+        let (il, iu, d) = (isl[j], isu[j], dxa[j]);
+        let dzla = -zl[j] * (1.0 + d * il);
+        let dzua = -zu[j] * (1.0 - d * iu);
+        rho[j] += sigma_mu * (il - iu) - d * (dzla * il + dzua * iu);
+    }
+    first_solve(m, s, ty);
+}
+
+/// The corrector's second solve of one site and its step-length ratios.
+fn site_pass4(m: &SiteModel, s: &mut SiteWork, dy: Option<&[f64]>, sigma_mu: f64) -> (f64, f64) {
+    second_solve(m, s, dy, true);
+    let n = m.nv;
+    let (dxa, dx, isl, isu, zl, zu) = (
+        &s.dxa[..n],
+        &s.dx[..n],
+        &s.isl[..n],
+        &s.isu[..n],
+        &s.zl[..n],
+        &s.zu[..n],
+    );
+    let (mut ip, mut id) = (0.0_f64, 0.0_f64);
+    for j in 0..n {
+        let d = dx[j];
+        ip = vmax(vmax(ip, -d * isl[j]), d * isu[j]);
+        let (dzl, dzu) = corrector_dz(sigma_mu, isl[j], isu[j], zl[j], zu[j], dxa[j], d);
+        id = vmax(vmax(id, -dzl / zl[j]), -dzu / zu[j]);
+    }
+    (ip, id)
 }
 
 fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
@@ -461,14 +791,13 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
                 zl: vec![qscale; m.nv],
                 zu: vec![qscale; m.nv],
                 v: vec![0.0; m.nr],
-                rd: vec![0.0; m.nv],
-                rp: vec![0.0; m.nr],
-                w: vec![0.0; m.nv],
                 isl: vec![0.0; m.nv],
                 isu: vec![0.0; m.nv],
-                dx_aff: vec![0.0; m.nv],
+                w: vec![0.0; m.nv],
+                rho: vec![0.0; m.nv],
+                dxa: vec![0.0; m.nv],
                 dx: vec![0.0; m.nv],
-                tmp: vec![0.0; m.nv],
+                rp: vec![0.0; m.nr],
                 rhs: vec![0.0; m.nr],
                 dv: vec![0.0; m.nr],
                 rho_p: 0.0,
@@ -549,74 +878,28 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
     let mut pres_hist: Vec<f64> = Vec::new();
     let mut last = Resid::default();
     let is_qp = !problem.is_linear();
+    let mut step: Option<Step> = None;
 
     for iter in 0..=settings.max_iterations {
-        // --- residuals ---
+        // --- the previous step, residuals, factorisation and the predictor's first solves, in one pass ---
         let yref = fleet.as_ref().map(|f| f.y.as_slice());
-        // Residuals and the factorisation in one pass over the sites (the factorisation depends only on the
-        // iterate); on the final iteration the factorisation is simply not used.
-        let (mut r, acc, _) = sites
+        let acc = sites
             .par_iter_mut()
             .zip(models.par_iter())
             .with_min_len(chunk)
             .fold(
-                || {
-                    (
-                        Resid::default(),
-                        vec![0.0; if coupled { t * t } else { 0 }],
-                        vec![0.0; t],
-                    )
-                },
-                |(acc_r, mut s_acc, mut buf), (s, m)| {
-                    let mut out = Resid::default();
-                    m.apply_at(&s.v, yref, &mut s.tmp);
-                    for j in 0..m.nv {
-                        let x = s.x[j];
-                        let qd = m.qdiag(j);
-                        let rd = qd * x + m.q[j] - s.tmp[j] - s.zl[j] + s.zu[j];
-                        s.rd[j] = rd;
-                        out.dres = out.dres.max(rd.abs());
-                        out.comp += (x - m.lo[j]) * s.zl[j] + (m.hi[j] - x) * s.zu[j];
-                        out.pobj += m.q[j] * x + 0.5 * qd * x * x;
-                    }
-                    out.nb = 2 * m.nv;
-                    m.apply_a(&s.x, &mut s.rp);
-                    for (rr, r) in s.rp.iter_mut().enumerate() {
-                        *r -= m.rhs(rr);
-                        out.pres = out.pres.max(r.abs());
-                    }
-                    if coupled {
-                        out.flow = (0..m.t)
-                            .map(|k| s.x[C * m.t + k] - s.x[D * m.t + k])
-                            .collect();
-                    }
-                    for j in 0..m.nv {
-                        let isl = 1.0 / (s.x[j] - m.lo[j]);
-                        let isu = 1.0 / (m.hi[j] - s.x[j]);
-                        s.isl[j] = isl;
-                        s.isu[j] = isu;
-                        let d = m.qdiag(j) + s.zl[j] * isl + s.zu[j] * isu;
-                        s.w[j] = 1.0
-                            / d.max(if m.demand {
-                                MIN_HESSIAN_PEAK
-                            } else {
-                                MIN_HESSIAN
-                            });
-                    }
-                    s.f.factor(m, &s.w);
-                    if coupled {
-                        s.f.add_schur(m, &mut s_acc, &mut buf);
-                    }
-                    (merge_resid(acc_r, out), s_acc, buf)
+                || Pass1::new(t, coupled),
+                |mut acc, (s, m)| {
+                    site_pass1(m, s, yref, step, &mut acc);
+                    acc
                 },
             )
-            .reduce(
-                || (Resid::default(), Vec::new(), Vec::new()),
-                |a, b| (merge_resid(a.0, b.0), add_vec(a.1, b.1), Vec::new()),
-            );
+            .reduce(|| Pass1::new(t, coupled), Pass1::merge);
+        let mut r = acc.r;
+        let site_comp = r.comp;
         if let Some(f) = fleet.as_mut() {
             for k in 0..t {
-                let rp = r.flow[k] - f.x[k] - f.rhs[k];
+                let rp = acc.flow[k] - f.x[k] - f.rhs[k];
                 f.rp[k] = rp;
                 r.pres = r.pres.max(rp.abs());
                 let x = f.x[k];
@@ -636,7 +919,7 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
             r.pobj += f.constant;
         }
         let mu = r.comp / r.nb.max(1) as f64;
-        last = r.clone();
+        last = r;
         let gap_scale = 1.0 + r.pobj.abs();
         if r.pres <= settings.primal_tolerance
             && r.dres <= settings.dual_tolerance * (1.0 + qscale)
@@ -665,69 +948,96 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
         }
         iterations = iter + 1;
 
-        // --- factorisation of the fleet Schur complement ---
+        // --- factorisation of the fleet Schur complement, the predictor's fleet step ---
+        let pred = Mode {
+            sigma_mu: 0.0,
+            corrector: false,
+        };
         if let Some(f) = fleet.as_mut() {
-            schur.copy_from_slice(&acc);
+            schur.copy_from_slice(&acc.schur);
             for k in 0..t {
                 f.w[k] = inv_hess(f.x[k], f.lo[k], f.hi[k], f.zl[k], f.zu[k], f.quad);
                 schur[k * t + k] += f.w[k];
             }
             dense::cholesky(&mut schur, t);
+            fleet_direction(f, &acc.ty, &schur, pred);
         }
 
-        // --- predictor ---
-        let pred = Mode {
-            sigma_mu: 0.0,
-            corrector: false,
-        };
-        direction(&models, &mut sites, fleet.as_mut(), &schur, pred, chunk);
-        let (ap, ad) = step_lengths(&models, &sites, fleet.as_ref(), pred, chunk, is_qp);
-        let comp_aff = sites
-            .par_iter()
+        // --- the predictor's site steps, step lengths and the complementarity it would reach ---
+        let dyr = fleet.as_ref().map(|f| f.dy.as_slice());
+        let ps = sites
+            .par_iter_mut()
             .zip(models.par_iter())
             .with_min_len(chunk)
-            .map(|(s, m)| site_comp_after(m, s, &s.dx_aff, pred, ap, ad))
-            .sum::<f64>()
+            .map(|(s, m)| site_pass2(m, s, dyr))
+            .reduce(PredStats::default, PredStats::merge);
+        let (mut ap, mut ad) = (1.0 / ps.ip.max(1.0), 1.0 / ps.id.max(1.0));
+        if let Some(f) = fleet.as_ref() {
+            let (p, d) = fleet_block(f).max_steps(&f.dx_aff, pred);
+            ap = ap.min(p);
+            ad = ad.min(d);
+        }
+        if is_qp {
+            ap = ap.min(ad);
+            ad = ap;
+        }
+        // Σ (sl + αp dx)(zl + αd dzl) + (su − αp dx)(zu + αd dzu) with sl·dzl = −sl·zl − zl·dx (and likewise
+        // for the upper bound) expands to (1 − αd)·comp + (αp − αd)·s2 + αp·αd·s3.
+        let comp_aff = (1.0 - ad) * site_comp
+            + (ap - ad) * ps.s2
+            + ap * ad * ps.s3
             + fleet
                 .as_ref()
                 .map_or(0.0, |f| fleet_block(f).comp_after(&f.dx_aff, pred, ap, ad));
-        let mu_aff = comp_aff / r.nb.max(1) as f64;
+        let mu_aff = comp_aff.max(0.0) / r.nb.max(1) as f64;
         let sigma = if mu > 0.0 {
             (mu_aff / mu).clamp(0.0, 1.0).powi(3)
         } else {
             0.0
         };
+        let sigma_mu = sigma * mu;
 
         // --- corrector ---
         let corr = Mode {
-            sigma_mu: sigma * mu,
+            sigma_mu,
             corrector: true,
         };
-        direction(&models, &mut sites, fleet.as_mut(), &schur, corr, chunk);
-        let (ap, ad) = step_lengths(&models, &sites, fleet.as_ref(), corr, chunk, is_qp);
-        let tau = 0.995_f64.max(1.0 - 10.0 * mu / (1.0 + qscale));
-        let (ap, ad) = ((tau * ap).min(1.0), (tau * ad).min(1.0));
-
-        // --- update ---
-        sites
+        let ty = sites
             .par_iter_mut()
             .zip(models.par_iter())
             .with_min_len(chunk)
-            .for_each(|(s, m)| {
-                for j in 0..m.nv {
-                    let (dzl, dzu) = site_dz(m, s, j, s.dx[j], corr);
-                    s.tmp[j] = dzl;
-                    s.rd[j] = dzu;
-                }
-                for j in 0..m.nv {
-                    s.x[j] = interior(s.x[j] + ap * s.dx[j], m.lo[j], m.hi[j]);
-                    s.zl[j] = (s.zl[j] + ad * s.tmp[j]).max(1e-300);
-                    s.zu[j] = (s.zu[j] + ad * s.rd[j]).max(1e-300);
-                }
-                for (v, dv) in s.v.iter_mut().zip(&s.dv) {
-                    *v += ad * dv;
-                }
-            });
+            .fold(
+                || vec![0.0; if coupled { t } else { 0 }],
+                |mut ty, (s, m)| {
+                    site_pass3(m, s, sigma_mu, coupled.then_some(&mut ty[..]));
+                    ty
+                },
+            )
+            .reduce(Vec::new, add_vec);
+        if let Some(f) = fleet.as_mut() {
+            fleet_direction(f, &ty, &schur, corr);
+        }
+        let dyr = fleet.as_ref().map(|f| f.dy.as_slice());
+        let (ip, id) = sites
+            .par_iter_mut()
+            .zip(models.par_iter())
+            .with_min_len(chunk)
+            .map(|(s, m)| site_pass4(m, s, dyr, sigma_mu))
+            .reduce(|| (0.0, 0.0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
+        let (mut ap, mut ad) = (1.0 / ip.max(1.0), 1.0 / id.max(1.0));
+        if let Some(f) = fleet.as_ref() {
+            let (p, d) = fleet_block(f).max_steps(&f.dx, corr);
+            ap = ap.min(p);
+            ad = ad.min(d);
+        }
+        if is_qp {
+            ap = ap.min(ad);
+            ad = ap;
+        }
+        let tau = 0.995_f64.max(1.0 - 10.0 * mu / (1.0 + qscale));
+        let (ap, ad) = ((tau * ap).min(1.0), (tau * ad).min(1.0));
+
+        // --- update: the fleet now, the sites at the start of the next pass ---
         if let Some(f) = fleet.as_mut() {
             for k in 0..t {
                 let (dzl, dzu) = fleet_block(f).dz(k, f.dx[k], corr);
@@ -741,6 +1051,7 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
                 f.y[k] += ad * f.dy[k];
             }
         }
+        step = Some(Step { ap, ad, sigma_mu });
     }
 
     // At the iteration limit, a point within a hundred times every tolerance is still reported as optimal: its
@@ -786,66 +1097,6 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
     sol
 }
 
-/// Complementarity right-hand sides `(rl, ru)` of site variable `j` (finite bounds, inverse slacks cached).
-#[inline(always)]
-fn site_rl_ru(m: &SiteModel, s: &SiteWork, j: usize, mode: Mode) -> (f64, f64) {
-    let (x, zl, zu) = (s.x[j], s.zl[j], s.zu[j]);
-    let (sl, su) = (x - m.lo[j], m.hi[j] - x);
-    if mode.corrector {
-        let dxa = s.dx_aff[j];
-        let dzla = -zl * (1.0 + dxa * s.isl[j]);
-        let dzua = -zu * (1.0 - dxa * s.isu[j]);
-        (
-            mode.sigma_mu - sl * zl - dxa * dzla,
-            mode.sigma_mu - su * zu + dxa * dzua,
-        )
-    } else {
-        (-sl * zl, -su * zu)
-    }
-}
-
-/// `ρ = −rd + rl/(x − l) − ru/(u − x)` for every site variable.
-fn site_rho(m: &SiteModel, s: &SiteWork, mode: Mode, out: &mut [f64]) {
-    for (j, o) in out.iter_mut().enumerate().take(m.nv) {
-        let (rl, ru) = site_rl_ru(m, s, j, mode);
-        *o = -s.rd[j] + rl * s.isl[j] - ru * s.isu[j];
-    }
-}
-
-/// Bound-multiplier steps of site variable `j` for the primal step `dx`.
-#[inline(always)]
-fn site_dz(m: &SiteModel, s: &SiteWork, j: usize, dx: f64, mode: Mode) -> (f64, f64) {
-    let (rl, ru) = site_rl_ru(m, s, j, mode);
-    (
-        (rl - s.zl[j] * dx) * s.isl[j],
-        (ru + s.zu[j] * dx) * s.isu[j],
-    )
-}
-
-/// Largest primal and dual steps (≤ 1) for a site.
-fn site_max_steps(m: &SiteModel, s: &SiteWork, dx: &[f64], mode: Mode) -> (f64, f64) {
-    let (mut ip, mut id) = (1.0_f64, 1.0_f64);
-    for j in 0..m.nv {
-        let d = dx[j];
-        ip = ip.max(-d * s.isl[j]).max(d * s.isu[j]);
-        let (dzl, dzu) = site_dz(m, s, j, d, mode);
-        id = id.max(-dzl / s.zl[j]).max(-dzu / s.zu[j]);
-    }
-    (1.0 / ip, 1.0 / id)
-}
-
-/// Complementarity of a site after a step of lengths `(ap, ad)`.
-fn site_comp_after(m: &SiteModel, s: &SiteWork, dx: &[f64], mode: Mode, ap: f64, ad: f64) -> f64 {
-    let mut c = 0.0;
-    for j in 0..m.nv {
-        let d = dx[j];
-        let (dzl, dzu) = site_dz(m, s, j, d, mode);
-        c += (s.x[j] - m.lo[j] + ap * d) * (s.zl[j] + ad * dzl)
-            + (m.hi[j] - s.x[j] - ap * d) * (s.zu[j] + ad * dzu);
-    }
-    c
-}
-
 fn fleet_block(f: &Fleet) -> Block<'_> {
     Block {
         x: &f.x,
@@ -857,137 +1108,23 @@ fn fleet_block(f: &Fleet) -> Block<'_> {
     }
 }
 
-/// Computes the Newton direction for `mode` into `dx_aff` (predictor) or `dx` (corrector), with the row
-/// multiplier steps in `dv` / `dy`.
-fn direction(
-    models: &[SiteModel],
-    sites: &mut [SiteWork],
-    fleet: Option<&mut Fleet>,
-    schur: &[f64],
-    mode: Mode,
-    chunk: usize,
-) {
-    let t = models.first().map_or(0, |m| m.t);
-    let coupled = fleet.is_some();
-    // Pass 1: site right-hand sides, first site solves, and their share of the fleet right-hand side.
-    let ty = sites
-        .par_iter_mut()
-        .zip(models.par_iter())
-        .with_min_len(chunk)
-        .fold(
-            || vec![0.0; if coupled { t } else { 0 }],
-            |mut acc, (s, m)| {
-                let mut rho = std::mem::take(&mut s.tmp);
-                site_rho(m, s, mode, &mut rho);
-                if m.demand {
-                    // The peak enters as a border, not through w·ρ.
-                    s.rho_p = rho[6 * m.t];
-                    rho[6 * m.t] = 0.0;
-                }
-                for j in 0..m.nv {
-                    rho[j] *= s.w[j];
-                }
-                m.apply_a(&rho, &mut s.rhs);
-                for (r, p) in s.rhs.iter_mut().zip(&s.rp) {
-                    *r = -p - *r;
-                }
-                if coupled {
-                    for k in 0..m.t {
-                        acc[k] -= rho[C * m.t + k] - rho[D * m.t + k];
-                    }
-                    s.dv.copy_from_slice(&s.rhs);
-                    s.f.solve(m, &mut s.dv, s.rho_p);
-                    let mut neg = vec![0.0; m.t];
-                    s.f.add_mys(m, &s.dv, &mut neg);
-                    for k in 0..m.t {
-                        acc[k] -= neg[k];
-                    }
-                }
-                s.tmp = rho;
-                acc
-            },
-        )
-        .reduce(Vec::new, add_vec);
-    // Fleet rows.
-    let dy: Option<Vec<f64>> = fleet.map(|f| {
-        let mut rho = vec![0.0; t];
-        fleet_block(f).rho(&f.rd, mode, &mut rho);
-        let mut b: Vec<f64> = (0..t).map(|k| ty[k] - f.rp[k] + f.w[k] * rho[k]).collect();
-        dense::solve(schur, t, &mut b);
-        let out = if mode.corrector {
-            &mut f.dx
-        } else {
-            &mut f.dx_aff
-        };
-        for k in 0..t {
-            out[k] = f.w[k] * (rho[k] - b[k]);
-        }
-        f.dy.copy_from_slice(&b);
-        b
-    });
-    // Pass 2: final site solves and primal steps.
-    let dyr = dy.as_deref();
-    sites
-        .par_iter_mut()
-        .zip(models.par_iter())
-        .with_min_len(chunk)
-        .for_each(|(s, m)| {
-            s.dv.copy_from_slice(&s.rhs);
-            if let Some(y) = dyr {
-                s.f.sub_msy(m, y, &mut s.dv);
-            }
-            let dp = s.f.solve(m, &mut s.dv, s.rho_p);
-            let mut out = std::mem::take(if mode.corrector {
-                &mut s.dx
-            } else {
-                &mut s.dx_aff
-            });
-            m.apply_at(&s.dv, dyr, &mut out);
-            // tmp holds w·ρ from pass 1.
-            for j in 0..m.nv {
-                out[j] = s.tmp[j] + s.w[j] * out[j];
-            }
-            if m.demand {
-                out[6 * m.t] = dp;
-            }
-            if mode.corrector {
-                s.dx = out;
-            } else {
-                s.dx_aff = out;
-            }
-        });
-}
-
-/// Step lengths to the boundary for the current direction (equal for QPs).
-fn step_lengths(
-    models: &[SiteModel],
-    sites: &[SiteWork],
-    fleet: Option<&Fleet>,
-    mode: Mode,
-    chunk: usize,
-    equal: bool,
-) -> (f64, f64) {
-    fn pick(s: &SiteWork, corrector: bool) -> &[f64] {
-        if corrector { &s.dx } else { &s.dx_aff }
-    }
-    let (mut ap, mut ad) = sites
-        .par_iter()
-        .zip(models.par_iter())
-        .with_min_len(chunk)
-        .map(|(s, m)| site_max_steps(m, s, pick(s, mode.corrector), mode))
-        .reduce(|| (1.0, 1.0), |a, b| (a.0.min(b.0), a.1.min(b.1)));
-    if let Some(f) = fleet {
-        let dx = if mode.corrector { &f.dx } else { &f.dx_aff };
-        let (p, d) = fleet_block(f).max_steps(dx, mode);
-        ap = ap.min(p);
-        ad = ad.min(d);
-    }
-    if equal {
-        let a = ap.min(ad);
-        (a, a)
+/// The fleet's part of a direction: given the sites' share `ty` of the right-hand side, solves the Schur
+/// complement system for the fleet multiplier step `dy` and sets the step of `z`.
+fn fleet_direction(f: &mut Fleet, ty: &[f64], schur: &[f64], mode: Mode) {
+    let t = f.x.len();
+    let mut rho = vec![0.0; t];
+    fleet_block(f).rho(&f.rd, mode, &mut rho);
+    let mut b: Vec<f64> = (0..t).map(|k| ty[k] - f.rp[k] + f.w[k] * rho[k]).collect();
+    dense::solve(schur, t, &mut b);
+    let out = if mode.corrector {
+        &mut f.dx
     } else {
-        (ap, ad)
+        &mut f.dx_aff
+    };
+    for k in 0..t {
+        out[k] = f.w[k] * (rho[k] - b[k]);
     }
+    f.dy = b;
 }
 
 /// Builds a feasible schedule from the final iterate: clamps the battery powers, recomputes the SoC by the

@@ -25,6 +25,9 @@ pub(crate) const U: usize = 5;
 /// peak), whose near-singularity would otherwise be repaired only by the peak border, with cancellation.
 pub(crate) const DUAL_REG: f64 = 1e-7;
 
+/// Rows of the fleet Schur complement updated together by [`SiteFactor::add_schur`].
+const SCHUR_BLOCK: usize = 16;
+
 /// Bounds narrower than this are widened to it so that a strictly interior point exists (kW or kWh).
 pub(crate) const MIN_WIDTH: f64 = 1e-7;
 
@@ -104,61 +107,101 @@ impl SiteModel {
         }
     }
 
-    /// Diagonal of the objective's Hessian at variable `j`.
-    #[inline]
-    pub(crate) fn qdiag(&self, j: usize) -> f64 {
-        if j < 2 * self.t { self.quad } else { 0.0 }
-    }
-
     /// `out = A x` (the rows' left-hand sides, without the right-hand side).
     pub(crate) fn apply_a(&self, x: &[f64], out: &mut [f64]) {
         let t = self.t;
+        let (c, d, gp, gm, s) = (
+            &x[..t],
+            &x[t..2 * t],
+            &x[2 * t..3 * t],
+            &x[3 * t..4 * t],
+            &x[4 * t..5 * t],
+        );
+        let (ob, rest) = out.split_at_mut(t);
+        let on = &mut rest[..t];
         for k in 0..t {
-            let (c, d, gp, gm, s) = (x[k], x[t + k], x[2 * t + k], x[3 * t + k], x[4 * t + k]);
-            let sprev = if k > 0 { x[4 * t + k - 1] } else { 0.0 };
-            out[k] = gp - gm - c + d;
-            out[t + k] = s - sprev - self.a * c + self.b * d;
-            if self.demand {
-                out[2 * t + k] = gp + x[5 * t + k] - x[6 * t];
+            ob[k] = gp[k] - gm[k] - c[k] + d[k];
+            on[k] = s[k] - self.a * c[k] + self.b * d[k];
+        }
+        for k in 1..t {
+            on[k] -= s[k - 1];
+        }
+        if self.demand {
+            let (u, p) = (&x[5 * t..6 * t], x[6 * t]);
+            let op = &mut out[2 * t..3 * t];
+            for k in 0..t {
+                op[k] = gp[k] + u[k] - p;
             }
         }
     }
 
-    /// Right-hand side of row `r`.
-    #[inline]
-    pub(crate) fn rhs(&self, r: usize) -> f64 {
+    /// `out = A (w ∘ r)` without the peak column (the peak enters the site's system as a border).
+    pub(crate) fn apply_a_scaled(&self, w: &[f64], r: &[f64], out: &mut [f64]) {
         let t = self.t;
-        if r < t {
-            self.net[r]
-        } else if r == t {
-            self.e0
-        } else {
-            0.0
+        let kind = |k: usize| (&w[k * t..(k + 1) * t], &r[k * t..(k + 1) * t]);
+        let ((wc, rc), (wd, rd), (wgp, rgp), (wgm, rgm), (ws, rs)) =
+            (kind(C), kind(D), kind(GP), kind(GM), kind(S));
+        let (ob, rest) = out.split_at_mut(t);
+        let on = &mut rest[..t];
+        for k in 0..t {
+            let (c, d) = (wc[k] * rc[k], wd[k] * rd[k]);
+            ob[k] = wgp[k] * rgp[k] - wgm[k] * rgm[k] - c + d;
+            on[k] = ws[k] * rs[k] - self.a * c + self.b * d;
+        }
+        for k in 1..t {
+            on[k] -= ws[k - 1] * rs[k - 1];
+        }
+        if self.demand {
+            let (wu, ru) = kind(U);
+            let op = &mut out[2 * t..3 * t];
+            for k in 0..t {
+                op[k] = wgp[k] * rgp[k] + wu[k] * ru[k];
+            }
         }
     }
 
     /// `out = Aᵀ v + Ayᵀ y` where `y` holds the multipliers of the fleet coupling rows `Σ (c - d) - z`.
     pub(crate) fn apply_at(&self, v: &[f64], y: Option<&[f64]>, out: &mut [f64]) {
         let t = self.t;
-        let mut psum = 0.0;
-        for k in 0..t {
-            let vb = v[k];
-            let vn = v[t + k];
-            let yk = y.map_or(0.0, |y| y[k]);
-            out[k] = -vb - self.a * vn + yk;
-            out[t + k] = vb + self.b * vn - yk;
-            out[2 * t + k] = vb;
-            out[3 * t + k] = -vb;
-            out[4 * t + k] = vn - if k + 1 < t { v[t + k + 1] } else { 0.0 };
-            if self.demand {
-                let vp = v[2 * t + k];
-                out[2 * t + k] += vp;
-                out[5 * t + k] = vp;
-                psum += vp;
+        let (vb, vn) = (&v[..t], &v[t..2 * t]);
+        let (oc, rest) = out.split_at_mut(t);
+        let (od, rest) = rest.split_at_mut(t);
+        let (ogp, rest) = rest.split_at_mut(t);
+        let (ogm, rest) = rest.split_at_mut(t);
+        let (os, rest) = rest.split_at_mut(t);
+        match y {
+            Some(y) => {
+                let y = &y[..t];
+                for k in 0..t {
+                    oc[k] = -vb[k] - self.a * vn[k] + y[k];
+                    od[k] = vb[k] + self.b * vn[k] - y[k];
+                }
+            }
+            None => {
+                for k in 0..t {
+                    oc[k] = -vb[k] - self.a * vn[k];
+                    od[k] = vb[k] + self.b * vn[k];
+                }
             }
         }
+        for k in 0..t {
+            ogp[k] = vb[k];
+            ogm[k] = -vb[k];
+        }
+        for k in 0..t - 1 {
+            os[k] = vn[k] - vn[k + 1];
+        }
+        os[t - 1] = vn[t - 1];
         if self.demand {
-            out[6 * t] = -psum;
+            let vp = &v[2 * t..3 * t];
+            let (ou, op) = rest.split_at_mut(t);
+            let mut psum = 0.0;
+            for k in 0..t {
+                ogp[k] += vp[k];
+                ou[k] = vp[k];
+                psum += vp[k];
+            }
+            op[0] = -psum;
         }
     }
 }
@@ -181,6 +224,8 @@ pub(crate) struct SiteFactor {
     /// `M0⁻¹ p` for the peak column `p` (−1 on the peak rows), and `D_P + pᵀ M0⁻¹ p`.
     qvec: Vec<f64>,
     denom: f64,
+    /// Scratch: the chain's diagonal before elimination.
+    g: Vec<f64>,
 }
 
 impl SiteFactor {
@@ -205,6 +250,7 @@ impl SiteFactor {
                 Vec::new()
             },
             denom: 1.0,
+            g: z(),
         }
     }
 
@@ -215,7 +261,7 @@ impl SiteFactor {
         let ab2 = (a - b) * (a - b);
         // Only sites with a peak border need the dual regularisation (see DUAL_REG).
         let reg = if m.demand { DUAL_REG } else { 0.0 };
-        let mut g = vec![0.0; t];
+        let mut g = std::mem::take(&mut self.g);
         for k in 0..t {
             let (wc, wd, wgp, wgm) = (w[k], w[t + k], w[2 * t + k], w[3 * t + k]);
             let x = if m.demand {
@@ -257,6 +303,7 @@ impl SiteFactor {
             self.rho[k] = if k + 1 < t { ws / piv } else { 0.0 };
             e_prev = e;
         }
+        self.g = g;
         let mut next = 0.0;
         for k in (0..t).rev() {
             let r = self.rho[k];
@@ -332,29 +379,65 @@ impl SiteFactor {
 
     /// Adds this site's term `diag(h) − (κκᵀ)∘J⁻¹ + m mᵀ/denom` to the lower triangle of the fleet Schur
     /// complement `s` (row-major T×T). `buf` is scratch of length T.
+    ///
+    /// Entry `(t', t)`, `t < t'`, of the semiseparable part is `κ_t κ_t' J⁻¹_{t't'} Π_{k=t}^{t'−1} ρ_k`. The rows
+    /// are taken in blocks of [`SCHUR_BLOCK`] slots: `buf[t] = κ_t Π_{k=t}^{b0−1} ρ_k` holds the columns left of
+    /// the block starting at `b0`, and a row `t'` of the block gets `buf` times one scalar (`κ_t' J⁻¹_{t't'}` times
+    /// the transfer product from `b0` to `t'`), a vectorisable update; `buf` itself is rescaled once per block.
+    /// Products that fall below 1e-24 of the largest `κ` are dropped (a full or empty battery decouples the slots).
     pub(crate) fn add_schur(&self, m: &SiteModel, s: &mut [f64], buf: &mut [f64]) {
         let t = m.t;
         let kmax = self.kappa.iter().fold(0.0_f64, |acc, v| acc.max(v.abs()));
         let cut = 1e-24 * kmax;
+        // buf[..lo] are all dropped (zero).
         let mut lo = 0;
-        for tp in 0..t {
-            if tp > 0 {
-                let r = self.rho[tp - 1];
-                for v in &mut buf[lo.min(tp - 1)..tp - 1] {
-                    let x = *v * r;
-                    *v = if x.abs() < cut { 0.0 } else { x };
+        let mut inner = [0.0; SCHUR_BLOCK];
+        let mut b0 = 0;
+        while b0 < t {
+            let b1 = (b0 + SCHUR_BLOCK).min(t);
+            // r = Π_{k=b0}^{t'−1} ρ_k; inner[i] = κ_{b0+i} Π_{k=b0+i}^{t'−1} ρ_k for the row t' in hand.
+            let mut r = 1.0;
+            for tp in b0..b1 {
+                let nin = tp - b0;
+                if nin > 0 {
+                    let rk = self.rho[tp - 1];
+                    r *= rk;
+                    for v in &mut inner[..nin - 1] {
+                        *v *= rk;
+                    }
+                    inner[nin - 1] = self.kappa[tp - 1] * rk;
                 }
-                buf[tp - 1] = self.kappa[tp - 1] * r;
-                while lo < tp && buf[lo].abs() < cut {
+                let coef = self.kappa[tp] * self.jinv[tp];
+                let row = &mut s[tp * t..tp * t + tp + 1];
+                let c2 = coef * r;
+                if lo < b0 && c2 != 0.0 {
+                    for (sv, bv) in row[lo..b0].iter_mut().zip(&buf[lo..b0]) {
+                        *sv -= bv * c2;
+                    }
+                }
+                for (sv, iv) in row[b0..tp].iter_mut().zip(&inner[..nin]) {
+                    *sv -= iv * coef;
+                }
+                row[tp] += self.h[tp] - self.kappa[tp] * coef;
+            }
+            if b1 < t {
+                // Move buf to the next block start b1.
+                let rl = self.rho[b1 - 1];
+                let rr = r * rl;
+                let drop = |x: f64| if x.abs() < cut { 0.0 } else { x };
+                for v in &mut buf[lo..b0] {
+                    *v = drop(*v * rr);
+                }
+                let nin = b1 - b0 - 1;
+                for (bv, iv) in buf[b0..b0 + nin].iter_mut().zip(&inner[..nin]) {
+                    *bv = drop(iv * rl);
+                }
+                buf[b1 - 1] = drop(self.kappa[b1 - 1] * rl);
+                while lo < b1 && buf[lo] == 0.0 {
                     lo += 1;
                 }
             }
-            let coef = self.kappa[tp] * self.jinv[tp];
-            let row = &mut s[tp * t..tp * t + tp];
-            for (sv, bv) in row[lo..].iter_mut().zip(&buf[lo..tp]) {
-                *sv -= bv * coef;
-            }
-            s[tp * t + tp] += self.h[tp] - self.kappa[tp] * coef;
+            b0 = b1;
         }
         if m.demand {
             for k in 0..t {
@@ -371,11 +454,11 @@ impl SiteFactor {
         }
     }
 
-    /// `out[k] += (M_ys u)_k`: the coupling rows applied to a site-row vector `u`.
-    pub(crate) fn add_mys(&self, m: &SiteModel, u: &[f64], out: &mut [f64]) {
+    /// `out[k] −= (M_ys u)_k`: the coupling rows applied to a site-row vector `u`, subtracted.
+    pub(crate) fn sub_mys(&self, m: &SiteModel, u: &[f64], out: &mut [f64]) {
         let t = m.t;
         for k in 0..t {
-            out[k] += self.cyb[k] * u[k] + self.cyn[k] * u[t + k];
+            out[k] -= self.cyb[k] * u[k] + self.cyn[k] * u[t + k];
         }
     }
 
