@@ -86,10 +86,18 @@ pub struct EngineConfig {
     /// Prefix of the ids of the status and telemetry messages this agent sends; unique per boot
     /// (e.g. the device id and the boot time).
     pub message_id_prefix: String,
+    /// How far (as a fraction of capacity) the measured state of charge may differ from the
+    /// plan's expected start and the schedule still be checked from the plan's own trajectory.
+    /// Sensor noise and self-discharge make the two differ slightly on every real battery; a
+    /// plan that rides the SoC limit exactly must not be rejected for a 0.2 % reading error.
+    /// The safety layer still clamps every setpoint to the true limits. Beyond the tolerance
+    /// the schedule is checked from the measured state and rejected if it cannot be followed.
+    pub soc_tolerance: f64,
 }
 
 impl EngineConfig {
-    /// Defaults: idle fallback, 300 s reversion timeout, 60 s telemetry, no signatures.
+    /// Defaults: idle fallback, 300 s reversion timeout, 60 s telemetry, no signatures, a 2 %
+    /// SoC tolerance.
     pub fn new(device: DeviceId, spec: BatterySpec) -> Self {
         Self {
             message_id_prefix: format!("{device}-0"),
@@ -100,9 +108,13 @@ impl EngineConfig {
             telemetry_interval: Duration::from_secs(60),
             verifying_key: None,
             max_payload_bytes: limits::MAX_PAYLOAD_BYTES,
+            soc_tolerance: DEFAULT_SOC_TOLERANCE,
         }
     }
 }
+
+/// Default of [`EngineConfig::soc_tolerance`]: 2 % of capacity.
+pub const DEFAULT_SOC_TOLERANCE: f64 = 0.02;
 
 /// A handle on one MQTT delivery that must be acknowledged (PUBACK) by the shell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -762,7 +774,8 @@ impl Engine {
     }
 
     /// Checks the part of `assign` from the slot containing now against the spec, starting from
-    /// the measured energy when a sample is known (else the planner's expectation).
+    /// the measured energy when a sample is known and it differs from the planner's expectation
+    /// by more than [`EngineConfig::soc_tolerance`] (else from the expectation).
     fn check_feasible(&self, now: Timestamp, assign: &ScheduleAssign) -> Result<(), String> {
         let schedule = assign
             .to_schedule(&self.config.device, now)
@@ -789,8 +802,17 @@ impl Engine {
             };
             (Schedule::new(parts).map_err(|e| e.to_string())?, initial)
         };
+        let capacity = self.config.spec.capacity();
+        let tolerance = capacity.kwh() * self.config.soc_tolerance.clamp(0.0, 1.0);
         let initial = match self.last_sample {
-            Some(s) => s.soc.energy(self.config.spec.capacity()),
+            Some(s) => {
+                let measured = s.soc.energy(capacity);
+                if (measured.kwh() - planned_initial.kwh()).abs() <= tolerance {
+                    planned_initial
+                } else {
+                    measured
+                }
+            }
             None => planned_initial,
         };
         sub.validate(&self.config.spec, initial)
@@ -1328,6 +1350,61 @@ mod tests {
             )]
         );
         assert_eq!(setpoint(&out), Some(0.0));
+        assert!(e.held().is_empty());
+    }
+
+    /// A plan that charges to exactly the top of the window from its expected 5 kWh.
+    fn plan_to_the_limit() -> Vec<f64> {
+        let per_slot = 0.95 / 60.0; // kWh per kW in a 60 s slot, charging at 95 %
+        let mut kw = vec![5.0; 50];
+        kw.push((4.0 - 50.0 * 5.0 * per_slot) / per_slot);
+        kw
+    }
+
+    #[test]
+    fn a_reading_within_the_soc_tolerance_does_not_reject_a_plan_at_the_limit() {
+        let mut e = engine();
+        // 0.2 percentage points above the plan's 50 %: sensor noise, not a different battery.
+        e.handle(t(0), Event::Sample(sample(t(0), 0.502, 0.0)));
+        let out = e.handle(
+            t(1),
+            msg(
+                "schedule",
+                &schedule("m1", "day", 1, &plan_to_the_limit(), 0),
+                1,
+            ),
+        );
+        assert_eq!(
+            acks(&out),
+            [
+                (Some("m1".into()), ExecutionState::Accepted, None),
+                (Some("m1".into()), ExecutionState::Executing, None)
+            ]
+        );
+        assert_eq!(setpoint(&out), Some(5.0));
+    }
+
+    #[test]
+    fn a_reading_beyond_the_soc_tolerance_checks_the_plan_from_the_measurement() {
+        let mut e = engine();
+        // 3 points above: the plan would overfill this battery, so it is refused.
+        e.handle(t(0), Event::Sample(sample(t(0), 0.53, 0.0)));
+        let out = e.handle(
+            t(1),
+            msg(
+                "schedule",
+                &schedule("m1", "day", 1, &plan_to_the_limit(), 0),
+                1,
+            ),
+        );
+        assert_eq!(
+            acks(&out),
+            [(
+                Some("m1".into()),
+                ExecutionState::Rejected,
+                Some(ReasonCode::InvalidSchedule)
+            )]
+        );
         assert!(e.held().is_empty());
     }
 

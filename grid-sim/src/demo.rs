@@ -9,7 +9,7 @@ use crate::observer::Observer;
 use crate::report::{Latency, Report};
 use crate::scenario::{DT_HOURS, SLOTS, Scenario, fleet_net};
 use anyhow::{Context, Result, bail};
-use grid_agent::shell::ScaledClock;
+use grid_agent::shell::{Clock, ScaledClock};
 use grid_core::{ExecutionState, SlotLength, Timestamp};
 use grid_optimize::{Solver, solver::DefaultSolver};
 use grid_server::auth::Role;
@@ -48,6 +48,31 @@ pub struct DemoArgs {
     /// Directory for the demo's SQLite files (default: a new temporary directory).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// The server's database: `postgres://…` (default: a SQLite file in the work directory).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// An external MQTT broker, `mqtt://host:port` (default: the server's embedded rumqttd).
+    #[arg(long, env = "MQTT_URL")]
+    pub mqtt_url: Option<String>,
+}
+
+impl DemoArgs {
+    /// The command's defaults for `devices` homes at `speed`× on embedded SQLite and rumqttd
+    /// (what `grid-sim demo --devices N --speed X` runs without `DATABASE_URL` / `MQTT_URL`).
+    pub fn new(devices: usize, speed: f64) -> Self {
+        Self {
+            devices,
+            speed,
+            report: None,
+            serve: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            seed: 2026,
+            feeder_fraction: 0.8,
+            work_dir: None,
+            database_url: None,
+            mqtt_url: None,
+        }
+    }
 }
 
 /// Runs the demo and returns its report.
@@ -61,7 +86,11 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
     let wall = Instant::now();
     let work_dir = match &args.work_dir {
         Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("grid-sim-demo-{}", std::process::id())),
+        None => std::env::temp_dir().join(format!(
+            "grid-sim-demo-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        )),
     };
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
@@ -158,12 +187,15 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
 
     // 4. The agents, and an independent observer on the broker.
     let observer = Observer::start(&mqtt_host, mqtt_port).await?;
-    let clock = Arc::new(ScaledClock::new(start, args.speed));
+    // The clock stands at the day's start until every schedule is out, so a large fleet's
+    // connect and publish phase does not eat into the simulated day.
+    let clock = Arc::new(DayClock::new(start, args.speed));
     let settings = FleetSettings {
         host: mqtt_host.clone(),
         port: mqtt_port,
         clock: clock.clone(),
-        tick_interval: Duration::from_millis(100),
+        // About ten ticks per 15-minute slot of simulated time, within 20–250 ms of real time.
+        tick_interval: Duration::from_secs_f64((90.0 / args.speed).clamp(0.02, 0.25)),
         telemetry_interval: Duration::from_secs(900),
         reversion_timeout: Duration::from_secs(3600),
         store_dir: work_dir.clone(),
@@ -194,8 +226,21 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
         progress.set(i + 1);
     }
     progress.done();
+    let acks = wait_acked(
+        &api,
+        published,
+        Duration::from_secs(30 + published as u64 / 10),
+    )
+    .await?;
+    if acks.rejected > 0 {
+        eprintln!(
+            "warning: {} device(s) rejected their schedule (see GET /api/v1/schedules?state=rejected)",
+            acks.rejected
+        );
+    }
 
     // 6. Run the day.
+    clock.release();
     let end = start.checked_add(jiff::SignedDuration::from_hours(24))?;
     let day_real = Duration::from_secs_f64(86_400.0 / args.speed);
     eprintln!(
@@ -205,7 +250,7 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
     );
     let bar = Progress::new("day", SLOTS);
     loop {
-        let t = grid_agent::shell::Clock::now(clock.as_ref());
+        let t = clock.now();
         let slot = ((t.as_second() - start.as_second()).max(0) / 900) as usize;
         let (accepted, executing) = {
             let seen = observer
@@ -238,7 +283,9 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
     bar.done();
 
     // 7. Summarise.
+    let acks = schedule_states(&api).await?;
     let report = summarise(
+        &acks,
         &args,
         &scenario,
         &solution,
@@ -284,8 +331,8 @@ async fn start_server(
         "127.0.0.1:0".parse()?
     };
     config.http.max_page_size = config.http.max_page_size.max(1000);
-    let db = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
-    let mqtt = std::env::var("MQTT_URL").ok().filter(|u| !u.is_empty());
+    let db = args.database_url.clone().filter(|u| !u.is_empty());
+    let mqtt = args.mqtt_url.clone().filter(|u| !u.is_empty());
     config.database.url = match &db {
         Some(url) => url.clone(),
         None => format!("sqlite://{}", work_dir.join("grid-demo.db").display()),
@@ -310,7 +357,7 @@ async fn start_server(
         "{} + {}",
         if db.is_some() { "PostgreSQL" } else { "SQLite" },
         if mqtt.is_some() {
-            "external MQTT broker"
+            "MQTT broker"
         } else {
             "embedded rumqttd"
         }
@@ -349,8 +396,73 @@ async fn wait_connected(agents: &[SimAgent], timeout: Duration) -> Result<()> {
     }
 }
 
+/// How the server's records say the devices answered their schedules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct AckCount {
+    /// Accepted (and possibly executing or completed since).
+    accepted: usize,
+    /// Refused by the device.
+    rejected: usize,
+    /// No answer yet.
+    waiting: usize,
+}
+
+/// Counts the schedules' lifecycle states as the server recorded them (every page).
+async fn schedule_states(api: &ApiClient) -> Result<AckCount> {
+    let mut count = AckCount::default();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(c) => format!("/api/v1/schedules?limit=1000&after={c}"),
+            None => "/api/v1/schedules?limit=1000".to_string(),
+        };
+        let page = api.ok("GET", &path, None).await?;
+        let items = page["items"]
+            .as_array()
+            .context("the schedule list has no items")?;
+        for item in items {
+            match item["state"].as_str().unwrap_or_default() {
+                "accepted" | "executing" | "completed" => count.accepted += 1,
+                "rejected" => count.rejected += 1,
+                _ => count.waiting += 1,
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => after = Some(c.to_string()),
+            None => return Ok(count),
+        }
+    }
+}
+
+/// Waits until every published schedule is answered (accepted or rejected), with a progress bar.
+async fn wait_acked(api: &ApiClient, published: usize, timeout: Duration) -> Result<AckCount> {
+    let bar = Progress::new("acking", published);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count = schedule_states(api).await?;
+        bar.status(
+            count.accepted + count.rejected,
+            &format!("accepted {} rejected {}", count.accepted, count.rejected),
+        );
+        if count.accepted + count.rejected >= published {
+            bar.done();
+            return Ok(count);
+        }
+        if Instant::now() > deadline {
+            bar.done();
+            eprintln!(
+                "warning: {} schedule(s) still unanswered after {timeout:?}; the day starts anyway",
+                count.waiting
+            );
+            return Ok(count);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn summarise(
+    acks: &AckCount,
     args: &DemoArgs,
     s: &Scenario,
     solution: &grid_optimize::FleetSolution,
@@ -399,7 +511,8 @@ fn summarise(
     Ok(Report {
         devices: s.homes.len(),
         schedules_published: published,
-        schedules_acked: seen.count(ExecutionState::Accepted),
+        schedules_acked: acks.accepted,
+        schedules_rejected: acks.rejected,
         safety_violations: violations,
         safety_interventions: interventions,
         cost_grid,
@@ -420,15 +533,53 @@ fn summarise(
     })
 }
 
-/// A one-line progress bar with a status text, on stderr.
+/// The demo's clock: it stands at the start of the day until [`DayClock::release`], then runs
+/// `speed` times faster than real time.
+struct DayClock {
+    start: Timestamp,
+    speed: f64,
+    running: std::sync::OnceLock<ScaledClock>,
+}
+
+impl DayClock {
+    fn new(start: Timestamp, speed: f64) -> Self {
+        Self {
+            start,
+            speed,
+            running: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Starts the day now.
+    fn release(&self) {
+        let _ = self.running.set(ScaledClock::new(self.start, self.speed));
+    }
+}
+
+impl Clock for DayClock {
+    fn now(&self) -> Timestamp {
+        self.running.get().map_or(self.start, Clock::now)
+    }
+}
+
+/// A one-line progress bar with a status text, on stderr. On a terminal it redraws in place;
+/// otherwise (CI logs, pipes) it writes a plain line at most every five seconds and at the end.
 struct Progress {
     label: &'static str,
     total: usize,
+    terminal: bool,
+    last: std::sync::Mutex<(usize, String, Option<Instant>)>,
 }
 
 impl Progress {
     fn new(label: &'static str, total: usize) -> Self {
-        Self { label, total }
+        use std::io::IsTerminal as _;
+        Self {
+            label,
+            total,
+            terminal: std::io::stderr().is_terminal(),
+            last: std::sync::Mutex::new((0, String::new(), None)),
+        }
     }
 
     fn set(&self, n: usize) {
@@ -436,23 +587,41 @@ impl Progress {
     }
 
     fn status(&self, n: usize, text: &str) {
-        let width = 30;
-        let filled = (n * width)
-            .checked_div(self.total)
-            .map_or(width, |f| f.min(width));
-        let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[2K{:<11} [{}{}] {n}/{} {text}",
-            self.label,
-            "█".repeat(filled),
-            "·".repeat(width - filled),
-            self.total
-        );
-        let _ = err.flush();
+        if self.terminal {
+            let width = 30;
+            let filled = (n * width)
+                .checked_div(self.total)
+                .map_or(width, |f| f.min(width));
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r\x1b[2K{:<11} [{}{}] {n}/{} {text}",
+                self.label,
+                "█".repeat(filled),
+                "·".repeat(width - filled),
+                self.total
+            );
+            let _ = err.flush();
+            return;
+        }
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let due = last
+            .2
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(5));
+        *last = (n, text.to_owned(), last.2);
+        if due {
+            last.2 = Some(Instant::now());
+            eprintln!("{} {n}/{} {text}", self.label, self.total);
+        }
     }
 
     fn done(&self) {
-        let _ = writeln!(std::io::stderr());
+        if self.terminal {
+            let _ = writeln!(std::io::stderr());
+        } else if let Ok(last) = self.last.lock() {
+            eprintln!("{} {}/{} {} (done)", self.label, last.0, self.total, last.1);
+        }
     }
 }

@@ -69,11 +69,11 @@ impl Observer {
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = AsyncClient::new(opts, 1024);
         client
-            .subscribe("grid/v1/+/down/schedule", QoS::AtMostOnce)
+            .subscribe("grid/v1/+/down/schedule", QoS::AtLeastOnce)
             .await
             .context("observer subscribe")?;
         client
-            .subscribe("grid/v1/+/up/ack", QoS::AtMostOnce)
+            .subscribe("grid/v1/+/up/ack", QoS::AtLeastOnce)
             .await
             .context("observer subscribe")?;
         let seen = Arc::new(Mutex::new(Observed::default()));

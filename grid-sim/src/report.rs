@@ -37,8 +37,11 @@ pub struct Report {
     pub devices: usize,
     /// Schedules the server published.
     pub schedules_published: usize,
-    /// Schedules the devices acknowledged as accepted.
+    /// Schedules the devices acknowledged as accepted (as recorded by the server: accepted,
+    /// executing or completed at the end of the day).
     pub schedules_acked: usize,
+    /// Schedules the devices refused (recorded as rejected by the server).
+    pub schedules_rejected: usize,
     /// Setpoints that reached a battery outside its envelope (must be 0).
     pub safety_violations: u64,
     /// Times the safety layer changed or blocked a setpoint.
@@ -88,10 +91,10 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "┌──────────────────────────────────┬──────────────────────────┐"
+            "┌────────────────────────────────────────┬────────────────────────────┐"
         );
         let mut row = |k: &str, v: String| {
-            let _ = writeln!(s, "│ {k:<32} │ {v:>24} │");
+            let _ = writeln!(s, "│ {k:<38} │ {v:>26} │");
         };
         row("devices", self.devices.to_string());
         row("backend", self.backend.clone());
@@ -123,8 +126,11 @@ impl Report {
             ),
         );
         row(
-            "schedules published / acked",
-            format!("{} / {}", self.schedules_published, self.schedules_acked),
+            "schedules published / acked / rejected",
+            format!(
+                "{} / {} / {}",
+                self.schedules_published, self.schedules_acked, self.schedules_rejected
+            ),
         );
         row(
             "delivery latency p50 / p99",
@@ -154,7 +160,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "└──────────────────────────────────┴──────────────────────────┘"
+            "└────────────────────────────────────────┴────────────────────────────┘"
         );
         s
     }

@@ -822,9 +822,30 @@ impl Inner {
     }
 }
 
+/// Sends the PUBACKs of inbound messages in the order the messages arrived, each once its
+/// handler is done (so the broker learns of a message only once the store has it). Handlers run
+/// concurrently and finish in any order, but MQTT requires acks in arrival order (MQTT 3.1.1
+/// §4.6, MQTT 5 §4.6); rumqttd drops a connection that acks out of order (measured: the demo's
+/// server lost most acks that way).
+async fn in_order_acker(
+    inner: Arc<Inner>,
+    mut queue: mpsc::UnboundedReceiver<(rumqttc::Publish, tokio::sync::oneshot::Receiver<()>)>,
+) {
+    while let Some((publish, handled)) = queue.recv().await {
+        // A handler that panicked drops its sender: the message is acked as handled (it was
+        // logged); the broker would otherwise redeliver it forever.
+        let _ = handled.await;
+        if inner.client.try_ack(&publish).is_err() {
+            let _ = inner.client.ack(&publish).await;
+        }
+    }
+}
+
 async fn event_loop(inner: Arc<Inner>, mut eventloop: EventLoop) {
     let filter = server_subscription(inner.config.share_group.as_deref());
     let permits = Arc::new(Semaphore::new(inner.config.inbound_concurrency.max(1)));
+    let (ack_queue, acks) = mpsc::unbounded_channel();
+    let acker = tokio::spawn(in_order_acker(inner.clone(), acks));
     let mut stop = inner.shutdown.subscribe();
     let mut failures: u32 = 0;
     loop {
@@ -858,12 +879,13 @@ async fn event_loop(inner: Arc<Inner>, mut eventloop: EventLoop) {
                     break;
                 };
                 let inner = inner.clone();
+                let (handled, done) = tokio::sync::oneshot::channel();
+                if publish.qos != QoS::AtMostOnce {
+                    let _ = ack_queue.send((publish.clone(), done));
+                }
                 tokio::spawn(async move {
                     inner.on_message(&publish.topic, &publish.payload).await;
-                    // Acknowledge to the broker only once the store has the message.
-                    if inner.client.try_ack(&publish).is_err() {
-                        let _ = inner.client.ack(&publish).await;
-                    }
+                    let _ = handled.send(());
                     drop(permit);
                 });
             }
@@ -884,6 +906,8 @@ async fn event_loop(inner: Arc<Inner>, mut eventloop: EventLoop) {
         }
     }
     inner.healthy.store(false, Ordering::Relaxed);
+    drop(ack_queue);
+    let _ = tokio::time::timeout(Duration::from_millis(500), acker).await;
     let _ = inner.client.try_disconnect();
     // Let the disconnect go out.
     let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
