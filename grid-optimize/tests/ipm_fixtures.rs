@@ -186,3 +186,49 @@ fn d_fleet_n1000_from_shared() {
 fn d_fleet_n10000_from_shared() {
     shared_fleet("d_fleet_N10000_T96");
 }
+
+/// Single-threaded solve times of the fleet fixtures (median of a few solves), for profiling on a shared machine:
+/// one thread makes the figure independent of how many cores other work leaves free.
+/// `cargo test --release -p grid-optimize --features serde --test ipm_fixtures -- --ignored --nocapture timing`
+#[test]
+#[ignore = "timing, not a check; run explicitly in release"]
+fn timing_single_thread() {
+    let mut cases = vec![("d_fleet_N100_T96", fixture("d_fleet_N100_T96").0, 15)];
+    let path = format!(
+        "{}/../../shared/opt/instances/d_fleet_N1000_T96.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        cases.push(("d_fleet_N1000_T96", parse_instance(&text).unwrap(), 3));
+    }
+    let solver = InteriorPointSolver::new(Settings {
+        threads: 1,
+        ..Settings::default()
+    });
+    // Process CPU time in clock ticks (Linux /proc; 100 per second), robust to other work on the machine.
+    let cpu_ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    for (name, problem, runs) in cases {
+        let cpu0 = cpu_ticks();
+        let mut times = Vec::new();
+        let mut iterations = 0;
+        for _ in 0..runs {
+            let s = solver.solve(&problem).unwrap();
+            assert!(s.is_optimal());
+            iterations = s.diagnostics.iterations;
+            times.push(s.diagnostics.solve_seconds);
+        }
+        let cpu = cpu0
+            .zip(cpu_ticks())
+            .map(|(a, b)| format!("{:.0} ms CPU", (b - a) as f64 * 10.0 / runs as f64));
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "{name}: {:.1} ms per solve on one thread (median wall of {runs}; {} per solve), {iterations} iterations",
+            times[runs / 2] * 1e3,
+            cpu.unwrap_or_else(|| "no /proc".into())
+        );
+    }
+}

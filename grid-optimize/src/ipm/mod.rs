@@ -751,6 +751,15 @@ fn site_pass4(m: &SiteModel, s: &mut SiteWork, dy: Option<&[f64]>, sigma_mu: f64
     (ip, id)
 }
 
+/// Starting bound multipliers: `zl − zu = q` (the cost), so that the dual residual starts at zero for `v = 0`,
+/// with `delta` added to both for centrality.
+fn start_duals(m: &SiteModel, delta: f64) -> (Vec<f64>, Vec<f64>) {
+    (
+        m.q.iter().map(|q| delta + q.max(0.0)).collect(),
+        m.q.iter().map(|q| delta + (-q).max(0.0)).collect(),
+    )
+}
+
 fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
     let start = Instant::now();
     let t = problem.slots();
@@ -775,7 +784,7 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
         .fold(0.0_f64, |a, v| a.max(v.abs()))
         .max(1e-2);
 
-    // Initial point: the middle of each box (capped for very wide boxes), bound multipliers at the cost scale.
+    // Initial point: the middle of each box (capped for very wide boxes), bound multipliers from the costs.
     let mut sites: Vec<SiteWork> = models
         .iter()
         .map(|m| {
@@ -786,10 +795,11 @@ fn run(problem: &FleetProblem, settings: &Settings) -> FleetSolution {
                     l + half.min(50.0)
                 })
                 .collect();
+            let (zl, zu) = start_duals(m, qscale);
             SiteWork {
                 x,
-                zl: vec![qscale; m.nv],
-                zu: vec![qscale; m.nv],
+                zl,
+                zu,
                 v: vec![0.0; m.nr],
                 isl: vec![0.0; m.nv],
                 isu: vec![0.0; m.nv],
