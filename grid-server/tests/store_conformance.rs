@@ -1290,6 +1290,158 @@ mod suite {
         assert_eq!(store.outbox_load(&ids[0]).await.unwrap(), None);
     }
 
+    /// The batch methods behave exactly like their one-at-a-time counterparts.
+    pub async fn batches(store: S) {
+        use ExecutionState as St;
+        let ids = fleet(&*store, "s", "bat", 3).await;
+        let t0 = t("2026-11-27T00:00:00Z");
+        let mut targets = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let name = format!("day-{i}");
+            store
+                .create_schedule(&new_schedule(&name, id, 1, "2026-11-27T00:00:00Z"), t0)
+                .await
+                .unwrap();
+            let sid = ScheduleId::new(&name).unwrap();
+            store
+                .apply_schedule_event(&sid, ScheduleVersion(1), LifecycleEvent::Deliver, t0, None)
+                .await
+                .unwrap();
+            targets.push(AckTarget::Schedule {
+                id: sid,
+                version: ScheduleVersion(1),
+            });
+        }
+        let at = "2026-11-27T00:00:02Z";
+        let batch = vec![
+            ack("b-0", &ids[0], targets[0].clone(), St::Accepted, at),
+            // Two answers of one device in one batch: applied in order.
+            ack("b-1", &ids[1], targets[1].clone(), St::Accepted, at),
+            ack("b-2", &ids[1], targets[1].clone(), St::Executing, at),
+            // The same message twice in one batch: the second is a duplicate.
+            ack("b-0", &ids[0], targets[0].clone(), St::Accepted, at),
+            // Another device's schedule: refused, and the rest of the batch still counts.
+            ack("b-3", &ids[2], targets[0].clone(), St::Accepted, at),
+            // An unknown target: not found.
+            ack(
+                "b-4",
+                &ids[2],
+                AckTarget::Command { id: "none".into() },
+                St::Accepted,
+                at,
+            ),
+        ];
+        let out = store.record_acks(&batch).await.unwrap();
+        assert_eq!(out.len(), batch.len());
+        assert!(matches!(
+            out[0],
+            Ok(AckOutcome::Applied {
+                state: St::Accepted,
+                ..
+            })
+        ));
+        assert!(matches!(
+            out[1],
+            Ok(AckOutcome::Applied {
+                state: St::Accepted,
+                ..
+            })
+        ));
+        assert!(matches!(
+            out[2],
+            Ok(AckOutcome::Applied {
+                from: St::Accepted,
+                state: St::Executing
+            })
+        ));
+        assert!(matches!(
+            out[3],
+            Ok(AckOutcome::Duplicate {
+                state: St::Accepted
+            })
+        ));
+        assert!(
+            matches!(out[4], Err(StoreError::Invalid { .. })),
+            "{:?}",
+            out[4]
+        );
+        assert!(
+            matches!(out[5], Err(StoreError::NotFound { .. })),
+            "{:?}",
+            out[5]
+        );
+        let s0 = store
+            .get_schedule(&ScheduleId::new("day-0").unwrap(), None)
+            .await
+            .unwrap();
+        let s1 = store
+            .get_schedule(&ScheduleId::new("day-1").unwrap(), None)
+            .await
+            .unwrap();
+        let s2 = store
+            .get_schedule(&ScheduleId::new("day-2").unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (s0.state, s1.state, s2.state),
+            (St::Accepted, St::Executing, St::Delivered)
+        );
+        assert_eq!(store.list_acks(&targets[0]).await.unwrap().len(), 1);
+        assert_eq!(store.list_acks(&targets[1]).await.unwrap().len(), 2);
+        assert!(store.record_acks(&[]).await.unwrap().is_empty());
+
+        // Delivery states: several loaded and saved at once, a stale revision losing alone.
+        assert!(store.outbox_load_many(&ids).await.unwrap().is_empty());
+        let writes: Vec<OutboxWrite> = ids
+            .iter()
+            .map(|d| OutboxWrite {
+                device: d.clone(),
+                state: format!("{{\"d\":\"{d}\"}}"),
+                next_wakeup_at: None,
+                expected_revision: None,
+            })
+            .collect();
+        let saved = store.outbox_save_many(&writes, t0).await.unwrap();
+        assert!(saved.iter().all(|r| matches!(r, Ok(1))), "{saved:?}");
+        let mut loaded = store.outbox_load_many(&ids).await.unwrap();
+        loaded.sort_by(|a, b| a.device.as_str().cmp(b.device.as_str()));
+        assert_eq!(loaded.len(), 3);
+        for (rec, d) in loaded.iter().zip(&ids) {
+            assert_eq!(rec, &store.outbox_load(d).await.unwrap().unwrap());
+        }
+        let again = vec![
+            OutboxWrite {
+                expected_revision: Some(1),
+                state: "{\"v\":2}".into(),
+                ..writes[0].clone()
+            },
+            OutboxWrite {
+                expected_revision: Some(7),
+                ..writes[1].clone()
+            },
+            OutboxWrite {
+                expected_revision: None,
+                ..writes[2].clone()
+            },
+        ];
+        let saved = store.outbox_save_many(&again, t0).await.unwrap();
+        assert!(matches!(saved[0], Ok(2)), "{saved:?}");
+        assert!(
+            matches!(saved[1], Err(StoreError::Conflict { .. })),
+            "{saved:?}"
+        );
+        assert!(
+            matches!(saved[2], Err(StoreError::Conflict { .. })),
+            "{saved:?}"
+        );
+        let first = store.outbox_load(&ids[0]).await.unwrap().unwrap();
+        assert_eq!((first.state.as_str(), first.revision), ("{\"v\":2}", 2));
+        assert_eq!(
+            store.outbox_load(&ids[1]).await.unwrap().unwrap().revision,
+            1
+        );
+    }
+
     pub async fn models(store: S) {
         let t0 = t("2026-11-27T00:00:00Z");
         let new = |activate: bool, bytes: &[u8]| NewModel {
@@ -1517,6 +1669,7 @@ conformance!(
     concurrent_acks,
     telemetry,
     outbox,
+    batches,
     models,
     delivery_stats,
     health,

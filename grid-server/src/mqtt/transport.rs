@@ -6,8 +6,8 @@ use super::{
     install_crypto_provider, random_hex,
 };
 use crate::store::{
-    AckOutcome, AckRecord, AckTarget, CommandFilter, CommandRecord, DeviceRecord, ScheduleFilter,
-    ScheduleRef, StatusReport, Store, StoreError,
+    AckOutcome, AckRecord, AckTarget, CommandFilter, CommandRecord, DeviceRecord, OutboxWrite,
+    ScheduleFilter, ScheduleRef, StatusReport, Store, StoreError,
 };
 use grid_core::{DeviceId, ExecutionState, LifecycleEvent, Schedule, TelemetrySample, Timestamp};
 use grid_proto::Codec;
@@ -24,6 +24,16 @@ use tokio::task::JoinHandle;
 
 /// How often a device's delivery state is re-read and re-applied when replicas race on it.
 const SAVE_RETRIES: usize = 16;
+
+/// The most acks one batch writes (one transaction for the acks, one for the trackers).
+const MAX_ACK_BATCH: usize = 512;
+
+/// An ack waiting for the batch writer; `done` fires once it is recorded (or refused).
+struct AckJob {
+    envelope: Envelope,
+    received: Timestamp,
+    done: tokio::sync::oneshot::Sender<()>,
+}
 
 /// How long a positive "device is registered" answer is cached.
 const DEVICE_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -88,6 +98,7 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     counters: Counters,
     telemetry: mpsc::Sender<(DeviceId, TelemetrySample)>,
+    acks: mpsc::Sender<AckJob>,
     devices: Mutex<HashMap<DeviceId, Instant>>,
     _broker: Option<EmbeddedBroker>,
 }
@@ -176,6 +187,7 @@ impl Transport {
         eventloop.set_network_options(net);
 
         let (telemetry_tx, telemetry_rx) = mpsc::channel(config.telemetry_batch.max(1) * 16);
+        let (ack_tx, ack_rx) = mpsc::channel(MAX_ACK_BATCH * 4);
         let (subscribed, _) = watch::channel(false);
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -187,6 +199,7 @@ impl Transport {
             shutdown,
             counters: Counters::default(),
             telemetry: telemetry_tx,
+            acks: ack_tx,
             devices: Mutex::new(HashMap::new()),
             _broker: broker,
         });
@@ -196,12 +209,14 @@ impl Transport {
         let events = tokio::spawn(event_loop(inner.clone(), eventloop));
         let retries = tokio::spawn(retry_loop(inner.clone()));
         let writer = tokio::spawn(telemetry_writer(inner.clone(), telemetry_rx));
+        let ack_writer = tokio::spawn(ack_writer(inner.clone(), ack_rx));
         let reconcile = tokio::spawn(reconcile_on_start(handle.clone()));
         let task = tokio::spawn(async move {
             for (name, task) in [
                 ("events", events),
                 ("retries", retries),
                 ("telemetry", writer),
+                ("acks", ack_writer),
                 ("reconcile", reconcile),
             ] {
                 if let Err(e) = task.await {
@@ -621,7 +636,32 @@ impl Inner {
             }
         }
         let result = match &envelope.body {
-            Body::Ack(_) => self.on_ack(&envelope, now).await,
+            Body::Ack(_) => {
+                // Acks are written in batches (one commit for many devices); the PUBACK waits
+                // until this one is recorded.
+                let (done, recorded) = tokio::sync::oneshot::channel();
+                let job = AckJob {
+                    envelope,
+                    received: now,
+                    done,
+                };
+                match self.acks.send(job).await {
+                    Ok(()) => {
+                        let _ = recorded.await;
+                        return;
+                    }
+                    // The writer is gone (shutting down): record it directly.
+                    Err(mpsc::error::SendError(job)) => {
+                        let envelope = job.envelope;
+                        let result = self.on_ack(&envelope, now).await;
+                        if let Err(e) = result {
+                            bump(&self.counters.errors);
+                            tracing::warn!(device = %envelope.device, error = %e, "handling an ack failed");
+                        }
+                        return;
+                    }
+                }
+            }
             Body::Status(status) => {
                 let report = StatusReport {
                     device: envelope.device.clone(),
@@ -677,31 +717,9 @@ impl Inner {
     }
 
     async fn on_ack(&self, envelope: &Envelope, now: Timestamp) -> TransportResult<()> {
-        let Body::Ack(ack) = &envelope.body else {
+        let Some(record) = ack_record(envelope, now) else {
+            bump(&self.counters.refused);
             return Ok(());
-        };
-        let target = match (&ack.schedule, &ack.ref_id) {
-            (Some(s), _) => AckTarget::Schedule {
-                id: s.schedule_id.clone(),
-                version: s.version,
-            },
-            (None, Some(r)) => AckTarget::Command {
-                id: r.as_str().to_owned(),
-            },
-            (None, None) => {
-                bump(&self.counters.refused);
-                return Ok(());
-            }
-        };
-        let record = AckRecord {
-            message_id: envelope.id.as_str().to_owned(),
-            device: envelope.device.clone(),
-            target,
-            state: ack.state,
-            reason_code: ack.reason.map(|r| r.as_str().to_owned()),
-            reason: ack.detail.clone(),
-            sent_at: envelope.sent_at,
-            received_at: now,
         };
         match self.store.record_ack(&record).await {
             Ok(AckOutcome::Applied { .. }) => bump(&self.counters.acks_applied),
@@ -720,6 +738,154 @@ impl Inner {
             Ok(tracker.on_ack(now, envelope))
         })
         .await
+    }
+
+    /// Records a batch of acks: every ack row and lifecycle move in one transaction, then every
+    /// device's tracker in one more; the per-ack path ([`Inner::on_ack`]) is the fallback for
+    /// whatever the batch could not settle (a database error, a race with another replica, a
+    /// device without a saved tracker).
+    async fn on_acks(&self, jobs: &[AckJob]) {
+        let now = Timestamp::now();
+        let mut records = Vec::with_capacity(jobs.len());
+        let mut batched: Vec<&AckJob> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match ack_record(&job.envelope, job.received) {
+                Some(r) => {
+                    records.push(r);
+                    batched.push(job);
+                }
+                None => bump(&self.counters.refused),
+            }
+        }
+        if records.is_empty() {
+            return;
+        }
+        let results = match self.store.record_acks(&records).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(acks = records.len(), error = %e, "writing an ack batch failed; writing them one by one");
+                for job in &batched {
+                    if let Err(e) = self.on_ack(&job.envelope, job.received).await {
+                        bump(&self.counters.errors);
+                        tracing::warn!(device = %job.envelope.device, error = %e, "handling an ack failed");
+                    }
+                }
+                return;
+            }
+        };
+        // The trackers of the devices whose acks were recorded, in arrival order per device.
+        let mut per_device: Vec<(DeviceId, Vec<&AckJob>)> = Vec::new();
+        for (job, result) in batched.iter().zip(results) {
+            match result {
+                Ok(AckOutcome::Applied { .. }) => bump(&self.counters.acks_applied),
+                Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
+                Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
+                Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
+                    bump(&self.counters.refused);
+                    tracing::warn!(device = %job.envelope.device, error = %e, "refused an ack");
+                    continue;
+                }
+                Err(e) => {
+                    bump(&self.counters.errors);
+                    tracing::warn!(device = %job.envelope.device, error = %e, "recording an ack failed");
+                    continue;
+                }
+            }
+            match per_device
+                .iter_mut()
+                .find(|(d, _)| *d == job.envelope.device)
+            {
+                Some((_, list)) => list.push(job),
+                None => per_device.push((job.envelope.device.clone(), vec![job])),
+            }
+        }
+        let devices: Vec<DeviceId> = per_device.iter().map(|(d, _)| d.clone()).collect();
+        let stored = match self.store.outbox_load_many(&devices).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "loading delivery states failed; updating them one by one");
+                Vec::new()
+            }
+        };
+        let mut writes = Vec::new();
+        let mut pending = Vec::new();
+        let mut alone = Vec::new();
+        for (device, list) in &per_device {
+            let Some(record) = stored.iter().find(|r| &r.device == device) else {
+                alone.push((device.clone(), list.clone()));
+                continue;
+            };
+            let state = match serde_json::from_str(&record.state) {
+                Ok(state) => state,
+                Err(e) => {
+                    bump(&self.counters.errors);
+                    tracing::warn!(%device, error = %e, "unreadable delivery state");
+                    continue;
+                }
+            };
+            let mut tracker = DeliveryTracker::restore(self.config.tracker.clone(), state);
+            let before = tracker.state().clone();
+            let mut actions = Vec::new();
+            for job in list {
+                actions.extend(tracker.on_ack(job.received, &job.envelope));
+            }
+            // The acks themselves already moved the lifecycle in the store.
+            actions.retain(|a| match a {
+                Action::StateChanged { key, to, .. } => {
+                    !list.iter().any(|j| acks_state(&j.envelope, key, *to))
+                }
+                Action::Send(_) => true,
+            });
+            if actions.is_empty() && tracker.state() == &before {
+                continue;
+            }
+            let Ok(state) = serde_json::to_string(tracker.state()) else {
+                bump(&self.counters.errors);
+                continue;
+            };
+            writes.push(OutboxWrite {
+                device: device.clone(),
+                state,
+                next_wakeup_at: tracker.next_wakeup(),
+                expected_revision: Some(record.revision),
+            });
+            pending.push((tracker.codec(), actions, device.clone(), list.clone()));
+        }
+        match self.store.outbox_save_many(&writes, now).await {
+            Ok(saved) => {
+                for (result, (codec, actions, device, list)) in saved.into_iter().zip(pending) {
+                    match result {
+                        Ok(_) => self.execute(codec, actions, now).await,
+                        // Another replica saved it meanwhile: redo this device alone.
+                        Err(_) => alone.push((device, list)),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "saving delivery states failed; saving them one by one");
+                alone.extend(pending.into_iter().map(|(_, _, d, l)| (d, l)));
+            }
+        }
+        for (device, list) in alone {
+            let record = match self.active_device(&device).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%device, error = %e, "skipping the delivery state of an ack");
+                    continue;
+                }
+            };
+            for job in list {
+                let result = self
+                    .with_tracker(&record, now, false, |tracker| {
+                        Ok(tracker.on_ack(job.received, &job.envelope))
+                    })
+                    .await;
+                if let Err(e) = result {
+                    bump(&self.counters.errors);
+                    tracing::warn!(%device, error = %e, "updating a delivery state failed");
+                }
+            }
+        }
     }
 
     /// Answers a hello with exactly what the device lacks: the tracker resends what the device
@@ -969,6 +1135,82 @@ async fn retry_loop(inner: Arc<Inner>) {
 
 /// Writes telemetry in batches of up to `telemetry_batch` samples, at least every
 /// `telemetry_flush`.
+/// The store's record of an inbound ack; `None` when it names no target.
+fn ack_record(envelope: &Envelope, received: Timestamp) -> Option<AckRecord> {
+    let Body::Ack(ack) = &envelope.body else {
+        return None;
+    };
+    let target = match (&ack.schedule, &ack.ref_id) {
+        (Some(s), _) => AckTarget::Schedule {
+            id: s.schedule_id.clone(),
+            version: s.version,
+        },
+        (None, Some(r)) => AckTarget::Command {
+            id: r.as_str().to_owned(),
+        },
+        (None, None) => return None,
+    };
+    Some(AckRecord {
+        message_id: envelope.id.as_str().to_owned(),
+        device: envelope.device.clone(),
+        target,
+        state: ack.state,
+        reason_code: ack.reason.map(|r| r.as_str().to_owned()),
+        reason: ack.detail.clone(),
+        sent_at: envelope.sent_at,
+        received_at: received,
+    })
+}
+
+/// Whether `envelope` is an ack that reports `key` in state `to` (so the store already has it).
+fn acks_state(envelope: &Envelope, key: &DeliveryKey, to: ExecutionState) -> bool {
+    let Body::Ack(ack) = &envelope.body else {
+        return false;
+    };
+    if ack.state != to {
+        return false;
+    }
+    match key {
+        DeliveryKey::Schedule(r) => ack.schedule.as_ref() == Some(r),
+        DeliveryKey::Command { id } => ack.schedule.is_none() && ack.ref_id.as_ref() == Some(id),
+    }
+}
+
+/// Drains the ack queue in batches: whatever has queued up while the previous batch was being
+/// written goes into the next (no artificial delay, so a lone ack is written at once).
+async fn ack_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<AckJob>) {
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        let first = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            job = rx.recv() => job,
+        };
+        let Some(first) = first else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_ACK_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        inner.on_acks(&batch).await;
+        for job in batch {
+            let _ = job.done.send(());
+        }
+    }
+    // Whatever is still queued is written before the transport stops.
+    rx.close();
+    let mut rest = Vec::new();
+    while let Some(job) = rx.recv().await {
+        rest.push(job);
+    }
+    if !rest.is_empty() {
+        inner.on_acks(&rest).await;
+    }
+}
+
 async fn telemetry_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<(DeviceId, TelemetrySample)>) {
     let mut stop = inner.shutdown.subscribe();
     let max = inner.config.telemetry_batch.max(1);

@@ -236,6 +236,17 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Invalid`] (`device`); an unknown target [`StoreError::NotFound`].
     async fn record_ack(&self, ack: &AckRecord) -> StoreResult<AckOutcome>;
 
+    /// Records several acks, each exactly as [`Store::record_ack`] would, in one transaction
+    /// where the backend allows it (one commit for the batch). The outer error means nothing was
+    /// recorded; the inner results are per ack, in order.
+    async fn record_acks(&self, acks: &[AckRecord]) -> StoreResult<Vec<StoreResult<AckOutcome>>> {
+        let mut out = Vec::with_capacity(acks.len());
+        for a in acks {
+            out.push(self.record_ack(a).await);
+        }
+        Ok(out)
+    }
+
     /// The acks recorded for a target, in arrival order.
     async fn list_acks(&self, target: &AckTarget) -> StoreResult<Vec<AckRecord>>;
 
@@ -270,6 +281,43 @@ pub trait Store: Send + Sync + 'static {
         expected_revision: Option<u64>,
         now: Timestamp,
     ) -> StoreResult<u64>;
+
+    /// The saved delivery states of several devices (those that have one), in one query where
+    /// the backend allows it.
+    async fn outbox_load_many(&self, devices: &[DeviceId]) -> StoreResult<Vec<OutboxRecord>> {
+        let mut out = Vec::with_capacity(devices.len());
+        for d in devices {
+            if let Some(r) = self.outbox_load(d).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Saves several devices' delivery states, each like [`Store::outbox_save`], in one
+    /// transaction where the backend allows it. The outer error means nothing was saved; an
+    /// inner [`StoreError::Conflict`] means that device's state changed since it was read (the
+    /// others are saved).
+    async fn outbox_save_many(
+        &self,
+        writes: &[OutboxWrite],
+        now: Timestamp,
+    ) -> StoreResult<Vec<StoreResult<u64>>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(
+                self.outbox_save(
+                    &w.device,
+                    &w.state,
+                    w.next_wakeup_at,
+                    w.expected_revision,
+                    now,
+                )
+                .await,
+            );
+        }
+        Ok(out)
+    }
 
     /// Claims up to `limit` devices whose delivery state is due at `now` (next wakeup ≤ now) and
     /// that no live claim holds, for `lease`, on behalf of `owner` (a server replica), so replicas

@@ -28,6 +28,13 @@ const STATE_RETRIES: usize = 8;
 /// The most rows one multi-row INSERT carries (keeps under both databases' bind limits).
 const INSERT_CHUNK: usize = 1000;
 
+/// The length checks of an ack's free-text fields.
+fn check_ack_text(ack: &AckRecord) -> StoreResult<()> {
+    check_text("message_id", &ack.message_id, 128)?;
+    check_opt_text("reason_code", ack.reason_code.as_deref(), 64)?;
+    check_opt_text("reason", ack.reason.as_deref(), 500)
+}
+
 fn col<'r, T>(row: &'r DbRow, name: &str) -> StoreResult<T>
 where
     T: sqlx::Decode<'r, Db> + sqlx::Type<Db>,
@@ -436,6 +443,21 @@ impl This {
     /// between read and write (the caller retries).
     async fn try_record_ack(&self, ack: &AckRecord) -> StoreResult<Option<AckOutcome>> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        let outcome = Self::record_ack_in(&mut tx, ack).await?;
+        match outcome {
+            Some(_) => tx.commit().await?,
+            None => tx.rollback().await?,
+        }
+        Ok(outcome)
+    }
+
+    /// Records one ack inside `tx` without committing. `None`: the target changed under us
+    /// between the read and the update (another writer); the ack's row is removed again, so a
+    /// retry is not mistaken for a duplicate.
+    async fn record_ack_in(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        ack: &AckRecord,
+    ) -> StoreResult<Option<AckOutcome>> {
         let (kind, target_id, target_version, current, owner) = match &ack.target {
             AckTarget::Schedule { id, version } => {
                 let v = version_param(*version)?;
@@ -444,7 +466,7 @@ impl This {
                 )
                 .bind(id.as_str())
                 .bind(v)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?
                 .ok_or_else(|| StoreError::not_found("schedule", format!("{id} {version}")))?;
                 let owner: String = col(&row, "device_id")?;
@@ -453,7 +475,7 @@ impl This {
             AckTarget::Command { id } => {
                 let row = sqlx::query("SELECT state, device_id FROM commands WHERE id = $1")
                     .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?
                     .ok_or_else(|| StoreError::not_found("command", id))?;
                 let owner: String = col(&row, "device_id")?;
@@ -481,24 +503,22 @@ impl This {
         .bind(ack.reason.as_deref())
         .bind(ms(ack.sent_at))
         .bind(ms(ack.received_at))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
         if inserted == 0 || ack.state == current {
-            tx.commit().await?;
             return Ok(Some(AckOutcome::Duplicate { state: current }));
         }
         let Some((event, next)) =
             event_for(ack.state).and_then(|e| current.apply(e).ok().map(|n| (e, n)))
         else {
-            tx.commit().await?;
             return Ok(Some(AckOutcome::Ignored { state: current }));
         };
         let reason = ack.reason.as_deref().or(ack.reason_code.as_deref());
         let moved = match &ack.target {
             AckTarget::Schedule { id, .. } => {
                 Self::transition_schedule(
-                    &mut *tx,
+                    &mut **tx,
                     id,
                     target_version,
                     current,
@@ -511,7 +531,7 @@ impl This {
             }
             AckTarget::Command { id } => {
                 Self::transition_command(
-                    &mut *tx,
+                    &mut **tx,
                     id,
                     current,
                     next,
@@ -523,14 +543,79 @@ impl This {
             }
         };
         if !moved {
-            tx.rollback().await?;
+            sqlx::query("DELETE FROM acks WHERE device_id = $1 AND message_id = $2")
+                .bind(ack.device.as_str())
+                .bind(&ack.message_id)
+                .execute(&mut **tx)
+                .await?;
             return Ok(None);
         }
-        tx.commit().await?;
         Ok(Some(AckOutcome::Applied {
             from: current,
             state: next,
         }))
+    }
+
+    /// Saves one device's delivery state through `exec` (see [`Store::outbox_save`]).
+    async fn outbox_write<'e, E>(
+        exec: E,
+        device: &DeviceId,
+        state: &str,
+        next_wakeup_at: Option<Timestamp>,
+        expected_revision: Option<u64>,
+        now: Timestamp,
+    ) -> StoreResult<u64>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let wakeup = next_wakeup_at.map(ms);
+        let stale = || {
+            StoreError::conflict(
+                "outbox",
+                device,
+                "the delivery state changed since it was read",
+            )
+        };
+        match expected_revision {
+            None => {
+                let done = sqlx::query(
+                    "INSERT INTO outbox (device_id, state_json, next_wakeup_ms, revision, \
+                     updated_ms) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (device_id) DO NOTHING",
+                )
+                .bind(device.as_str())
+                .bind(state)
+                .bind(wakeup)
+                .bind(ms(now))
+                .execute(exec)
+                .await?;
+                if done.rows_affected() == 1 {
+                    Ok(1)
+                } else {
+                    Err(stale())
+                }
+            }
+            Some(revision) => {
+                let rev = i64::try_from(revision)
+                    .map_err(|_| StoreError::invalid("revision", "out of range"))?;
+                let done = sqlx::query(
+                    "UPDATE outbox SET state_json = $1, next_wakeup_ms = $2, \
+                     revision = revision + 1, updated_ms = $3, claimed_by = NULL, \
+                     claimed_until_ms = NULL WHERE device_id = $4 AND revision = $5",
+                )
+                .bind(state)
+                .bind(wakeup)
+                .bind(ms(now))
+                .bind(device.as_str())
+                .bind(rev)
+                .execute(exec)
+                .await?;
+                if done.rows_affected() == 1 {
+                    Ok(revision + 1)
+                } else {
+                    Err(stale())
+                }
+            }
+        }
     }
 }
 
@@ -1387,9 +1472,7 @@ impl Store for This {
     // --- acks ---------------------------------------------------------------------------------
 
     async fn record_ack(&self, ack: &AckRecord) -> StoreResult<AckOutcome> {
-        check_text("message_id", &ack.message_id, 128)?;
-        check_opt_text("reason_code", ack.reason_code.as_deref(), 64)?;
-        check_opt_text("reason", ack.reason.as_deref(), 500)?;
+        check_ack_text(ack)?;
         for _ in 0..STATE_RETRIES {
             if let Some(outcome) = self.try_record_ack(ack).await? {
                 return Ok(outcome);
@@ -1400,6 +1483,36 @@ impl Store for This {
             &ack.message_id,
             "target changed concurrently too often; retry",
         ))
+    }
+
+    async fn record_acks(&self, acks: &[AckRecord]) -> StoreResult<Vec<StoreResult<AckOutcome>>> {
+        let mut first: Vec<Option<StoreResult<AckOutcome>>> = Vec::with_capacity(acks.len());
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        for ack in acks {
+            if let Err(e) = check_ack_text(ack) {
+                first.push(Some(Err(e)));
+                continue;
+            }
+            match Self::record_ack_in(&mut tx, ack).await {
+                Ok(Some(outcome)) => first.push(Some(Ok(outcome))),
+                // Raced with another writer: retried on its own after the commit.
+                Ok(None) => first.push(None),
+                Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
+                    first.push(Some(Err(e)))
+                }
+                // A database error aborts the transaction: nothing is recorded.
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(acks.len());
+        for (ack, result) in acks.iter().zip(first) {
+            out.push(match result {
+                Some(r) => r,
+                None => self.record_ack(ack).await,
+            });
+        }
+        Ok(out)
     }
 
     async fn list_acks(&self, target: &AckTarget) -> StoreResult<Vec<AckRecord>> {
@@ -1583,54 +1696,61 @@ impl Store for This {
         expected_revision: Option<u64>,
         now: Timestamp,
     ) -> StoreResult<u64> {
-        let wakeup = next_wakeup_at.map(ms);
-        let stale = || {
-            StoreError::conflict(
-                "outbox",
-                device,
-                "the delivery state changed since it was read",
-            )
-        };
-        match expected_revision {
-            None => {
-                let done = sqlx::query(
-                    "INSERT INTO outbox (device_id, state_json, next_wakeup_ms, revision, \
-                     updated_ms) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (device_id) DO NOTHING",
-                )
-                .bind(device.as_str())
-                .bind(state)
-                .bind(wakeup)
-                .bind(ms(now))
-                .execute(&self.pool)
-                .await?;
-                if done.rows_affected() == 1 {
-                    Ok(1)
-                } else {
-                    Err(stale())
-                }
+        Self::outbox_write(
+            &self.pool,
+            device,
+            state,
+            next_wakeup_at,
+            expected_revision,
+            now,
+        )
+        .await
+    }
+
+    async fn outbox_load_many(&self, devices: &[DeviceId]) -> StoreResult<Vec<OutboxRecord>> {
+        let mut out = Vec::with_capacity(devices.len());
+        for chunk in devices.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Db>::new("SELECT * FROM outbox WHERE device_id IN (");
+            let mut list = q.separated(", ");
+            for d in chunk {
+                list.push_bind(d.as_str().to_owned());
             }
-            Some(revision) => {
-                let rev = i64::try_from(revision)
-                    .map_err(|_| StoreError::invalid("revision", "out of range"))?;
-                let done = sqlx::query(
-                    "UPDATE outbox SET state_json = $1, next_wakeup_ms = $2, \
-                     revision = revision + 1, updated_ms = $3, claimed_by = NULL, \
-                     claimed_until_ms = NULL WHERE device_id = $4 AND revision = $5",
-                )
-                .bind(state)
-                .bind(wakeup)
-                .bind(ms(now))
-                .bind(device.as_str())
-                .bind(rev)
-                .execute(&self.pool)
-                .await?;
-                if done.rows_affected() == 1 {
-                    Ok(revision + 1)
-                } else {
-                    Err(stale())
-                }
+            q.push(")");
+            for row in q.build().fetch_all(&self.pool).await? {
+                out.push(outbox_from_row(&row)?);
             }
         }
+        Ok(out)
+    }
+
+    async fn outbox_save_many(
+        &self,
+        writes: &[OutboxWrite],
+        now: Timestamp,
+    ) -> StoreResult<Vec<StoreResult<u64>>> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            match Self::outbox_write(
+                &mut *tx,
+                &w.device,
+                &w.state,
+                w.next_wakeup_at,
+                w.expected_revision,
+                now,
+            )
+            .await
+            {
+                Ok(r) => out.push(Ok(r)),
+                Err(e @ (StoreError::Conflict { .. } | StoreError::Invalid { .. })) => {
+                    out.push(Err(e))
+                }
+                // A database error aborts the transaction: nothing is saved.
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn outbox_claim_due(

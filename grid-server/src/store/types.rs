@@ -608,6 +608,19 @@ pub struct OutboxRecord {
     pub updated_at: Timestamp,
 }
 
+/// One device's delivery state to save with [`Store::outbox_save_many`](super::Store::outbox_save_many).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxWrite {
+    /// The device.
+    pub device: DeviceId,
+    /// The serialized tracker state.
+    pub state: String,
+    /// When the tracker next needs a poll; `None` when idle.
+    pub next_wakeup_at: Option<Timestamp>,
+    /// The revision it was read at (`None`: only if none is stored).
+    pub expected_revision: Option<u64>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forecast models
 // ---------------------------------------------------------------------------------------------
