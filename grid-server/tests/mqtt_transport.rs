@@ -155,6 +155,98 @@ mod scenarios {
         task.await.unwrap();
     }
 
+    /// A batch distribution reaches every device once; their acks, arriving together, are all
+    /// recorded (the batched ack path); an unknown device fails alone; a second batch sends
+    /// nothing new.
+    pub async fn batch_distribution_and_batched_acks(env: Env) {
+        let n = 12;
+        let ids = env.devices(n).await;
+        let (t, task) = env.start().await;
+        let mut devs = Vec::new();
+        for id in &ids {
+            devs.push(env.device(id).await);
+        }
+        let mut records = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let rec = env
+                .store
+                .create_schedule(&live_schedule(&sched_id(&env, i), id, 1), Timestamp::now())
+                .await
+                .unwrap();
+            records.push(rec);
+        }
+        // A schedule of a device the server does not know.
+        let other = DeviceId::new(format!("{}-nobody", env.prefix)).unwrap();
+        let start = grid_core::time::floor_to_slot(Timestamp::now(), SlotLength::HOUR).unwrap();
+        let foreign = schedule(&sched_id(&env, 99), &other, 1, &start.to_string());
+        let mut batch: Vec<(&Schedule, Option<&str>)> = records
+            .iter()
+            .map(|r| (&r.schedule, Some("batch-1")))
+            .collect();
+        batch.push((&foreign, None));
+        let out = t.distribute_many(&batch).await;
+        assert_eq!(out.len(), n + 1);
+        for r in &out[..n] {
+            assert_eq!(r.as_ref().unwrap(), &DistributeOutcome::Published);
+        }
+        assert!(
+            matches!(out[n], Err(TransportError::UnknownDevice(_))),
+            "{:?}",
+            out[n]
+        );
+        let mut msgs = Vec::new();
+        for (i, dev) in devs.iter_mut().enumerate() {
+            let msg = dev.recv(WAIT).await.expect("schedule delivered");
+            let Body::ScheduleAssign(body) = &msg.body else {
+                panic!("expected a schedule_assign, got {:?}", msg.kind())
+            };
+            assert_eq!(body.schedule_id.as_str(), sched_id(&env, i));
+            assert_eq!(msg.correlation_id.as_deref(), Some("batch-1"));
+            assert_eq!(
+                env.state(&sched_id(&env, i)).await,
+                ExecutionState::Delivered
+            );
+            msgs.push(msg);
+        }
+        // All devices answer at once.
+        for (dev, msg) in devs.iter_mut().zip(&msgs) {
+            dev.send(&dev.ack_for(msg, ExecutionState::Accepted)).await;
+        }
+        for i in 0..n {
+            assert!(
+                eventually(WAIT, || async {
+                    env.state(&sched_id(&env, i)).await == ExecutionState::Accepted
+                })
+                .await,
+                "ack {i} recorded"
+            );
+        }
+        assert!(
+            eventually(WAIT, || async { t.stats().acks_applied == n as u64 }).await,
+            "{:?}",
+            t.stats()
+        );
+        // Resends from before the acks were recorded may still be queued (at least once);
+        // after that nothing is resent, and a second batch sends nothing new.
+        for dev in devs.iter_mut() {
+            while dev.recv(Duration::from_millis(100)).await.is_some() {}
+        }
+        let again = t.distribute_many(&batch[..n]).await;
+        assert!(
+            again
+                .iter()
+                .all(|r| matches!(r, Ok(DistributeOutcome::AlreadyTracked)))
+        );
+        for dev in devs.iter_mut() {
+            assert!(
+                dev.recv(Duration::from_millis(300)).await.is_none(),
+                "no resend"
+            );
+        }
+        t.shutdown();
+        task.await.unwrap();
+    }
+
     /// The same ack twice, and a second ack with the same state, change nothing.
     pub async fn duplicate_acks_are_idempotent(env: Env) {
         let ids = env.devices(1).await;
@@ -576,6 +668,7 @@ macro_rules! mqtt_scenarios {
 
 mqtt_scenarios!(
     delivered_acked_recorded,
+    batch_distribution_and_batched_acks,
     duplicate_acks_are_idempotent,
     device_id_mismatch_is_refused,
     outbox_survives_restart,

@@ -301,36 +301,16 @@ impl TransportHandle {
     ) -> TransportResult<DistributeOutcome> {
         let device = self.inner.active_device(schedule.device()).await?;
         let now = Timestamp::now();
-        let body = ScheduleAssign::from_schedule(schedule, self.inner.config.reversion_timeout);
-        let mut envelope = Envelope::new(
-            MessageId::new(random_hex(16))?,
-            device.id.clone(),
-            now,
-            Body::ScheduleAssign(body),
-        );
-        envelope.correlation_id = correlation_id
-            .filter(|c| valid_correlation(c))
-            .map(str::to_owned);
-        envelope.validate()?;
-        let key = DeliveryKey::Schedule(grid_proto::v1::ScheduleRef {
-            schedule_id: schedule.id().clone(),
-            version: schedule.version(),
-        });
+        let (key, envelope) = self
+            .inner
+            .assign_envelope(schedule, &device, correlation_id, now)?;
         let mut fresh = false;
         self.inner
             .with_tracker(&device, now, false, |tracker| {
                 fresh = false;
-                if tracker.state_of(&key).is_some() {
-                    return Ok(Vec::new());
-                }
-                match tracker.assign(now, envelope.clone()) {
-                    Ok(actions) => {
-                        fresh = true;
-                        Ok(actions)
-                    }
-                    Err(grid_proto::Error::StaleVersion { .. }) => Ok(Vec::new()),
-                    Err(e) => Err(e.into()),
-                }
+                let (outcome, actions) = assign_once(tracker, now, &key, &envelope)?;
+                fresh = outcome == DistributeOutcome::Published;
+                Ok(actions)
             })
             .await?;
         Ok(if fresh {
@@ -338,6 +318,126 @@ impl TransportHandle {
         } else {
             DistributeOutcome::AlreadyTracked
         })
+    }
+
+    /// [`TransportHandle::distribute`] for many schedules at once (a fleet's optimised day):
+    /// the devices are read in one query, their delivery states in another and saved in one
+    /// transaction, every send is recorded in one more, and then everything is published.
+    /// Several schedules of one device are taken in order. Returns one outcome per schedule, in
+    /// order; a device whose state another replica changed meanwhile is redone on its own.
+    pub async fn distribute_many(
+        &self,
+        schedules: &[(&Schedule, Option<&str>)],
+    ) -> Vec<TransportResult<DistributeOutcome>> {
+        let inner = &self.inner;
+        let now = Timestamp::now();
+        let mut ids: Vec<DeviceId> = Vec::new();
+        for (s, _) in schedules {
+            if !ids.contains(s.device()) {
+                ids.push(s.device().clone());
+            }
+        }
+        let (devices, stored) = match async {
+            let devices = inner.store.get_devices(&ids).await?;
+            let stored = inner.store.outbox_load_many(&ids).await?;
+            Ok::<_, StoreError>((devices, stored))
+        }
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "batch distribution failed to load; distributing one by one");
+                let mut out = Vec::with_capacity(schedules.len());
+                for (s, c) in schedules {
+                    out.push(self.distribute(s, *c).await);
+                }
+                return out;
+            }
+        };
+        let mut out: Vec<Option<TransportResult<DistributeOutcome>>> =
+            (0..schedules.len()).map(|_| None).collect();
+        let mut writes = Vec::new();
+        let mut pending = Vec::new();
+        let mut redo = Vec::new();
+        for id in &ids {
+            let device = devices
+                .iter()
+                .find(|d| &d.id == id && d.decommissioned_at.is_none());
+            let mine: Vec<usize> = (0..schedules.len())
+                .filter(|&i| schedules[i].0.device() == id)
+                .collect();
+            let Some(device) = device else {
+                for i in mine {
+                    out[i] = Some(Err(TransportError::UnknownDevice(id.clone())));
+                }
+                continue;
+            };
+            let record = stored.iter().find(|r| &r.device == id);
+            let (mut tracker, revision) = match record {
+                Some(r) => match serde_json::from_str(&r.state) {
+                    Ok(state) => (
+                        DeliveryTracker::restore(inner.config.tracker.clone(), state),
+                        Some(r.revision),
+                    ),
+                    // Unreadable: the one-by-one path reports it per schedule.
+                    Err(_) => {
+                        redo.extend(mine);
+                        continue;
+                    }
+                },
+                None => (inner.new_tracker(device), None),
+            };
+            let before = tracker.state().clone();
+            let mut actions = Vec::new();
+            for &i in &mine {
+                let (schedule, correlation) = schedules[i];
+                let result = inner
+                    .assign_envelope(schedule, device, correlation, now)
+                    .and_then(|(key, env)| assign_once(&mut tracker, now, &key, &env));
+                out[i] = Some(result.map(|(outcome, more)| {
+                    actions.extend(more);
+                    outcome
+                }));
+            }
+            if actions.is_empty() && tracker.state() == &before {
+                continue;
+            }
+            match serde_json::to_string(tracker.state()) {
+                Ok(state) => {
+                    writes.push(OutboxWrite {
+                        device: id.clone(),
+                        state,
+                        next_wakeup_at: tracker.next_wakeup(),
+                        expected_revision: revision,
+                    });
+                    pending.push((tracker.codec(), actions, mine));
+                }
+                Err(_) => redo.extend(mine),
+            }
+        }
+        let mut batch = Vec::new();
+        match inner.store.outbox_save_many(&writes, now).await {
+            Ok(saved) => {
+                for (result, (codec, actions, mine)) in saved.into_iter().zip(pending) {
+                    match result {
+                        Ok(_) => batch.push((codec, actions)),
+                        Err(_) => redo.extend(mine),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "saving a distribution batch failed; distributing one by one");
+                redo.extend(pending.into_iter().flat_map(|(_, _, mine)| mine));
+            }
+        }
+        inner.execute_many(batch, now).await;
+        for i in redo {
+            let (schedule, correlation) = schedules[i];
+            out[i] = Some(self.distribute(schedule, correlation).await);
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or(Ok(DistributeOutcome::AlreadyTracked)))
+            .collect()
     }
 
     /// Sends a stored command (its id becomes the message id, so it must be a valid grid-proto
@@ -375,6 +475,25 @@ impl TransportHandle {
         } else {
             DistributeOutcome::AlreadyTracked
         })
+    }
+}
+
+/// Lets `tracker` take a schedule version unless it already tracks it (or a newer one).
+fn assign_once(
+    tracker: &mut DeliveryTracker,
+    now: Timestamp,
+    key: &DeliveryKey,
+    envelope: &Envelope,
+) -> TransportResult<(DistributeOutcome, Vec<Action>)> {
+    if tracker.state_of(key).is_some() {
+        return Ok((DistributeOutcome::AlreadyTracked, Vec::new()));
+    }
+    match tracker.assign(now, envelope.clone()) {
+        Ok(actions) => Ok((DistributeOutcome::Published, actions)),
+        Err(grid_proto::Error::StaleVersion { .. }) => {
+            Ok((DistributeOutcome::AlreadyTracked, Vec::new()))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -497,6 +616,32 @@ impl Inner {
         Err(TransportError::Contention(device.id.clone()))
     }
 
+    /// The `ScheduleAssign` envelope that carries `schedule` to `device`, and its delivery key.
+    fn assign_envelope(
+        &self,
+        schedule: &Schedule,
+        device: &DeviceRecord,
+        correlation_id: Option<&str>,
+        now: Timestamp,
+    ) -> TransportResult<(DeliveryKey, Envelope)> {
+        let body = ScheduleAssign::from_schedule(schedule, self.config.reversion_timeout);
+        let mut envelope = Envelope::new(
+            MessageId::new(random_hex(16))?,
+            device.id.clone(),
+            now,
+            Body::ScheduleAssign(body),
+        );
+        envelope.correlation_id = correlation_id
+            .filter(|c| valid_correlation(c))
+            .map(str::to_owned);
+        envelope.validate()?;
+        let key = DeliveryKey::Schedule(grid_proto::v1::ScheduleRef {
+            schedule_id: schedule.id().clone(),
+            version: schedule.version(),
+        });
+        Ok((key, envelope))
+    }
+
     fn new_tracker(&self, device: &DeviceRecord) -> DeliveryTracker {
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
@@ -517,6 +662,34 @@ impl Inner {
     /// Carries out a tracker's actions: record each (re)send in the store, then publish it;
     /// mirror state changes into the store (already-recorded ones are fine).
     async fn execute(&self, codec: Codec, actions: Vec<Action>, now: Timestamp) {
+        self.execute_many(vec![(codec, actions)], now).await;
+    }
+
+    /// [`Inner::execute`] for several trackers at once: every schedule send is recorded in one
+    /// transaction before anything is published.
+    async fn execute_many(&self, batch: Vec<(Codec, Vec<Action>)>, now: Timestamp) {
+        let sends: Vec<(grid_core::ScheduleId, grid_core::ScheduleVersion)> = batch
+            .iter()
+            .flat_map(|(_, actions)| actions.iter())
+            .filter_map(|a| match a {
+                Action::Send(env) => match &env.body {
+                    Body::ScheduleAssign(b) => Some((b.schedule_id.clone(), b.version)),
+                    _ => None,
+                },
+                Action::StateChanged { .. } => None,
+            })
+            .collect();
+        if let Err(e) = self.store.record_schedule_sends(&sends, now).await {
+            bump(&self.counters.errors);
+            tracing::warn!(sends = sends.len(), error = %e, "recording sends failed");
+        }
+        for (codec, actions) in batch {
+            self.execute_recorded(codec, actions, now).await;
+        }
+    }
+
+    /// Publishes the sends (schedule sends already recorded) and mirrors state changes.
+    async fn execute_recorded(&self, codec: Codec, actions: Vec<Action>, now: Timestamp) {
         for action in actions {
             match action {
                 Action::Send(envelope) => self.publish(codec, &envelope, now).await,
@@ -563,17 +736,8 @@ impl Inner {
 
     async fn publish(&self, codec: Codec, envelope: &Envelope, now: Timestamp) {
         let recorded = match &envelope.body {
-            Body::ScheduleAssign(b) => self
-                .store
-                .apply_schedule_event(
-                    &b.schedule_id,
-                    b.version,
-                    LifecycleEvent::Deliver,
-                    now,
-                    None,
-                )
-                .await
-                .map(|_| ()),
+            // Recorded by `execute_many`, in one transaction with the others of its batch.
+            Body::ScheduleAssign(_) => Ok(()),
             Body::Command(_) => self
                 .store
                 .apply_command_event(envelope.id.as_str(), LifecycleEvent::Deliver, now, None)

@@ -135,6 +135,20 @@ pub trait Store: Send + Sync + 'static {
     /// One device (decommissioned ones included).
     async fn get_device(&self, id: &DeviceId) -> StoreResult<DeviceRecord>;
 
+    /// Several devices by id (those that exist, in no particular order), in one query where the
+    /// backend allows it.
+    async fn get_devices(&self, ids: &[DeviceId]) -> StoreResult<Vec<DeviceRecord>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.get_device(id).await {
+                Ok(d) => out.push(d),
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Devices by id, filtered and paged.
     async fn list_devices(&self, filter: &DeviceFilter) -> StoreResult<Page<DeviceRecord>>;
 
@@ -197,6 +211,29 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
         reason: Option<&str>,
     ) -> StoreResult<ScheduleRecord>;
+
+    /// Records that schedule versions were sent: the `Deliver` event (queued → delivered, or a
+    /// resend of a delivered one) with the publication counted, for all of them in one
+    /// transaction where the backend allows it. Versions in any other state are left alone (a
+    /// resend racing the device's answer). Returns how many were updated.
+    async fn record_schedule_sends(
+        &self,
+        sends: &[(ScheduleId, ScheduleVersion)],
+        at: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut n = 0;
+        for (id, version) in sends {
+            match self
+                .apply_schedule_event(id, *version, LifecycleEvent::Deliver, at, None)
+                .await
+            {
+                Ok(_) => n += 1,
+                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
 
     /// Cancels the newest non-terminal version of a schedule; [`StoreError::Conflict`] when
     /// every version is terminal. (Telling the device is the transport's job.)

@@ -896,6 +896,22 @@ impl Store for This {
         device_from_row(&row)
     }
 
+    async fn get_devices(&self, ids: &[DeviceId]) -> StoreResult<Vec<DeviceRecord>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Db>::new("SELECT * FROM devices WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str().to_owned());
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&self.pool).await? {
+                out.push(device_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn list_devices(&self, filter: &DeviceFilter) -> StoreResult<Page<DeviceRecord>> {
         let limit = check_limit(filter.limit)?;
         let mut q = QueryBuilder::<Db>::new("SELECT * FROM devices WHERE 1 = 1");
@@ -1301,6 +1317,34 @@ impl Store for This {
             format!("{id} {version}"),
             "changed concurrently too often; retry",
         ))
+    }
+
+    async fn record_schedule_sends(
+        &self,
+        sends: &[(ScheduleId, ScheduleVersion)],
+        at: Timestamp,
+    ) -> StoreResult<u64> {
+        if sends.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let mut n = 0;
+        for (id, version) in sends {
+            n += sqlx::query(
+                "UPDATE schedules SET state = 'delivered', updated_ms = $1, \
+                 first_sent_ms = COALESCE(first_sent_ms, $1), last_sent_ms = $1, \
+                 attempts = attempts + 1 \
+                 WHERE schedule_id = $2 AND version = $3 AND state IN ('queued', 'delivered')",
+            )
+            .bind(ms(at))
+            .bind(id.as_str())
+            .bind(version_param(*version)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
     }
 
     async fn cancel_schedule(

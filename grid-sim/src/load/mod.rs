@@ -76,9 +76,13 @@ pub struct LoadArgs {
     /// Time between agent telemetry batches (s).
     #[arg(long, default_value_t = 3600)]
     pub telemetry_s: u64,
-    /// Concurrent `distribute` calls when publishing.
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent `distribute_many` calls when publishing.
+    #[arg(long, default_value_t = 4)]
     pub publish_concurrency: usize,
+    /// Schedules per `distribute_many` call (1 = one `distribute` call per schedule, the REST
+    /// API's path).
+    #[arg(long, default_value_t = 500)]
+    pub publish_batch: usize,
     /// The server's store pool size.
     #[arg(long, default_value_t = 16)]
     pub db_pool: u32,
@@ -121,7 +125,8 @@ impl LoadArgs {
             jitter_ms: 2000,
             tick_ms: 5000,
             telemetry_s: 3600,
-            publish_concurrency: 64,
+            publish_concurrency: 4,
+            publish_batch: 500,
             db_pool: 16,
             pg_async_commit: false,
             skip_storm: false,
@@ -660,11 +665,30 @@ async fn bench_fleet(
     let t0_ms = now_ms();
     let t0 = Instant::now();
     let transport = server.transport.clone();
-    let publish_errors = for_all(n, args.publish_concurrency, |i| {
+    let batch = args.publish_batch.max(1);
+    let publish_errors = for_all(n.div_ceil(batch), args.publish_concurrency, |b| {
         let transport = transport.clone();
         let schedules = schedules.clone();
         async move {
-            transport.distribute(&schedules[i], None).await?;
+            let chunk = &schedules[b * batch..((b + 1) * batch).min(schedules.len())];
+            if let [one] = chunk {
+                transport.distribute(one, None).await?;
+                return Ok(());
+            }
+            let refs: Vec<(&Schedule, Option<&str>)> = chunk.iter().map(|s| (s, None)).collect();
+            let failed: Vec<String> = transport
+                .distribute_many(&refs)
+                .await
+                .into_iter()
+                .filter_map(|r| r.err().map(|e| e.to_string()))
+                .collect();
+            if let Some(first) = failed.first() {
+                bail!(
+                    "{} of {} schedules not distributed, first: {first}",
+                    failed.len(),
+                    chunk.len()
+                );
+            }
             Ok(())
         }
     })
