@@ -230,7 +230,7 @@ impl TransportConfig {
             claim_lease: Duration::from_secs(30),
             telemetry_batch: 1000,
             telemetry_flush: Duration::from_millis(200),
-            inbound_concurrency: 64,
+            inbound_concurrency: 1024,
             keep_alive: Duration::from_secs(30),
         }
     }

@@ -28,6 +28,9 @@ const SAVE_RETRIES: usize = 16;
 /// The most acks one batch writes (one transaction for the acks, one for the trackers).
 const MAX_ACK_BATCH: usize = 512;
 
+/// Parallel ack writers on PostgreSQL.
+const ACK_WRITERS: usize = 4;
+
 /// An ack waiting for the batch writer; `done` fires once it is recorded (or refused).
 struct AckJob {
     envelope: Envelope,
@@ -98,7 +101,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     counters: Counters,
     telemetry: mpsc::Sender<(DeviceId, TelemetrySample)>,
-    acks: mpsc::Sender<AckJob>,
+    /// One queue per ack writer; a device's acks always go to the same writer, in order.
+    acks: Vec<mpsc::Sender<AckJob>>,
     devices: Mutex<HashMap<DeviceId, Instant>>,
     _broker: Option<EmbeddedBroker>,
 }
@@ -187,7 +191,15 @@ impl Transport {
         eventloop.set_network_options(net);
 
         let (telemetry_tx, telemetry_rx) = mpsc::channel(config.telemetry_batch.max(1) * 16);
-        let (ack_tx, ack_rx) = mpsc::channel(MAX_ACK_BATCH * 4);
+        // Writers run in parallel on PostgreSQL (the ack path waits on round trips, not on
+        // the CPU); SQLite has one writer at a time anyway.
+        let writers = match store.backend() {
+            crate::store::Backend::Postgres => ACK_WRITERS,
+            _ => 1,
+        };
+        let (ack_txs, ack_rxs): (Vec<_>, Vec<_>) = (0..writers)
+            .map(|_| mpsc::channel::<AckJob>(MAX_ACK_BATCH * 4))
+            .unzip();
         let (subscribed, _) = watch::channel(false);
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -199,7 +211,7 @@ impl Transport {
             shutdown,
             counters: Counters::default(),
             telemetry: telemetry_tx,
-            acks: ack_tx,
+            acks: ack_txs,
             devices: Mutex::new(HashMap::new()),
             _broker: broker,
         });
@@ -209,16 +221,22 @@ impl Transport {
         let events = tokio::spawn(event_loop(inner.clone(), eventloop));
         let retries = tokio::spawn(retry_loop(inner.clone()));
         let writer = tokio::spawn(telemetry_writer(inner.clone(), telemetry_rx));
-        let ack_writer = tokio::spawn(ack_writer(inner.clone(), ack_rx));
+        let ack_writers: Vec<_> = ack_rxs
+            .into_iter()
+            .map(|rx| tokio::spawn(ack_writer(inner.clone(), rx)))
+            .collect();
         let reconcile = tokio::spawn(reconcile_on_start(handle.clone()));
         let task = tokio::spawn(async move {
-            for (name, task) in [
+            let named = [
                 ("events", events),
                 ("retries", retries),
                 ("telemetry", writer),
-                ("acks", ack_writer),
                 ("reconcile", reconcile),
-            ] {
+            ];
+            for (name, task) in named
+                .into_iter()
+                .chain(ack_writers.into_iter().map(|t| ("acks", t)))
+            {
                 if let Err(e) = task.await {
                     tracing::error!(task = name, error = %e, "transport task failed");
                 }
@@ -809,7 +827,8 @@ impl Inner {
                     received: now,
                     done,
                 };
-                match self.acks.send(job).await {
+                let shard = shard_of(&job.envelope.device, self.acks.len());
+                match self.acks[shard].send(job).await {
                     Ok(()) => {
                         let _ = recorded.await;
                         return;
@@ -1324,6 +1343,14 @@ fn ack_record(envelope: &Envelope, received: Timestamp) -> Option<AckRecord> {
         sent_at: envelope.sent_at,
         received_at: received,
     })
+}
+
+/// Which of `n` ack writers takes a device's acks (stable per device, so its acks stay in order).
+fn shard_of(device: &DeviceId, n: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    device.hash(&mut h);
+    (h.finish() % n.max(1) as u64) as usize
 }
 
 /// Whether `envelope` is an ack that reports `key` in state `to` (so the store already has it).
