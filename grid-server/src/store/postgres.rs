@@ -50,3 +50,4 @@ impl PostgresStore {
 }
 
 include!("sql_store.rs");
+include!("sql_series.rs");

@@ -50,3 +50,4 @@ impl SqliteStore {
 }
 
 include!("sql_store.rs");
+include!("sql_series.rs");
