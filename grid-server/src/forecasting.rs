@@ -274,14 +274,7 @@ pub async fn forecast_day(
     let model = decode_model(record)?;
     let step = model.features.step_seconds;
     // The protocol: only data strictly before `day` is read.
-    let history = load_series(
-        store,
-        &metadata.source,
-        day - HISTORY_DAYS,
-        day,
-        Some(step),
-    )
-    .await?;
+    let history = load_series(store, &metadata.source, day - HISTORY_DAYS, day, Some(step)).await?;
     let raw = model.forecast_day(&history.values, day);
     let tracker = metadata
         .monitoring
@@ -347,13 +340,14 @@ pub async fn monitor(
                 continue;
             }
         };
-        let trained_to = grid_optimize::forecast::series::parse_day(
-            &meta.forecast.training_to,
-            "training_to",
-        )
-        .unwrap_or(i64::MIN);
+        let trained_to =
+            grid_optimize::forecast::series::parse_day(&meta.forecast.training_to, "training_to")
+                .unwrap_or(i64::MIN);
         let first = day_of(from).max(trained_to + 1);
-        let last = day_of(to.checked_sub(jiff::SignedDuration::from_secs(1)).unwrap_or(to));
+        let last = day_of(
+            to.checked_sub(jiff::SignedDuration::from_secs(1))
+                .unwrap_or(to),
+        );
         let days: Vec<i64> = (first..=last).collect();
         let days = &days[days.len().saturating_sub(MAX_EVALUATED_DAYS)..];
         let step = model.features.step_seconds;
@@ -494,7 +488,12 @@ mod tests {
         let g = to_grid(&[(o, 900, 1.0), (o + 900, 900, 3.0)], day, 1, 3600);
         assert_eq!(g[0], 2.0);
         // Out-of-window slots are ignored.
-        let g = to_grid(&[(o - 3600, 3600, 9.0), (o + 86_400, 3600, 9.0)], day, 1, 3600);
+        let g = to_grid(
+            &[(o - 3600, 3600, 9.0), (o + 86_400, 3600, 9.0)],
+            day,
+            1,
+            3600,
+        );
         assert!(g.iter().all(|v| v.is_nan()));
     }
 }

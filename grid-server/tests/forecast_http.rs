@@ -38,9 +38,15 @@ fn load_kw(i: i64) -> f64 {
 /// An hourly PV profile (kW): a bell between 06:00 and 18:00 UTC, cloudier on some days.
 fn pv_kw(i: i64) -> f64 {
     let (h, d) = (i.rem_euclid(24), i.div_euclid(24));
-    let sun = ((h as f64 - 6.0) / 12.0 * std::f64::consts::PI).sin().max(0.0);
+    let sun = ((h as f64 - 6.0) / 12.0 * std::f64::consts::PI)
+        .sin()
+        .max(0.0);
     let clouds = 0.6 + 0.4 * ((d.rem_euclid(97) * 31 % 7) as f64 / 7.0);
-    if (6..=18).contains(&h) { 3.0 * sun * clouds } else { 0.0 }
+    if (6..=18).contains(&h) {
+        3.0 * sun * clouds
+    } else {
+        0.0
+    }
 }
 
 /// JSON body of an hourly series over days `[first, end)`.
@@ -51,14 +57,21 @@ fn hourly(first: i64, end: i64, f: fn(i64) -> f64) -> Value {
 
 async fn put_series(app: &TestApp, token: &str, name: &str, body: Value) -> Value {
     let r = app
-        .json("PUT", &format!("/api/v1/series/{name}"), Some(token), Some(body))
+        .json(
+            "PUT",
+            &format!("/api/v1/series/{name}"),
+            Some(token),
+            Some(body),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
 }
 
 async fn train(app: &TestApp, token: &str, body: Value) -> Value {
-    let r = app.json("POST", "/api/v1/models", Some(token), Some(body)).await;
+    let r = app
+        .json("POST", "/api/v1/models", Some(token), Some(body))
+        .await;
     assert_eq!(r.status, 201, "{}", r.text());
     r.json()
 }
@@ -111,13 +124,26 @@ async fn models_are_trained_versioned_activated_and_serve_forecasts() {
     assert_eq!(v1["kind"], "load");
     assert_eq!(v1["site"], "home-1");
     let meta = &v1["metadata"];
-    assert_eq!(meta["source"], json!({"kind": "series", "series": "home-1.load"}));
+    assert_eq!(
+        meta["source"],
+        json!({"kind": "series", "series": "home-1.load"})
+    );
     assert_eq!(meta["slot_seconds"], 3600);
     assert_eq!(meta["forecast"]["training_to"], date(t - 1));
     assert!(meta["forecast"]["model_kind"].as_str().unwrap().len() > 2);
-    assert!(meta["forecast"]["metrics"]["model"]["mae"].as_f64().unwrap() > 0.0);
+    assert!(
+        meta["forecast"]["metrics"]["model"]["mae"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     let r = app
-        .json("GET", "/api/v1/models/home-1.load/forecast?day=2030-01-01", Some(&viewer), None)
+        .json(
+            "GET",
+            "/api/v1/models/home-1.load/forecast?day=2030-01-01",
+            Some(&viewer),
+            None,
+        )
         .await;
     r.problem(404, "not_found");
     let mut b2 = body.clone();
@@ -127,7 +153,12 @@ async fn models_are_trained_versioned_activated_and_serve_forecasts() {
     assert_eq!(v2["active"], true);
 
     let list = app
-        .json("GET", "/api/v1/models?name=home-1.load", Some(&viewer), None)
+        .json(
+            "GET",
+            "/api/v1/models?name=home-1.load",
+            Some(&viewer),
+            None,
+        )
         .await
         .json();
     let actives: Vec<bool> = list
@@ -143,23 +174,43 @@ async fn models_are_trained_versioned_activated_and_serve_forecasts() {
         .json();
     assert_eq!(newest["version"], 2);
     let versions = app
-        .json("GET", "/api/v1/models/home-1.load/versions", Some(&viewer), None)
+        .json(
+            "GET",
+            "/api/v1/models/home-1.load/versions",
+            Some(&viewer),
+            None,
+        )
         .await
         .json();
     assert_eq!(versions.as_array().unwrap().len(), 2);
     let one = app
-        .json("GET", "/api/v1/models/home-1.load/versions/1", Some(&viewer), None)
+        .json(
+            "GET",
+            "/api/v1/models/home-1.load/versions/1",
+            Some(&viewer),
+            None,
+        )
         .await;
     assert_eq!(one.status, 200, "{}", one.text());
     assert_eq!(one.json()["version"], 1);
-    app.json("GET", "/api/v1/models/home-1.load/versions/9", Some(&viewer), None)
-        .await
-        .problem(404, "not_found");
+    app.json(
+        "GET",
+        "/api/v1/models/home-1.load/versions/9",
+        Some(&viewer),
+        None,
+    )
+    .await
+    .problem(404, "not_found");
     app.json("GET", "/api/v1/models/nope/versions/x", Some(&viewer), None)
         .await
         .problem(404, "not_found");
     let active_only = app
-        .json("GET", "/api/v1/models?active=true&kind=load", Some(&viewer), None)
+        .json(
+            "GET",
+            "/api/v1/models?active=true&kind=load",
+            Some(&viewer),
+            None,
+        )
         .await
         .json();
     assert_eq!(active_only.as_array().unwrap().len(), 1);
@@ -168,16 +219,31 @@ async fn models_are_trained_versioned_activated_and_serve_forecasts() {
         .problem(422, "invalid_query");
 
     // Activation: operators only; version 1 becomes the only active one.
-    app.json("POST", "/api/v1/models/home-1.load/versions/1/activate", Some(&viewer), None)
-        .await
-        .problem(403, "forbidden");
+    app.json(
+        "POST",
+        "/api/v1/models/home-1.load/versions/1/activate",
+        Some(&viewer),
+        None,
+    )
+    .await
+    .problem(403, "forbidden");
     let a = app
-        .json("POST", "/api/v1/models/home-1.load/versions/1/activate", Some(&op), None)
+        .json(
+            "POST",
+            "/api/v1/models/home-1.load/versions/1/activate",
+            Some(&op),
+            None,
+        )
         .await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["active"], true);
     let list = app
-        .json("GET", "/api/v1/models?name=home-1.load&active=true", Some(&viewer), None)
+        .json(
+            "GET",
+            "/api/v1/models?name=home-1.load&active=true",
+            Some(&viewer),
+            None,
+        )
         .await
         .json();
     assert_eq!(list.as_array().unwrap().len(), 1);
@@ -220,23 +286,41 @@ async fn models_are_trained_versioned_activated_and_serve_forecasts() {
     let f1 = app
         .json(
             "GET",
-            &format!("/api/v1/models/home-1.load/forecast?day={}&version=2", date(t)),
+            &format!(
+                "/api/v1/models/home-1.load/forecast?day={}&version=2",
+                date(t)
+            ),
             Some(&viewer),
             None,
         )
         .await;
     assert_eq!(f1.json()["version"], 2);
     let v = app
-        .json("GET", "/api/v1/models/home-1.load/forecast?day=tomorrow", Some(&viewer), None)
+        .json(
+            "GET",
+            "/api/v1/models/home-1.load/forecast?day=tomorrow",
+            Some(&viewer),
+            None,
+        )
         .await
         .problem(422, "invalid_field");
     assert_eq!(v["field"], "day");
-    app.json("GET", "/api/v1/models/home-1.load/forecast", Some(&viewer), None)
-        .await
-        .problem(422, "invalid_query");
-    app.json("GET", "/api/v1/models/ghost/forecast?day=2030-01-01", Some(&viewer), None)
-        .await
-        .problem(404, "not_found");
+    app.json(
+        "GET",
+        "/api/v1/models/home-1.load/forecast",
+        Some(&viewer),
+        None,
+    )
+    .await
+    .problem(422, "invalid_query");
+    app.json(
+        "GET",
+        "/api/v1/models/ghost/forecast?day=2030-01-01",
+        Some(&viewer),
+        None,
+    )
+    .await
+    .problem(404, "not_found");
 
     // Another tenant's token sees neither the model nor its forecasts.
     let other = app.tenant_token(Role::Operator, "acme");
@@ -325,7 +409,10 @@ async fn models_train_on_a_posted_csv_and_on_stored_prices() {
         } else {
             format!("{:.4}", load_kw(i))
         };
-        csv.push_str(&format!("{},{v}\n", jiff::Timestamp::from_second(i * 3600).unwrap()));
+        csv.push_str(&format!(
+            "{},{v}\n",
+            jiff::Timestamp::from_second(i * 3600).unwrap()
+        ));
     }
     let m = train(
         &app,
@@ -345,7 +432,10 @@ async fn models_train_on_a_posted_csv_and_on_stored_prices() {
         .await
         .json();
     assert_eq!(pts.as_array().unwrap().len(), 30 * 24 - 1);
-    let names = app.json("GET", "/api/v1/series", Some(&op), None).await.json();
+    let names = app
+        .json("GET", "/api/v1/series", Some(&op), None)
+        .await
+        .json();
     assert_eq!(names, json!(["csv.load"]));
     // A CSV upload to the series route works too; a bad cell names its line.
     let r = app
@@ -360,7 +450,13 @@ async fn models_train_on_a_posted_csv_and_on_stored_prices() {
     let v = r.problem(422, "invalid_field");
     assert!(v["field"].as_str().unwrap().starts_with("csv"), "{v}");
     let r = app
-        .call(raw("PUT", "/api/v1/series/csv.load", Some(&op), "text/plain", b"1".to_vec()))
+        .call(raw(
+            "PUT",
+            "/api/v1/series/csv.load",
+            Some(&op),
+            "text/plain",
+            b"1".to_vec(),
+        ))
         .await;
     r.problem(415, "unsupported_media_type");
     let v = app
@@ -451,7 +547,12 @@ async fn optimisation_uses_the_active_load_and_pv_forecasts() {
     assert_eq!(r.status, 200, "{}", r.text());
     let d = &r.json()["devices"][0];
     assert!(d.get("load_forecast").is_none());
-    for (g, s) in d["grid_kw"].as_array().unwrap().iter().zip(d["setpoints_kw"].as_array().unwrap()) {
+    for (g, s) in d["grid_kw"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(d["setpoints_kw"].as_array().unwrap())
+    {
         assert!((g.as_f64().unwrap() - s.as_f64().unwrap()).abs() < 1e-3);
     }
 
@@ -517,7 +618,9 @@ async fn optimisation_uses_the_active_load_and_pv_forecasts() {
     let mut half = opt.clone();
     half["slot_seconds"] = 1800.into();
     half["slots"] = 48.into();
-    let r = app.json("POST", "/api/v1/optimize", Some(&op), Some(half)).await;
+    let r = app
+        .json("POST", "/api/v1/optimize", Some(&op), Some(half))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let d = &r.json()["devices"][0];
     let (grid, set) = (

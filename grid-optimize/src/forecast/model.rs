@@ -321,7 +321,8 @@ impl IntervalTracker {
         }
         if seen > 0 {
             let miss_rate = miss as f64 / seen as f64;
-            let stretch = self.coverage_stretch * (self.gamma * (miss_rate - (1.0 - NOMINAL_COVERAGE))).exp();
+            let stretch =
+                self.coverage_stretch * (self.gamma * (miss_rate - (1.0 - NOMINAL_COVERAGE))).exp();
             self.coverage_stretch = if stretch.is_finite() {
                 stretch.clamp(0.25, 4.0)
             } else {

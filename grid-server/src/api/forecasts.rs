@@ -11,8 +11,8 @@ use super::sites::{RangeQuery, check_range};
 use super::{AppState, now, path_id};
 use crate::auth::Role;
 use crate::forecasting::{
-    self, Evaluation, ForecastError, MAX_TRAINING_DAYS, Source, SourceKind, StoredMetadata,
-    day_of, day_start, kind_name,
+    self, Evaluation, ForecastError, MAX_TRAINING_DAYS, Source, SourceKind, StoredMetadata, day_of,
+    day_start, kind_name,
 };
 use crate::store::{ModelFilter, ModelInfo, NewModel, StoreError};
 use axum::extract::{Path, Request, State};
@@ -190,8 +190,8 @@ fn parse_series_csv(text: &str, column: Option<&str>) -> ApiResult<ParsedSeries>
         }
         other => forecast_input(other),
     })?;
-    let slot_seconds = u32::try_from(s.step_seconds)
-        .map_err(|_| ApiError::invalid("csv", "bad slot spacing"))?;
+    let slot_seconds =
+        u32::try_from(s.step_seconds).map_err(|_| ApiError::invalid("csv", "bad slot spacing"))?;
     Ok(ParsedSeries {
         start: day_start(s.first_day)?,
         slot_seconds,
@@ -211,12 +211,14 @@ async fn store_series(
         .await?;
     let end_s =
         parsed.start.as_second() + parsed.values.len() as i64 * i64::from(parsed.slot_seconds);
-    let end = Timestamp::from_second(end_s).map_err(|e| ApiError::invalid("values", e.to_string()))?;
+    let end =
+        Timestamp::from_second(end_s).map_err(|e| ApiError::invalid("values", e.to_string()))?;
     let source = Source {
         kind: SourceKind::Series,
         series: series.to_owned(),
     };
-    let evaluations = forecasting::monitor(state.store.as_ref(), &source, parsed.start, end).await?;
+    let evaluations =
+        forecasting::monitor(state.store.as_ref(), &source, parsed.start, end).await?;
     Ok((slots, evaluations))
 }
 
@@ -521,18 +523,17 @@ pub async fn train_model(
         train_end_day: end_day,
         validation_days: req.validation_days,
     };
-    let model: ForecastModel =
-        tokio::task::spawn_blocking(move || {
-            grid_optimize::forecast::model::train(&series, &config, &mut |_| {})
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("training task: {e}")))?
-        .map_err(|e| match e {
-            grid_optimize::Error::InvalidInput { field, reason } if field == "test_from" => {
-                ApiError::invalid("train_to", reason)
-            }
-            other => forecast_input(other),
-        })?;
+    let model: ForecastModel = tokio::task::spawn_blocking(move || {
+        grid_optimize::forecast::model::train(&series, &config, &mut |_| {})
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("training task: {e}")))?
+    .map_err(|e| match e {
+        grid_optimize::Error::InvalidInput { field, reason } if field == "test_from" => {
+            ApiError::invalid("train_to", reason)
+        }
+        other => forecast_input(other),
+    })?;
     let metadata = StoredMetadata {
         source,
         slot_seconds: u32::try_from(model.features.step_seconds).unwrap_or(0),
@@ -705,7 +706,9 @@ pub async fn get_version(
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<ModelBody>> {
     let v: u64 = path_id("model version", &version)?;
-    Ok(Json(model_info(&state, &caller, &name, Some(v)).await?.into()))
+    Ok(Json(
+        model_info(&state, &caller, &name, Some(v)).await?.into(),
+    ))
 }
 
 /// Makes one version the active one of its name (operator): forecasts and the optimiser use it.

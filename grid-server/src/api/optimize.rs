@@ -241,8 +241,7 @@ pub async fn optimize(
     }
 
     // The active load and PV forecasts of the sites, if any.
-    let mut forecasts: Vec<(Vec<f64>, Option<String>, Vec<f64>, Option<String>)> =
-        Vec::with_capacity(sites.len());
+    let mut forecasts: Vec<SiteForecasts> = Vec::with_capacity(sites.len());
     {
         let active = |kind: &str| ModelFilter {
             kind: Some(kind.to_owned()),
@@ -264,13 +263,18 @@ pub async fn optimize(
             let (pv, pv_src) =
                 site_forecast(&state, pm, &horizon, req.slot_seconds, req.slots).await?;
             let pv = pv.into_iter().map(|v| v.max(0.0)).collect();
-            forecasts.push((load, load_src, pv, pv_src));
+            forecasts.push(SiteForecasts {
+                load,
+                load_src,
+                pv,
+                pv_src,
+            });
         }
     }
 
     let mut initial = Vec::with_capacity(sites.len());
     let mut problems = Vec::with_capacity(sites.len());
-    for ((site, device), (load, _, pv, _)) in sites.iter().zip(&forecasts) {
+    for ((site, device), SiteForecasts { load, pv, .. }) in sites.iter().zip(&forecasts) {
         let spec = &device.spec;
         let (e0, source) = match state.store.last_telemetry(&device.id).await? {
             Some(s) => (s.soc.energy(spec.capacity()).kwh(), "telemetry"),
@@ -330,7 +334,7 @@ pub async fn optimize(
     }
 
     let mut devices = Vec::with_capacity(sites.len());
-    for ((((site, device), sol), (e0, source)), (_, load_src, _, pv_src)) in sites
+    for ((((site, device), sol), (e0, source)), f) in sites
         .iter()
         .zip(&solution.sites)
         .zip(initial)
@@ -386,8 +390,8 @@ pub async fn optimize(
             grid_kw,
             initial_energy_kwh: e0,
             initial_energy_source: source,
-            load_forecast: load_src,
-            pv_forecast: pv_src,
+            load_forecast: f.load_src,
+            pv_forecast: f.pv_src,
             schedule,
         });
     }
@@ -401,6 +405,14 @@ pub async fn optimize(
         published: req.publish,
         devices,
     }))
+}
+
+/// A site's load and PV over the horizon (kW) and the model versions they came from.
+struct SiteForecasts {
+    load: Vec<f64>,
+    load_src: Option<String>,
+    pv: Vec<f64>,
+    pv_src: Option<String>,
 }
 
 /// The P50 of a site's active model over the horizon, with `<name> v<version>`; zero without one.

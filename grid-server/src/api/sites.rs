@@ -485,9 +485,13 @@ pub async fn put_prices(
         series: series.clone(),
     };
     let horizon = prices.horizon();
-    if let Err(e) =
-        crate::forecasting::monitor(state.store.as_ref(), &source, horizon.start(), horizon.end())
-            .await
+    if let Err(e) = crate::forecasting::monitor(
+        state.store.as_ref(),
+        &source,
+        horizon.start(),
+        horizon.end(),
+    )
+    .await
     {
         tracing::warn!(error = %e, series = %series, "price forecast monitoring failed");
     }

@@ -1,5 +1,5 @@
 // The SQL of the measured series and of model monitoring (issue #9), shared by the PostgreSQL and
-// SQLite stores like `sql_store.rs` (included after it, so it sees `Db`, `This`, `BEGIN` and the
+// SQLite stores like `sql_store.rs` (included beside it, so it sees `Db`, `This`, `BEGIN` and the
 // row helpers). Kept in its own file so the Store impl only gains one-line delegations.
 
 impl This {

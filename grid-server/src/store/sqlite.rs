@@ -49,5 +49,5 @@ impl SqliteStore {
     }
 }
 
-include!("sql_store.rs");
 include!("sql_series.rs");
+include!("sql_store.rs");
