@@ -1056,3 +1056,50 @@ pub fn train(
     model.predictor = predictor;
     Ok(model)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> IntervalTracker {
+        IntervalTracker {
+            recent_abs_z: 1.0,
+            reference_abs_z: 1.0,
+            alpha: 0.0, // hold the error ratio at 1 to isolate the coverage stretch
+            coverage_stretch: 1.0,
+            gamma: COVERAGE_GAMMA,
+        }
+    }
+
+    #[test]
+    fn the_coverage_stretch_widens_after_misses_and_narrows_after_hits() {
+        let f = DayForecast {
+            p10: vec![-1.0; 24],
+            p50: vec![0.0; 24],
+            p90: vec![1.0; 24],
+            scale: vec![1.0; 24],
+        };
+        let mut t = tracker();
+        t.observe(&f, &[5.0; 24]);
+        assert!((t.factor() - (COVERAGE_GAMMA * 0.8).exp()).abs() < 1e-12);
+        let mut t = tracker();
+        t.observe(&f, &[0.0; 24]);
+        assert!((t.factor() - (-COVERAGE_GAMMA * 0.2).exp()).abs() < 1e-12);
+        // Missing actual values count for nothing.
+        let mut t = tracker();
+        t.observe(&f, &[f64::NAN; 24]);
+        assert_eq!(t.factor(), 1.0);
+        // A day right at 80 % coverage leaves it unchanged.
+        let mut actual = vec![0.0; 20];
+        actual.extend([5.0; 5]);
+        let f25 = DayForecast {
+            p10: vec![-1.0; 25],
+            p50: vec![0.0; 25],
+            p90: vec![1.0; 25],
+            scale: vec![1.0; 25],
+        };
+        let mut t = tracker();
+        t.observe(&f25, &actual);
+        assert!((t.factor() - 1.0).abs() < 1e-12);
+    }
+}
