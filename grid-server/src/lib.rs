@@ -9,5 +9,6 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod forecasting;
 pub mod metrics;
 pub mod server;

@@ -22,6 +22,14 @@ pub const ACKS: &str = "grid_acks_total";
 pub const STORE_POOL: &str = "grid_store_pool_connections";
 /// Devices whose last status said online.
 pub const DEVICES_ONLINE: &str = "grid_devices_online";
+/// Forecast MAE of the newest monitored day; labels `model`, `version` (series unit).
+pub const FORECAST_MAE: &str = "grid_forecast_mae";
+/// Mean of a model version's monitored per-day MAEs; labels `model`, `version`.
+pub const FORECAST_MAE_MEAN: &str = "grid_forecast_mae_mean";
+/// P10–P90 coverage of the newest monitored day; labels `model`, `version`.
+pub const FORECAST_COVERAGE: &str = "grid_forecast_coverage_p10_p90";
+/// Forecast days scored against their actual values; label `model`.
+pub const FORECAST_DAYS: &str = "grid_forecast_days_evaluated_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -63,6 +71,19 @@ fn describe() {
     describe_counter!(ACKS, "acknowledgements by outcome");
     describe_gauge!(STORE_POOL, "store pool connections by state");
     describe_gauge!(DEVICES_ONLINE, "devices whose last status said online");
+    describe_gauge!(
+        FORECAST_MAE,
+        "forecast MAE of the newest monitored day by model version"
+    );
+    describe_gauge!(
+        FORECAST_MAE_MEAN,
+        "mean per-day forecast MAE by model version"
+    );
+    describe_gauge!(
+        FORECAST_COVERAGE,
+        "P10-P90 coverage of the newest monitored day by model version"
+    );
+    describe_counter!(FORECAST_DAYS, "forecast days scored against actual values");
 }
 
 /// Renders the exposition text.
@@ -99,6 +120,25 @@ pub fn store_pool(idle: usize, in_use: usize) {
 /// Sets the online-device gauge.
 pub fn devices_online(n: u64) {
     metrics::gauge!(DEVICES_ONLINE).set(n as f64);
+}
+
+/// Records one monitored forecast day of a model version (model monitoring, issue #9).
+pub fn forecast_error(
+    model: &str,
+    version: u64,
+    day: &crate::forecasting::DayError,
+    mae_mean: Option<f64>,
+) {
+    let labels = [
+        ("model", model.to_owned()),
+        ("version", version.to_string()),
+    ];
+    metrics::gauge!(FORECAST_MAE, &labels).set(day.mae);
+    metrics::gauge!(FORECAST_COVERAGE, &labels).set(day.coverage_p10_p90);
+    if let Some(m) = mae_mean {
+        metrics::gauge!(FORECAST_MAE_MEAN, &labels).set(m);
+    }
+    metrics::counter!(FORECAST_DAYS, "model" => model.to_owned()).increment(1);
 }
 
 /// Middleware: records [`HTTP_DURATION`] by route template (never the raw path, so ids do not

@@ -56,6 +56,16 @@ fn protected_routes() -> Vec<(&'static str, &'static str)> {
         ("GET", "/api/v1/telemetry"),
         ("POST", "/api/v1/optimize"),
         ("GET", "/api/v1/analytics"),
+        ("GET", "/api/v1/series"),
+        ("GET", "/api/v1/series/p1"),
+        ("PUT", "/api/v1/series/p1"),
+        ("GET", "/api/v1/models"),
+        ("POST", "/api/v1/models"),
+        ("GET", "/api/v1/models/m1"),
+        ("GET", "/api/v1/models/m1/versions"),
+        ("GET", "/api/v1/models/m1/versions/1"),
+        ("POST", "/api/v1/models/m1/versions/1/activate"),
+        ("GET", "/api/v1/models/m1/forecast"),
     ]
 }
 
@@ -836,6 +846,7 @@ async fn openapi_documents_every_route_and_error_schema() {
             .replace("/f1", "/{id}")
             .replace("/c1", "/{id}")
             .replace("/p1", "/{series}")
+            .replace("/m1", "/{name}")
             .replace("/versions/1", "/versions/{version}");
         let op = &paths
             .get(&templ)

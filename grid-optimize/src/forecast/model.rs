@@ -23,7 +23,11 @@ pub const MODEL_FORMAT_VERSION: u32 = 1;
 /// A fitted point-forecast model.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(tag = "type", rename_all = "snake_case"))]
+// Adjacently tagged: an internally tagged enum cannot hold the ensemble's sequence.
+#[cfg_attr(
+    feature = "serde",
+    serde(tag = "type", content = "model", rename_all = "snake_case")
+)]
 pub enum Predictor {
     /// One ridge regression for all slots.
     Ridge(Ridge),
@@ -199,8 +203,16 @@ pub struct DayForecast {
     pub scale: Vec<f64>,
 }
 
-/// Online interval adaptation: tracks the recent size of the model's own errors (in units of the interval
-/// scale) and stretches P10/P90 by the ratio to the size seen in validation.
+/// Online interval adaptation, from the actual values of days before the forecast day only.
+///
+/// Two factors stretch P10/P90 around P50:
+/// - the *error ratio*: the recent size of the model's own errors (in units of the interval scale)
+///   against the size seen in validation, so intervals widen as soon as errors grow;
+/// - the *coverage stretch*, adaptive conformal inference (Gibbs & Candès, 2021): after each day, the
+///   stretch is multiplied by `exp(gamma · (miss − 0.2))`, where `miss` is the share of the day's
+///   values outside the (stretched) P10–P90 interval. It corrects a coverage bias the validation block
+///   could not show (e.g. a more volatile season), and its long-run coverage tends to 80 % whatever
+///   the drift.
 ///
 /// It is updated with [`IntervalTracker::observe`] once a day's actual values are known, so the forecast for
 /// day `D` only uses errors of days before `D`. A server keeps one per active model.
@@ -213,7 +225,29 @@ pub struct IntervalTracker {
     pub reference_abs_z: f64,
     /// Weight of each new day.
     pub alpha: f64,
+    /// The coverage stretch (1 = as calibrated).
+    #[cfg_attr(feature = "serde", serde(default = "one"))]
+    pub coverage_stretch: f64,
+    /// Step size of the coverage stretch (on the log scale, per day).
+    #[cfg_attr(feature = "serde", serde(default = "default_gamma"))]
+    pub gamma: f64,
 }
+
+#[cfg(feature = "serde")]
+fn one() -> f64 {
+    1.0
+}
+
+#[cfg(feature = "serde")]
+fn default_gamma() -> f64 {
+    COVERAGE_GAMMA
+}
+
+/// Default step size of [`IntervalTracker::coverage_stretch`].
+pub const COVERAGE_GAMMA: f64 = 0.6;
+
+/// The P10–P90 interval's nominal coverage.
+const NOMINAL_COVERAGE: f64 = 0.8;
 
 impl IntervalTracker {
     /// Starts from the most recent validation days of `model`.
@@ -222,16 +256,24 @@ impl IntervalTracker {
             recent_abs_z: model.intervals.recent_abs_z,
             reference_abs_z: model.intervals.reference_abs_z,
             alpha: 0.3,
+            coverage_stretch: 1.0,
+            gamma: COVERAGE_GAMMA,
         }
     }
 
     /// The current stretch factor of the intervals.
     pub fn factor(&self) -> f64 {
-        if self.reference_abs_z > 0.0 && self.recent_abs_z.is_finite() {
+        let ratio = if self.reference_abs_z > 0.0 && self.recent_abs_z.is_finite() {
             (self.recent_abs_z / self.reference_abs_z).clamp(0.5, 4.0)
         } else {
             1.0
-        }
+        };
+        let stretch = if self.coverage_stretch.is_finite() {
+            self.coverage_stretch
+        } else {
+            1.0
+        };
+        (ratio * stretch).clamp(0.2, 8.0)
     }
 
     /// Stretches the intervals of `f` (made by `model`) by [`IntervalTracker::factor`].
@@ -251,6 +293,21 @@ impl IntervalTracker {
 
     /// Records the errors of an unadjusted forecast `f` against the day's `actual` values (NaN = missing).
     pub fn observe(&mut self, f: &DayForecast, actual: &[f64]) {
+        // Coverage of the interval as it was served (stretched by the current factor). Clamping at the
+        // series' minimum cannot change whether a value at or above that minimum is inside.
+        let k = self.factor();
+        let (mut miss, mut seen) = (0usize, 0usize);
+        for (i, a) in actual.iter().enumerate() {
+            let (Some(lo), Some(m), Some(hi)) = (f.p10.get(i), f.p50.get(i), f.p90.get(i)) else {
+                continue;
+            };
+            if a.is_finite() {
+                seen += 1;
+                if *a < m - k * (m - lo) || *a > m + k * (hi - m) {
+                    miss += 1;
+                }
+            }
+        }
         let (mut sum, mut n) = (0.0, 0usize);
         for ((a, p), s) in actual.iter().zip(&f.p50).zip(&f.scale) {
             if a.is_finite() && *s > 0.0 {
@@ -261,6 +318,16 @@ impl IntervalTracker {
         if n > 0 {
             let day = sum / n as f64;
             self.recent_abs_z = (1.0 - self.alpha) * self.recent_abs_z + self.alpha * day;
+        }
+        if seen > 0 {
+            let miss_rate = miss as f64 / seen as f64;
+            let stretch =
+                self.coverage_stretch * (self.gamma * (miss_rate - (1.0 - NOMINAL_COVERAGE))).exp();
+            self.coverage_stretch = if stretch.is_finite() {
+                stretch.clamp(0.25, 4.0)
+            } else {
+                1.0
+            };
         }
     }
 }
@@ -988,4 +1055,51 @@ pub fn train(
     model.metadata.metrics.coverage_p10_p90 = metrics::coverage(&val.y, &lo, &hi);
     model.predictor = predictor;
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> IntervalTracker {
+        IntervalTracker {
+            recent_abs_z: 1.0,
+            reference_abs_z: 1.0,
+            alpha: 0.0, // hold the error ratio at 1 to isolate the coverage stretch
+            coverage_stretch: 1.0,
+            gamma: COVERAGE_GAMMA,
+        }
+    }
+
+    #[test]
+    fn the_coverage_stretch_widens_after_misses_and_narrows_after_hits() {
+        let f = DayForecast {
+            p10: vec![-1.0; 24],
+            p50: vec![0.0; 24],
+            p90: vec![1.0; 24],
+            scale: vec![1.0; 24],
+        };
+        let mut t = tracker();
+        t.observe(&f, &[5.0; 24]);
+        assert!((t.factor() - (COVERAGE_GAMMA * 0.8).exp()).abs() < 1e-12);
+        let mut t = tracker();
+        t.observe(&f, &[0.0; 24]);
+        assert!((t.factor() - (-COVERAGE_GAMMA * 0.2).exp()).abs() < 1e-12);
+        // Missing actual values count for nothing.
+        let mut t = tracker();
+        t.observe(&f, &[f64::NAN; 24]);
+        assert_eq!(t.factor(), 1.0);
+        // A day right at 80 % coverage leaves it unchanged.
+        let mut actual = vec![0.0; 20];
+        actual.extend([5.0; 5]);
+        let f25 = DayForecast {
+            p10: vec![-1.0; 25],
+            p50: vec![0.0; 25],
+            p90: vec![1.0; 25],
+            scale: vec![1.0; 25],
+        };
+        let mut t = tracker();
+        t.observe(&f25, &actual);
+        assert!((t.factor() - 1.0).abs() < 1e-12);
+    }
 }

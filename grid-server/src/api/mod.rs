@@ -22,6 +22,7 @@ pub mod commands;
 pub mod devices;
 pub mod error;
 pub mod extract;
+pub mod forecasts;
 pub mod health;
 pub mod openapi;
 pub mod optimize;
@@ -126,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .merge(telemetry::routes())
         .merge(optimize::routes())
         .merge(analytics::routes())
+        .merge(forecasts::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth))
         .route_layer(middleware::from_fn(crate::metrics::track_http));
     let public = health::routes()

@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "grid-server API",
-        description = "Fleet server for smart home batteries: devices, sites, feeders, prices, schedules, commands, telemetry, optimisation and analytics. Power in kW (positive = charging / importing), energy in kWh, instants in UTC (RFC 3339). Errors are RFC 7807 problem documents with a machine-readable `code` and the offending `field`.",
+        description = "Fleet server for smart home batteries: devices, sites, feeders, prices, schedules, commands, telemetry, optimisation, analytics and day-ahead forecasts. Power in kW (positive = charging / importing), energy in kWh, instants in UTC (RFC 3339). Errors are RFC 7807 problem documents with a machine-readable `code` and the offending `field`.",
         license(name = "MIT OR Apache-2.0")
     ),
     paths(
@@ -37,6 +37,10 @@ use utoipa::{Modify, OpenApi};
         super::telemetry::device_telemetry, super::telemetry::group_telemetry,
         super::optimize::optimize,
         super::analytics::analytics,
+        super::forecasts::list_series, super::forecasts::get_series, super::forecasts::put_series,
+        super::forecasts::train_model, super::forecasts::list_models, super::forecasts::get_model,
+        super::forecasts::list_versions, super::forecasts::get_version,
+        super::forecasts::activate_version, super::forecasts::forecast,
     ),
     components(schemas(Problem, ViolationBody, crate::auth::Role)),
     modifiers(&BearerAuth),
@@ -48,6 +52,7 @@ use utoipa::{Modify, OpenApi};
         (name = "telemetry", description = "Raw and downsampled telemetry"),
         (name = "optimisation", description = "Fleet optimisation: preview or publish"),
         (name = "analytics", description = "Energy, cost, plan-vs-actual, delivery; JSON or CSV"),
+        (name = "forecasts", description = "Measured series, versioned day-ahead forecast models (train, list, activate), P10/P50/P90 forecasts, model monitoring"),
         (name = "health", description = "Liveness, readiness, metrics (no token)"),
     )
 )]

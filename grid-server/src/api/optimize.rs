@@ -3,8 +3,10 @@
 //! state of charge; solve it with `DefaultSolver`; return the preview, or store and publish one
 //! schedule per device in the same call.
 //!
-//! Load and PV are taken as zero until forecasts are served (issue #9): the optimiser then plans
-//! price arbitrage within the grid and feeder limits.
+//! A site's load and PV are the P50 forecasts of its active `load` and `pv` models (issue #9;
+//! `POST /api/v1/models` with `site`), each UTC day forecast from the data stored before it; a
+//! site without such a model has zero load or PV, and the optimiser then plans price arbitrage
+//! within the grid and feeder limits.
 
 use super::devices::body_id;
 use super::error::{ApiError, ApiResult, Problem};
@@ -13,7 +15,9 @@ use super::schedules::store_schedule;
 use super::types::ScheduleBody;
 use super::{AppState, now};
 use crate::auth::Role;
-use crate::store::{DeviceFilter, DeviceRecord, PricePoint, SiteRecord, StoreError};
+use crate::store::{
+    DeviceFilter, DeviceRecord, ModelFilter, ModelInfo, PricePoint, SiteRecord, StoreError,
+};
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -76,6 +80,12 @@ pub struct PlannedDevice {
     pub initial_energy_kwh: f64,
     /// `telemetry` or `assumed` (mid-window when the device sent no telemetry).
     pub initial_energy_source: &'static str,
+    /// The load forecast used (`<model> v<version>`), absent when the load was taken as zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_forecast: Option<String>,
+    /// The PV forecast used (`<model> v<version>`), absent when the PV was taken as zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pv_forecast: Option<String>,
     /// The stored schedule, when published.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleBody>,
@@ -230,9 +240,41 @@ pub async fn optimize(
         export_price.push(p.export);
     }
 
+    // The active load and PV forecasts of the sites, if any.
+    let mut forecasts: Vec<SiteForecasts> = Vec::with_capacity(sites.len());
+    {
+        let active = |kind: &str| ModelFilter {
+            kind: Some(kind.to_owned()),
+            active_only: true,
+            ..Default::default()
+        };
+        let load_models = state.store.list_models(&active("load")).await?;
+        let pv_models = state.store.list_models(&active("pv")).await?;
+        for (site, _) in &sites {
+            let one = |models: &[ModelInfo]| {
+                models
+                    .iter()
+                    .find(|m| m.site.as_ref() == Some(&site.id))
+                    .cloned()
+            };
+            let (lm, pm) = (one(&load_models), one(&pv_models));
+            let (load, load_src) =
+                site_forecast(&state, lm, &horizon, req.slot_seconds, req.slots).await?;
+            let (pv, pv_src) =
+                site_forecast(&state, pm, &horizon, req.slot_seconds, req.slots).await?;
+            let pv = pv.into_iter().map(|v| v.max(0.0)).collect();
+            forecasts.push(SiteForecasts {
+                load,
+                load_src,
+                pv,
+                pv_src,
+            });
+        }
+    }
+
     let mut initial = Vec::with_capacity(sites.len());
     let mut problems = Vec::with_capacity(sites.len());
-    for (site, device) in &sites {
+    for ((site, device), SiteForecasts { load, pv, .. }) in sites.iter().zip(&forecasts) {
         let spec = &device.spec;
         let (e0, source) = match state.store.last_telemetry(&device.id).await? {
             Some(s) => (s.soc.energy(spec.capacity()).kwh(), "telemetry"),
@@ -245,8 +287,8 @@ pub async fn optimize(
         initial.push((e0, source));
         problems.push(SiteProblem {
             id: site.id.to_string(),
-            load: vec![0.0; req.slots],
-            pv: vec![0.0; req.slots],
+            load: load.clone(),
+            pv: pv.clone(),
             grid_import_max: site.grid.import_limit.kw(),
             grid_export_max: site.grid.export_limit.kw(),
             demand_charge: f64::from(site.demand_charge),
@@ -292,7 +334,12 @@ pub async fn optimize(
     }
 
     let mut devices = Vec::with_capacity(sites.len());
-    for (((site, device), sol), (e0, source)) in sites.iter().zip(&solution.sites).zip(initial) {
+    for ((((site, device), sol), (e0, source)), f) in sites
+        .iter()
+        .zip(&solution.sites)
+        .zip(initial)
+        .zip(forecasts)
+    {
         let (max_c, max_d) = (
             device.spec.max_charge().kw(),
             device.spec.max_discharge().kw(),
@@ -343,6 +390,8 @@ pub async fn optimize(
             grid_kw,
             initial_energy_kwh: e0,
             initial_energy_source: source,
+            load_forecast: f.load_src,
+            pv_forecast: f.pv_src,
             schedule,
         });
     }
@@ -356,6 +405,37 @@ pub async fn optimize(
         published: req.publish,
         devices,
     }))
+}
+
+/// A site's load and PV over the horizon (kW) and the model versions they came from.
+struct SiteForecasts {
+    load: Vec<f64>,
+    load_src: Option<String>,
+    pv: Vec<f64>,
+    pv_src: Option<String>,
+}
+
+/// The P50 of a site's active model over the horizon, with `<name> v<version>`; zero without one.
+async fn site_forecast(
+    state: &AppState,
+    model: Option<ModelInfo>,
+    horizon: &Horizon,
+    slot_seconds: u32,
+    slots: usize,
+) -> ApiResult<(Vec<f64>, Option<String>)> {
+    let Some(m) = model else {
+        return Ok((vec![0.0; slots], None));
+    };
+    let record = state.store.get_model(&m.name, Some(m.version)).await?;
+    let values = crate::forecasting::horizon_p50(
+        state.store.as_ref(),
+        &record,
+        horizon.start(),
+        slot_seconds,
+        slots,
+    )
+    .await?;
+    Ok((values, Some(format!("{} v{}", m.name, m.version))))
 }
 
 fn price_at(points: &[PricePoint], t: Timestamp) -> Option<PricePoint> {

@@ -479,6 +479,22 @@ pub async fn put_prices(
         }
     };
     let slots = state.store.put_prices(&series, &prices).await?;
+    // Model monitoring: the new prices are the actual values of earlier price forecasts.
+    let source = crate::forecasting::Source {
+        kind: crate::forecasting::SourceKind::Prices,
+        series: series.clone(),
+    };
+    let horizon = prices.horizon();
+    if let Err(e) = crate::forecasting::monitor(
+        state.store.as_ref(),
+        &source,
+        horizon.start(),
+        horizon.end(),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, series = %series, "price forecast monitoring failed");
+    }
     Ok(Json(PriceUploadResult { series, slots }))
 }
 

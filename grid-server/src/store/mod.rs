@@ -392,4 +392,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delivery success and latency over the schedules a query selects.
     async fn delivery_stats(&self, query: &DeliveryQuery) -> StoreResult<DeliveryStats>;
+
+    // --- measured series and model monitoring (issue #9; appended for an easy merge) ----------
+
+    /// Stores slots of a measured series (e.g. a site's load or PV, kW) starting at `start`,
+    /// `slot_seconds` apart; non-finite values are gaps and are not written; slots already stored
+    /// at the same start are replaced. Returns the number of slots written.
+    async fn put_series(
+        &self,
+        series: &str,
+        start: Timestamp,
+        slot_seconds: u32,
+        values: &[f64],
+    ) -> StoreResult<u64>;
+
+    /// The stored slots of a measured series starting in `[from, to)`, oldest first.
+    async fn series_points(
+        &self,
+        series: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<Vec<SeriesPoint>>;
+
+    /// The names of the stored measured series.
+    async fn list_series(&self) -> StoreResult<Vec<String>>;
+
+    /// Replaces a model version's metadata (model monitoring writes its error history there).
+    async fn update_model_metadata(
+        &self,
+        name: &str,
+        version: u64,
+        metadata: &serde_json::Value,
+    ) -> StoreResult<ModelInfo>;
 }

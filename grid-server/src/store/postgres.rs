@@ -49,4 +49,5 @@ impl PostgresStore {
     }
 }
 
+include!("sql_series.rs");
 include!("sql_store.rs");

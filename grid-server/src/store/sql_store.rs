@@ -2033,6 +2033,43 @@ impl Store for This {
             latency_max_ms: latencies.last().copied(),
         })
     }
+
+    // --- measured series and model monitoring (issue #9; appended for an easy merge; the SQL
+    // lives in sql_series.rs) ---------------------------------------------------------------
+
+    async fn put_series(
+        &self,
+        series: &str,
+        start: Timestamp,
+        slot_seconds: u32,
+        values: &[f64],
+    ) -> StoreResult<u64> {
+        self.put_series_sql(series, start, slot_seconds, values)
+            .await
+    }
+
+    async fn series_points(
+        &self,
+        series: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<Vec<SeriesPoint>> {
+        self.series_points_sql(series, from, to).await
+    }
+
+    async fn list_series(&self) -> StoreResult<Vec<String>> {
+        self.list_series_sql().await
+    }
+
+    async fn update_model_metadata(
+        &self,
+        name: &str,
+        version: u64,
+        metadata: &serde_json::Value,
+    ) -> StoreResult<ModelInfo> {
+        self.update_model_metadata_sql(name, version, metadata)
+            .await
+    }
 }
 
 const MODEL_INFO_BY_VERSION: &str = "SELECT name, version, kind, site_id, metadata_json, active, \

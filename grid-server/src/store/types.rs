@@ -732,3 +732,19 @@ pub(crate) fn from_ms(field: &'static str, v: i64) -> StoreResult<Timestamp> {
         reason: e.to_string(),
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Measured series (issue #9; appended for an easy merge)
+// ---------------------------------------------------------------------------------------------
+
+/// One stored slot of a measured series (a site's load or PV power, kW).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// The slot's start (UTC).
+    pub start: Timestamp,
+    /// The slot's length in seconds.
+    pub slot_seconds: u32,
+    /// The measured value (kW for load and PV: load positive = consumption, PV positive =
+    /// generation).
+    pub value: f64,
+}
