@@ -98,6 +98,16 @@ pub fn script(w: &Workload, delay_ms: f64) -> String {
     let _ = writeln!(s, "local tto = {}", lua_string(&w.telemetry_to));
     let _ = writeln!(s, "local sstart = {}", lua_string(&w.schedule_start));
     let _ = writeln!(s, "local pace = {delay_ms:.3}");
+    // Each wrk run creates schedules under its own ids (a second run must not collide with the
+    // first's and count 409s as errors).
+    let _ = writeln!(
+        s,
+        "local run_tag = {}",
+        lua_string(&format!(
+            "{:x}",
+            grid_core::Timestamp::now().as_nanosecond()
+        ))
+    );
     s.push_str(
         r#"local setpoints = {}
 for i = 1, 96 do
@@ -133,7 +143,7 @@ function request()
   elseif r <= 80 then
     return wrk.format("GET", "/api/v1/devices/" .. d .. "/telemetry?from=" .. tfrom .. "&to=" .. tto .. "&bucket_seconds=3600", headers)
   elseif r <= 90 then
-    local body = '{"id":"api-' .. thread_no .. '-' .. n .. '","device":"' .. d .. '","start":"' .. sstart ..
+    local body = '{"id":"api-' .. run_tag .. '-' .. thread_no .. '-' .. n .. '","device":"' .. d .. '","start":"' .. sstart ..
       '","slot_seconds":900,"setpoints_kw":' .. setpoints_json .. ',"initial_energy_kwh":5.0}'
     return wrk.format("POST", "/api/v1/schedules", headers, body)
   else
