@@ -12,7 +12,7 @@
 //!
 //! Devices are registered through the server's `Store` (not the REST API: registration is set-up,
 //! not what is measured); schedules are stored through the `Store` too and published through the
-//! server's normal path, `TransportHandle::distribute` (the delivery tracker's outbox, then MQTT).
+//! server's batch path, `TransportHandle::distribute_many` (the delivery trackers' outbox, then MQTT).
 
 pub mod api;
 pub mod broker;
