@@ -141,6 +141,11 @@ mod scenarios {
             .await
             .unwrap();
         assert!(rec.answered_at.is_some());
+        // A resend that raced the ack (the retry base here is 300 ms) may still arrive: at least
+        // once. Once it is drained, nothing more comes.
+        while let Some(m) = dev.recv(Duration::from_millis(300)).await {
+            assert_eq!(m.body, msg.body, "only the same schedule again");
+        }
         // Distributing the same version again sends nothing new.
         assert_eq!(
             t.distribute(&rec.schedule, None).await.unwrap(),

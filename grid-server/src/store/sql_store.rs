@@ -28,6 +28,9 @@ const STATE_RETRIES: usize = 8;
 /// The most rows one multi-row INSERT carries (keeps under both databases' bind limits).
 const INSERT_CHUNK: usize = 1000;
 
+/// The most rows one multi-row UPDATE … FROM (VALUES …) carries (4 binds a row at most).
+const BATCH_ROWS: usize = 500;
+
 /// The length checks of an ack's free-text fields.
 fn check_ack_text(ack: &AckRecord) -> StoreResult<()> {
     check_text("message_id", &ack.message_id, 128)?;
@@ -1327,21 +1330,38 @@ impl Store for This {
         if sends.is_empty() {
             return Ok(0);
         }
+        let mut versions = Vec::with_capacity(sends.len());
+        for (_, v) in sends {
+            versions.push(version_param(*v)?);
+        }
+        let at = ms(at);
         let mut tx = self.pool.begin_with(BEGIN).await?;
         let mut n = 0;
-        for (id, version) in sends {
-            n += sqlx::query(
-                "UPDATE schedules SET state = 'delivered', updated_ms = $1, \
-                 first_sent_ms = COALESCE(first_sent_ms, $1), last_sent_ms = $1, \
-                 attempts = attempts + 1 \
-                 WHERE schedule_id = $2 AND version = $3 AND state IN ('queued', 'delivered')",
-            )
-            .bind(ms(at))
-            .bind(id.as_str())
-            .bind(version_param(*version)?)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        // One multi-row UPDATE per chunk (PostgreSQL and SQLite ≥ 3.33 both take UPDATE … FROM
+        // and name VALUES columns column1, column2, …).
+        for (chunk, vs) in sends.chunks(BATCH_ROWS).zip(versions.chunks(BATCH_ROWS)) {
+            let mut q = QueryBuilder::<Db>::new("UPDATE schedules SET state = 'delivered', updated_ms = ");
+            q.push_bind(at)
+                .push(", first_sent_ms = COALESCE(first_sent_ms, ")
+                .push_bind(at)
+                .push("), last_sent_ms = ")
+                .push_bind(at)
+                .push(", attempts = attempts + 1 FROM (VALUES ");
+            for (i, ((id, _), v)) in chunk.iter().zip(vs).enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(id.as_str().to_owned())
+                    .push(", CAST(")
+                    .push_bind(*v)
+                    .push(" AS BIGINT))");
+            }
+            q.push(
+                ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
+                 AND schedules.state IN ('queued', 'delivered')",
+            );
+            n += q.build().execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(n)
@@ -1772,29 +1792,97 @@ impl Store for This {
         writes: &[OutboxWrite],
         now: Timestamp,
     ) -> StoreResult<Vec<StoreResult<u64>>> {
+        let now = ms(now);
+        let mut out: Vec<Option<StoreResult<u64>>> = (0..writes.len()).map(|_| None).collect();
+        let mut updates = Vec::new();
+        let mut inserts = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            match w.expected_revision {
+                None => inserts.push(i),
+                Some(r) => match i64::try_from(r) {
+                    Ok(r) => updates.push((i, r)),
+                    Err(_) => out[i] = Some(Err(StoreError::invalid("revision", "out of range"))),
+                },
+            }
+        }
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
-            match Self::outbox_write(
-                &mut *tx,
-                &w.device,
-                &w.state,
-                w.next_wakeup_at,
-                w.expected_revision,
-                now,
-            )
-            .await
-            {
-                Ok(r) => out.push(Ok(r)),
-                Err(e @ (StoreError::Conflict { .. } | StoreError::Invalid { .. })) => {
-                    out.push(Err(e))
+        // Multi-row statements; a device whose row is missing or at another revision comes back
+        // without a RETURNING row: a conflict for that device alone.
+        for chunk in updates.chunks(BATCH_ROWS) {
+            let mut q = QueryBuilder::<Db>::new(
+                "UPDATE outbox SET state_json = v.column2, next_wakeup_ms = v.column3, \
+                 revision = revision + 1, claimed_by = NULL, claimed_until_ms = NULL, updated_ms = ",
+            );
+            q.push_bind(now).push(" FROM (VALUES ");
+            for (k, (i, rev)) in chunk.iter().enumerate() {
+                let w = &writes[*i];
+                if k > 0 {
+                    q.push(", ");
                 }
-                // A database error aborts the transaction: nothing is saved.
-                Err(e) => return Err(e),
+                q.push("(")
+                    .push_bind(w.device.as_str().to_owned())
+                    .push(", ")
+                    .push_bind(w.state.clone())
+                    .push(", CAST(")
+                    .push_bind(w.next_wakeup_at.map(ms))
+                    .push(" AS BIGINT), CAST(")
+                    .push_bind(*rev)
+                    .push(" AS BIGINT))");
+            }
+            q.push(
+                ") AS v WHERE outbox.device_id = v.column1 AND outbox.revision = v.column4 \
+                 RETURNING outbox.device_id, outbox.revision",
+            );
+            let index: std::collections::HashMap<&str, usize> = chunk
+                .iter()
+                .map(|(i, _)| (writes[*i].device.as_str(), *i))
+                .collect();
+            for row in q.build().fetch_all(&mut *tx).await? {
+                let device: String = col(&row, "device_id")?;
+                let revision: i64 = col(&row, "revision")?;
+                if let Some(i) = index.get(device.as_str()) {
+                    out[*i] = Some(Ok(u64::try_from(revision).unwrap_or_default()));
+                }
+            }
+        }
+        for chunk in inserts.chunks(BATCH_ROWS) {
+            let mut q = QueryBuilder::<Db>::new(
+                "INSERT INTO outbox (device_id, state_json, next_wakeup_ms, revision, updated_ms) ",
+            );
+            q.push_values(chunk, |mut b, i| {
+                let w = &writes[*i];
+                b.push_bind(w.device.as_str().to_owned())
+                    .push_bind(w.state.clone())
+                    .push_bind(w.next_wakeup_at.map(ms))
+                    .push_bind(1_i64)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (device_id) DO NOTHING RETURNING device_id");
+            let index: std::collections::HashMap<&str, usize> = chunk
+                .iter()
+                .map(|i| (writes[*i].device.as_str(), *i))
+                .collect();
+            for row in q.build().fetch_all(&mut *tx).await? {
+                let device: String = col(&row, "device_id")?;
+                if let Some(i) = index.get(device.as_str()) {
+                    out[*i] = Some(Ok(1));
+                }
             }
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .zip(writes)
+            .map(|(r, w)| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::conflict(
+                        "outbox",
+                        &w.device,
+                        "the delivery state changed since it was read",
+                    ))
+                })
+            })
+            .collect())
     }
 
     async fn outbox_claim_due(
