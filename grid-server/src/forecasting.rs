@@ -123,10 +123,25 @@ impl StoredMetadata {
 /// # Errors
 /// [`ForecastError::Corrupt`] when the bytes are not a [`ForecastModel`].
 pub fn decode_model(record: &ModelRecord) -> ForecastResult<ForecastModel> {
-    serde_json::from_slice(&record.artefact).map_err(|e| ForecastError::Corrupt {
+    let corrupt = |reason: String| ForecastError::Corrupt {
         model: format!("{} v{}", record.info.name, record.info.version),
-        reason: format!("artefact: {e}"),
-    })
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&record.artefact).map_err(|e| corrupt(format!("artefact: {e}")))?;
+    let format = value["metadata"]["format_version"].as_u64();
+    if format
+        != Some(u64::from(
+            grid_optimize::forecast::model::MODEL_FORMAT_VERSION,
+        ))
+    {
+        return Err(corrupt(format!(
+            "artefact format {}, this server reads format {}: train the model again",
+            format.map_or_else(|| "unknown".to_owned(), |f| f.to_string()),
+            grid_optimize::forecast::model::MODEL_FORMAT_VERSION
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| corrupt(format!("artefact: {e}")))
 }
 
 /// The UTC day (days since the epoch) of an instant.

@@ -17,8 +17,9 @@ use argmin::core::{CostFunction, Executor};
 use argmin::solver::brent::BrentOpt;
 use std::rc::Rc;
 
-/// Version of the artefact layout; bump when a field changes meaning.
-pub const MODEL_FORMAT_VERSION: u32 = 1;
+/// Version of the artefact layout; bump when a field changes meaning. 2: predictors are
+/// serialised adjacently tagged (`{"type": …, "model": …}`).
+pub const MODEL_FORMAT_VERSION: u32 = 2;
 
 /// A fitted point-forecast model.
 #[derive(Debug, Clone, PartialEq)]

@@ -54,6 +54,9 @@ pub struct ApiResult {
     pub http_errors: u64,
     /// Connect, read, write and timeout errors.
     pub socket_errors: u64,
+    /// Non-2xx answers by HTTP status (`4xx`/`5xx` for the ones not named).
+    #[serde(default)]
+    pub errors_by_status: std::collections::BTreeMap<String, u64>,
 }
 
 /// Whether `wrk` runs here.
@@ -118,9 +121,26 @@ local thread_no = 0
 local n = 0
 local headers = { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json", ["Accept"] = "application/json" }
 
+local threads = {}
 function setup(thread)
   thread:set("thread_no", thread_no)
   thread_no = thread_no + 1
+  table.insert(threads, thread)
+end
+
+-- Non-2xx answers by status, per thread (read back in done()).
+s400 = 0; s401 = 0; s404 = 0; s409 = 0; s413 = 0; s422 = 0; s4xx = 0; s503 = 0; s5xx = 0
+function response(status, headers, body)
+  if status < 300 then return end
+  if status == 400 then s400 = s400 + 1
+  elseif status == 401 then s401 = s401 + 1
+  elseif status == 404 then s404 = s404 + 1
+  elseif status == 409 then s409 = s409 + 1
+  elseif status == 413 then s413 = s413 + 1
+  elseif status == 422 then s422 = s422 + 1
+  elseif status < 500 then s4xx = s4xx + 1
+  elseif status == 503 then s503 = s503 + 1
+  else s5xx = s5xx + 1 end
 end
 
 function init(args)
@@ -153,6 +173,13 @@ end
 
 function done(summary, latency, requests)
   local e = summary.errors
+  local by = {}
+  for _, name in ipairs({"s400", "s401", "s404", "s409", "s413", "s422", "s4xx", "s503", "s5xx"}) do
+    local total = 0
+    for _, t in ipairs(threads) do total = total + (t:get(name) or 0) end
+    if total > 0 then table.insert(by, string.format('"%s":%d', string.sub(name, 2), total)) end
+  end
+  io.write('GRIDSTATUS {' .. table.concat(by, ",") .. '}\n')
   io.write(string.format(
     'GRIDLOAD {"requests":%d,"seconds":%.3f,"rate":%.1f,"p50_ms":%.3f,"p95_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f,"mean_ms":%.3f,"http_errors":%d,"socket_errors":%d}\n',
     summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
@@ -203,7 +230,13 @@ pub async fn run_wrk(
                 String::from_utf8_lossy(&out.stderr)
             )
         })?;
-    serde_json::from_str(line).with_context(|| format!("wrk result {line:?}"))
+    let mut result: ApiResult =
+        serde_json::from_str(line).with_context(|| format!("wrk result {line:?}"))?;
+    if let Some(by) = stdout.lines().find_map(|l| l.strip_prefix("GRIDSTATUS ")) {
+        result.errors_by_status =
+            serde_json::from_str(by).with_context(|| format!("wrk status counts {by:?}"))?;
+    }
+    Ok(result)
 }
 
 /// Paces wrk to `rate` requests/s: a short calibration run measures the mean latency, then the

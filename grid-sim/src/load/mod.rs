@@ -1053,12 +1053,13 @@ pub fn table(s: &Value) -> String {
         row(
             "API mixed load",
             format!(
-                "{} req/s: p50 {} / p95 {} / p99 {} ms, {} errors",
+                "{} req/s: p50 {} / p95 {} / p99 {} ms, {} errors {}",
                 f(&a["rate"]),
                 f(&a["p50_ms"]),
                 f(&a["p95_ms"]),
                 f(&a["p99_ms"]),
-                f(&a["http_errors"])
+                f(&a["http_errors"]),
+                a["errors_by_status"]
             ),
         );
     }
