@@ -74,9 +74,11 @@ impl TopicKind {
         }
     }
 
-    /// Whether messages on it are published with the retain flag (only `status`).
+    /// Whether messages on it are published with the retain flag: `status`, and `hello` (a
+    /// hello sent while no server is subscribed, e.g. when devices reconnect after a broker
+    /// restart before the server does, reaches the server when it subscribes).
     pub fn retained(self) -> bool {
-        matches!(self, Self::Status)
+        matches!(self, Self::Status | Self::Hello)
     }
 
     /// The topic a body of this kind travels on.

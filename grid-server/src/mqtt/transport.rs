@@ -104,6 +104,9 @@ struct Inner {
     /// One queue per ack writer; a device's acks always go to the same writer, in order.
     acks: Vec<mpsc::Sender<AckJob>>,
     devices: Mutex<HashMap<DeviceId, Instant>>,
+    /// `sent_at` of the newest hello processed per device (retained hellos come again on every
+    /// re-subscription; older ones are skipped).
+    hellos: Mutex<HashMap<DeviceId, Timestamp>>,
     _broker: Option<EmbeddedBroker>,
 }
 
@@ -213,6 +216,7 @@ impl Transport {
             telemetry: telemetry_tx,
             acks: ack_txs,
             devices: Mutex::new(HashMap::new()),
+            hellos: Mutex::new(HashMap::new()),
             _broker: broker,
         });
         let handle = TransportHandle {
@@ -793,7 +797,11 @@ impl Inner {
     }
 
     /// Handles one inbound message; refusals are logged and counted, never fatal.
-    async fn on_message(&self, topic: &str, payload: &[u8]) {
+    async fn on_message(&self, topic: &str, payload: &[u8], retained: bool) {
+        if payload.is_empty() {
+            // An empty retained payload clears a retained status or hello: not a message.
+            return;
+        }
         bump(&self.counters.messages_in);
         let now = Timestamp::now();
         let (_, envelope) = match decode_on_topic(topic, payload) {
@@ -887,7 +895,13 @@ impl Inner {
                 }
                 Ok(())
             }
-            Body::Hello(_) => self.on_hello(&envelope, now).await,
+            Body::Hello(_) => {
+                if !self.newest_hello(&envelope, retained) {
+                    tracing::debug!(device = %envelope.device, "skipped a retained hello already processed");
+                    return;
+                }
+                self.on_hello(&envelope, now).await
+            }
             Body::ScheduleAssign(_) | Body::Command(_) => {
                 bump(&self.counters.refused);
                 Ok(())
@@ -1071,6 +1085,27 @@ impl Inner {
         }
     }
 
+    /// Notes a hello's `sent_at`; false for a retained hello no newer than one already processed
+    /// from the device (a re-subscription delivers every retained hello again).
+    fn newest_hello(&self, envelope: &Envelope, retained: bool) -> bool {
+        let Ok(mut seen) = self.hellos.lock() else {
+            return true;
+        };
+        match seen.get(&envelope.device) {
+            Some(last) if retained && envelope.sent_at <= *last => false,
+            _ => {
+                if seen.len() > 1_000_000 {
+                    seen.clear();
+                }
+                let newest = seen
+                    .get(&envelope.device)
+                    .map_or(envelope.sent_at, |l| (*l).max(envelope.sent_at));
+                seen.insert(envelope.device.clone(), newest);
+                true
+            }
+        }
+    }
+
     /// Answers a hello with exactly what the device lacks: the tracker resends what the device
     /// does not hold, and schedules or commands the store has queued but no tracker took (a
     /// replica died between storing and distributing) are assigned now.
@@ -1233,7 +1268,9 @@ async fn event_loop(inner: Arc<Inner>, mut eventloop: EventLoop) {
                     let _ = ack_queue.send((publish.clone(), done));
                 }
                 tokio::spawn(async move {
-                    inner.on_message(&publish.topic, &publish.payload).await;
+                    inner
+                        .on_message(&publish.topic, &publish.payload, publish.retain)
+                        .await;
                     let _ = handled.send(());
                     drop(permit);
                 });

@@ -87,11 +87,28 @@ impl FakeDevice {
         Some(env)
     }
 
-    /// Publishes an envelope on its topic (JSON) at QoS 1.
+    /// Publishes an envelope on its topic (JSON) at QoS 1, retained where the protocol says so
+    /// (status and hello), as an agent does.
     pub async fn send(&self, envelope: &Envelope) {
-        let topic = Topic::for_envelope(envelope).to_string();
-        self.send_raw(&topic, Codec::Json.encode(envelope).unwrap())
-            .await;
+        let topic = Topic::for_envelope(envelope);
+        let retain = topic.kind.retained();
+        self.client
+            .publish(
+                topic.to_string(),
+                QoS::AtLeastOnce,
+                retain,
+                Codec::Json.encode(envelope).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Clears the retained message of a topic (an empty retained payload).
+    pub async fn clear_retained(&self, topic: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+            .await
+            .unwrap();
     }
 
     /// Publishes raw bytes on any topic.
