@@ -117,14 +117,15 @@ for i = 1, 96 do
   if i <= 4 then setpoints[i] = "1.0" elseif i >= 41 and i <= 44 then setpoints[i] = "-1.0" else setpoints[i] = "0.0" end
 end
 local setpoints_json = "[" .. table.concat(setpoints, ",") .. "]"
-local thread_no = 0
+-- `tno` is each thread's own number, set by setup() as a global of that thread's Lua state.
+local next_thread = 0
 local n = 0
 local headers = { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json", ["Accept"] = "application/json" }
 
 local threads = {}
 function setup(thread)
-  thread:set("thread_no", thread_no)
-  thread_no = thread_no + 1
+  thread:set("tno", next_thread)
+  next_thread = next_thread + 1
   table.insert(threads, thread)
 end
 
@@ -144,7 +145,7 @@ function response(status, headers, body)
 end
 
 function init(args)
-  math.randomseed(os.time() + thread_no * 7919)
+  math.randomseed(os.time() + tno * 7919)
 end
 
 function delay()
@@ -163,7 +164,7 @@ function request()
   elseif r <= 80 then
     return wrk.format("GET", "/api/v1/devices/" .. d .. "/telemetry?from=" .. tfrom .. "&to=" .. tto .. "&bucket_seconds=3600", headers)
   elseif r <= 90 then
-    local body = '{"id":"api-' .. run_tag .. '-' .. thread_no .. '-' .. n .. '","device":"' .. d .. '","start":"' .. sstart ..
+    local body = '{"id":"api-' .. run_tag .. '-' .. tno .. '-' .. n .. '","device":"' .. d .. '","start":"' .. sstart ..
       '","slot_seconds":900,"setpoints_kw":' .. setpoints_json .. ',"initial_energy_kwh":5.0}'
     return wrk.format("POST", "/api/v1/schedules", headers, body)
   else
