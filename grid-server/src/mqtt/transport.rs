@@ -226,12 +226,14 @@ impl Transport {
             .map(|rx| tokio::spawn(ack_writer(inner.clone(), rx)))
             .collect();
         let reconcile = tokio::spawn(reconcile_on_start(handle.clone()));
+        let orphans = tokio::spawn(resume_orphans(handle.clone()));
         let task = tokio::spawn(async move {
             let named = [
                 ("events", events),
                 ("retries", retries),
                 ("telemetry", writer),
                 ("reconcile", reconcile),
+                ("orphans", orphans),
             ];
             for (name, task) in named
                 .into_iter()
@@ -1462,9 +1464,50 @@ async fn reconcile_on_start(handle: TransportHandle) {
     if !ready_now {
         return;
     }
+    let resumed = resume_queued(&handle, None).await;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed queued deliveries");
+    }
+}
+
+/// While running: every claim lease, hand schedules and commands that are still queued a lease
+/// after they were stored to their trackers. A replica that dies between storing a schedule and
+/// distributing it (SIGKILL mid-request) leaves it queued with no tracker; without this sweep it
+/// would wait for the other replicas' restart or the device's next hello. A live replica's own
+/// store-then-distribute takes milliseconds, far less than the lease, and distributing twice is
+/// harmless ([`DistributeOutcome::AlreadyTracked`]).
+async fn resume_orphans(handle: TransportHandle) {
+    let mut stop = handle.inner.shutdown.subscribe();
+    let lease = handle.inner.config.claim_lease;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(lease) => {}
+        }
+        if !handle.broker_healthy() {
+            continue;
+        }
+        let age = jiff::SignedDuration::try_from(lease).unwrap_or(jiff::SignedDuration::MAX);
+        let Ok(cutoff) = Timestamp::now().checked_sub(age) else {
+            continue;
+        };
+        let resumed = resume_queued(&handle, Some(cutoff)).await;
+        if resumed > 0 {
+            tracing::info!(
+                resumed,
+                "distributed schedules or commands a dead replica had stored"
+            );
+        }
+    }
+}
+
+/// Distributes every queued (never sent), unexpired schedule and command stored before
+/// `created_before` (all of them with `None`); returns how many were published now.
+async fn resume_queued(handle: &TransportHandle, created_before: Option<Timestamp>) -> usize {
     let store = handle.inner.store.clone();
     let mut filter = ScheduleFilter {
         state: Some(ExecutionState::Queued),
+        created_to: created_before,
         limit: 500,
         ..Default::default()
     };
@@ -1474,7 +1517,7 @@ async fn reconcile_on_start(handle: TransportHandle) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "listing queued schedules failed");
-                return;
+                return resumed;
             }
         };
         let now = Timestamp::now();
@@ -1509,6 +1552,7 @@ async fn reconcile_on_start(handle: TransportHandle) {
         let now = Timestamp::now();
         for c in &page.items {
             if c.expires_at > now
+                && created_before.is_none_or(|t| c.created_at < t)
                 && matches!(
                     handle.send_command(c).await,
                     Ok(DistributeOutcome::Published)
@@ -1522,7 +1566,5 @@ async fn reconcile_on_start(handle: TransportHandle) {
             None => break,
         }
     }
-    if resumed > 0 {
-        tracing::info!(resumed, "resumed queued deliveries");
-    }
+    resumed
 }
