@@ -13,7 +13,7 @@ use grid_core::{DeviceId, ExecutionState, LifecycleEvent, Schedule, TelemetrySam
 use grid_proto::Codec;
 use grid_proto::topic::{Topic, decode_on_topic, server_subscription};
 use grid_proto::tracker::{Action, DeliveryKey, DeliveryTracker};
-use grid_proto::v1::{Body, Envelope, MessageId, ScheduleAssign};
+use grid_proto::v1::{Ack, Body, Envelope, MessageId, ScheduleAssign};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -906,8 +906,12 @@ impl Inner {
             bump(&self.counters.refused);
             return Ok(());
         };
+        let mut accepted = false;
         match self.store.record_ack(&record).await {
-            Ok(AckOutcome::Applied { .. }) => bump(&self.counters.acks_applied),
+            Ok(AckOutcome::Applied { state, .. }) => {
+                bump(&self.counters.acks_applied);
+                accepted = state == ExecutionState::Accepted;
+            }
             Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
             Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
             Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
@@ -920,6 +924,9 @@ impl Inner {
         // Stop the retries (and let the tracker follow the lifecycle).
         let device = self.active_device(&envelope.device).await?;
         self.with_tracker(&device, now, false, |tracker| {
+            if std::mem::take(&mut accepted) {
+                observe_acceptance(tracker, envelope, now);
+            }
             Ok(tracker.on_ack(now, envelope))
         })
         .await
@@ -960,9 +967,16 @@ impl Inner {
         };
         // The trackers of the devices whose acks were recorded, in arrival order per device.
         let mut per_device: Vec<(DeviceId, Vec<&AckJob>)> = Vec::new();
+        // Acks that moved a schedule to accepted: they feed the delivery-latency histogram.
+        let mut accepted: Vec<&AckJob> = Vec::new();
         for (job, result) in batched.iter().zip(results) {
             match result {
-                Ok(AckOutcome::Applied { .. }) => bump(&self.counters.acks_applied),
+                Ok(AckOutcome::Applied { state, .. }) => {
+                    bump(&self.counters.acks_applied);
+                    if state == ExecutionState::Accepted {
+                        accepted.push(job);
+                    }
+                }
                 Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
                 Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
                 Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
@@ -1012,6 +1026,9 @@ impl Inner {
             let before = tracker.state().clone();
             let mut actions = Vec::new();
             for job in list {
+                if accepted.iter().any(|a| std::ptr::eq(*a, *job)) {
+                    observe_acceptance(&tracker, &job.envelope, job.received);
+                }
                 actions.extend(tracker.on_ack(job.received, &job.envelope));
             }
             // The acks themselves already moved the lifecycle in the store.
@@ -1060,8 +1077,12 @@ impl Inner {
                 }
             };
             for job in list {
+                let mut observe = accepted.iter().any(|a| std::ptr::eq(*a, job));
                 let result = self
                     .with_tracker(&record, now, false, |tracker| {
+                        if std::mem::take(&mut observe) {
+                            observe_acceptance(tracker, &job.envelope, job.received);
+                        }
                         Ok(tracker.on_ack(job.received, &job.envelope))
                     })
                     .await;
@@ -1345,6 +1366,24 @@ fn ack_record(envelope: &Envelope, received: Timestamp) -> Option<AckRecord> {
         sent_at: envelope.sent_at,
         received_at: received,
     })
+}
+
+/// Feeds the delivery-latency histogram with an acceptance the store applied: the time from the
+/// schedule version's first send to the ack's arrival. The tracked message's `sent_at` is the
+/// instant of the first send (the store records the same instant as `first_sent_at`; resends
+/// repeat the message unchanged).
+fn observe_acceptance(tracker: &DeliveryTracker, ack: &Envelope, received: Timestamp) {
+    let Body::Ack(Ack {
+        schedule: Some(r), ..
+    }) = &ack.body
+    else {
+        return;
+    };
+    let key = DeliveryKey::Schedule(r.clone());
+    if let Some(d) = tracker.deliveries().iter().find(|d| d.key == key) {
+        let ms = received.as_millisecond() - d.message().sent_at.as_millisecond();
+        crate::metrics::delivery_latency(ms.max(0) as f64 / 1000.0);
+    }
 }
 
 /// Which of `n` ack writers takes a device's acks (stable per device, so its acks stay in order).
