@@ -40,6 +40,65 @@ pub struct Cli {
     #[arg(long, env = "GRID_MQTT_LISTEN", global = true, value_name = "ADDR")]
     pub mqtt_listen: Option<SocketAddr>,
 
+    /// CA certificate (PEM) of an `mqtts://` broker [default: the platform's roots].
+    #[arg(long, env = "GRID_MQTT_CA", global = true, value_name = "FILE")]
+    pub mqtt_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for an `mqtts://` broker that requires one (with GRID_MQTT_KEY).
+    #[arg(long, env = "GRID_MQTT_CERT", global = true, value_name = "FILE")]
+    pub mqtt_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, env = "GRID_MQTT_KEY", global = true, value_name = "FILE")]
+    pub mqtt_key: Option<PathBuf>,
+
+    /// Shared-subscription group of this fleet's replicas [default: grid-server].
+    #[arg(
+        long,
+        env = "GRID_MQTT_SHARE_GROUP",
+        global = true,
+        value_name = "GROUP"
+    )]
+    pub mqtt_share_group: Option<String>,
+
+    /// Wait before the first resend of an unanswered schedule or command, ms (doubles per
+    /// attempt) [default: 5000].
+    #[arg(
+        long,
+        env = "GRID_MQTT_RETRY_BACKOFF_BASE_MS",
+        global = true,
+        value_name = "MS"
+    )]
+    pub mqtt_retry_backoff_base_ms: Option<u64>,
+
+    /// Longest wait between resends, ms [default: 300000].
+    #[arg(
+        long,
+        env = "GRID_MQTT_RETRY_BACKOFF_MAX_MS",
+        global = true,
+        value_name = "MS"
+    )]
+    pub mqtt_retry_backoff_max_ms: Option<u64>,
+
+    /// How often the retry loop looks for due resends, ms [default: 250].
+    #[arg(
+        long,
+        env = "GRID_MQTT_RETRY_INTERVAL_MS",
+        global = true,
+        value_name = "MS"
+    )]
+    pub mqtt_retry_interval_ms: Option<u64>,
+
+    /// How long a replica holds claimed due deliveries before another replica may take them
+    /// over, ms [default: 30000].
+    #[arg(
+        long,
+        env = "GRID_MQTT_CLAIM_LEASE_MS",
+        global = true,
+        value_name = "MS"
+    )]
+    pub mqtt_claim_lease_ms: Option<u64>,
+
     /// JWT algorithm: HS256, RS256 or EdDSA [default: HS256].
     #[arg(long, env = "GRID_JWT_ALGORITHM", global = true, value_name = "ALG")]
     pub jwt_algorithm: Option<JwtAlgorithm>,
@@ -153,6 +212,30 @@ impl Cli {
         if let Some(v) = self.mqtt_listen {
             c.mqtt.listen = v;
         }
+        if let Some(v) = &self.mqtt_ca {
+            c.mqtt.ca_file = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt_cert {
+            c.mqtt.cert_file = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt_key {
+            c.mqtt.key_file = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt_share_group {
+            c.mqtt.share_group = v.clone();
+        }
+        if let Some(v) = self.mqtt_retry_backoff_base_ms {
+            c.mqtt.retry_backoff_base_ms = v;
+        }
+        if let Some(v) = self.mqtt_retry_backoff_max_ms {
+            c.mqtt.retry_backoff_max_ms = v;
+        }
+        if let Some(v) = self.mqtt_retry_interval_ms {
+            c.mqtt.retry_interval_ms = v;
+        }
+        if let Some(v) = self.mqtt_claim_lease_ms {
+            c.mqtt.claim_lease_ms = v;
+        }
         if let Some(v) = self.jwt_algorithm {
             c.auth.algorithm = v;
         }
@@ -204,6 +287,14 @@ mod tests {
             "DATABASE_URL",
             "MQTT_URL",
             "GRID_MQTT_LISTEN",
+            "GRID_MQTT_CA",
+            "GRID_MQTT_CERT",
+            "GRID_MQTT_KEY",
+            "GRID_MQTT_RETRY_BACKOFF_BASE_MS",
+            "GRID_MQTT_RETRY_BACKOFF_MAX_MS",
+            "GRID_MQTT_RETRY_INTERVAL_MS",
+            "GRID_MQTT_CLAIM_LEASE_MS",
+            "GRID_MQTT_SHARE_GROUP",
             "GRID_JWT_SECRET",
             "GRID_JWT_ALGORITHM",
             "GRID_JWT_ISSUER",
@@ -254,5 +345,148 @@ mod tests {
                 .to_string()
                 .contains("database.url")
         );
+    }
+
+    #[test]
+    fn mqtt_tls_files_and_retry_timings_map_from_the_environment_and_flags() {
+        // Each setting reads the environment variable docs/deployment.md names.
+        let command = Cli::command();
+        for (flag, var) in [
+            ("mqtt_ca", "GRID_MQTT_CA"),
+            ("mqtt_cert", "GRID_MQTT_CERT"),
+            ("mqtt_key", "GRID_MQTT_KEY"),
+            (
+                "mqtt_retry_backoff_base_ms",
+                "GRID_MQTT_RETRY_BACKOFF_BASE_MS",
+            ),
+            (
+                "mqtt_retry_backoff_max_ms",
+                "GRID_MQTT_RETRY_BACKOFF_MAX_MS",
+            ),
+            ("mqtt_retry_interval_ms", "GRID_MQTT_RETRY_INTERVAL_MS"),
+            ("mqtt_claim_lease_ms", "GRID_MQTT_CLAIM_LEASE_MS"),
+            ("mqtt_share_group", "GRID_MQTT_SHARE_GROUP"),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == flag)
+                .unwrap_or_else(|| panic!("no argument {flag}"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var), "{flag}");
+        }
+
+        let cli = Cli::try_parse_from([
+            "grid-server",
+            "--mqtt-url",
+            "mqtts://broker.internal:8883",
+            "--mqtt-ca",
+            "/etc/grid/ca.crt",
+            "--mqtt-cert",
+            "/etc/grid/grid-server.crt",
+            "--mqtt-key",
+            "/etc/grid/grid-server.key",
+            "--mqtt-claim-lease-ms",
+            "2000",
+            "--mqtt-retry-backoff-base-ms",
+            "300",
+            "--mqtt-retry-backoff-max-ms",
+            "1000",
+            "--mqtt-retry-interval-ms",
+            "50",
+            "--mqtt-share-group",
+            "fleet-2",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        let t = crate::server::transport_config(&c).unwrap();
+        assert_eq!(
+            t.tls,
+            Some(crate::mqtt::TlsFiles {
+                ca: "/etc/grid/ca.crt".into(),
+                client: Some((
+                    "/etc/grid/grid-server.crt".into(),
+                    "/etc/grid/grid-server.key".into()
+                )),
+            })
+        );
+        assert_eq!(t.claim_lease, std::time::Duration::from_secs(2));
+        assert_eq!(t.share_group.as_deref(), Some("fleet-2"));
+        assert_eq!(t.retry_interval, std::time::Duration::from_millis(50));
+        assert_eq!(
+            (t.tracker.backoff_base_ms, t.tracker.backoff_max_ms),
+            (300, 1000)
+        );
+        match t.broker {
+            crate::mqtt::BrokerConfig::External(url) => assert!(url.tls),
+            other => panic!("{other:?}"),
+        }
+
+        // The defaults are the transport's own.
+        let d = crate::server::transport_config(&Config::default()).unwrap();
+        let own = crate::mqtt::TransportConfig::new(d.broker.clone());
+        assert_eq!(d.tls, None);
+        assert_eq!(d.share_group, own.share_group);
+        assert_eq!(
+            (d.claim_lease, d.retry_interval, d.tracker),
+            (own.claim_lease, own.retry_interval, own.tracker)
+        );
+
+        // Half a client identity, a certificate without a CA, or TLS files on a plaintext URL
+        // are refused, naming the key.
+        for (args, key) in [
+            (
+                vec![
+                    "--mqtt-url",
+                    "mqtts://b:8883",
+                    "--mqtt-ca",
+                    "ca.crt",
+                    "--mqtt-cert",
+                    "c.crt",
+                ],
+                "mqtt.cert_file",
+            ),
+            (
+                vec![
+                    "--mqtt-url",
+                    "mqtts://b:8883",
+                    "--mqtt-cert",
+                    "c.crt",
+                    "--mqtt-key",
+                    "c.key",
+                ],
+                "mqtt.ca_file",
+            ),
+            (
+                vec!["--mqtt-url", "mqtt://b:1883", "--mqtt-ca", "ca.crt"],
+                "mqtt.ca_file",
+            ),
+            (vec!["--mqtt-ca", "ca.crt"], "mqtt.ca_file"),
+            (vec!["--mqtt-claim-lease-ms", "0"], "mqtt.claim_lease_ms"),
+            (vec!["--mqtt-share-group", "a/b"], "mqtt.share_group"),
+            (
+                vec![
+                    "--mqtt-retry-backoff-base-ms",
+                    "9000",
+                    "--mqtt-retry-backoff-max-ms",
+                    "10",
+                ],
+                "mqtt.retry_backoff_base_ms",
+            ),
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("grid-server").chain(args.clone())).unwrap();
+            let err = cli.config().unwrap_err().to_string();
+            assert!(err.contains(key), "{args:?}: {err}");
+        }
+        // A CA alone (server-authenticated TLS) is fine.
+        let cli = Cli::try_parse_from([
+            "grid-server",
+            "--mqtt-url",
+            "mqtts://b:8883",
+            "--mqtt-ca",
+            "ca.crt",
+        ])
+        .unwrap();
+        let t = crate::server::transport_config(&cli.config().unwrap()).unwrap();
+        assert_eq!(t.tls.unwrap().client, None);
     }
 }

@@ -89,6 +89,39 @@ pub struct MqttConfig {
     pub url: String,
     /// Listening address of the in-process broker.
     pub listen: SocketAddr,
+    /// CA certificate (PEM) that signed an `mqtts://` broker's certificate; unset = the
+    /// platform's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that require one (with `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The MQTT 5 shared-subscription group of the replicas of one fleet (the broker hands each
+    /// device message to one member). Fleets sharing a broker need different groups.
+    pub share_group: String,
+    /// How long a replica holds the due deliveries it claimed before another replica may take
+    /// them over (it releases them as soon as it has resent them), milliseconds.
+    pub claim_lease_ms: u64,
+    /// How often the retry loop looks for due deliveries, milliseconds.
+    pub retry_interval_ms: u64,
+    /// The wait before the first resend of an unanswered message (doubled per attempt, with
+    /// jitter), milliseconds.
+    pub retry_backoff_base_ms: u64,
+    /// The longest wait between resends, milliseconds.
+    pub retry_backoff_max_ms: u64,
+}
+
+impl MqttConfig {
+    /// The TLS files for `mqtts://`: `None` when no CA is configured (the platform's roots, no
+    /// client certificate).
+    pub fn tls_files(&self) -> Option<crate::mqtt::TlsFiles> {
+        let ca = self.ca_file.clone()?;
+        let client = self.cert_file.clone().zip(self.key_file.clone());
+        Some(crate::mqtt::TlsFiles { ca, client })
+    }
 }
 
 /// The JWT algorithms the server accepts (one at a time, configured explicitly).
@@ -270,8 +303,53 @@ impl Config {
             return invalid("database.max_connections", "must be > 0");
         }
         self.database_kind()?;
-        if !self.mqtt.url.is_empty() {
-            parse_mqtt_url(&self.mqtt.url)?;
+        let tls = if self.mqtt.url.is_empty() {
+            false
+        } else {
+            parse_mqtt_url(&self.mqtt.url)?.0
+        };
+        let m = &self.mqtt;
+        if m.cert_file.is_some() != m.key_file.is_some() {
+            return invalid(
+                "mqtt.cert_file",
+                "a client certificate needs its key and vice versa (GRID_MQTT_CERT and GRID_MQTT_KEY)",
+            );
+        }
+        if m.cert_file.is_some() && m.ca_file.is_none() {
+            return invalid(
+                "mqtt.ca_file",
+                "a client certificate needs the broker's CA (GRID_MQTT_CA)",
+            );
+        }
+        if !tls && (m.ca_file.is_some() || m.cert_file.is_some()) {
+            return invalid(
+                "mqtt.ca_file",
+                "TLS files are set but MQTT_URL is not mqtts://host:port",
+            );
+        }
+        if m.share_group.is_empty()
+            || m.share_group.len() > 64
+            || !m
+                .share_group
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return invalid(
+                "mqtt.share_group",
+                "must be 1-64 of A-Z a-z 0-9 - _ (GRID_MQTT_SHARE_GROUP)",
+            );
+        }
+        if m.claim_lease_ms == 0 || m.retry_interval_ms == 0 {
+            return invalid(
+                "mqtt.claim_lease_ms",
+                "the claim lease and the retry interval must be > 0",
+            );
+        }
+        if m.retry_backoff_base_ms == 0 || m.retry_backoff_base_ms > m.retry_backoff_max_ms {
+            return invalid(
+                "mqtt.retry_backoff_base_ms",
+                "must be in (0, mqtt.retry_backoff_max_ms]",
+            );
         }
         if let Some(secret) = &self.auth.secret
             && secret.len() < 32

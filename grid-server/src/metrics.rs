@@ -111,6 +111,11 @@ pub fn ack(outcome: &'static str, latency_s: Option<f64>) {
     }
 }
 
+/// Records one schedule's delivery latency: its first publish to the device's acceptance.
+pub fn delivery_latency(seconds: f64) {
+    metrics::histogram!(DELIVERY_LATENCY).record(seconds);
+}
+
 /// Sets the store pool gauges.
 pub fn store_pool(idle: usize, in_use: usize) {
     metrics::gauge!(STORE_POOL, "state" => "idle").set(idle as f64);

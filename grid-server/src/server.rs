@@ -161,6 +161,20 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The transport settings `config.mqtt` asks for (broker, TLS files, retry and lease timings).
+pub fn transport_config(config: &Config) -> Result<TransportConfig, ServeError> {
+    let m = &config.mqtt;
+    let url = (!m.url.is_empty()).then_some(m.url.as_str());
+    let mut t = TransportConfig::from_url_or_embedded(url, m.listen)?;
+    t.tls = m.tls_files();
+    t.share_group = Some(m.share_group.clone());
+    t.claim_lease = Duration::from_millis(m.claim_lease_ms);
+    t.retry_interval = Duration::from_millis(m.retry_interval_ms);
+    t.tracker.backoff_base_ms = m.retry_backoff_base_ms;
+    t.tracker.backoff_max_ms = m.retry_backoff_max_ms;
+    Ok(t)
+}
+
 /// Starts everything and returns once the API accepts connections.
 pub async fn serve(config: Config) -> Result<RunningServer, ServeError> {
     config.validate()?;
@@ -182,9 +196,8 @@ pub async fn serve(config: Config) -> Result<RunningServer, ServeError> {
             url: redact(&config.database.url),
             source,
         })?;
-    let mqtt_url = (!config.mqtt.url.is_empty()).then_some(config.mqtt.url.as_str());
-    let transport_config = TransportConfig::from_url_or_embedded(mqtt_url, config.mqtt.listen)?;
-    let (transport, transport_task) = Transport::start(transport_config, store.clone()).await?;
+    let (transport, transport_task) =
+        Transport::start(transport_config(&config)?, store.clone()).await?;
     if !transport.wait_ready(Duration::from_secs(10)).await {
         tracing::warn!(
             "MQTT broker not reachable yet; the transport keeps retrying (/readyz says so)"

@@ -13,7 +13,7 @@ use grid_core::{DeviceId, ExecutionState, LifecycleEvent, Schedule, TelemetrySam
 use grid_proto::Codec;
 use grid_proto::topic::{Topic, decode_on_topic, server_subscription};
 use grid_proto::tracker::{Action, DeliveryKey, DeliveryTracker};
-use grid_proto::v1::{Body, Envelope, MessageId, ScheduleAssign};
+use grid_proto::v1::{Ack, Body, Envelope, MessageId, ScheduleAssign};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -230,12 +230,14 @@ impl Transport {
             .map(|rx| tokio::spawn(ack_writer(inner.clone(), rx)))
             .collect();
         let reconcile = tokio::spawn(reconcile_on_start(handle.clone()));
+        let orphans = tokio::spawn(resume_orphans(handle.clone()));
         let task = tokio::spawn(async move {
             let named = [
                 ("events", events),
                 ("retries", retries),
                 ("telemetry", writer),
                 ("reconcile", reconcile),
+                ("orphans", orphans),
             ];
             for (name, task) in named
                 .into_iter()
@@ -918,8 +920,12 @@ impl Inner {
             bump(&self.counters.refused);
             return Ok(());
         };
+        let mut accepted = false;
         match self.store.record_ack(&record).await {
-            Ok(AckOutcome::Applied { .. }) => bump(&self.counters.acks_applied),
+            Ok(AckOutcome::Applied { state, .. }) => {
+                bump(&self.counters.acks_applied);
+                accepted = state == ExecutionState::Accepted;
+            }
             Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
             Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
             Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
@@ -932,6 +938,9 @@ impl Inner {
         // Stop the retries (and let the tracker follow the lifecycle).
         let device = self.active_device(&envelope.device).await?;
         self.with_tracker(&device, now, false, |tracker| {
+            if std::mem::take(&mut accepted) {
+                observe_acceptance(tracker, envelope, now);
+            }
             Ok(tracker.on_ack(now, envelope))
         })
         .await
@@ -972,9 +981,16 @@ impl Inner {
         };
         // The trackers of the devices whose acks were recorded, in arrival order per device.
         let mut per_device: Vec<(DeviceId, Vec<&AckJob>)> = Vec::new();
+        // Acks that moved a schedule to accepted: they feed the delivery-latency histogram.
+        let mut accepted: Vec<&AckJob> = Vec::new();
         for (job, result) in batched.iter().zip(results) {
             match result {
-                Ok(AckOutcome::Applied { .. }) => bump(&self.counters.acks_applied),
+                Ok(AckOutcome::Applied { state, .. }) => {
+                    bump(&self.counters.acks_applied);
+                    if state == ExecutionState::Accepted {
+                        accepted.push(job);
+                    }
+                }
                 Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
                 Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
                 Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
@@ -1024,6 +1040,9 @@ impl Inner {
             let before = tracker.state().clone();
             let mut actions = Vec::new();
             for job in list {
+                if accepted.iter().any(|a| std::ptr::eq(*a, *job)) {
+                    observe_acceptance(&tracker, &job.envelope, job.received);
+                }
                 actions.extend(tracker.on_ack(job.received, &job.envelope));
             }
             // The acks themselves already moved the lifecycle in the store.
@@ -1072,8 +1091,12 @@ impl Inner {
                 }
             };
             for job in list {
+                let mut observe = accepted.iter().any(|a| std::ptr::eq(*a, job));
                 let result = self
                     .with_tracker(&record, now, false, |tracker| {
+                        if std::mem::take(&mut observe) {
+                            observe_acceptance(tracker, &job.envelope, job.received);
+                        }
                         Ok(tracker.on_ack(job.received, &job.envelope))
                     })
                     .await;
@@ -1382,6 +1405,24 @@ fn ack_record(envelope: &Envelope, received: Timestamp) -> Option<AckRecord> {
     })
 }
 
+/// Feeds the delivery-latency histogram with an acceptance the store applied: the time from the
+/// schedule version's first send to the ack's arrival. The tracked message's `sent_at` is the
+/// instant of the first send (the store records the same instant as `first_sent_at`; resends
+/// repeat the message unchanged).
+fn observe_acceptance(tracker: &DeliveryTracker, ack: &Envelope, received: Timestamp) {
+    let Body::Ack(Ack {
+        schedule: Some(r), ..
+    }) = &ack.body
+    else {
+        return;
+    };
+    let key = DeliveryKey::Schedule(r.clone());
+    if let Some(d) = tracker.deliveries().iter().find(|d| d.key == key) {
+        let ms = received.as_millisecond() - d.message().sent_at.as_millisecond();
+        crate::metrics::delivery_latency(ms.max(0) as f64 / 1000.0);
+    }
+}
+
 /// Which of `n` ack writers takes a device's acks (stable per device, so its acks stay in order).
 fn shard_of(device: &DeviceId, n: usize) -> usize {
     use std::hash::{Hash, Hasher};
@@ -1499,9 +1540,50 @@ async fn reconcile_on_start(handle: TransportHandle) {
     if !ready_now {
         return;
     }
+    let resumed = resume_queued(&handle, None).await;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed queued deliveries");
+    }
+}
+
+/// While running: every claim lease, hand schedules and commands that are still queued a lease
+/// after they were stored to their trackers. A replica that dies between storing a schedule and
+/// distributing it (SIGKILL mid-request) leaves it queued with no tracker; without this sweep it
+/// would wait for the other replicas' restart or the device's next hello. A live replica's own
+/// store-then-distribute takes milliseconds, far less than the lease, and distributing twice is
+/// harmless ([`DistributeOutcome::AlreadyTracked`]).
+async fn resume_orphans(handle: TransportHandle) {
+    let mut stop = handle.inner.shutdown.subscribe();
+    let lease = handle.inner.config.claim_lease;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(lease) => {}
+        }
+        if !handle.broker_healthy() {
+            continue;
+        }
+        let age = jiff::SignedDuration::try_from(lease).unwrap_or(jiff::SignedDuration::MAX);
+        let Ok(cutoff) = Timestamp::now().checked_sub(age) else {
+            continue;
+        };
+        let resumed = resume_queued(&handle, Some(cutoff)).await;
+        if resumed > 0 {
+            tracing::info!(
+                resumed,
+                "distributed schedules or commands a dead replica had stored"
+            );
+        }
+    }
+}
+
+/// Distributes every queued (never sent), unexpired schedule and command stored before
+/// `created_before` (all of them with `None`); returns how many were published now.
+async fn resume_queued(handle: &TransportHandle, created_before: Option<Timestamp>) -> usize {
     let store = handle.inner.store.clone();
     let mut filter = ScheduleFilter {
         state: Some(ExecutionState::Queued),
+        created_to: created_before,
         limit: 500,
         ..Default::default()
     };
@@ -1511,7 +1593,7 @@ async fn reconcile_on_start(handle: TransportHandle) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "listing queued schedules failed");
-                return;
+                return resumed;
             }
         };
         let now = Timestamp::now();
@@ -1546,6 +1628,7 @@ async fn reconcile_on_start(handle: TransportHandle) {
         let now = Timestamp::now();
         for c in &page.items {
             if c.expires_at > now
+                && created_before.is_none_or(|t| c.created_at < t)
                 && matches!(
                     handle.send_command(c).await,
                     Ok(DistributeOutcome::Published)
@@ -1559,7 +1642,5 @@ async fn reconcile_on_start(handle: TransportHandle) {
             None => break,
         }
     }
-    if resumed > 0 {
-        tracing::info!(resumed, "resumed queued deliveries");
-    }
+    resumed
 }
