@@ -1442,6 +1442,85 @@ mod suite {
         );
     }
 
+    /// Measured series (issue #9): gaps are not written, a slot stored again is replaced, ranges
+    /// are half-open and oldest first; model metadata can be replaced.
+    pub async fn series(store: S) {
+        let t0 = t("2026-11-27T00:00:00Z");
+        assert!(store.list_series().await.unwrap().is_empty());
+        let n = store
+            .put_series("load/site-1", t0, 900, &[1.0, f64::NAN, 3.0, 4.0])
+            .await
+            .unwrap();
+        assert_eq!(n, 3, "the gap is not written");
+        // The third slot again, with a new value: replaced.
+        let n = store
+            .put_series("load/site-1", t("2026-11-27T00:30:00Z"), 900, &[30.0])
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        store
+            .put_series("pv/site-1", t0, 3600, &[0.5])
+            .await
+            .unwrap();
+        let mut names = store.list_series().await.unwrap();
+        names.sort();
+        assert_eq!(names, ["load/site-1", "pv/site-1"]);
+        let points = store
+            .series_points("load/site-1", t0, t("2026-11-27T00:45:00Z"))
+            .await
+            .unwrap();
+        let got: Vec<(Timestamp, u32, f64)> = points
+            .iter()
+            .map(|p| (p.start, p.slot_seconds, p.value))
+            .collect();
+        assert_eq!(
+            got,
+            [(t0, 900, 1.0), (t("2026-11-27T00:30:00Z"), 900, 30.0)],
+            "half-open range, the gap absent, the replaced value"
+        );
+        assert!(
+            store
+                .series_points("none", t0, t("2026-11-28T00:00:00Z"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let info = store
+            .put_model(
+                &NewModel {
+                    name: "load/site-1".into(),
+                    kind: "ridge".into(),
+                    site: None,
+                    metadata: serde_json::json!({"days": 0}),
+                    artefact: b"m".to_vec(),
+                    activate: true,
+                },
+                t0,
+            )
+            .await
+            .unwrap();
+        let updated = store
+            .update_model_metadata("load/site-1", info.version, &serde_json::json!({"days": 3}))
+            .await
+            .unwrap();
+        assert_eq!(updated.metadata["days"], 3);
+        assert_eq!(
+            store
+                .get_model("load/site-1", Some(info.version))
+                .await
+                .unwrap()
+                .info
+                .metadata["days"],
+            3
+        );
+        assert!(
+            store
+                .update_model_metadata("load/site-1", 99, &serde_json::json!({}))
+                .await
+                .is_err()
+        );
+    }
+
     pub async fn models(store: S) {
         let t0 = t("2026-11-27T00:00:00Z");
         let new = |activate: bool, bytes: &[u8]| NewModel {
@@ -1670,6 +1749,7 @@ conformance!(
     telemetry,
     outbox,
     batches,
+    series,
     models,
     delivery_stats,
     health,
