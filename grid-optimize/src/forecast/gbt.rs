@@ -85,6 +85,134 @@ pub struct Gbt {
     pub trees: Vec<Vec<Node>>,
     /// Feature column added to the trees' output (see [`GbtParams::offset_column`]).
     pub offset_column: Option<usize>,
+    /// The trees re-laid out for [`Gbt::predict_batch`], built on first use (not serialised).
+    #[cfg_attr(feature = "serde", serde(skip))]
+    flat: FlatCache,
+}
+
+/// Deepest tree [`Flat`] lays out (a complete tree of depth 12 has 4095 splits); deeper models use the
+/// node-by-node path.
+const MAX_FLAT_DEPTH: usize = 12;
+
+/// The trees as complete binary trees of one depth `d`, in heap order (children of split `i` at `2i + 1` and
+/// `2i + 2`), so a row is routed by `d` branch-free steps. A leaf above depth `d` is padded with splits that
+/// send every row left (`threshold = +inf`) into copies of its value, so the routed value is unchanged.
+#[derive(Debug)]
+struct Flat {
+    depth: usize,
+    /// Per tree, `2^d - 1` split columns (indices into the full feature row).
+    cols: Vec<u32>,
+    /// Per tree, `2^d - 1` split thresholds (`x <= threshold` goes left).
+    thr: Vec<f64>,
+    /// Per tree, `2^d` leaf values.
+    leaves: Vec<f64>,
+    /// Largest column read, to check a row is long enough once per batch.
+    max_col: usize,
+    /// Number of trees laid out (a stale cache after `trees` was edited is not used).
+    n_trees: usize,
+}
+
+impl Flat {
+    /// Lays out `m`'s trees; `None` if a tree is deeper than [`MAX_FLAT_DEPTH`] or malformed.
+    fn build(m: &Gbt) -> Option<Self> {
+        fn depth(nodes: &[Node], i: usize, level: usize) -> Option<usize> {
+            let n = nodes.get(i)?;
+            if n.feature == LEAF {
+                return Some(level);
+            }
+            if level >= MAX_FLAT_DEPTH {
+                return None;
+            }
+            Some(depth(nodes, n.left as usize, level + 1)?.max(depth(
+                nodes,
+                n.right as usize,
+                level + 1,
+            )?))
+        }
+        #[allow(clippy::too_many_arguments)]
+        fn fill(
+            m: &Gbt,
+            nodes: &[Node],
+            src: usize,
+            pos: usize,
+            level: usize,
+            d: usize,
+            cols: &mut [u32],
+            thr: &mut [f64],
+            leaves: &mut [f64],
+        ) -> Option<()> {
+            let n = nodes.get(src)?;
+            if level == d {
+                leaves[pos + 1 - (1 << d)] = n.value;
+                return Some(());
+            }
+            let (l, r) = if n.feature == LEAF {
+                cols[pos] = 0;
+                thr[pos] = f64::INFINITY;
+                (src, src)
+            } else {
+                cols[pos] = u32::try_from(*m.columns.get(n.feature as usize)?).ok()?;
+                thr[pos] = n.threshold;
+                (n.left as usize, n.right as usize)
+            };
+            fill(m, nodes, l, 2 * pos + 1, level + 1, d, cols, thr, leaves)?;
+            fill(m, nodes, r, 2 * pos + 2, level + 1, d, cols, thr, leaves)
+        }
+        let mut d = 0;
+        for t in &m.trees {
+            d = d.max(depth(t, 0, 0)?);
+        }
+        let (ni, nl) = ((1usize << d) - 1, 1usize << d);
+        let nt = m.trees.len();
+        let mut f = Flat {
+            depth: d,
+            cols: vec![0; nt * ni],
+            thr: vec![0.0; nt * ni],
+            leaves: vec![0.0; nt * nl],
+            max_col: 0,
+            n_trees: nt,
+        };
+        for (k, t) in m.trees.iter().enumerate() {
+            fill(
+                m,
+                t,
+                0,
+                0,
+                0,
+                d,
+                &mut f.cols[k * ni..(k + 1) * ni],
+                &mut f.thr[k * ni..(k + 1) * ni],
+                &mut f.leaves[k * nl..(k + 1) * nl],
+            )?;
+        }
+        f.max_col = f.cols.iter().copied().max().unwrap_or(0) as usize;
+        if let Some(c) = m.offset_column {
+            f.max_col = f.max_col.max(c);
+        }
+        Some(f)
+    }
+}
+
+/// Lazily built [`Flat`] layout: a cache, so it is equal to any other and cloned empty.
+#[derive(Default)]
+struct FlatCache(std::sync::OnceLock<Option<Flat>>);
+
+impl Clone for FlatCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for FlatCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for FlatCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlatCache")
+    }
 }
 
 const MAX_BINS: usize = 64;
@@ -318,6 +446,7 @@ impl Gbt {
             base,
             trees: Vec::with_capacity(p.n_trees),
             offset_column: p.offset_column,
+            flat: FlatCache::default(),
         };
         let mut val_pred: Vec<f64> = val.map(|v| vec![base; v.len()]).unwrap_or_default();
         let mut val_curve = Vec::new();
@@ -382,6 +511,49 @@ impl Gbt {
                 .map(|t| predict_tree(t, &self.columns, row))
                 .sum::<f64>()
     }
+
+    /// Predicts `out.len()` rows of `x` (row-major, `n_features` per row) into `out`, with the same values as
+    /// [`Gbt::predict`] on each row (the trees are summed in the same order), tree by tree over all rows.
+    pub fn predict_batch(&self, x: &[f64], n_features: usize, out: &mut [f64]) {
+        let n = out.len();
+        let flat = self.flat.0.get_or_init(|| Flat::build(self)).as_ref();
+        let Some(f) = flat.filter(|f| {
+            f.n_trees == self.trees.len() && f.max_col < n_features && x.len() >= n * n_features
+        }) else {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = self.predict(&x[r * n_features..(r + 1) * n_features]);
+            }
+            return;
+        };
+        // `Sum` of f64 starts from -0.0.
+        out.fill(-0.0);
+        let (d, ni, nl) = (f.depth, (1usize << f.depth) - 1, 1usize << f.depth);
+        const LANES: usize = 8;
+        for t in 0..self.trees.len() {
+            let cols = &f.cols[t * ni..(t + 1) * ni];
+            let thr = &f.thr[t * ni..(t + 1) * ni];
+            let leaves = &f.leaves[t * nl..(t + 1) * nl];
+            let mut r0 = 0;
+            while r0 < n {
+                let lanes = LANES.min(n - r0);
+                let mut idx = [0usize; LANES];
+                for _ in 0..d {
+                    for (k, i) in idx.iter_mut().enumerate().take(lanes) {
+                        let v = x[(r0 + k) * n_features + cols[*i] as usize];
+                        *i = 2 * *i + 1 + usize::from(!(v <= thr[*i]));
+                    }
+                }
+                for (k, i) in idx.iter().enumerate().take(lanes) {
+                    out[r0 + k] += leaves[*i - ni];
+                }
+                r0 += lanes;
+            }
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = &x[r * n_features..(r + 1) * n_features];
+            *o += self.offset_column.map_or(0.0, |c| row[c]) + self.base;
+        }
+    }
 }
 
 fn predict_tree(nodes: &[Node], columns: &[usize], row: &[f64]) -> f64 {
@@ -423,7 +595,7 @@ mod tests {
                 learning_rate: 0.2,
                 ..Default::default()
             };
-            let (m, _) = Gbt::fit(&d, &[0, 1], &p, None);
+            let (mut m, _) = Gbt::fit(&d, &[0, 1], &p, None);
             let err: f64 = (0..d.len())
                 .map(|i| (m.predict(d.row(i)) - d.y[i]).abs())
                 .sum::<f64>()
@@ -433,6 +605,19 @@ mod tests {
             assert!(err < tol, "{loss:?}: {err}");
             // Binned routing and raw-feature prediction agree on the training rows.
             assert!((m.predict(&[0.9, 0.9]) - 10.0).abs() < 0.5);
+            // The batch path gives the row-by-row values, also on NaN and threshold-equal inputs.
+            m.offset_column = (loss == GbtLoss::Squared).then_some(1);
+            let mut x = d.x.clone();
+            x[2] = f64::NAN;
+            x[5] = f64::NAN;
+            if let Some(t) = m.trees[0].first().filter(|n| n.feature != LEAF) {
+                x[6 + t.feature as usize] = t.threshold;
+            }
+            let mut out = vec![0.0; d.len()];
+            m.predict_batch(&x, 2, &mut out);
+            for (i, o) in out.iter().enumerate() {
+                assert_eq!(o.to_bits(), m.predict(&x[2 * i..2 * i + 2]).to_bits(), "row {i}");
+            }
         }
     }
 }

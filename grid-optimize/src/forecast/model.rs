@@ -52,6 +52,46 @@ impl Predictor {
             }
         }
     }
+
+    /// Predicts `out.len()` rows of `x` (row-major, `n_features` per row) into `out`: the values of
+    /// [`Predictor::predict`] on each row, computed model by model over all rows (trees stay in cache).
+    /// `tmp` is a work buffer (an ensemble's member predictions).
+    pub fn predict_batch(&self, x: &[f64], n_features: usize, out: &mut [f64], tmp: &mut Vec<f64>) {
+        let row = |r: usize| &x[r * n_features..(r + 1) * n_features];
+        match self {
+            Self::Gbt(m) => m.predict_batch(x, n_features, out),
+            Self::Ensemble(ms) => {
+                // `Sum` of f64 starts from -0.0; members are added in order, as in `predict`.
+                out.fill(-0.0);
+                tmp.clear();
+                tmp.resize(out.len(), 0.0);
+                for m in ms {
+                    match m {
+                        Self::Ensemble(_) => {
+                            for (r, o) in out.iter_mut().enumerate() {
+                                *o += m.predict(row(r));
+                            }
+                        }
+                        _ => {
+                            m.predict_batch(x, n_features, tmp, &mut Vec::new());
+                            for (o, t) in out.iter_mut().zip(tmp.iter()) {
+                                *o += *t;
+                            }
+                        }
+                    }
+                }
+                let k = ms.len().max(1) as f64;
+                for o in out.iter_mut() {
+                    *o /= k;
+                }
+            }
+            _ => {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = self.predict(row(r));
+                }
+            }
+        }
+    }
 }
 
 /// P10/P90 offsets from the P50 forecast, per hour of the day, learnt from out-of-sample residuals.
@@ -389,18 +429,21 @@ impl ForecastModel {
         self.features
             .day_features(history, day, &self.profile, scratch);
         let nf = self.features.n_features();
-        out.p10.clear();
-        out.p50.clear();
-        out.p90.clear();
-        out.scale.clear();
+        for v in [&mut out.p10, &mut out.p50, &mut out.p90, &mut out.scale] {
+            v.clear();
+            v.resize(spd, 0.0);
+        }
+        // Raw predictions go to `scale` (overwritten slot by slot below); `p90` is the work buffer.
+        self.predictor
+            .predict_batch(&scratch[..spd * nf], nf, &mut out.scale, &mut out.p90);
+        out.p90.resize(spd, 0.0);
         for s in 0..spd {
             let row = &scratch[s * nf..(s + 1) * nf];
-            let raw = self.predictor.predict(row);
-            let (lo, mid, hi, sc) = postprocess(self, row, raw);
-            out.p10.push(lo);
-            out.p50.push(mid);
-            out.p90.push(hi);
-            out.scale.push(sc);
+            let (lo, mid, hi, sc) = postprocess(self, row, out.scale[s]);
+            out.p10[s] = lo;
+            out.p50[s] = mid;
+            out.p90[s] = hi;
+            out.scale[s] = sc;
         }
     }
 }
