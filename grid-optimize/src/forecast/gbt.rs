@@ -97,23 +97,29 @@ const MAX_FLAT_DEPTH: usize = 12;
 /// The trees as complete binary trees of one depth `d`, in heap order (children of split `i` at `2i + 1` and
 /// `2i + 2`), so a row is routed by `d` branch-free steps. A leaf above depth `d` is padded with splits that
 /// send every row left (`threshold = +inf`) into copies of its value, so the routed value is unchanged.
+///
+/// Every per-tree array has `2^d` entries (splits padded by one) and rows are copied to a power-of-two
+/// stride, so indices are masked instead of bounds-checked.
 #[derive(Debug)]
 struct Flat {
     depth: usize,
-    /// Per tree, `2^d - 1` split columns (indices into the full feature row).
-    cols: Vec<u32>,
-    /// Per tree, `2^d - 1` split thresholds (`x <= threshold` goes left).
+    /// Per tree, the split's index into [`Gbt::columns`].
+    cols: Vec<u8>,
+    /// Per tree, the split thresholds (`x <= threshold` goes left).
     thr: Vec<f64>,
-    /// Per tree, `2^d` leaf values.
+    /// Per tree, the leaf values.
     leaves: Vec<f64>,
-    /// Largest column read, to check a row is long enough once per batch.
+    /// Row stride of the compacted rows (a power of two ≥ the number of columns).
+    stride: usize,
+    /// Largest feature column read, to check a row is long enough once per batch.
     max_col: usize,
     /// Number of trees laid out (a stale cache after `trees` was edited is not used).
     n_trees: usize,
 }
 
 impl Flat {
-    /// Lays out `m`'s trees; `None` if a tree is deeper than [`MAX_FLAT_DEPTH`] or malformed.
+    /// Lays out `m`'s trees; `None` if a tree is deeper than [`MAX_FLAT_DEPTH`], uses more than 256 columns
+    /// or is malformed.
     fn build(m: &Gbt) -> Option<Self> {
         fn depth(nodes: &[Node], i: usize, level: usize) -> Option<usize> {
             let n = nodes.get(i)?;
@@ -129,65 +135,66 @@ impl Flat {
                 level + 1,
             )?))
         }
-        #[allow(clippy::too_many_arguments)]
+        struct Out<'a> {
+            cols: &'a mut [u8],
+            thr: &'a mut [f64],
+            leaves: &'a mut [f64],
+        }
         fn fill(
-            m: &Gbt,
             nodes: &[Node],
+            nc: usize,
             src: usize,
             pos: usize,
             level: usize,
             d: usize,
-            cols: &mut [u32],
-            thr: &mut [f64],
-            leaves: &mut [f64],
+            o: &mut Out<'_>,
         ) -> Option<()> {
             let n = nodes.get(src)?;
             if level == d {
-                leaves[pos + 1 - (1 << d)] = n.value;
+                o.leaves[pos + 1 - (1 << d)] = n.value;
                 return Some(());
             }
             let (l, r) = if n.feature == LEAF {
-                cols[pos] = 0;
-                thr[pos] = f64::INFINITY;
+                o.cols[pos] = 0;
+                o.thr[pos] = f64::INFINITY;
                 (src, src)
             } else {
-                cols[pos] = u32::try_from(*m.columns.get(n.feature as usize)?).ok()?;
-                thr[pos] = n.threshold;
+                if n.feature as usize >= nc {
+                    return None;
+                }
+                o.cols[pos] = u8::try_from(n.feature).ok()?;
+                o.thr[pos] = n.threshold;
                 (n.left as usize, n.right as usize)
             };
-            fill(m, nodes, l, 2 * pos + 1, level + 1, d, cols, thr, leaves)?;
-            fill(m, nodes, r, 2 * pos + 2, level + 1, d, cols, thr, leaves)
+            fill(nodes, nc, l, 2 * pos + 1, level + 1, d, o)?;
+            fill(nodes, nc, r, 2 * pos + 2, level + 1, d, o)
+        }
+        let nc = m.columns.len();
+        if nc == 0 || nc > 256 {
+            return None;
         }
         let mut d = 0;
         for t in &m.trees {
             d = d.max(depth(t, 0, 0)?);
         }
-        let (ni, nl) = ((1usize << d) - 1, 1usize << d);
+        let nl = 1usize << d;
         let nt = m.trees.len();
         let mut f = Flat {
             depth: d,
-            cols: vec![0; nt * ni],
-            thr: vec![0.0; nt * ni],
+            cols: vec![0; nt * nl],
+            thr: vec![f64::INFINITY; nt * nl],
             leaves: vec![0.0; nt * nl],
-            max_col: 0,
+            stride: nc.next_power_of_two(),
+            max_col: m.columns.iter().copied().chain(m.offset_column).max()?,
             n_trees: nt,
         };
         for (k, t) in m.trees.iter().enumerate() {
-            fill(
-                m,
-                t,
-                0,
-                0,
-                0,
-                d,
-                &mut f.cols[k * ni..(k + 1) * ni],
-                &mut f.thr[k * ni..(k + 1) * ni],
-                &mut f.leaves[k * nl..(k + 1) * nl],
-            )?;
-        }
-        f.max_col = f.cols.iter().copied().max().unwrap_or(0) as usize;
-        if let Some(c) = m.offset_column {
-            f.max_col = f.max_col.max(c);
+            let mut o = Out {
+                cols: &mut f.cols[k * nl..(k + 1) * nl],
+                thr: &mut f.thr[k * nl..(k + 1) * nl],
+                leaves: &mut f.leaves[k * nl..(k + 1) * nl],
+            };
+            fill(t, nc, 0, 0, 0, d, &mut o)?;
         }
         Some(f)
     }
@@ -514,7 +521,14 @@ impl Gbt {
 
     /// Predicts `out.len()` rows of `x` (row-major, `n_features` per row) into `out`, with the same values as
     /// [`Gbt::predict`] on each row (the trees are summed in the same order), tree by tree over all rows.
-    pub fn predict_batch(&self, x: &[f64], n_features: usize, out: &mut [f64]) {
+    /// `work` is a buffer for the rows' model columns.
+    pub fn predict_batch(
+        &self,
+        x: &[f64],
+        n_features: usize,
+        out: &mut [f64],
+        work: &mut Vec<f64>,
+    ) {
         let n = out.len();
         let flat = self.flat.0.get_or_init(|| Flat::build(self)).as_ref();
         let Some(f) = flat.filter(|f| {
@@ -525,28 +539,53 @@ impl Gbt {
             }
             return;
         };
+        // The model's columns of each row, compacted to a power-of-two stride.
+        let stride = f.stride;
+        work.clear();
+        work.resize(n * stride, 0.0);
+        for (r, w) in work.chunks_exact_mut(stride).enumerate() {
+            let row = &x[r * n_features..(r + 1) * n_features];
+            for (w, &c) in w.iter_mut().zip(&self.columns) {
+                *w = row[c];
+            }
+        }
         // `Sum` of f64 starts from -0.0.
         out.fill(-0.0);
-        let (d, ni, nl) = (f.depth, (1usize << f.depth) - 1, 1usize << f.depth);
+        let (d, nl) = (f.depth, 1usize << f.depth);
+        let (imask, smask) = (nl - 1, stride - 1);
+        let first_leaf = nl - 1;
         const LANES: usize = 8;
         for t in 0..self.trees.len() {
-            let cols = &f.cols[t * ni..(t + 1) * ni];
-            let thr = &f.thr[t * ni..(t + 1) * ni];
+            let cols = &f.cols[t * nl..(t + 1) * nl];
+            let thr = &f.thr[t * nl..(t + 1) * nl];
             let leaves = &f.leaves[t * nl..(t + 1) * nl];
-            let mut r0 = 0;
-            while r0 < n {
-                let lanes = LANES.min(n - r0);
+            let mut blocks = work.chunks_exact(LANES * stride);
+            let mut outs = out.chunks_exact_mut(LANES);
+            for (xb, ob) in (&mut blocks).zip(&mut outs) {
                 let mut idx = [0usize; LANES];
                 for _ in 0..d {
-                    for (k, i) in idx.iter_mut().enumerate().take(lanes) {
-                        let v = x[(r0 + k) * n_features + cols[*i] as usize];
-                        *i = 2 * *i + 1 + usize::from(!(v <= thr[*i]));
+                    for (k, i) in idx.iter_mut().enumerate() {
+                        let j = *i & imask;
+                        let v = xb[(k * stride + cols[j] as usize) & (LANES * stride - 1)];
+                        *i = 2 * *i + 1 + usize::from(!(v <= thr[j]));
                     }
                 }
-                for (k, i) in idx.iter().enumerate().take(lanes) {
-                    out[r0 + k] += leaves[*i - ni];
+                for (o, i) in ob.iter_mut().zip(idx) {
+                    *o += leaves[i.wrapping_sub(first_leaf) & imask];
                 }
-                r0 += lanes;
+            }
+            for (xr, o) in blocks
+                .remainder()
+                .chunks_exact(stride)
+                .zip(outs.into_remainder())
+            {
+                let mut i = 0usize;
+                for _ in 0..d {
+                    let j = i & imask;
+                    let v = xr[cols[j] as usize & smask];
+                    i = 2 * i + 1 + usize::from(!(v <= thr[j]));
+                }
+                *o += leaves[i.wrapping_sub(first_leaf) & imask];
             }
         }
         for (r, o) in out.iter_mut().enumerate() {
@@ -614,9 +653,13 @@ mod tests {
                 x[6 + t.feature as usize] = t.threshold;
             }
             let mut out = vec![0.0; d.len()];
-            m.predict_batch(&x, 2, &mut out);
+            m.predict_batch(&x, 2, &mut out, &mut Vec::new());
             for (i, o) in out.iter().enumerate() {
-                assert_eq!(o.to_bits(), m.predict(&x[2 * i..2 * i + 2]).to_bits(), "row {i}");
+                assert_eq!(
+                    o.to_bits(),
+                    m.predict(&x[2 * i..2 * i + 2]).to_bits(),
+                    "row {i}"
+                );
             }
         }
     }

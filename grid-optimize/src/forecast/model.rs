@@ -55,11 +55,18 @@ impl Predictor {
 
     /// Predicts `out.len()` rows of `x` (row-major, `n_features` per row) into `out`: the values of
     /// [`Predictor::predict`] on each row, computed model by model over all rows (trees stay in cache).
-    /// `tmp` is a work buffer (an ensemble's member predictions).
-    pub fn predict_batch(&self, x: &[f64], n_features: usize, out: &mut [f64], tmp: &mut Vec<f64>) {
+    /// `tmp` and `work` are work buffers (an ensemble's member predictions, the trees' compacted rows).
+    pub fn predict_batch(
+        &self,
+        x: &[f64],
+        n_features: usize,
+        out: &mut [f64],
+        tmp: &mut Vec<f64>,
+        work: &mut Vec<f64>,
+    ) {
         let row = |r: usize| &x[r * n_features..(r + 1) * n_features];
         match self {
-            Self::Gbt(m) => m.predict_batch(x, n_features, out),
+            Self::Gbt(m) => m.predict_batch(x, n_features, out, work),
             Self::Ensemble(ms) => {
                 // `Sum` of f64 starts from -0.0; members are added in order, as in `predict`.
                 out.fill(-0.0);
@@ -73,7 +80,7 @@ impl Predictor {
                             }
                         }
                         _ => {
-                            m.predict_batch(x, n_features, tmp, &mut Vec::new());
+                            m.predict_batch(x, n_features, tmp, &mut Vec::new(), work);
                             for (o, t) in out.iter_mut().zip(tmp.iter()) {
                                 *o += *t;
                             }
@@ -433,10 +440,16 @@ impl ForecastModel {
             v.clear();
             v.resize(spd, 0.0);
         }
-        // Raw predictions go to `scale` (overwritten slot by slot below); `p90` is the work buffer.
-        self.predictor
-            .predict_batch(&scratch[..spd * nf], nf, &mut out.scale, &mut out.p90);
+        // Raw predictions go to `scale` (overwritten slot by slot below); `p90` and `p10` are work buffers.
+        self.predictor.predict_batch(
+            &scratch[..spd * nf],
+            nf,
+            &mut out.scale,
+            &mut out.p90,
+            &mut out.p10,
+        );
         out.p90.resize(spd, 0.0);
+        out.p10.resize(spd, 0.0);
         for s in 0..spd {
             let row = &scratch[s * nf..(s + 1) * nf];
             let (lo, mid, hi, sc) = postprocess(self, row, out.scale[s]);
