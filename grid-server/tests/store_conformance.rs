@@ -1442,6 +1442,188 @@ mod suite {
         );
     }
 
+    /// `record_acks` in batches of any size gives exactly what `record_ack` one by one gives:
+    /// the same outcome per ack and the same schedule rows and ack rows, on a generated stream
+    /// with duplicates, reordering, other devices' and unknown targets, and `delivered` acks.
+    pub async fn batched_acks_equal_one_by_one(store: S) {
+        use ExecutionState as St;
+        // Schedule answers only: the multi-row path.
+        acks_equal_run(
+            &store,
+            ["a", "b"],
+            &[
+                St::Accepted,
+                St::Executing,
+                St::Completed,
+                St::Rejected,
+                St::Failed,
+                St::Accepted,
+            ],
+        )
+        .await;
+        // With `delivered` acks: the one-by-one path inside the batch's transaction.
+        acks_equal_run(
+            &store,
+            ["c", "d"],
+            &[
+                St::Accepted,
+                St::Executing,
+                St::Completed,
+                St::Rejected,
+                St::Failed,
+                St::Delivered,
+            ],
+        )
+        .await;
+    }
+
+    async fn acks_equal_run(store: &S, names: [&str; 2], states: &[ExecutionState]) {
+        use ExecutionState as St;
+        const SCHEDULES: usize = 6;
+        let t0 = t("2026-11-27T00:00:00Z");
+        // Two identical worlds: "a" answered one by one, "b" in batches.
+        let mut worlds = Vec::new();
+        for w in names {
+            let ids = fleet(&**store, &format!("s{w}"), &format!("bat{w}"), 3).await;
+            let mut targets = Vec::new();
+            for k in 0..SCHEDULES {
+                let name = format!("eq-{w}-{k}");
+                store
+                    .create_schedule(
+                        &new_schedule(&name, &ids[k % 3], 1, "2026-11-27T00:00:00Z"),
+                        t0,
+                    )
+                    .await
+                    .unwrap();
+                let sid = ScheduleId::new(&name).unwrap();
+                if k % 2 == 0 {
+                    store
+                        .apply_schedule_event(
+                            &sid,
+                            ScheduleVersion(1),
+                            LifecycleEvent::Deliver,
+                            t0,
+                            None,
+                        )
+                        .await
+                        .unwrap();
+                }
+                targets.push(sid);
+            }
+            worlds.push((ids, targets));
+        }
+        // A deterministic stream (a small LCG), the same for both worlds.
+        let mut x: u64 = 0x5eed;
+        let mut next = |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % m
+        };
+        let mut stream = Vec::new();
+        for n in 0..120 {
+            let k = next(SCHEDULES as u64) as usize;
+            let state: St = states[next(states.len() as u64) as usize];
+            // Every so often reuse an earlier message id (a redelivery), speak for another
+            // device, or name an unknown schedule.
+            let msg = if n > 5 && next(6) == 0 {
+                format!("m{}", next(n))
+            } else {
+                format!("m{n}")
+            };
+            let wrong_device = next(15) == 0;
+            let unknown = next(20) == 0;
+            let reason = (next(4) == 0).then(|| format!("r{n}"));
+            stream.push((k, state, msg, wrong_device, unknown, reason, n));
+        }
+        let ack_in = |w: usize, item: &(usize, St, String, bool, bool, Option<String>, u64)| {
+            let (k, state, msg, wrong, unknown, reason, n) = item;
+            let (ids, targets) = &worlds[w];
+            let device = if *wrong {
+                &ids[(k + 1) % 3]
+            } else {
+                &ids[k % 3]
+            };
+            let id = if *unknown {
+                ScheduleId::new(format!("nope-{k}")).unwrap()
+            } else {
+                targets[*k].clone()
+            };
+            AckRecord {
+                message_id: msg.clone(),
+                device: device.clone(),
+                target: AckTarget::Schedule {
+                    id,
+                    version: ScheduleVersion(1),
+                },
+                state: *state,
+                reason_code: None,
+                reason: reason.clone(),
+                sent_at: t0,
+                received_at: Timestamp::from_second(t0.as_second() + 10 + *n as i64).unwrap(),
+            }
+        };
+        let describe = |r: &StoreResult<AckOutcome>| match r {
+            Ok(o) => format!("{o:?}"),
+            Err(StoreError::NotFound { .. }) => "not found".into(),
+            Err(StoreError::Invalid { .. }) => "invalid".into(),
+            Err(e) => format!("other: {e}"),
+        };
+        let mut one_by_one = Vec::new();
+        for item in &stream {
+            one_by_one.push(describe(&store.record_ack(&ack_in(0, item)).await));
+        }
+        let mut batched = Vec::new();
+        let mut rest = &stream[..];
+        while !rest.is_empty() {
+            let size = (1 + next(25) as usize).min(rest.len());
+            let batch: Vec<AckRecord> = rest[..size].iter().map(|i| ack_in(1, i)).collect();
+
+            for r in store.record_acks(&batch).await.unwrap() {
+                batched.push(describe(&r));
+            }
+            rest = &rest[size..];
+        }
+        assert_eq!(one_by_one, batched);
+        for k in 0..SCHEDULES {
+            let a = store.get_schedule(&worlds[0].1[k], None).await.unwrap();
+            let b = store.get_schedule(&worlds[1].1[k], None).await.unwrap();
+            assert_eq!(
+                (
+                    a.state,
+                    &a.reason,
+                    a.answered_at,
+                    a.updated_at,
+                    a.attempts,
+                    a.first_sent_at
+                ),
+                (
+                    b.state,
+                    &b.reason,
+                    b.answered_at,
+                    b.updated_at,
+                    b.attempts,
+                    b.first_sent_at
+                ),
+                "schedule {k}"
+            );
+            let target = |w: usize| AckTarget::Schedule {
+                id: worlds[w].1[k].clone(),
+                version: ScheduleVersion(1),
+            };
+            let strip = |v: Vec<AckRecord>| {
+                v.into_iter()
+                    .map(|r| (r.message_id, r.state, r.reason, r.received_at))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                strip(store.list_acks(&target(0)).await.unwrap()),
+                strip(store.list_acks(&target(1)).await.unwrap()),
+                "acks of schedule {k}"
+            );
+        }
+    }
+
     /// Measured series (issue #9): gaps are not written, a slot stored again is replaced, ranges
     /// are half-open and oldest first; model metadata can be replaced.
     pub async fn series(store: S) {
@@ -1749,6 +1931,7 @@ conformance!(
     telemetry,
     outbox,
     batches,
+    batched_acks_equal_one_by_one,
     series,
     models,
     delivery_stats,

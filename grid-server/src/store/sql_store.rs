@@ -13,6 +13,7 @@ use grid_core::{
     TelemetrySample, Temperature, Timestamp,
 };
 use sqlx::{QueryBuilder, Row};
+use std::collections::HashMap;
 use std::time::Duration;
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -619,6 +620,227 @@ impl This {
                 }
             }
         }
+    }
+
+    /// The multi-row path of [`Store::record_acks`] for acks of schedules (`fast` indexes into
+    /// `acks`): one read of every target, one multi-row insert of the acks, the lifecycle walked
+    /// in memory in arrival order, and one multi-row update of the moved schedules guarded by
+    /// their state as read. A schedule another writer moved meanwhile has its acks of this batch
+    /// removed again and listed in `retry`.
+    async fn record_schedule_acks_in(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        acks: &[AckRecord],
+        fast: &[usize],
+        out: &mut [Option<StoreResult<AckOutcome>>],
+        retry: &mut Vec<usize>,
+    ) -> StoreResult<()> {
+        type Key = (String, i64);
+        let key_of = |ack: &AckRecord| -> StoreResult<Key> {
+            match &ack.target {
+                AckTarget::Schedule { id, version } => {
+                    Ok((id.as_str().to_owned(), version_param(*version)?))
+                }
+                AckTarget::Command { id } => Err(StoreError::invalid("target", id.clone())),
+            }
+        };
+        let mut keys: Vec<Key> = Vec::new();
+        for &i in fast {
+            let k = key_of(&acks[i])?;
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        // 1. Every target's state and owner.
+        let mut stored: HashMap<Key, (ExecutionState, String)> = HashMap::new();
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut q = QueryBuilder::<Db>::new(
+                "SELECT s.schedule_id, s.version, s.state, s.device_id FROM schedules s JOIN (VALUES ",
+            );
+            for (n, (id, v)) in chunk.iter().enumerate() {
+                if n > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(id.clone())
+                    .push(", CAST(")
+                    .push_bind(*v)
+                    .push(" AS BIGINT))");
+            }
+            q.push(") AS v ON s.schedule_id = v.column1 AND s.version = v.column2");
+            for row in q.build().fetch_all(&mut **tx).await? {
+                let key: Key = (col(&row, "schedule_id")?, col(&row, "version")?);
+                stored.insert(key, (state_col(&row, "state")?, col(&row, "device_id")?));
+            }
+        }
+        // 2. Unknown targets and other devices' schedules are refused; the rest is inserted.
+        let mut candidates = Vec::new();
+        for &i in fast {
+            let ack = &acks[i];
+            let key = key_of(ack)?;
+            match stored.get(&key) {
+                None => {
+                    out[i] = Some(Err(StoreError::not_found(
+                        "schedule",
+                        format!("{} {}", key.0, key.1),
+                    )))
+                }
+                Some((_, owner)) if owner != ack.device.as_str() => {
+                    out[i] = Some(Err(StoreError::invalid(
+                        "device",
+                        format!("ack from {} for a schedule of device {owner}", ack.device),
+                    )))
+                }
+                Some(_) => candidates.push(i),
+            }
+        }
+        let mut inserted: std::collections::HashSet<(String, String)> = Default::default();
+        for chunk in candidates.chunks(INSERT_CHUNK / 10) {
+            let mut q = QueryBuilder::<Db>::new(
+                "INSERT INTO acks (message_id, device_id, target_kind, target_id, target_version, \
+                 state, reason_code, reason, sent_ms, received_ms) ",
+            );
+            q.push_values(chunk, |mut b, &i| {
+                let a = &acks[i];
+                let (id, v) = match &a.target {
+                    AckTarget::Schedule { id, version } => {
+                        (id.as_str().to_owned(), i64::try_from(version.0).unwrap_or(i64::MAX))
+                    }
+                    AckTarget::Command { id } => (id.clone(), 0),
+                };
+                b.push_bind(a.message_id.clone())
+                    .push_bind(a.device.as_str().to_owned())
+                    .push_bind("schedule")
+                    .push_bind(id)
+                    .push_bind(v)
+                    .push_bind(a.state.as_str())
+                    .push_bind(a.reason_code.clone())
+                    .push_bind(a.reason.clone())
+                    .push_bind(ms(a.sent_at))
+                    .push_bind(ms(a.received_at));
+            });
+            q.push(" ON CONFLICT (device_id, message_id) DO NOTHING RETURNING device_id, message_id");
+            for row in q.build().fetch_all(&mut **tx).await? {
+                inserted.insert((col(&row, "device_id")?, col(&row, "message_id")?));
+            }
+        }
+        // 3. The lifecycles, in arrival order (exactly the one-by-one rules).
+        struct Walk {
+            original: ExecutionState,
+            current: ExecutionState,
+            reason: Option<String>,
+            updated_ms: i64,
+            answered_ms: Option<i64>,
+            inserted: Vec<usize>,
+            all: Vec<usize>,
+        }
+        let mut walks: Vec<(Key, Walk)> = Vec::new();
+        for &i in &candidates {
+            let ack = &acks[i];
+            let key = key_of(ack)?;
+            let pos = match walks.iter().position(|(k, _)| *k == key) {
+                Some(p) => p,
+                None => {
+                    let (state, _) = stored.get(&key).cloned().ok_or_else(|| {
+                        StoreError::not_found("schedule", format!("{} {}", key.0, key.1))
+                    })?;
+                    walks.push((
+                        key.clone(),
+                        Walk {
+                            original: state,
+                            current: state,
+                            reason: None,
+                            updated_ms: 0,
+                            answered_ms: None,
+                            inserted: Vec::new(),
+                            all: Vec::new(),
+                        },
+                    ));
+                    walks.len() - 1
+                }
+            };
+            let w = &mut walks[pos].1;
+            w.all.push(i);
+            let fresh = inserted.remove(&(ack.device.as_str().to_owned(), ack.message_id.clone()));
+            if fresh {
+                w.inserted.push(i);
+            }
+            if !fresh || ack.state == w.current {
+                out[i] = Some(Ok(AckOutcome::Duplicate { state: w.current }));
+                continue;
+            }
+            let Some((event, next)) =
+                event_for(ack.state).and_then(|e| w.current.apply(e).ok().map(|n| (e, n)))
+            else {
+                out[i] = Some(Ok(AckOutcome::Ignored { state: w.current }));
+                continue;
+            };
+            out[i] = Some(Ok(AckOutcome::Applied {
+                from: w.current,
+                state: next,
+            }));
+            w.current = next;
+            if let Some(r) = ack.reason.as_deref().or(ack.reason_code.as_deref()) {
+                w.reason = Some(r.to_owned());
+            }
+            w.updated_ms = ms(ack.received_at);
+            if is_device_answer(event) && w.answered_ms.is_none() {
+                w.answered_ms = Some(ms(ack.received_at));
+            }
+        }
+        // 4. The moved schedules, guarded by the state they were read in.
+        let moved: Vec<&(Key, Walk)> = walks.iter().filter(|(_, w)| w.current != w.original).collect();
+        let mut updated: std::collections::HashSet<Key> = Default::default();
+        for chunk in moved.chunks(BATCH_ROWS) {
+            let mut q = QueryBuilder::<Db>::new(
+                "UPDATE schedules SET state = v.column3, reason = COALESCE(v.column4, reason), \
+                 updated_ms = v.column5, answered_ms = COALESCE(answered_ms, v.column6) FROM (VALUES ",
+            );
+            for (n, ((id, v), w)) in chunk.iter().map(|x| (&x.0, &x.1)).enumerate() {
+                if n > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(id.clone())
+                    .push(", CAST(")
+                    .push_bind(*v)
+                    .push(" AS BIGINT), ")
+                    .push_bind(w.current.as_str())
+                    .push(", ")
+                    .push_bind(w.reason.clone())
+                    .push(", CAST(")
+                    .push_bind(w.updated_ms)
+                    .push(" AS BIGINT), CAST(")
+                    .push_bind(w.answered_ms)
+                    .push(" AS BIGINT), ")
+                    .push_bind(w.original.as_str())
+                    .push(")");
+            }
+            q.push(
+                ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
+                 AND schedules.state = v.column7 RETURNING schedules.schedule_id, schedules.version",
+            );
+            for row in q.build().fetch_all(&mut **tx).await? {
+                updated.insert((col(&row, "schedule_id")?, col(&row, "version")?));
+            }
+        }
+        // 5. Raced: take this batch's acks of that schedule back and redo them one by one.
+        for (key, w) in moved {
+            if updated.contains(key) {
+                continue;
+            }
+            for &i in &w.inserted {
+                sqlx::query("DELETE FROM acks WHERE device_id = $1 AND message_id = $2")
+                    .bind(acks[i].device.as_str())
+                    .bind(&acks[i].message_id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            for &i in &w.all {
+                out[i] = None;
+                retry.push(i);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1550,33 +1772,68 @@ impl Store for This {
     }
 
     async fn record_acks(&self, acks: &[AckRecord]) -> StoreResult<Vec<StoreResult<AckOutcome>>> {
-        let mut first: Vec<Option<StoreResult<AckOutcome>>> = Vec::with_capacity(acks.len());
-        let mut tx = self.pool.begin_with(BEGIN).await?;
-        for ack in acks {
+        let mut out: Vec<Option<StoreResult<AckOutcome>>> = (0..acks.len()).map(|_| None).collect();
+        // Acks of commands and `delivered` acks (which also count a publication) take the
+        // one-by-one path inside the batch's transaction; batches of schedule answers only (the
+        // bulk: accepted / executing / completed) go through multi-row statements.
+        let mut slow_targets: std::collections::HashSet<(String, i64)> = Default::default();
+        for (i, ack) in acks.iter().enumerate() {
             if let Err(e) = check_ack_text(ack) {
-                first.push(Some(Err(e)));
+                out[i] = Some(Err(e));
                 continue;
             }
-            match Self::record_ack_in(&mut tx, ack).await {
-                Ok(Some(outcome)) => first.push(Some(Ok(outcome))),
+            if let AckTarget::Schedule { id, version } = &ack.target
+                && ack.state == ExecutionState::Delivered
+            {
+                slow_targets.insert((id.as_str().to_owned(), version_param(*version)?));
+            }
+        }
+        let mut fast = Vec::new();
+        let mut slow = Vec::new();
+        for (i, ack) in acks.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            match &ack.target {
+                AckTarget::Schedule { id, version }
+                    if !slow_targets.contains(&(id.as_str().to_owned(), version_param(*version)?)) =>
+                {
+                    fast.push(i)
+                }
+                _ => slow.push(i),
+            }
+        }
+        if !slow.is_empty() {
+            // Arrival order across targets matters when message ids repeat: a batch with any
+            // slow ack is taken one by one as a whole (rare: agents do not send `delivered`).
+            slow = (0..acks.len()).filter(|&i| out[i].is_none()).collect();
+            fast.clear();
+        }
+        let mut retry = Vec::new();
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        for i in slow {
+            match Self::record_ack_in(&mut tx, &acks[i]).await {
+                Ok(Some(outcome)) => out[i] = Some(Ok(outcome)),
                 // Raced with another writer: retried on its own after the commit.
-                Ok(None) => first.push(None),
+                Ok(None) => retry.push(i),
                 Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
-                    first.push(Some(Err(e)))
+                    out[i] = Some(Err(e))
                 }
                 // A database error aborts the transaction: nothing is recorded.
                 Err(e) => return Err(e),
             }
         }
-        tx.commit().await?;
-        let mut out = Vec::with_capacity(acks.len());
-        for (ack, result) in acks.iter().zip(first) {
-            out.push(match result {
-                Some(r) => r,
-                None => self.record_ack(ack).await,
-            });
+        if !fast.is_empty() {
+            Self::record_schedule_acks_in(&mut tx, acks, &fast, &mut out, &mut retry).await?;
         }
-        Ok(out)
+        tx.commit().await?;
+        for i in retry {
+            out[i] = Some(self.record_ack(&acks[i]).await);
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::invalid("ack", "not processed"))))
+            .collect())
     }
 
     async fn list_acks(&self, target: &AckTarget) -> StoreResult<Vec<AckRecord>> {
