@@ -559,7 +559,8 @@ impl Gbt {
             let cols = &f.cols[t * nl..(t + 1) * nl];
             let thr = &f.thr[t * nl..(t + 1) * nl];
             let leaves = &f.leaves[t * nl..(t + 1) * nl];
-            let mut blocks = work.chunks_exact(LANES * stride);
+            // `(v <= t) ^ 1`, not `v > t`: a NaN goes right, as in `predict_tree`.
+        let mut blocks = work.chunks_exact(LANES * stride);
             let mut outs = out.chunks_exact_mut(LANES);
             for (xb, ob) in (&mut blocks).zip(&mut outs) {
                 let mut idx = [0usize; LANES];
@@ -567,7 +568,7 @@ impl Gbt {
                     for (k, i) in idx.iter_mut().enumerate() {
                         let j = *i & imask;
                         let v = xb[(k * stride + cols[j] as usize) & (LANES * stride - 1)];
-                        *i = 2 * *i + 1 + usize::from(!(v <= thr[j]));
+                        *i = 2 * *i + 1 + (usize::from(v <= thr[j]) ^ 1);
                     }
                 }
                 for (o, i) in ob.iter_mut().zip(idx) {
@@ -583,7 +584,7 @@ impl Gbt {
                 for _ in 0..d {
                     let j = i & imask;
                     let v = xr[cols[j] as usize & smask];
-                    i = 2 * i + 1 + usize::from(!(v <= thr[j]));
+                    i = 2 * i + 1 + (usize::from(v <= thr[j]) ^ 1);
                 }
                 *o += leaves[i.wrapping_sub(first_leaf) & imask];
             }
