@@ -555,16 +555,40 @@ impl Gbt {
         let (imask, smask) = (nl - 1, stride - 1);
         let first_leaf = nl - 1;
         const LANES: usize = 8;
+        // Columns with the same value in every row (e.g. the day's weekday or previous-day mean): the splits
+        // on them at the top of a tree send all rows the same way, so they are taken once per tree.
+        let mut konst = [false; 256];
+        if let Some(first) = work.get(..stride) {
+            for (j, k) in konst.iter_mut().enumerate().take(self.columns.len()) {
+                *k = work
+                    .chunks_exact(stride)
+                    .all(|w| w[j].to_bits() == first[j].to_bits());
+            }
+        }
+        let first = work.get(..stride).unwrap_or_default();
         for t in 0..self.trees.len() {
             let cols = &f.cols[t * nl..(t + 1) * nl];
             let thr = &f.thr[t * nl..(t + 1) * nl];
+            let (mut start, mut steps) = (0usize, d);
+            while steps > 0 {
+                let (c, th) = (cols[start & imask] as usize, thr[start & imask]);
+                if th == f64::INFINITY {
+                    // Padding: both subtrees hold the same value.
+                    start = 2 * start + 1;
+                } else if konst[c] {
+                    start = 2 * start + 1 + (usize::from(first[c & smask] <= th) ^ 1);
+                } else {
+                    break;
+                }
+                steps -= 1;
+            }
             let leaves = &f.leaves[t * nl..(t + 1) * nl];
             // `(v <= t) ^ 1`, not `v > t`: a NaN goes right, as in `predict_tree`.
-        let mut blocks = work.chunks_exact(LANES * stride);
+            let mut blocks = work.chunks_exact(LANES * stride);
             let mut outs = out.chunks_exact_mut(LANES);
             for (xb, ob) in (&mut blocks).zip(&mut outs) {
-                let mut idx = [0usize; LANES];
-                for _ in 0..d {
+                let mut idx = [start; LANES];
+                for _ in 0..steps {
                     for (k, i) in idx.iter_mut().enumerate() {
                         let j = *i & imask;
                         let v = xb[(k * stride + cols[j] as usize) & (LANES * stride - 1)];
@@ -580,8 +604,8 @@ impl Gbt {
                 .chunks_exact(stride)
                 .zip(outs.into_remainder())
             {
-                let mut i = 0usize;
-                for _ in 0..d {
+                let mut i = start;
+                for _ in 0..steps {
                     let j = i & imask;
                     let v = xr[cols[j] as usize & smask];
                     i = 2 * i + 1 + (usize::from(v <= thr[j]) ^ 1);
@@ -661,6 +685,17 @@ mod tests {
                     m.predict(&x[2 * i..2 * i + 2]).to_bits(),
                     "row {i}"
                 );
+            }
+            // A column with one value in every row (its splits are taken once per tree), also NaN.
+            for a in [0.2, 0.7, f64::NAN] {
+                for r in x.chunks_exact_mut(2) {
+                    r[0] = a;
+                }
+                m.predict_batch(&x, 2, &mut out, &mut Vec::new());
+                for (i, o) in out.iter().enumerate() {
+                    let want = m.predict(&x[2 * i..2 * i + 2]);
+                    assert_eq!(o.to_bits(), want.to_bits(), "{a}: row {i}");
+                }
             }
         }
     }
