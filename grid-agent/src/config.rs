@@ -228,6 +228,14 @@ impl Config {
                 "cert_file and key_file must be set together (mTLS)".into(),
             ));
         }
+        // The shell presents a client certificate only with an explicit CA (as the server does):
+        // with the system roots it would connect without one, i.e. mTLS silently off.
+        if !self.mqtt.cert_file.is_empty() && self.mqtt.ca_file.is_empty() {
+            return Err(bad(
+                "mqtt.ca_file",
+                "a client certificate (cert_file/key_file) needs the broker's CA in ca_file".into(),
+            ));
+        }
         if !(5..=3600).contains(&self.mqtt.keepalive_s) {
             return Err(bad("mqtt.keepalive_s", "expected 5..=3600 seconds".into()));
         }
@@ -672,6 +680,13 @@ mod tests {
         assert_eq!(
             key(load("[mqtt]\nkeepalive_s = \"soon\"\n", &[])),
             "mqtt.keepalive_s"
+        );
+        assert_eq!(
+            key(load(
+                "[mqtt]\nurl = \"mqtts://b.example\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n",
+                &[]
+            )),
+            "mqtt.ca_file"
         );
     }
 

@@ -351,6 +351,13 @@ fn mqtt_options(settings: &MqttSettings, will: Option<(String, Vec<u8>)>) -> Res
                 alpn: None,
                 client_auth,
             }),
+            // The default config has no client certificate: refuse rather than drop it.
+            None if client_auth.is_some() => {
+                return Err(Error::Config {
+                    key: "mqtt.ca_file".into(),
+                    reason: "a client certificate needs the broker's CA".into(),
+                });
+            }
             None => Transport::tls_with_default_config(),
         };
         o.set_transport(transport);

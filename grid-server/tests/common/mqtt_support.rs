@@ -33,6 +33,17 @@ pub struct FakeDevice {
 impl FakeDevice {
     /// Connects to host:port as `id` and subscribes to `grid/v1/{id}/down/+`.
     pub async fn connect(host: &str, port: u16, id: &DeviceId) -> Self {
+        Self::connect_with(host, port, id, None).await
+    }
+
+    /// Like [`FakeDevice::connect`], over `transport` (TLS with a client certificate, which need
+    /// not be `id`'s: an impostor) when given.
+    pub async fn connect_with(
+        host: &str,
+        port: u16,
+        id: &DeviceId,
+        transport: Option<rumqttc::Transport>,
+    ) -> Self {
         let mut options = MqttOptions::new(
             format!("dev-{id}-{}", super::support::unique("c")),
             host,
@@ -41,6 +52,9 @@ impl FakeDevice {
         options
             .set_keep_alive(Duration::from_secs(10))
             .set_clean_session(true);
+        if let Some(transport) = transport {
+            options.set_transport(transport);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let mut net = NetworkOptions::new();
         net.set_tcp_nodelay(true);
@@ -85,6 +99,11 @@ impl FakeDevice {
         let (parsed, env) = grid_proto::topic::decode_on_topic(&topic, &payload).unwrap();
         assert_eq!(parsed.device, self.id, "only our own downlink arrives");
         Some(env)
+    }
+
+    /// The next message on any topic the client subscribed to, undecoded, within `timeout`.
+    pub async fn recv_raw(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
+        tokio::time::timeout(timeout, self.rx.recv()).await.ok()?
     }
 
     /// Publishes an envelope on its topic (JSON) at QoS 1, retained where the protocol says so
