@@ -1265,10 +1265,18 @@ async fn event_loop(inner: Arc<Inner>, mut eventloop: EventLoop) {
                 failures = 0;
                 inner.healthy.store(true, Ordering::Relaxed);
                 tracing::info!(client_id = %inner.config.client_id, %filter, "connected to the MQTT broker");
-                // A clean session forgets subscriptions: subscribe on every (re)connect.
-                if let Err(e) = inner.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "subscribing failed");
-                }
+                // A clean session forgets subscriptions: subscribe on every (re)connect. The
+                // request queue may be full right after a reconnect (acks and resends queued
+                // while the broker was away), so the subscription waits for room in a task of
+                // its own while this loop keeps polling (measured: a 10,000-device broker
+                // restart dropped the subscription and the server heard nothing more).
+                let client = inner.client.clone();
+                let topic = filter.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client.subscribe(topic, QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, "subscribing failed");
+                    }
+                });
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 let ok = ack

@@ -788,7 +788,10 @@ impl This {
             }
         }
         // 4. The moved schedules, guarded by the state they were read in.
-        let moved: Vec<&(Key, Walk)> = walks.iter().filter(|(_, w)| w.current != w.original).collect();
+        let mut moved: Vec<&(Key, Walk)> =
+            walks.iter().filter(|(_, w)| w.current != w.original).collect();
+        // One lock order for every writer.
+        moved.sort_by(|a, b| a.0.cmp(&b.0));
         let mut updated: std::collections::HashSet<Key> = Default::default();
         for chunk in moved.chunks(BATCH_ROWS) {
             let mut q = QueryBuilder::<Db>::new(
@@ -1552,6 +1555,11 @@ impl Store for This {
         if sends.is_empty() {
             return Ok(0);
         }
+        // One lock order for every writer (by schedule id and version).
+        let mut sorted: Vec<&(ScheduleId, ScheduleVersion)> = sends.iter().collect();
+        sorted.sort_by(|a, b| (a.0.as_str(), a.1.0).cmp(&(b.0.as_str(), b.1.0)));
+        let sends: Vec<(ScheduleId, ScheduleVersion)> = sorted.into_iter().cloned().collect();
+        let sends = sends.as_slice();
         let mut versions = Vec::with_capacity(sends.len());
         for (_, v) in sends {
             versions.push(version_param(*v)?);
@@ -2062,6 +2070,9 @@ impl Store for This {
                 },
             }
         }
+        // One lock order for every writer (by device id), so concurrent batches cannot deadlock.
+        updates.sort_by(|a, b| writes[a.0].device.as_str().cmp(writes[b.0].device.as_str()));
+        inserts.sort_by(|a, b| writes[*a].device.as_str().cmp(writes[*b].device.as_str()));
         let mut tx = self.pool.begin_with(BEGIN).await?;
         // Multi-row statements; a device whose row is missing or at another revision comes back
         // without a RETURNING row: a conflict for that device alone.
