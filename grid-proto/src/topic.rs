@@ -74,11 +74,9 @@ impl TopicKind {
         }
     }
 
-    /// Whether messages on it are published with the retain flag: `status`, and `hello` (a
-    /// hello sent while no server is subscribed, e.g. when devices reconnect after a broker
-    /// restart before the server does, reaches the server when it subscribes).
+    /// Whether messages on it are published with the retain flag (only `status`).
     pub fn retained(self) -> bool {
-        matches!(self, Self::Status | Self::Hello)
+        matches!(self, Self::Status)
     }
 
     /// The topic a body of this kind travels on.

@@ -291,10 +291,7 @@ fn topics_build_parse_and_reject() {
     for kind in TopicKind::ALL {
         let t = Topic::new(d.clone(), kind);
         assert_eq!(Topic::parse(&t.to_string()).unwrap(), t);
-        assert_eq!(
-            kind.retained(),
-            kind == TopicKind::Status || kind == TopicKind::Hello
-        );
+        assert_eq!(kind.retained(), kind == TopicKind::Status);
     }
     assert_eq!(
         Topic::new(d.clone(), TopicKind::Schedule).to_string(),

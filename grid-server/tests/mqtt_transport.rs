@@ -252,61 +252,6 @@ mod scenarios {
         task.await.unwrap();
     }
 
-    /// A device that says hello while no server is subscribed (both reconnecting after a broker
-    /// restart) is answered once the server subscribes: the hello is retained. A server that
-    /// re-subscribes does not answer the same retained hello twice.
-    pub async fn retained_hello_reaches_a_late_server(env: Env) {
-        let ids = env.devices(1).await;
-        let id = sched_id(&env, 0);
-        env.store
-            .create_schedule(&live_schedule(&id, &ids[0], 1), Timestamp::now())
-            .await
-            .unwrap();
-        // Stored but never distributed: only a hello makes the server send it.
-        let mut dev = env.device(&ids[0]).await;
-        dev.send(&dev.envelope(Body::Hello(Hello {
-            agent_version: "0.1.0-test".into(),
-            schedules: vec![],
-            last_message_ids: vec![],
-            capabilities: vec![],
-            codec: grid_proto::Codec::Json,
-        })))
-        .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let (t, task) = env.start().await;
-        let msg = dev
-            .recv(WAIT)
-            .await
-            .expect("the retained hello was answered");
-        let Body::ScheduleAssign(body) = &msg.body else {
-            panic!("expected a schedule_assign, got {:?}", msg.kind())
-        };
-        assert_eq!(body.schedule_id.as_str(), id);
-        dev.send(&dev.ack_for(&msg, ExecutionState::Accepted)).await;
-        assert!(
-            eventually(WAIT, || async {
-                env.state(&id).await == ExecutionState::Accepted
-            })
-            .await,
-            "accepted"
-        );
-        t.shutdown();
-        task.await.unwrap();
-        // A restarted server gets the same (now stale) retained hello again: it may resend the
-        // schedule (at least once), never anything else, and the lifecycle stays where it is.
-        let (t, task) = env.start().await;
-        while let Some(m) = dev.recv(Duration::from_millis(800)).await {
-            assert_eq!(m.body, msg.body, "only the same schedule again");
-            dev.send(&dev.ack_for(&m, ExecutionState::Accepted)).await;
-        }
-        assert_eq!(env.state(&id).await, ExecutionState::Accepted);
-        t.shutdown();
-        task.await.unwrap();
-        // Clear the retained hello so other runs on a shared broker do not see it.
-        dev.clear_retained(&format!("grid/v1/{}/up/hello", ids[0]))
-            .await;
-    }
-
     /// The same ack twice, and a second ack with the same state, change nothing.
     pub async fn duplicate_acks_are_idempotent(env: Env) {
         let ids = env.devices(1).await;
@@ -729,7 +674,6 @@ macro_rules! mqtt_scenarios {
 mqtt_scenarios!(
     delivered_acked_recorded,
     batch_distribution_and_batched_acks,
-    retained_hello_reaches_a_late_server,
     duplicate_acks_are_idempotent,
     device_id_mismatch_is_refused,
     outbox_survives_restart,

@@ -208,8 +208,14 @@ impl TestServer {
             loop {
                 match el.poll().await {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                        // Clean session: subscribe on every (re)connect.
-                        let _ = sub_client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                        // Clean session: subscribe on every (re)connect (from a task: the request
+                        // queue may be full right after a reconnect, and this loop must keep
+                        // polling for it to drain).
+                        let c = sub_client.clone();
+                        let f = filter.clone();
+                        tokio::spawn(async move {
+                            let _ = c.subscribe(f, QoS::AtLeastOnce).await;
+                        });
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                         if let Some(t) = ready_tx.take() {

@@ -122,14 +122,6 @@ impl FakeDevice {
             .unwrap();
     }
 
-    /// Clears the retained message of a topic (an empty retained payload).
-    pub async fn clear_retained(&self, topic: &str) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, true, Vec::new())
-            .await
-            .unwrap();
-    }
-
     /// Publishes raw bytes on any topic.
     pub async fn send_raw(&self, topic: &str, payload: Vec<u8>) {
         self.client
