@@ -845,6 +845,26 @@ impl This {
         }
         Ok(())
     }
+
+    /// The rows of `select_in` (a `SELECT … WHERE <device column> IN (` prefix) for the given
+    /// device ids, in chunks that stay under both databases' bind limits.
+    async fn rows_by_device(
+        &self,
+        select_in: &'static str,
+        ids: &[DeviceId],
+    ) -> StoreResult<Vec<DbRow>> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Db>::new(select_in);
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str().to_owned());
+            }
+            q.push(")");
+            rows.extend(q.build().fetch_all(&self.pool).await?);
+        }
+        Ok(rows)
+    }
 }
 
 #[async_trait]
@@ -1125,19 +1145,11 @@ impl Store for This {
     }
 
     async fn get_devices(&self, ids: &[DeviceId]) -> StoreResult<Vec<DeviceRecord>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            let mut q = QueryBuilder::<Db>::new("SELECT * FROM devices WHERE id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_str().to_owned());
-            }
-            q.push(")");
-            for row in q.build().fetch_all(&self.pool).await? {
-                out.push(device_from_row(&row)?);
-            }
-        }
-        Ok(out)
+        self.rows_by_device("SELECT * FROM devices WHERE id IN (", ids)
+            .await?
+            .iter()
+            .map(device_from_row)
+            .collect()
     }
 
     async fn list_devices(&self, filter: &DeviceFilter) -> StoreResult<Page<DeviceRecord>> {
@@ -2037,19 +2049,11 @@ impl Store for This {
     }
 
     async fn outbox_load_many(&self, devices: &[DeviceId]) -> StoreResult<Vec<OutboxRecord>> {
-        let mut out = Vec::with_capacity(devices.len());
-        for chunk in devices.chunks(INSERT_CHUNK) {
-            let mut q = QueryBuilder::<Db>::new("SELECT * FROM outbox WHERE device_id IN (");
-            let mut list = q.separated(", ");
-            for d in chunk {
-                list.push_bind(d.as_str().to_owned());
-            }
-            q.push(")");
-            for row in q.build().fetch_all(&self.pool).await? {
-                out.push(outbox_from_row(&row)?);
-            }
-        }
-        Ok(out)
+        self.rows_by_device("SELECT * FROM outbox WHERE device_id IN (", devices)
+            .await?
+            .iter()
+            .map(outbox_from_row)
+            .collect()
     }
 
     async fn outbox_save_many(
