@@ -6,8 +6,8 @@
 
 use super::devices::body_id;
 use super::error::{ApiError, ApiResult, Problem};
-use super::extract::{ApiJson, ApiQuery, Caller, body_bytes, parse_json};
-use super::sites::{RangeQuery, check_range};
+use super::extract::{ApiJson, ApiQuery, Caller, body_bytes, media_type, parse_json};
+use super::sites::{RangeQuery, check_range, check_series_name};
 use super::{AppState, now, path_id};
 use crate::auth::Role;
 use crate::forecasting::{
@@ -16,7 +16,7 @@ use crate::forecasting::{
 };
 use crate::store::{ModelFilter, ModelInfo, NewModel, StoreError};
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use grid_core::{SiteId, Timestamp};
@@ -66,13 +66,6 @@ fn forecast_input(e: grid_optimize::Error) -> ApiError {
         field: e.field().map(str::to_owned),
         detail: e.to_string(),
     }
-}
-
-/// Series and model names follow the id rules (e.g. `home-1.load`).
-fn check_name(name: &str, field: &'static str) -> ApiResult<()> {
-    SiteId::new(name)
-        .map(|_| ())
-        .map_err(|e| ApiError::invalid(field, e.to_string().replace("site_id", field)))
 }
 
 // --- measured series ---------------------------------------------------------------------------
@@ -245,7 +238,7 @@ pub async fn get_series(
     Path(series): Path<String>,
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> ApiResult<Json<Vec<SeriesPointBody>>> {
-    check_name(&series, "series")?;
+    check_series_name(&series, "series")?;
     check_range(q.from, q.to, 400)?;
     let points = state.store.series_points(&series, q.from, q.to).await?;
     Ok(Json(
@@ -281,17 +274,8 @@ pub async fn put_series(
     req: Request,
 ) -> ApiResult<Json<SeriesUploadResult>> {
     caller.require(Role::Operator)?;
-    check_name(&series, "series")?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    check_series_name(&series, "series")?;
+    let content_type = media_type(&req);
     let bytes = body_bytes(req, &()).await?;
     let parsed = match content_type.as_str() {
         "application/json" => parse_upload(parse_json(&bytes)?)?,
@@ -442,8 +426,8 @@ pub async fn train_model(
     ApiJson(req): ApiJson<TrainRequest>,
 ) -> ApiResult<(StatusCode, Json<ModelBody>)> {
     caller.require(Role::Operator)?;
-    check_name(&req.name, "name")?;
-    check_name(&req.series, "series")?;
+    check_series_name(&req.name, "name")?;
+    check_series_name(&req.series, "series")?;
     let source_kind = match req.source {
         SourceBody::Series => SourceKind::Series,
         SourceBody::Prices => SourceKind::Prices,
@@ -628,7 +612,7 @@ pub async fn list_models(
     ApiQuery(q): ApiQuery<ModelListQuery>,
 ) -> ApiResult<Json<Vec<ModelBody>>> {
     if let Some(n) = &q.name {
-        check_name(n, "name")?;
+        check_series_name(n, "name")?;
     }
     let filter = ModelFilter {
         name: q.name,
@@ -651,7 +635,7 @@ async fn model_info(
     name: &str,
     version: Option<u64>,
 ) -> ApiResult<ModelInfo> {
-    check_name(name, "name").map_err(|_| ApiError::not_found("model", name))?;
+    check_series_name(name, "name").map_err(|_| ApiError::not_found("model", name))?;
     let info = state.store.get_model(name, version).await?.info;
     check_model_access(state, caller, &info).await?;
     Ok(info)
@@ -784,7 +768,7 @@ pub async fn forecast(
     ApiQuery(q): ApiQuery<ForecastQuery>,
 ) -> ApiResult<Json<ForecastBody>> {
     let day = parse_day(&q.day, "day").map_err(forecast_input)?;
-    check_name(&name, "name").map_err(|_| ApiError::not_found("model", name.as_str()))?;
+    check_series_name(&name, "name").map_err(|_| ApiError::not_found("model", name.as_str()))?;
     let record = match q.version {
         Some(v) => state.store.get_model(&name, Some(v)).await?,
         None => state

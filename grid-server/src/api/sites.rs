@@ -3,7 +3,7 @@
 
 use super::devices::{body_id, check_tenant_name, list_tenant};
 use super::error::{ApiError, ApiResult, Problem};
-use super::extract::{ApiQuery, Caller, body_bytes, parse_json};
+use super::extract::{ApiQuery, Caller, body_bytes, media_type, parse_json};
 use super::types::{
     EnvelopeBody, FeederBody, PageBody, PricePointBody, PriceUpload, PriceUploadResult, PutFeeder,
     PutSite, SiteBody,
@@ -12,7 +12,6 @@ use super::{AppState, check_cursor, now, page_limit, path_id};
 use crate::auth::Role;
 use crate::store::{DEFAULT_TENANT, FeederRecord, SiteFilter, SiteRecord, StoreError};
 use axum::extract::{Path, Request, State};
-use axum::http::header;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use grid_core::{
@@ -357,7 +356,7 @@ pub async fn put_envelope(
     Ok(Json(state.store.upsert_feeder(&feeder, t).await?.into()))
 }
 
-fn check_series_name(name: &str, field: &'static str) -> ApiResult<()> {
+pub(super) fn check_series_name(name: &str, field: &'static str) -> ApiResult<()> {
     // Series names follow the id rules (they may be a site id or a market area like `DE-LU`).
     SiteId::new(name)
         .map(|_| ())
@@ -450,16 +449,7 @@ pub async fn put_prices(
 ) -> ApiResult<Json<PriceUploadResult>> {
     caller.require(Role::Operator)?;
     check_series_name(&series, "series")?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let content_type = media_type(&req);
     let bytes = body_bytes(req, &()).await?;
     let prices = match content_type.as_str() {
         "application/json" => {
