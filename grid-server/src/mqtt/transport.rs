@@ -15,7 +15,7 @@ use grid_proto::topic::{Topic, decode_on_topic, server_subscription};
 use grid_proto::tracker::{Action, DeliveryKey, DeliveryTracker};
 use grid_proto::v1::{Ack, Body, Envelope, MessageId, ScheduleAssign};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -355,11 +355,17 @@ impl TransportHandle {
     ) -> Vec<TransportResult<DistributeOutcome>> {
         let inner = &self.inner;
         let now = Timestamp::now();
+        // The devices in first-appearance order, each with the indices of its schedules.
         let mut ids: Vec<DeviceId> = Vec::new();
-        for (s, _) in schedules {
-            if !ids.contains(s.device()) {
-                ids.push(s.device().clone());
-            }
+        let mut by_device: HashMap<&DeviceId, Vec<usize>> = HashMap::new();
+        for (i, (s, _)) in schedules.iter().enumerate() {
+            by_device
+                .entry(s.device())
+                .or_insert_with(|| {
+                    ids.push(s.device().clone());
+                    Vec::new()
+                })
+                .push(i);
         }
         let (devices, stored) = match async {
             let devices = inner.store.get_devices(&ids).await?;
@@ -383,20 +389,22 @@ impl TransportHandle {
         let mut writes = Vec::new();
         let mut pending = Vec::new();
         let mut redo = Vec::new();
+        let devices: HashMap<&DeviceId, &DeviceRecord> = devices
+            .iter()
+            .filter(|d| d.decommissioned_at.is_none())
+            .map(|d| (&d.id, d))
+            .collect();
+        let stored: HashMap<&DeviceId, _> = stored.iter().map(|r| (&r.device, r)).collect();
         for id in &ids {
-            let device = devices
-                .iter()
-                .find(|d| &d.id == id && d.decommissioned_at.is_none());
-            let mine: Vec<usize> = (0..schedules.len())
-                .filter(|&i| schedules[i].0.device() == id)
-                .collect();
+            let device = devices.get(id).copied();
+            let mine = by_device.remove(id).unwrap_or_default();
             let Some(device) = device else {
                 for i in mine {
                     out[i] = Some(Err(TransportError::UnknownDevice(id.clone())));
                 }
                 continue;
             };
-            let record = stored.iter().find(|r| &r.device == id);
+            let record = stored.get(id).copied();
             let (mut tracker, revision) = match record {
                 Some(r) => match serde_json::from_str(&r.state) {
                     Ok(state) => (
@@ -981,14 +989,16 @@ impl Inner {
         };
         // The trackers of the devices whose acks were recorded, in arrival order per device.
         let mut per_device: Vec<(DeviceId, Vec<&AckJob>)> = Vec::new();
-        // Acks that moved a schedule to accepted: they feed the delivery-latency histogram.
-        let mut accepted: Vec<&AckJob> = Vec::new();
+        let mut device_index: HashMap<&DeviceId, usize> = HashMap::new();
+        // Acks that moved a schedule to accepted (by address): they feed the delivery-latency
+        // histogram.
+        let mut accepted: HashSet<usize> = HashSet::new();
         for (job, result) in batched.iter().zip(results) {
             match result {
                 Ok(AckOutcome::Applied { state, .. }) => {
                     bump(&self.counters.acks_applied);
                     if state == ExecutionState::Accepted {
-                        accepted.push(job);
+                        accepted.insert(std::ptr::from_ref(*job).addr());
                     }
                 }
                 Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
@@ -1004,12 +1014,12 @@ impl Inner {
                     continue;
                 }
             }
-            match per_device
-                .iter_mut()
-                .find(|(d, _)| *d == job.envelope.device)
-            {
-                Some((_, list)) => list.push(job),
-                None => per_device.push((job.envelope.device.clone(), vec![job])),
+            match device_index.get(&job.envelope.device) {
+                Some(&k) => per_device[k].1.push(job),
+                None => {
+                    device_index.insert(&job.envelope.device, per_device.len());
+                    per_device.push((job.envelope.device.clone(), vec![job]));
+                }
             }
         }
         let devices: Vec<DeviceId> = per_device.iter().map(|(d, _)| d.clone()).collect();
@@ -1023,8 +1033,9 @@ impl Inner {
         let mut writes = Vec::new();
         let mut pending = Vec::new();
         let mut alone = Vec::new();
+        let stored: HashMap<&DeviceId, _> = stored.iter().map(|r| (&r.device, r)).collect();
         for (device, list) in &per_device {
-            let Some(record) = stored.iter().find(|r| &r.device == device) else {
+            let Some(record) = stored.get(device) else {
                 alone.push((device.clone(), list.clone()));
                 continue;
             };
@@ -1040,7 +1051,7 @@ impl Inner {
             let before = tracker.state().clone();
             let mut actions = Vec::new();
             for job in list {
-                if accepted.iter().any(|a| std::ptr::eq(*a, *job)) {
+                if accepted.contains(&std::ptr::from_ref(*job).addr()) {
                     observe_acceptance(&tracker, &job.envelope, job.received);
                 }
                 actions.extend(tracker.on_ack(job.received, &job.envelope));
@@ -1091,7 +1102,7 @@ impl Inner {
                 }
             };
             for job in list {
-                let mut observe = accepted.iter().any(|a| std::ptr::eq(*a, job));
+                let mut observe = accepted.contains(&std::ptr::from_ref(job).addr());
                 let result = self
                     .with_tracker(&record, now, false, |tracker| {
                         if std::mem::take(&mut observe) {
@@ -1472,7 +1483,20 @@ async fn ack_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<AckJob>) {
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
+        let now_ms = Timestamp::now().as_millisecond();
+        let waited_ms = batch
+            .iter()
+            .map(|j| now_ms - j.received.as_millisecond())
+            .max()
+            .unwrap_or(0);
         inner.on_acks(&batch).await;
+        tracing::debug!(
+            acks = batch.len(),
+            waited_ms,
+            write_ms = started.elapsed().as_millis(),
+            "ack batch written"
+        );
         for job in batch {
             let _ = job.done.send(());
         }
