@@ -1,8 +1,10 @@
 // The SQL shared by the PostgreSQL and SQLite stores, included into `postgres.rs` and `sqlite.rs`
-// (each defines `Db`, `This`, `BACKEND`, `BEGIN` and `ACK_ORDER` first). Both schemas keep
-// instants as BIGINT milliseconds and JSON as TEXT, and both databases accept `$N` placeholders,
-// `ON CONFLICT` upserts and `RETURNING`, so one text serves both; the conformance suite runs every
-// query against each backend.
+// (each defines `Db`, `This`, `BACKEND`, `BEGIN` and the statement macros `sql!`, `sql_exec!`,
+// `sql_scalar!` and `acks_by_target!` first). Both schemas keep instants as BIGINT milliseconds
+// and JSON as TEXT, and both databases accept `$N` placeholders, `ON CONFLICT` upserts and
+// `RETURNING`, so one text serves both. Every static statement goes through those macros, which
+// check it at compile time against the PostgreSQL schema (see the `postgres` module doc); the
+// conformance suite runs every query against each backend.
 
 use crate::store::types::{from_ms, ms};
 use crate::store::*;
@@ -331,22 +333,25 @@ impl This {
     where
         E: sqlx::Executor<'e, Database = Db>,
     {
-        let row =
-            match version {
-                Some(v) => {
-                    sqlx::query("SELECT * FROM schedules WHERE schedule_id = $1 AND version = $2")
-                        .bind(id.as_str())
-                        .bind(version_param(v)?)
-                        .fetch_optional(exec)
-                        .await?
-                }
-                None => sqlx::query(
-                    "SELECT * FROM schedules WHERE schedule_id = $1 ORDER BY version DESC LIMIT 1",
+        let row = match version {
+            Some(v) => {
+                sql!(
+                    "SELECT * FROM schedules WHERE schedule_id = $1 AND version = $2",
+                    id.as_str(),
+                    version_param(v)?
                 )
-                .bind(id.as_str())
                 .fetch_optional(exec)
-                .await?,
-            };
+                .await?
+            }
+            None => {
+                sql!(
+                    "SELECT * FROM schedules WHERE schedule_id = $1 ORDER BY version DESC LIMIT 1",
+                    id.as_str()
+                )
+                .fetch_optional(exec)
+                .await?
+            }
+        };
         match row {
             Some(row) => schedule_from_row(&row),
             None => Err(StoreError::not_found(
@@ -376,22 +381,22 @@ impl This {
     {
         let sent = event == LifecycleEvent::Deliver;
         let answered = is_device_answer(event);
-        let done = sqlx::query(
+        let done = sql_exec!(
             "UPDATE schedules SET state = $1, reason = COALESCE($2, reason), updated_ms = $3, \
              first_sent_ms = CASE WHEN $4 THEN COALESCE(first_sent_ms, $3) ELSE first_sent_ms END, \
              last_sent_ms = CASE WHEN $4 THEN $3 ELSE last_sent_ms END, \
              attempts = CASE WHEN $4 THEN attempts + 1 ELSE attempts END, \
              answered_ms = CASE WHEN $5 THEN COALESCE(answered_ms, $3) ELSE answered_ms END \
              WHERE schedule_id = $6 AND version = $7 AND state = $8",
+            to.as_str(),
+            reason,
+            ms(at),
+            sent,
+            answered,
+            id.as_str(),
+            version,
+            from.as_str()
         )
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(ms(at))
-        .bind(sent)
-        .bind(answered)
-        .bind(id.as_str())
-        .bind(version)
-        .bind(from.as_str())
         .execute(exec)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -412,31 +417,50 @@ impl This {
     {
         let sent = event == LifecycleEvent::Deliver;
         let answered = is_device_answer(event);
-        let done = sqlx::query(
+        let done = sql_exec!(
             "UPDATE commands SET state = $1, reason = COALESCE($2, reason), updated_ms = $3, \
              first_sent_ms = CASE WHEN $4 THEN COALESCE(first_sent_ms, $3) ELSE first_sent_ms END, \
              attempts = CASE WHEN $4 THEN attempts + 1 ELSE attempts END, \
              answered_ms = CASE WHEN $5 THEN COALESCE(answered_ms, $3) ELSE answered_ms END \
              WHERE id = $6 AND state = $7",
+            to.as_str(),
+            reason,
+            ms(at),
+            sent,
+            answered,
+            id,
+            from.as_str()
         )
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(ms(at))
-        .bind(sent)
-        .bind(answered)
-        .bind(id)
-        .bind(from.as_str())
         .execute(exec)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// One model version's description (inside or outside a transaction).
+    async fn model_info<'e, E>(exec: E, name: &str, version: i64) -> StoreResult<ModelInfo>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let row = sql!(
+            "SELECT name, version, kind, site_id, metadata_json, active, created_ms, \
+             CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models \
+             WHERE name = $1 AND version = $2",
+            name,
+            version
+        )
+        .fetch_one(exec)
+        .await?;
+        model_info_from_row(&row)
     }
 
     async fn site_exists<'e, E>(exec: E, id: &SiteId) -> StoreResult<()>
     where
         E: sqlx::Executor<'e, Database = Db>,
     {
-        sqlx::query("SELECT id FROM sites WHERE id = $1")
-            .bind(id.as_str())
+        sql!(
+            "SELECT id FROM sites WHERE id = $1",
+            id.as_str()
+        )
             .fetch_optional(exec)
             .await?
             .map(|_| ())
@@ -465,11 +489,11 @@ impl This {
         let (kind, target_id, target_version, current, owner) = match &ack.target {
             AckTarget::Schedule { id, version } => {
                 let v = version_param(*version)?;
-                let row = sqlx::query(
+                let row = sql!(
                     "SELECT state, device_id FROM schedules WHERE schedule_id = $1 AND version = $2",
+                    id.as_str(),
+                    v
                 )
-                .bind(id.as_str())
-                .bind(v)
                 .fetch_optional(&mut **tx)
                 .await?
                 .ok_or_else(|| StoreError::not_found("schedule", format!("{id} {version}")))?;
@@ -477,8 +501,10 @@ impl This {
                 ("schedule", id.as_str(), v, state_col(&row, "state")?, owner)
             }
             AckTarget::Command { id } => {
-                let row = sqlx::query("SELECT state, device_id FROM commands WHERE id = $1")
-                    .bind(id.as_str())
+                let row = sql!(
+                    "SELECT state, device_id FROM commands WHERE id = $1",
+                    id.as_str()
+                )
                     .fetch_optional(&mut **tx)
                     .await?
                     .ok_or_else(|| StoreError::not_found("command", id))?;
@@ -492,21 +518,21 @@ impl This {
                 format!("ack from {} for a {kind} of device {owner}", ack.device),
             ));
         }
-        let inserted = sqlx::query(
+        let inserted = sql_exec!(
             "INSERT INTO acks (message_id, device_id, target_kind, target_id, target_version, \
              state, reason_code, reason, sent_ms, received_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (device_id, message_id) DO NOTHING",
+            &ack.message_id,
+            ack.device.as_str(),
+            kind,
+            target_id,
+            target_version,
+            ack.state.as_str(),
+            ack.reason_code.as_deref(),
+            ack.reason.as_deref(),
+            ms(ack.sent_at),
+            ms(ack.received_at)
         )
-        .bind(&ack.message_id)
-        .bind(ack.device.as_str())
-        .bind(kind)
-        .bind(target_id)
-        .bind(target_version)
-        .bind(ack.state.as_str())
-        .bind(ack.reason_code.as_deref())
-        .bind(ack.reason.as_deref())
-        .bind(ms(ack.sent_at))
-        .bind(ms(ack.received_at))
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -547,9 +573,11 @@ impl This {
             }
         };
         if !moved {
-            sqlx::query("DELETE FROM acks WHERE device_id = $1 AND message_id = $2")
-                .bind(ack.device.as_str())
-                .bind(&ack.message_id)
+            sql_exec!(
+                "DELETE FROM acks WHERE device_id = $1 AND message_id = $2",
+                ack.device.as_str(),
+                &ack.message_id
+            )
                 .execute(&mut **tx)
                 .await?;
             return Ok(None);
@@ -582,14 +610,14 @@ impl This {
         };
         match expected_revision {
             None => {
-                let done = sqlx::query(
+                let done = sql_exec!(
                     "INSERT INTO outbox (device_id, state_json, next_wakeup_ms, revision, \
                      updated_ms) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (device_id) DO NOTHING",
+                    device.as_str(),
+                    state,
+                    wakeup,
+                    ms(now)
                 )
-                .bind(device.as_str())
-                .bind(state)
-                .bind(wakeup)
-                .bind(ms(now))
                 .execute(exec)
                 .await?;
                 if done.rows_affected() == 1 {
@@ -601,16 +629,16 @@ impl This {
             Some(revision) => {
                 let rev = i64::try_from(revision)
                     .map_err(|_| StoreError::invalid("revision", "out of range"))?;
-                let done = sqlx::query(
+                let done = sql_exec!(
                     "UPDATE outbox SET state_json = $1, next_wakeup_ms = $2, \
                      revision = revision + 1, updated_ms = $3, claimed_by = NULL, \
                      claimed_until_ms = NULL WHERE device_id = $4 AND revision = $5",
+                    state,
+                    wakeup,
+                    ms(now),
+                    device.as_str(),
+                    rev
                 )
-                .bind(state)
-                .bind(wakeup)
-                .bind(ms(now))
-                .bind(device.as_str())
-                .bind(rev)
                 .execute(exec)
                 .await?;
                 if done.rows_affected() == 1 {
@@ -832,9 +860,11 @@ impl This {
                 continue;
             }
             for &i in &w.inserted {
-                sqlx::query("DELETE FROM acks WHERE device_id = $1 AND message_id = $2")
-                    .bind(acks[i].device.as_str())
-                    .bind(&acks[i].message_id)
+                sql_exec!(
+                    "DELETE FROM acks WHERE device_id = $1 AND message_id = $2",
+                    acks[i].device.as_str(),
+                    &acks[i].message_id
+                )
                     .execute(&mut **tx)
                     .await?;
             }
@@ -874,7 +904,9 @@ impl Store for This {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sql!(
+            "SELECT 1 AS one"
+        ).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -897,7 +929,7 @@ impl Store for This {
             .as_ref()
             .map(|t| to_json("tariff", t))
             .transpose()?;
-        let row = sqlx::query(
+        let row = sql!(
             "INSERT INTO sites (id, tenant, name, feeder_id, import_limit_kw, export_limit_kw, \
              demand_charge_per_kw, tariff_json, price_series, created_ms, updated_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
@@ -908,25 +940,27 @@ impl Store for This {
              tariff_json = excluded.tariff_json, price_series = excluded.price_series, \
              updated_ms = excluded.updated_ms \
              RETURNING *",
+            site.id.as_str(),
+            &site.tenant,
+            site.name.as_deref(),
+            site.feeder.as_ref().map(FeederId::as_str),
+            site.grid.import_limit.kw(),
+            site.grid.export_limit.kw(),
+            site.demand_charge.value(),
+            tariff,
+            site.price_series.as_deref(),
+            ms(now)
         )
-        .bind(site.id.as_str())
-        .bind(&site.tenant)
-        .bind(site.name.as_deref())
-        .bind(site.feeder.as_ref().map(FeederId::as_str))
-        .bind(site.grid.import_limit.kw())
-        .bind(site.grid.export_limit.kw())
-        .bind(site.demand_charge.value())
-        .bind(tariff)
-        .bind(site.price_series.as_deref())
-        .bind(ms(now))
         .fetch_one(&self.pool)
         .await?;
         site_from_row(&row)
     }
 
     async fn get_site(&self, id: &SiteId) -> StoreResult<SiteRecord> {
-        let row = sqlx::query("SELECT * FROM sites WHERE id = $1")
-            .bind(id.as_str())
+        let row = sql!(
+            "SELECT * FROM sites WHERE id = $1",
+            id.as_str()
+        )
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("site", id))?;
@@ -957,8 +991,10 @@ impl Store for This {
 
     async fn delete_site(&self, id: &SiteId) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let devices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE site_id = $1")
-            .bind(id.as_str())
+        let devices: i64 = sql_scalar!(
+            "SELECT COUNT(*) FROM devices WHERE site_id = $1",
+            id.as_str()
+        )
             .fetch_one(&mut *tx)
             .await?;
         if devices > 0 {
@@ -968,8 +1004,10 @@ impl Store for This {
                 format!("{devices} device(s) belong to it"),
             ));
         }
-        let done = sqlx::query("DELETE FROM sites WHERE id = $1")
-            .bind(id.as_str())
+        let done = sql_exec!(
+            "DELETE FROM sites WHERE id = $1",
+            id.as_str()
+        )
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
@@ -999,26 +1037,28 @@ impl Store for This {
             .as_ref()
             .map(|e| to_json("envelope", e))
             .transpose()?;
-        let row = sqlx::query(
+        let row = sql!(
             "INSERT INTO feeders (id, tenant, name, envelope_json, created_ms, updated_ms) \
              VALUES ($1, $2, $3, $4, $5, $5) \
              ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant, name = excluded.name, \
              envelope_json = excluded.envelope_json, updated_ms = excluded.updated_ms \
              RETURNING *",
+            feeder.id.as_str(),
+            &feeder.tenant,
+            feeder.name.as_deref(),
+            envelope,
+            ms(now)
         )
-        .bind(feeder.id.as_str())
-        .bind(&feeder.tenant)
-        .bind(feeder.name.as_deref())
-        .bind(envelope)
-        .bind(ms(now))
         .fetch_one(&self.pool)
         .await?;
         feeder_from_row(&row)
     }
 
     async fn get_feeder(&self, id: &FeederId) -> StoreResult<FeederRecord> {
-        let row = sqlx::query("SELECT * FROM feeders WHERE id = $1")
-            .bind(id.as_str())
+        let row = sql!(
+            "SELECT * FROM feeders WHERE id = $1",
+            id.as_str()
+        )
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("feeder", id))?;
@@ -1027,8 +1067,10 @@ impl Store for This {
 
     async fn list_feeders(&self, tenant: Option<&str>) -> StoreResult<Vec<FeederRecord>> {
         let rows =
-            sqlx::query("SELECT * FROM feeders WHERE ($1 IS NULL OR tenant = $1) ORDER BY id")
-                .bind(tenant)
+            sql!(
+                "SELECT * FROM feeders WHERE (CAST($1 AS TEXT) IS NULL OR tenant = $1) ORDER BY id",
+                tenant
+            )
                 .fetch_all(&self.pool)
                 .await?;
         rows.iter().map(feeder_from_row).collect()
@@ -1074,13 +1116,13 @@ impl Store for This {
         from: Timestamp,
         to: Timestamp,
     ) -> StoreResult<Vec<PricePoint>> {
-        let rows = sqlx::query(
+        let rows = sql!(
             "SELECT * FROM price_points WHERE series = $1 AND start_ms >= $2 AND start_ms < $3 \
              ORDER BY start_ms",
+            series,
+            ms(from),
+            ms(to)
         )
-        .bind(series)
-        .bind(ms(from))
-        .bind(ms(to))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -1097,7 +1139,9 @@ impl Store for This {
 
     async fn list_price_series(&self) -> StoreResult<Vec<String>> {
         Ok(
-            sqlx::query_scalar("SELECT DISTINCT series FROM price_points ORDER BY series")
+            sql_scalar!(
+                "SELECT DISTINCT series FROM price_points ORDER BY series"
+            )
                 .fetch_all(&self.pool)
                 .await?,
         )
@@ -1115,18 +1159,18 @@ impl Store for This {
         let spec = to_json("spec", &device.spec)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
         Self::site_exists(&mut *tx, &device.site).await?;
-        let row = sqlx::query(
+        let row = sql!(
             "INSERT INTO devices (id, tenant, site_id, label, spec_json, codec, created_ms, \
              updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
              ON CONFLICT (id) DO NOTHING RETURNING *",
+            device.id.as_str(),
+            &device.tenant,
+            device.site.as_str(),
+            device.label.as_deref(),
+            spec,
+            device.codec.as_str(),
+            ms(now)
         )
-        .bind(device.id.as_str())
-        .bind(&device.tenant)
-        .bind(device.site.as_str())
-        .bind(device.label.as_deref())
-        .bind(spec)
-        .bind(device.codec.as_str())
-        .bind(ms(now))
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::conflict("device", &device.id, "already registered"))?;
@@ -1136,8 +1180,10 @@ impl Store for This {
     }
 
     async fn get_device(&self, id: &DeviceId) -> StoreResult<DeviceRecord> {
-        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
-            .bind(id.as_str())
+        let row = sql!(
+            "SELECT * FROM devices WHERE id = $1",
+            id.as_str()
+        )
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("device", id))?;
@@ -1190,8 +1236,10 @@ impl Store for This {
             check_text("label", label, 200)?;
         }
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
-            .bind(id.as_str())
+        let row = sql!(
+            "SELECT * FROM devices WHERE id = $1",
+            id.as_str()
+        )
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::not_found("device", id))?;
@@ -1212,16 +1260,16 @@ impl Store for This {
         if let Some(codec) = update.codec {
             device.codec = codec;
         }
-        let row = sqlx::query(
+        let row = sql!(
             "UPDATE devices SET site_id = $1, spec_json = $2, label = $3, codec = $4, \
              updated_ms = $5 WHERE id = $6 RETURNING *",
+            device.site.as_str(),
+            to_json("spec", &device.spec)?,
+            device.label.as_deref(),
+            device.codec.as_str(),
+            ms(now),
+            id.as_str()
         )
-        .bind(device.site.as_str())
-        .bind(to_json("spec", &device.spec)?)
-        .bind(device.label.as_deref())
-        .bind(device.codec.as_str())
-        .bind(ms(now))
-        .bind(id.as_str())
         .fetch_one(&mut *tx)
         .await?;
         let record = device_from_row(&row)?;
@@ -1235,30 +1283,36 @@ impl Store for This {
         now: Timestamp,
     ) -> StoreResult<DeviceRecord> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let row = sqlx::query(
+        let row = sql!(
             "UPDATE devices SET decommissioned_ms = COALESCE(decommissioned_ms, $1), \
              online = FALSE, updated_ms = $1 WHERE id = $2 RETURNING *",
+            ms(now),
+            id.as_str()
         )
-        .bind(ms(now))
-        .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::not_found("device", id))?;
         let record = device_from_row(&row)?;
-        for table in [
+        sql_exec!(
             "UPDATE schedules SET state = 'cancelled', reason = 'device decommissioned', \
              updated_ms = $1 WHERE device_id = $2 AND state IN ('queued','delivered','accepted','executing')",
+            ms(now),
+            id.as_str()
+        )
+        .execute(&mut *tx)
+        .await?;
+        sql_exec!(
             "UPDATE commands SET state = 'cancelled', reason = 'device decommissioned', \
              updated_ms = $1 WHERE device_id = $2 AND state IN ('queued','delivered','accepted','executing')",
-        ] {
-            sqlx::query(table)
-                .bind(ms(now))
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("DELETE FROM outbox WHERE device_id = $1")
-            .bind(id.as_str())
+            ms(now),
+            id.as_str()
+        )
+        .execute(&mut *tx)
+        .await?;
+        sql_exec!(
+            "DELETE FROM outbox WHERE device_id = $1",
+            id.as_str()
+        )
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -1275,30 +1329,30 @@ impl Store for This {
             None => (None, None),
         };
         let done = if status.online {
-            sqlx::query(
+            sql_exec!(
                 "UPDATE devices SET online = TRUE, status_ms = $1, agent_version = $2, \
                  firmware_version = $3, capabilities_json = $4, clock_offset_ms = $5, \
                  reported_schedule_id = $6, reported_schedule_version = $7 \
                  WHERE id = $8 AND (status_ms IS NULL OR status_ms <= $1)",
+                ms(status.at),
+                status.agent_version.as_deref(),
+                status.firmware_version.as_deref(),
+                capabilities,
+                status.clock_offset_ms,
+                sched_id,
+                sched_version,
+                status.device.as_str()
             )
-            .bind(ms(status.at))
-            .bind(status.agent_version.as_deref())
-            .bind(status.firmware_version.as_deref())
-            .bind(capabilities)
-            .bind(status.clock_offset_ms)
-            .bind(sched_id)
-            .bind(sched_version)
-            .bind(status.device.as_str())
             .execute(&self.pool)
             .await?
         } else {
             // An offline report (often the broker's last will) keeps the last known details.
-            sqlx::query(
+            sql_exec!(
                 "UPDATE devices SET online = FALSE, status_ms = $1 \
                  WHERE id = $2 AND (status_ms IS NULL OR status_ms <= $1)",
+                ms(status.at),
+                status.device.as_str()
             )
-            .bind(ms(status.at))
-            .bind(status.device.as_str())
             .execute(&self.pool)
             .await?
         };
@@ -1310,8 +1364,10 @@ impl Store for This {
     }
 
     async fn device_status(&self, id: &DeviceId) -> StoreResult<DeviceStatus> {
-        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
-            .bind(id.as_str())
+        let row = sql!(
+            "SELECT * FROM devices WHERE id = $1",
+            id.as_str()
+        )
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("device", id))?;
@@ -1328,11 +1384,11 @@ impl Store for This {
             }),
             _ => None,
         };
-        let latest = sqlx::query(
+        let latest = sql!(
             "SELECT schedule_id, version, state FROM schedules WHERE device_id = $1 \
              ORDER BY created_ms DESC, version DESC LIMIT 1",
+            id.as_str()
         )
-        .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
         let latest_schedule = latest
@@ -1362,8 +1418,8 @@ impl Store for This {
     }
 
     async fn count_online(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM devices WHERE online = TRUE AND decommissioned_ms IS NULL",
+        let n: i64 = sql_scalar!(
+            "SELECT COUNT(*) FROM devices WHERE online = TRUE AND decommissioned_ms IS NULL"
         )
         .fetch_one(&self.pool)
         .await?;
@@ -1383,8 +1439,10 @@ impl Store for This {
         let version = version_param(schedule.version())?;
         let parts = to_json("schedule", schedule)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let device = sqlx::query("SELECT decommissioned_ms FROM devices WHERE id = $1")
-            .bind(schedule.device().as_str())
+        let device = sql!(
+            "SELECT decommissioned_ms FROM devices WHERE id = $1",
+            schedule.device().as_str()
+        )
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::not_found("device", schedule.device()))?;
@@ -1395,11 +1453,11 @@ impl Store for This {
                 "decommissioned",
             ));
         }
-        let newest = sqlx::query(
+        let newest = sql!(
             "SELECT version, device_id FROM schedules WHERE schedule_id = $1 \
              ORDER BY version DESC LIMIT 1",
+            id.as_str()
         )
-        .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = newest {
@@ -1420,26 +1478,26 @@ impl Store for This {
                 ));
             }
         }
-        sqlx::query(
+        sql_exec!(
             "UPDATE schedules SET state = 'superseded', updated_ms = $1 \
              WHERE schedule_id = $2 AND state IN ('queued','delivered','accepted','executing')",
+            ms(now),
+            id.as_str()
         )
-        .bind(ms(now))
-        .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query(
+        let row = sql!(
             "INSERT INTO schedules (schedule_id, version, device_id, parts_json, state, \
              correlation_id, expires_ms, created_ms, updated_ms) \
              VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7) RETURNING *",
+            id.as_str(),
+            version,
+            schedule.device().as_str(),
+            parts,
+            new.correlation_id.as_deref(),
+            ms(schedule.expires_at()),
+            ms(now)
         )
-        .bind(id.as_str())
-        .bind(version)
-        .bind(schedule.device().as_str())
-        .bind(parts)
-        .bind(new.correlation_id.as_deref())
-        .bind(ms(schedule.expires_at()))
-        .bind(ms(now))
         .fetch_one(&mut *tx)
         .await
         .map_err(unique("schedule", format!("{id} {}", schedule.version())))?;
@@ -1516,12 +1574,12 @@ impl Store for This {
     }
 
     async fn open_schedules(&self, device: &DeviceId) -> StoreResult<Vec<ScheduleRecord>> {
-        let rows = sqlx::query(
+        let rows = sql!(
             "SELECT * FROM schedules WHERE device_id = $1 \
              AND state IN ('queued','delivered','accepted','executing') \
              ORDER BY created_ms, version",
+            device.as_str()
         )
-        .bind(device.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(schedule_from_row).collect()
@@ -1618,12 +1676,12 @@ impl Store for This {
         check_opt_text("reason", reason, 500)?;
         for _ in 0..STATE_RETRIES {
             let mut tx = self.pool.begin_with(BEGIN).await?;
-            let open = sqlx::query(
+            let open = sql!(
                 "SELECT version, state FROM schedules WHERE schedule_id = $1 \
                  AND state IN ('queued','delivered','accepted','executing') \
                  ORDER BY version DESC LIMIT 1",
+                id.as_str()
             )
-            .bind(id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
             let Some(open) = open else {
@@ -1672,8 +1730,10 @@ impl Store for This {
         check_opt_text("correlation_id", new.correlation_id.as_deref(), 128)?;
         let command = to_json("command", &new.command)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let device = sqlx::query("SELECT decommissioned_ms FROM devices WHERE id = $1")
-            .bind(new.device.as_str())
+        let device = sql!(
+            "SELECT decommissioned_ms FROM devices WHERE id = $1",
+            new.device.as_str()
+        )
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::not_found("device", &new.device))?;
@@ -1684,17 +1744,17 @@ impl Store for This {
                 "decommissioned",
             ));
         }
-        let row = sqlx::query(
+        let row = sql!(
             "INSERT INTO commands (id, device_id, command_json, state, correlation_id, \
              expires_ms, created_ms, updated_ms) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6) \
              ON CONFLICT (id) DO NOTHING RETURNING *",
+            &new.id,
+            new.device.as_str(),
+            command,
+            new.correlation_id.as_deref(),
+            ms(new.expires_at),
+            ms(now)
         )
-        .bind(&new.id)
-        .bind(new.device.as_str())
-        .bind(command)
-        .bind(new.correlation_id.as_deref())
-        .bind(ms(new.expires_at))
-        .bind(ms(now))
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::conflict("command", &new.id, "already exists"))?;
@@ -1704,8 +1764,10 @@ impl Store for This {
     }
 
     async fn get_command(&self, id: &str) -> StoreResult<CommandRecord> {
-        let row = sqlx::query("SELECT * FROM commands WHERE id = $1")
-            .bind(id)
+        let row = sql!(
+            "SELECT * FROM commands WHERE id = $1",
+            id
+        )
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("command", id))?;
@@ -1863,10 +1925,7 @@ impl Store for This {
             }
             AckTarget::Command { id } => ("command", id.as_str(), 0),
         };
-        let rows = sqlx::query(ACKS_BY_TARGET)
-            .bind(kind)
-            .bind(id)
-            .bind(version)
+        let rows = acks_by_target!(kind, id, version)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(ack_from_row).collect()
@@ -1912,14 +1971,14 @@ impl Store for This {
                 format!("must be in 1..={MAX_TELEMETRY_SAMPLES}"),
             ));
         }
-        let rows = sqlx::query(
+        let rows = sql!(
             "SELECT * FROM telemetry WHERE device_id = $1 AND at_ms >= $2 AND at_ms < $3 \
              ORDER BY at_ms LIMIT $4",
+            query.device.as_str(),
+            ms(query.from),
+            ms(query.to),
+            i64::from(query.limit)
         )
-        .bind(query.device.as_str())
-        .bind(ms(query.from))
-        .bind(ms(query.to))
-        .bind(i64::from(query.limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(sample_from_row).collect()
@@ -2010,8 +2069,10 @@ impl Store for This {
     }
 
     async fn last_telemetry(&self, device: &DeviceId) -> StoreResult<Option<TelemetrySample>> {
-        sqlx::query("SELECT * FROM telemetry WHERE device_id = $1 ORDER BY at_ms DESC LIMIT 1")
-            .bind(device.as_str())
+        sql!(
+            "SELECT * FROM telemetry WHERE device_id = $1 ORDER BY at_ms DESC LIMIT 1",
+            device.as_str()
+        )
             .fetch_optional(&self.pool)
             .await?
             .map(|row| sample_from_row(&row))
@@ -2021,8 +2082,10 @@ impl Store for This {
     // --- delivery outbox ----------------------------------------------------------------------
 
     async fn outbox_load(&self, device: &DeviceId) -> StoreResult<Option<OutboxRecord>> {
-        sqlx::query("SELECT * FROM outbox WHERE device_id = $1")
-            .bind(device.as_str())
+        sql!(
+            "SELECT * FROM outbox WHERE device_id = $1",
+            device.as_str()
+        )
             .fetch_optional(&self.pool)
             .await?
             .map(|row| outbox_from_row(&row))
@@ -2169,17 +2232,17 @@ impl Store for This {
         let until = ms(now).saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         // The outer condition repeats the claim test so a row another replica claimed between
         // the subquery and the update (PostgreSQL re-checks it after the row lock) is skipped.
-        let rows = sqlx::query(
+        let rows = sql!(
             "UPDATE outbox SET claimed_by = $1, claimed_until_ms = $2 \
              WHERE device_id IN (SELECT device_id FROM outbox WHERE next_wakeup_ms <= $3 \
              AND (claimed_until_ms IS NULL OR claimed_until_ms <= $3) \
              ORDER BY next_wakeup_ms LIMIT $4) \
              AND (claimed_until_ms IS NULL OR claimed_until_ms <= $3) RETURNING *",
+            owner,
+            until,
+            ms(now),
+            i64::from(limit)
         )
-        .bind(owner)
-        .bind(until)
-        .bind(ms(now))
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         let mut records = rows
@@ -2192,7 +2255,9 @@ impl Store for This {
 
     async fn outbox_pending(&self) -> StoreResult<u64> {
         let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE next_wakeup_ms IS NOT NULL")
+            sql_scalar!(
+                "SELECT COUNT(*) FROM outbox WHERE next_wakeup_ms IS NOT NULL"
+            )
                 .fetch_one(&self.pool)
                 .await?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -2206,38 +2271,37 @@ impl Store for This {
         let metadata = to_json("metadata", &new.metadata)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
         let newest: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM models WHERE name = $1")
-                .bind(&new.name)
+            sql_scalar!(
+                "SELECT MAX(version) FROM models WHERE name = $1",
+                &new.name
+            )
                 .fetch_one(&mut *tx)
                 .await?;
         let version = newest.unwrap_or(0) + 1;
         if new.activate {
-            sqlx::query("UPDATE models SET active = FALSE WHERE name = $1")
-                .bind(&new.name)
+            sql_exec!(
+                "UPDATE models SET active = FALSE WHERE name = $1",
+                &new.name
+            )
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
+        sql_exec!(
             "INSERT INTO models (name, version, kind, site_id, metadata_json, artefact, active, \
              created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &new.name,
+            version,
+            &new.kind,
+            new.site.as_ref().map(SiteId::as_str),
+            metadata,
+            &new.artefact,
+            new.activate,
+            ms(now)
         )
-        .bind(&new.name)
-        .bind(version)
-        .bind(&new.kind)
-        .bind(new.site.as_ref().map(SiteId::as_str))
-        .bind(metadata)
-        .bind(&new.artefact)
-        .bind(new.activate)
-        .bind(ms(now))
         .execute(&mut *tx)
         .await
         .map_err(unique("model", format!("{} v{version}", new.name)))?;
-        let row = sqlx::query(MODEL_INFO_BY_VERSION)
-            .bind(&new.name)
-            .bind(version)
-            .fetch_one(&mut *tx)
-            .await?;
-        let info = model_info_from_row(&row)?;
+        let info = Self::model_info(&mut *tx, &new.name, version).await?;
         tx.commit().await?;
         Ok(info)
     }
@@ -2245,15 +2309,19 @@ impl Store for This {
     async fn get_model(&self, name: &str, version: Option<u64>) -> StoreResult<ModelRecord> {
         let row = match version {
             Some(v) => {
-                sqlx::query("SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 AND version = $2")
-                    .bind(name)
-                    .bind(i64::try_from(v).unwrap_or(i64::MAX))
+                sql!(
+                    "SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 AND version = $2",
+                    name,
+                    i64::try_from(v).unwrap_or(i64::MAX)
+                )
                     .fetch_optional(&self.pool)
                     .await?
             }
             None => {
-                sqlx::query("SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 ORDER BY version DESC LIMIT 1")
-                    .bind(name)
+                sql!(
+                    "SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 ORDER BY version DESC LIMIT 1",
+                    name
+                )
                     .fetch_optional(&self.pool)
                     .await?
             }
@@ -2274,11 +2342,11 @@ impl Store for This {
     }
 
     async fn active_model(&self, name: &str) -> StoreResult<Option<ModelRecord>> {
-        let row = sqlx::query(
+        let row = sql!(
             "SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models \
              WHERE name = $1 AND active = TRUE ORDER BY version DESC LIMIT 1",
+            name
         )
-        .bind(name)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| {
@@ -2313,25 +2381,24 @@ impl Store for This {
     async fn activate_model(&self, name: &str, version: u64) -> StoreResult<ModelInfo> {
         let v = i64::try_from(version).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let exists = sqlx::query("SELECT version FROM models WHERE name = $1 AND version = $2")
-            .bind(name)
-            .bind(v)
+        let exists = sql!(
+            "SELECT version FROM models WHERE name = $1 AND version = $2",
+            name,
+            v
+        )
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
             return Err(StoreError::not_found("model", format!("{name} v{version}")));
         }
-        sqlx::query("UPDATE models SET active = (version = $2) WHERE name = $1")
-            .bind(name)
-            .bind(v)
+        sql_exec!(
+            "UPDATE models SET active = (version = $2) WHERE name = $1",
+            name,
+            v
+        )
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query(MODEL_INFO_BY_VERSION)
-            .bind(name)
-            .bind(v)
-            .fetch_one(&mut *tx)
-            .await?;
-        let info = model_info_from_row(&row)?;
+        let info = Self::model_info(&mut *tx, name, v).await?;
         tx.commit().await?;
         Ok(info)
     }
@@ -2431,10 +2498,6 @@ impl Store for This {
             .await
     }
 }
-
-const MODEL_INFO_BY_VERSION: &str = "SELECT name, version, kind, site_id, metadata_json, active, \
-     created_ms, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models \
-     WHERE name = $1 AND version = $2";
 
 #[cfg(test)]
 mod sql_tests {
