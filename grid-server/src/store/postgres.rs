@@ -66,7 +66,7 @@ macro_rules! sql {
     }};
 }
 
-/// A statement with one result column, checked at compile time like [`sql!`].
+/// A statement with one result column, checked at compile time like `sql!`.
 macro_rules! sql_scalar {
     ($sql:literal $(, $arg:expr)* $(,)?) => {{
         // Type-checks only: never runs.

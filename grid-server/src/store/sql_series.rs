@@ -73,9 +73,7 @@ impl This {
 
     async fn list_series_sql(&self) -> StoreResult<Vec<String>> {
         Ok(
-            sql_scalar!(
-                "SELECT DISTINCT series FROM series_points ORDER BY series"
-            )
+            sql_scalar!("SELECT DISTINCT series FROM series_points ORDER BY series")
                 .fetch_all(&self.pool)
                 .await?,
         )
@@ -96,9 +94,9 @@ impl This {
             v,
             text
         )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if updated == 0 {
             return Err(StoreError::not_found("model", format!("{name} v{version}")));
         }

@@ -333,25 +333,24 @@ impl This {
     where
         E: sqlx::Executor<'e, Database = Db>,
     {
-        let row = match version {
-            Some(v) => {
-                sql!(
-                    "SELECT * FROM schedules WHERE schedule_id = $1 AND version = $2",
-                    id.as_str(),
-                    version_param(v)?
-                )
-                .fetch_optional(exec)
-                .await?
-            }
-            None => {
-                sql!(
+        let row =
+            match version {
+                Some(v) => {
+                    sql!(
+                        "SELECT * FROM schedules WHERE schedule_id = $1 AND version = $2",
+                        id.as_str(),
+                        version_param(v)?
+                    )
+                    .fetch_optional(exec)
+                    .await?
+                }
+                None => sql!(
                     "SELECT * FROM schedules WHERE schedule_id = $1 ORDER BY version DESC LIMIT 1",
                     id.as_str()
                 )
                 .fetch_optional(exec)
-                .await?
-            }
-        };
+                .await?,
+            };
         match row {
             Some(row) => schedule_from_row(&row),
             None => Err(StoreError::not_found(
@@ -453,14 +452,55 @@ impl This {
         model_info_from_row(&row)
     }
 
+    /// A device's row; not found when there is none.
+    async fn device_row<'e, E>(exec: E, id: &DeviceId) -> StoreResult<DbRow>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        sql!("SELECT * FROM devices WHERE id = $1", id.as_str())
+            .fetch_optional(exec)
+            .await?
+            .ok_or_else(|| StoreError::not_found("device", id))
+    }
+
+    /// Succeeds when the device exists and is not decommissioned (new work may be queued for it).
+    async fn device_in_service<'e, E>(exec: E, id: &DeviceId) -> StoreResult<()>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let row = sql!(
+            "SELECT decommissioned_ms FROM devices WHERE id = $1",
+            id.as_str()
+        )
+        .fetch_optional(exec)
+        .await?
+        .ok_or_else(|| StoreError::not_found("device", id))?;
+        if col::<Option<i64>>(&row, "decommissioned_ms")?.is_some() {
+            return Err(StoreError::conflict("device", id, "decommissioned"));
+        }
+        Ok(())
+    }
+
+    /// Removes one recorded ack again (its target moved under a concurrent writer).
+    async fn delete_ack<'e, E>(exec: E, device: &DeviceId, message_id: &str) -> StoreResult<()>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        sql_exec!(
+            "DELETE FROM acks WHERE device_id = $1 AND message_id = $2",
+            device.as_str(),
+            message_id
+        )
+        .execute(exec)
+        .await?;
+        Ok(())
+    }
+
     async fn site_exists<'e, E>(exec: E, id: &SiteId) -> StoreResult<()>
     where
         E: sqlx::Executor<'e, Database = Db>,
     {
-        sql!(
-            "SELECT id FROM sites WHERE id = $1",
-            id.as_str()
-        )
+        sql!("SELECT id FROM sites WHERE id = $1", id.as_str())
             .fetch_optional(exec)
             .await?
             .map(|_| ())
@@ -505,9 +545,9 @@ impl This {
                     "SELECT state, device_id FROM commands WHERE id = $1",
                     id.as_str()
                 )
-                    .fetch_optional(&mut **tx)
-                    .await?
-                    .ok_or_else(|| StoreError::not_found("command", id))?;
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| StoreError::not_found("command", id))?;
                 let owner: String = col(&row, "device_id")?;
                 ("command", id.as_str(), 0, state_col(&row, "state")?, owner)
             }
@@ -573,13 +613,7 @@ impl This {
             }
         };
         if !moved {
-            sql_exec!(
-                "DELETE FROM acks WHERE device_id = $1 AND message_id = $2",
-                ack.device.as_str(),
-                &ack.message_id
-            )
-                .execute(&mut **tx)
-                .await?;
+            Self::delete_ack(&mut **tx, &ack.device, &ack.message_id).await?;
             return Ok(None);
         }
         Ok(Some(AckOutcome::Applied {
@@ -730,9 +764,10 @@ impl This {
             q.push_values(chunk, |mut b, &i| {
                 let a = &acks[i];
                 let (id, v) = match &a.target {
-                    AckTarget::Schedule { id, version } => {
-                        (id.as_str().to_owned(), i64::try_from(version.0).unwrap_or(i64::MAX))
-                    }
+                    AckTarget::Schedule { id, version } => (
+                        id.as_str().to_owned(),
+                        i64::try_from(version.0).unwrap_or(i64::MAX),
+                    ),
                     AckTarget::Command { id } => (id.clone(), 0),
                 };
                 b.push_bind(a.message_id.clone())
@@ -746,7 +781,9 @@ impl This {
                     .push_bind(ms(a.sent_at))
                     .push_bind(ms(a.received_at));
             });
-            q.push(" ON CONFLICT (device_id, message_id) DO NOTHING RETURNING device_id, message_id");
+            q.push(
+                " ON CONFLICT (device_id, message_id) DO NOTHING RETURNING device_id, message_id",
+            );
             for row in q.build().fetch_all(&mut **tx).await? {
                 inserted.insert((col(&row, "device_id")?, col(&row, "message_id")?));
             }
@@ -816,8 +853,10 @@ impl This {
             }
         }
         // 4. The moved schedules, guarded by the state they were read in.
-        let mut moved: Vec<&(Key, Walk)> =
-            walks.iter().filter(|(_, w)| w.current != w.original).collect();
+        let mut moved: Vec<&(Key, Walk)> = walks
+            .iter()
+            .filter(|(_, w)| w.current != w.original)
+            .collect();
         // One lock order for every writer.
         moved.sort_by(|a, b| a.0.cmp(&b.0));
         let mut updated: std::collections::HashSet<Key> = Default::default();
@@ -860,13 +899,7 @@ impl This {
                 continue;
             }
             for &i in &w.inserted {
-                sql_exec!(
-                    "DELETE FROM acks WHERE device_id = $1 AND message_id = $2",
-                    acks[i].device.as_str(),
-                    &acks[i].message_id
-                )
-                    .execute(&mut **tx)
-                    .await?;
+                Self::delete_ack(&mut **tx, &acks[i].device, &acks[i].message_id).await?;
             }
             for &i in &w.all {
                 out[i] = None;
@@ -904,9 +937,7 @@ impl Store for This {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sql!(
-            "SELECT 1 AS one"
-        ).execute(&self.pool).await?;
+        sql!("SELECT 1 AS one").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -957,10 +988,7 @@ impl Store for This {
     }
 
     async fn get_site(&self, id: &SiteId) -> StoreResult<SiteRecord> {
-        let row = sql!(
-            "SELECT * FROM sites WHERE id = $1",
-            id.as_str()
-        )
+        let row = sql!("SELECT * FROM sites WHERE id = $1", id.as_str())
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("site", id))?;
@@ -995,8 +1023,8 @@ impl Store for This {
             "SELECT COUNT(*) FROM devices WHERE site_id = $1",
             id.as_str()
         )
-            .fetch_one(&mut *tx)
-            .await?;
+        .fetch_one(&mut *tx)
+        .await?;
         if devices > 0 {
             return Err(StoreError::conflict(
                 "site",
@@ -1004,10 +1032,7 @@ impl Store for This {
                 format!("{devices} device(s) belong to it"),
             ));
         }
-        let done = sql_exec!(
-            "DELETE FROM sites WHERE id = $1",
-            id.as_str()
-        )
+        let done = sql_exec!("DELETE FROM sites WHERE id = $1", id.as_str())
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
@@ -1055,10 +1080,7 @@ impl Store for This {
     }
 
     async fn get_feeder(&self, id: &FeederId) -> StoreResult<FeederRecord> {
-        let row = sql!(
-            "SELECT * FROM feeders WHERE id = $1",
-            id.as_str()
-        )
+        let row = sql!("SELECT * FROM feeders WHERE id = $1", id.as_str())
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("feeder", id))?;
@@ -1066,13 +1088,12 @@ impl Store for This {
     }
 
     async fn list_feeders(&self, tenant: Option<&str>) -> StoreResult<Vec<FeederRecord>> {
-        let rows =
-            sql!(
-                "SELECT * FROM feeders WHERE (CAST($1 AS TEXT) IS NULL OR tenant = $1) ORDER BY id",
-                tenant
-            )
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sql!(
+            "SELECT * FROM feeders WHERE (CAST($1 AS TEXT) IS NULL OR tenant = $1) ORDER BY id",
+            tenant
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(feeder_from_row).collect()
     }
 
@@ -1139,9 +1160,7 @@ impl Store for This {
 
     async fn list_price_series(&self) -> StoreResult<Vec<String>> {
         Ok(
-            sql_scalar!(
-                "SELECT DISTINCT series FROM price_points ORDER BY series"
-            )
+            sql_scalar!("SELECT DISTINCT series FROM price_points ORDER BY series")
                 .fetch_all(&self.pool)
                 .await?,
         )
@@ -1180,13 +1199,7 @@ impl Store for This {
     }
 
     async fn get_device(&self, id: &DeviceId) -> StoreResult<DeviceRecord> {
-        let row = sql!(
-            "SELECT * FROM devices WHERE id = $1",
-            id.as_str()
-        )
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", id))?;
+        let row = Self::device_row(&self.pool, id).await?;
         device_from_row(&row)
     }
 
@@ -1236,13 +1249,7 @@ impl Store for This {
             check_text("label", label, 200)?;
         }
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let row = sql!(
-            "SELECT * FROM devices WHERE id = $1",
-            id.as_str()
-        )
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", id))?;
+        let row = Self::device_row(&mut *tx, id).await?;
         let mut device = device_from_row(&row)?;
         if device.decommissioned_at.is_some() {
             return Err(StoreError::conflict("device", id, "decommissioned"));
@@ -1309,10 +1316,7 @@ impl Store for This {
         )
         .execute(&mut *tx)
         .await?;
-        sql_exec!(
-            "DELETE FROM outbox WHERE device_id = $1",
-            id.as_str()
-        )
+        sql_exec!("DELETE FROM outbox WHERE device_id = $1", id.as_str())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -1364,13 +1368,7 @@ impl Store for This {
     }
 
     async fn device_status(&self, id: &DeviceId) -> StoreResult<DeviceStatus> {
-        let row = sql!(
-            "SELECT * FROM devices WHERE id = $1",
-            id.as_str()
-        )
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", id))?;
+        let row = Self::device_row(&self.pool, id).await?;
         let reported_schedule = match (
             opt_id::<ScheduleId>(
                 "device.reported_schedule_id",
@@ -1439,20 +1437,7 @@ impl Store for This {
         let version = version_param(schedule.version())?;
         let parts = to_json("schedule", schedule)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let device = sql!(
-            "SELECT decommissioned_ms FROM devices WHERE id = $1",
-            schedule.device().as_str()
-        )
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", schedule.device()))?;
-        if col::<Option<i64>>(&device, "decommissioned_ms")?.is_some() {
-            return Err(StoreError::conflict(
-                "device",
-                schedule.device(),
-                "decommissioned",
-            ));
-        }
+        Self::device_in_service(&mut *tx, schedule.device()).await?;
         let newest = sql!(
             "SELECT version, device_id FROM schedules WHERE schedule_id = $1 \
              ORDER BY version DESC LIMIT 1",
@@ -1640,7 +1625,8 @@ impl Store for This {
         // One multi-row UPDATE per chunk (PostgreSQL and SQLite ≥ 3.33 both take UPDATE … FROM
         // and name VALUES columns column1, column2, …).
         for (chunk, vs) in sends.chunks(BATCH_ROWS).zip(versions.chunks(BATCH_ROWS)) {
-            let mut q = QueryBuilder::<Db>::new("UPDATE schedules SET state = 'delivered', updated_ms = ");
+            let mut q =
+                QueryBuilder::<Db>::new("UPDATE schedules SET state = 'delivered', updated_ms = ");
             q.push_bind(at)
                 .push(", first_sent_ms = COALESCE(first_sent_ms, ")
                 .push_bind(at)
@@ -1730,20 +1716,7 @@ impl Store for This {
         check_opt_text("correlation_id", new.correlation_id.as_deref(), 128)?;
         let command = to_json("command", &new.command)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let device = sql!(
-            "SELECT decommissioned_ms FROM devices WHERE id = $1",
-            new.device.as_str()
-        )
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", &new.device))?;
-        if col::<Option<i64>>(&device, "decommissioned_ms")?.is_some() {
-            return Err(StoreError::conflict(
-                "device",
-                &new.device,
-                "decommissioned",
-            ));
-        }
+        Self::device_in_service(&mut *tx, &new.device).await?;
         let row = sql!(
             "INSERT INTO commands (id, device_id, command_json, state, correlation_id, \
              expires_ms, created_ms, updated_ms) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6) \
@@ -1764,10 +1737,7 @@ impl Store for This {
     }
 
     async fn get_command(&self, id: &str) -> StoreResult<CommandRecord> {
-        let row = sql!(
-            "SELECT * FROM commands WHERE id = $1",
-            id
-        )
+        let row = sql!("SELECT * FROM commands WHERE id = $1", id)
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("command", id))?;
@@ -1878,7 +1848,8 @@ impl Store for This {
             }
             match &ack.target {
                 AckTarget::Schedule { id, version }
-                    if !slow_targets.contains(&(id.as_str().to_owned(), version_param(*version)?)) =>
+                    if !slow_targets
+                        .contains(&(id.as_str().to_owned(), version_param(*version)?)) =>
                 {
                     fast.push(i)
                 }
@@ -2073,19 +2044,16 @@ impl Store for This {
             "SELECT * FROM telemetry WHERE device_id = $1 ORDER BY at_ms DESC LIMIT 1",
             device.as_str()
         )
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| sample_from_row(&row))
-            .transpose()
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| sample_from_row(&row))
+        .transpose()
     }
 
     // --- delivery outbox ----------------------------------------------------------------------
 
     async fn outbox_load(&self, device: &DeviceId) -> StoreResult<Option<OutboxRecord>> {
-        sql!(
-            "SELECT * FROM outbox WHERE device_id = $1",
-            device.as_str()
-        )
+        sql!("SELECT * FROM outbox WHERE device_id = $1", device.as_str())
             .fetch_optional(&self.pool)
             .await?
             .map(|row| outbox_from_row(&row))
@@ -2254,12 +2222,9 @@ impl Store for This {
     }
 
     async fn outbox_pending(&self) -> StoreResult<u64> {
-        let n: i64 =
-            sql_scalar!(
-                "SELECT COUNT(*) FROM outbox WHERE next_wakeup_ms IS NOT NULL"
-            )
-                .fetch_one(&self.pool)
-                .await?;
+        let n: i64 = sql_scalar!("SELECT COUNT(*) FROM outbox WHERE next_wakeup_ms IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -2271,10 +2236,7 @@ impl Store for This {
         let metadata = to_json("metadata", &new.metadata)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
         let newest: Option<i64> =
-            sql_scalar!(
-                "SELECT MAX(version) FROM models WHERE name = $1",
-                &new.name
-            )
+            sql_scalar!("SELECT MAX(version) FROM models WHERE name = $1", &new.name)
                 .fetch_one(&mut *tx)
                 .await?;
         let version = newest.unwrap_or(0) + 1;
@@ -2283,8 +2245,8 @@ impl Store for This {
                 "UPDATE models SET active = FALSE WHERE name = $1",
                 &new.name
             )
-                .execute(&mut *tx)
-                .await?;
+            .execute(&mut *tx)
+            .await?;
         }
         sql_exec!(
             "INSERT INTO models (name, version, kind, site_id, metadata_json, artefact, active, \
@@ -2386,8 +2348,8 @@ impl Store for This {
             name,
             v
         )
-            .fetch_optional(&mut *tx)
-            .await?;
+        .fetch_optional(&mut *tx)
+        .await?;
         if exists.is_none() {
             return Err(StoreError::not_found("model", format!("{name} v{version}")));
         }
@@ -2396,8 +2358,8 @@ impl Store for This {
             name,
             v
         )
-            .execute(&mut *tx)
-            .await?;
+        .execute(&mut *tx)
+        .await?;
         let info = Self::model_info(&mut *tx, name, v).await?;
         tx.commit().await?;
         Ok(info)
