@@ -58,7 +58,6 @@ macro_rules! sql_exec {
 macro_rules! sql {
     ($sql:literal $(, $arg:expr)* $(,)?) => {{
         // Type-checks only: never runs.
-        #[allow(dead_code)]
         if false {
             let _ = ::sqlx::query!($sql $(, $arg)*);
         }
@@ -70,7 +69,6 @@ macro_rules! sql {
 macro_rules! sql_scalar {
     ($sql:literal $(, $arg:expr)* $(,)?) => {{
         // Type-checks only: never runs.
-        #[allow(dead_code)]
         if false {
             let _ = ::sqlx::query_scalar!($sql $(, $arg)*);
         }
