@@ -51,13 +51,13 @@ impl This {
         from: Timestamp,
         to: Timestamp,
     ) -> StoreResult<Vec<SeriesPoint>> {
-        let rows = sqlx::query(
+        let rows = sql!(
             "SELECT start_ms, slot_seconds, value FROM series_points WHERE series = $1 \
              AND start_ms >= $2 AND start_ms < $3 ORDER BY start_ms",
+            series,
+            ms(from),
+            ms(to)
         )
-        .bind(series)
-        .bind(ms(from))
-        .bind(ms(to))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -73,7 +73,7 @@ impl This {
 
     async fn list_series_sql(&self) -> StoreResult<Vec<String>> {
         Ok(
-            sqlx::query_scalar("SELECT DISTINCT series FROM series_points ORDER BY series")
+            sql_scalar!("SELECT DISTINCT series FROM series_points ORDER BY series")
                 .fetch_all(&self.pool)
                 .await?,
         )
@@ -88,22 +88,19 @@ impl This {
         let v = i64::try_from(version).unwrap_or(i64::MAX);
         let text = to_json("metadata", metadata)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let updated = sqlx::query("UPDATE models SET metadata_json = $3 WHERE name = $1 AND version = $2")
-            .bind(name)
-            .bind(v)
-            .bind(text)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let updated = sql_exec!(
+            "UPDATE models SET metadata_json = $3 WHERE name = $1 AND version = $2",
+            name,
+            v,
+            text
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if updated == 0 {
             return Err(StoreError::not_found("model", format!("{name} v{version}")));
         }
-        let row = sqlx::query(MODEL_INFO_BY_VERSION)
-            .bind(name)
-            .bind(v)
-            .fetch_one(&mut *tx)
-            .await?;
-        let info = model_info_from_row(&row)?;
+        let info = Self::model_info(&mut *tx, name, v).await?;
         tx.commit().await?;
         Ok(info)
     }

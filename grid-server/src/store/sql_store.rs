@@ -1,8 +1,10 @@
 // The SQL shared by the PostgreSQL and SQLite stores, included into `postgres.rs` and `sqlite.rs`
-// (each defines `Db`, `This`, `BACKEND`, `BEGIN` and `ACK_ORDER` first). Both schemas keep
-// instants as BIGINT milliseconds and JSON as TEXT, and both databases accept `$N` placeholders,
-// `ON CONFLICT` upserts and `RETURNING`, so one text serves both; the conformance suite runs every
-// query against each backend.
+// (each defines `Db`, `This`, `BACKEND`, `BEGIN` and the statement macros `sql!`, `sql_exec!`,
+// `sql_scalar!` and `acks_by_target!` first). Both schemas keep instants as BIGINT milliseconds
+// and JSON as TEXT, and both databases accept `$N` placeholders, `ON CONFLICT` upserts and
+// `RETURNING`, so one text serves both. Every static statement goes through those macros, which
+// check it at compile time against the PostgreSQL schema (see the `postgres` module doc); the
+// conformance suite runs every query against each backend.
 
 use crate::store::types::{from_ms, ms};
 use crate::store::*;
@@ -334,16 +336,18 @@ impl This {
         let row =
             match version {
                 Some(v) => {
-                    sqlx::query("SELECT * FROM schedules WHERE schedule_id = $1 AND version = $2")
-                        .bind(id.as_str())
-                        .bind(version_param(v)?)
-                        .fetch_optional(exec)
-                        .await?
+                    sql!(
+                        "SELECT * FROM schedules WHERE schedule_id = $1 AND version = $2",
+                        id.as_str(),
+                        version_param(v)?
+                    )
+                    .fetch_optional(exec)
+                    .await?
                 }
-                None => sqlx::query(
+                None => sql!(
                     "SELECT * FROM schedules WHERE schedule_id = $1 ORDER BY version DESC LIMIT 1",
+                    id.as_str()
                 )
-                .bind(id.as_str())
                 .fetch_optional(exec)
                 .await?,
             };
@@ -376,22 +380,22 @@ impl This {
     {
         let sent = event == LifecycleEvent::Deliver;
         let answered = is_device_answer(event);
-        let done = sqlx::query(
+        let done = sql_exec!(
             "UPDATE schedules SET state = $1, reason = COALESCE($2, reason), updated_ms = $3, \
              first_sent_ms = CASE WHEN $4 THEN COALESCE(first_sent_ms, $3) ELSE first_sent_ms END, \
              last_sent_ms = CASE WHEN $4 THEN $3 ELSE last_sent_ms END, \
              attempts = CASE WHEN $4 THEN attempts + 1 ELSE attempts END, \
              answered_ms = CASE WHEN $5 THEN COALESCE(answered_ms, $3) ELSE answered_ms END \
              WHERE schedule_id = $6 AND version = $7 AND state = $8",
+            to.as_str(),
+            reason,
+            ms(at),
+            sent,
+            answered,
+            id.as_str(),
+            version,
+            from.as_str()
         )
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(ms(at))
-        .bind(sent)
-        .bind(answered)
-        .bind(id.as_str())
-        .bind(version)
-        .bind(from.as_str())
         .execute(exec)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -412,31 +416,91 @@ impl This {
     {
         let sent = event == LifecycleEvent::Deliver;
         let answered = is_device_answer(event);
-        let done = sqlx::query(
+        let done = sql_exec!(
             "UPDATE commands SET state = $1, reason = COALESCE($2, reason), updated_ms = $3, \
              first_sent_ms = CASE WHEN $4 THEN COALESCE(first_sent_ms, $3) ELSE first_sent_ms END, \
              attempts = CASE WHEN $4 THEN attempts + 1 ELSE attempts END, \
              answered_ms = CASE WHEN $5 THEN COALESCE(answered_ms, $3) ELSE answered_ms END \
              WHERE id = $6 AND state = $7",
+            to.as_str(),
+            reason,
+            ms(at),
+            sent,
+            answered,
+            id,
+            from.as_str()
         )
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(ms(at))
-        .bind(sent)
-        .bind(answered)
-        .bind(id)
-        .bind(from.as_str())
         .execute(exec)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// One model version's description (inside or outside a transaction).
+    async fn model_info<'e, E>(exec: E, name: &str, version: i64) -> StoreResult<ModelInfo>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let row = sql!(
+            "SELECT name, version, kind, site_id, metadata_json, active, created_ms, \
+             CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models \
+             WHERE name = $1 AND version = $2",
+            name,
+            version
+        )
+        .fetch_one(exec)
+        .await?;
+        model_info_from_row(&row)
+    }
+
+    /// A device's row; not found when there is none.
+    async fn device_row<'e, E>(exec: E, id: &DeviceId) -> StoreResult<DbRow>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        sql!("SELECT * FROM devices WHERE id = $1", id.as_str())
+            .fetch_optional(exec)
+            .await?
+            .ok_or_else(|| StoreError::not_found("device", id))
+    }
+
+    /// Succeeds when the device exists and is not decommissioned (new work may be queued for it).
+    async fn device_in_service<'e, E>(exec: E, id: &DeviceId) -> StoreResult<()>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let row = sql!(
+            "SELECT decommissioned_ms FROM devices WHERE id = $1",
+            id.as_str()
+        )
+        .fetch_optional(exec)
+        .await?
+        .ok_or_else(|| StoreError::not_found("device", id))?;
+        if col::<Option<i64>>(&row, "decommissioned_ms")?.is_some() {
+            return Err(StoreError::conflict("device", id, "decommissioned"));
+        }
+        Ok(())
+    }
+
+    /// Removes one recorded ack again (its target moved under a concurrent writer).
+    async fn delete_ack<'e, E>(exec: E, device: &DeviceId, message_id: &str) -> StoreResult<()>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        sql_exec!(
+            "DELETE FROM acks WHERE device_id = $1 AND message_id = $2",
+            device.as_str(),
+            message_id
+        )
+        .execute(exec)
+        .await?;
+        Ok(())
     }
 
     async fn site_exists<'e, E>(exec: E, id: &SiteId) -> StoreResult<()>
     where
         E: sqlx::Executor<'e, Database = Db>,
     {
-        sqlx::query("SELECT id FROM sites WHERE id = $1")
-            .bind(id.as_str())
+        sql!("SELECT id FROM sites WHERE id = $1", id.as_str())
             .fetch_optional(exec)
             .await?
             .map(|_| ())
@@ -465,11 +529,11 @@ impl This {
         let (kind, target_id, target_version, current, owner) = match &ack.target {
             AckTarget::Schedule { id, version } => {
                 let v = version_param(*version)?;
-                let row = sqlx::query(
+                let row = sql!(
                     "SELECT state, device_id FROM schedules WHERE schedule_id = $1 AND version = $2",
+                    id.as_str(),
+                    v
                 )
-                .bind(id.as_str())
-                .bind(v)
                 .fetch_optional(&mut **tx)
                 .await?
                 .ok_or_else(|| StoreError::not_found("schedule", format!("{id} {version}")))?;
@@ -477,11 +541,13 @@ impl This {
                 ("schedule", id.as_str(), v, state_col(&row, "state")?, owner)
             }
             AckTarget::Command { id } => {
-                let row = sqlx::query("SELECT state, device_id FROM commands WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(&mut **tx)
-                    .await?
-                    .ok_or_else(|| StoreError::not_found("command", id))?;
+                let row = sql!(
+                    "SELECT state, device_id FROM commands WHERE id = $1",
+                    id.as_str()
+                )
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| StoreError::not_found("command", id))?;
                 let owner: String = col(&row, "device_id")?;
                 ("command", id.as_str(), 0, state_col(&row, "state")?, owner)
             }
@@ -492,21 +558,21 @@ impl This {
                 format!("ack from {} for a {kind} of device {owner}", ack.device),
             ));
         }
-        let inserted = sqlx::query(
+        let inserted = sql_exec!(
             "INSERT INTO acks (message_id, device_id, target_kind, target_id, target_version, \
              state, reason_code, reason, sent_ms, received_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (device_id, message_id) DO NOTHING",
+            &ack.message_id,
+            ack.device.as_str(),
+            kind,
+            target_id,
+            target_version,
+            ack.state.as_str(),
+            ack.reason_code.as_deref(),
+            ack.reason.as_deref(),
+            ms(ack.sent_at),
+            ms(ack.received_at)
         )
-        .bind(&ack.message_id)
-        .bind(ack.device.as_str())
-        .bind(kind)
-        .bind(target_id)
-        .bind(target_version)
-        .bind(ack.state.as_str())
-        .bind(ack.reason_code.as_deref())
-        .bind(ack.reason.as_deref())
-        .bind(ms(ack.sent_at))
-        .bind(ms(ack.received_at))
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -547,11 +613,7 @@ impl This {
             }
         };
         if !moved {
-            sqlx::query("DELETE FROM acks WHERE device_id = $1 AND message_id = $2")
-                .bind(ack.device.as_str())
-                .bind(&ack.message_id)
-                .execute(&mut **tx)
-                .await?;
+            Self::delete_ack(&mut **tx, &ack.device, &ack.message_id).await?;
             return Ok(None);
         }
         Ok(Some(AckOutcome::Applied {
@@ -582,14 +644,14 @@ impl This {
         };
         match expected_revision {
             None => {
-                let done = sqlx::query(
+                let done = sql_exec!(
                     "INSERT INTO outbox (device_id, state_json, next_wakeup_ms, revision, \
                      updated_ms) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (device_id) DO NOTHING",
+                    device.as_str(),
+                    state,
+                    wakeup,
+                    ms(now)
                 )
-                .bind(device.as_str())
-                .bind(state)
-                .bind(wakeup)
-                .bind(ms(now))
                 .execute(exec)
                 .await?;
                 if done.rows_affected() == 1 {
@@ -601,16 +663,16 @@ impl This {
             Some(revision) => {
                 let rev = i64::try_from(revision)
                     .map_err(|_| StoreError::invalid("revision", "out of range"))?;
-                let done = sqlx::query(
+                let done = sql_exec!(
                     "UPDATE outbox SET state_json = $1, next_wakeup_ms = $2, \
                      revision = revision + 1, updated_ms = $3, claimed_by = NULL, \
                      claimed_until_ms = NULL WHERE device_id = $4 AND revision = $5",
+                    state,
+                    wakeup,
+                    ms(now),
+                    device.as_str(),
+                    rev
                 )
-                .bind(state)
-                .bind(wakeup)
-                .bind(ms(now))
-                .bind(device.as_str())
-                .bind(rev)
                 .execute(exec)
                 .await?;
                 if done.rows_affected() == 1 {
@@ -702,9 +764,10 @@ impl This {
             q.push_values(chunk, |mut b, &i| {
                 let a = &acks[i];
                 let (id, v) = match &a.target {
-                    AckTarget::Schedule { id, version } => {
-                        (id.as_str().to_owned(), i64::try_from(version.0).unwrap_or(i64::MAX))
-                    }
+                    AckTarget::Schedule { id, version } => (
+                        id.as_str().to_owned(),
+                        i64::try_from(version.0).unwrap_or(i64::MAX),
+                    ),
                     AckTarget::Command { id } => (id.clone(), 0),
                 };
                 b.push_bind(a.message_id.clone())
@@ -718,7 +781,9 @@ impl This {
                     .push_bind(ms(a.sent_at))
                     .push_bind(ms(a.received_at));
             });
-            q.push(" ON CONFLICT (device_id, message_id) DO NOTHING RETURNING device_id, message_id");
+            q.push(
+                " ON CONFLICT (device_id, message_id) DO NOTHING RETURNING device_id, message_id",
+            );
             for row in q.build().fetch_all(&mut **tx).await? {
                 inserted.insert((col(&row, "device_id")?, col(&row, "message_id")?));
             }
@@ -788,8 +853,10 @@ impl This {
             }
         }
         // 4. The moved schedules, guarded by the state they were read in.
-        let mut moved: Vec<&(Key, Walk)> =
-            walks.iter().filter(|(_, w)| w.current != w.original).collect();
+        let mut moved: Vec<&(Key, Walk)> = walks
+            .iter()
+            .filter(|(_, w)| w.current != w.original)
+            .collect();
         // One lock order for every writer.
         moved.sort_by(|a, b| a.0.cmp(&b.0));
         let mut updated: std::collections::HashSet<Key> = Default::default();
@@ -832,11 +899,7 @@ impl This {
                 continue;
             }
             for &i in &w.inserted {
-                sqlx::query("DELETE FROM acks WHERE device_id = $1 AND message_id = $2")
-                    .bind(acks[i].device.as_str())
-                    .bind(&acks[i].message_id)
-                    .execute(&mut **tx)
-                    .await?;
+                Self::delete_ack(&mut **tx, &acks[i].device, &acks[i].message_id).await?;
             }
             for &i in &w.all {
                 out[i] = None;
@@ -874,7 +937,7 @@ impl Store for This {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sql!("SELECT 1 AS one").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -897,7 +960,7 @@ impl Store for This {
             .as_ref()
             .map(|t| to_json("tariff", t))
             .transpose()?;
-        let row = sqlx::query(
+        let row = sql!(
             "INSERT INTO sites (id, tenant, name, feeder_id, import_limit_kw, export_limit_kw, \
              demand_charge_per_kw, tariff_json, price_series, created_ms, updated_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
@@ -908,25 +971,24 @@ impl Store for This {
              tariff_json = excluded.tariff_json, price_series = excluded.price_series, \
              updated_ms = excluded.updated_ms \
              RETURNING *",
+            site.id.as_str(),
+            &site.tenant,
+            site.name.as_deref(),
+            site.feeder.as_ref().map(FeederId::as_str),
+            site.grid.import_limit.kw(),
+            site.grid.export_limit.kw(),
+            site.demand_charge.value(),
+            tariff,
+            site.price_series.as_deref(),
+            ms(now)
         )
-        .bind(site.id.as_str())
-        .bind(&site.tenant)
-        .bind(site.name.as_deref())
-        .bind(site.feeder.as_ref().map(FeederId::as_str))
-        .bind(site.grid.import_limit.kw())
-        .bind(site.grid.export_limit.kw())
-        .bind(site.demand_charge.value())
-        .bind(tariff)
-        .bind(site.price_series.as_deref())
-        .bind(ms(now))
         .fetch_one(&self.pool)
         .await?;
         site_from_row(&row)
     }
 
     async fn get_site(&self, id: &SiteId) -> StoreResult<SiteRecord> {
-        let row = sqlx::query("SELECT * FROM sites WHERE id = $1")
-            .bind(id.as_str())
+        let row = sql!("SELECT * FROM sites WHERE id = $1", id.as_str())
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("site", id))?;
@@ -957,10 +1019,12 @@ impl Store for This {
 
     async fn delete_site(&self, id: &SiteId) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let devices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE site_id = $1")
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+        let devices: i64 = sql_scalar!(
+            "SELECT COUNT(*) FROM devices WHERE site_id = $1",
+            id.as_str()
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if devices > 0 {
             return Err(StoreError::conflict(
                 "site",
@@ -968,8 +1032,7 @@ impl Store for This {
                 format!("{devices} device(s) belong to it"),
             ));
         }
-        let done = sqlx::query("DELETE FROM sites WHERE id = $1")
-            .bind(id.as_str())
+        let done = sql_exec!("DELETE FROM sites WHERE id = $1", id.as_str())
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
@@ -999,26 +1062,25 @@ impl Store for This {
             .as_ref()
             .map(|e| to_json("envelope", e))
             .transpose()?;
-        let row = sqlx::query(
+        let row = sql!(
             "INSERT INTO feeders (id, tenant, name, envelope_json, created_ms, updated_ms) \
              VALUES ($1, $2, $3, $4, $5, $5) \
              ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant, name = excluded.name, \
              envelope_json = excluded.envelope_json, updated_ms = excluded.updated_ms \
              RETURNING *",
+            feeder.id.as_str(),
+            &feeder.tenant,
+            feeder.name.as_deref(),
+            envelope,
+            ms(now)
         )
-        .bind(feeder.id.as_str())
-        .bind(&feeder.tenant)
-        .bind(feeder.name.as_deref())
-        .bind(envelope)
-        .bind(ms(now))
         .fetch_one(&self.pool)
         .await?;
         feeder_from_row(&row)
     }
 
     async fn get_feeder(&self, id: &FeederId) -> StoreResult<FeederRecord> {
-        let row = sqlx::query("SELECT * FROM feeders WHERE id = $1")
-            .bind(id.as_str())
+        let row = sql!("SELECT * FROM feeders WHERE id = $1", id.as_str())
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("feeder", id))?;
@@ -1026,11 +1088,12 @@ impl Store for This {
     }
 
     async fn list_feeders(&self, tenant: Option<&str>) -> StoreResult<Vec<FeederRecord>> {
-        let rows =
-            sqlx::query("SELECT * FROM feeders WHERE ($1 IS NULL OR tenant = $1) ORDER BY id")
-                .bind(tenant)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sql!(
+            "SELECT * FROM feeders WHERE (CAST($1 AS TEXT) IS NULL OR tenant = $1) ORDER BY id",
+            tenant
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(feeder_from_row).collect()
     }
 
@@ -1074,13 +1137,13 @@ impl Store for This {
         from: Timestamp,
         to: Timestamp,
     ) -> StoreResult<Vec<PricePoint>> {
-        let rows = sqlx::query(
+        let rows = sql!(
             "SELECT * FROM price_points WHERE series = $1 AND start_ms >= $2 AND start_ms < $3 \
              ORDER BY start_ms",
+            series,
+            ms(from),
+            ms(to)
         )
-        .bind(series)
-        .bind(ms(from))
-        .bind(ms(to))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -1097,7 +1160,7 @@ impl Store for This {
 
     async fn list_price_series(&self) -> StoreResult<Vec<String>> {
         Ok(
-            sqlx::query_scalar("SELECT DISTINCT series FROM price_points ORDER BY series")
+            sql_scalar!("SELECT DISTINCT series FROM price_points ORDER BY series")
                 .fetch_all(&self.pool)
                 .await?,
         )
@@ -1115,18 +1178,18 @@ impl Store for This {
         let spec = to_json("spec", &device.spec)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
         Self::site_exists(&mut *tx, &device.site).await?;
-        let row = sqlx::query(
+        let row = sql!(
             "INSERT INTO devices (id, tenant, site_id, label, spec_json, codec, created_ms, \
              updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
              ON CONFLICT (id) DO NOTHING RETURNING *",
+            device.id.as_str(),
+            &device.tenant,
+            device.site.as_str(),
+            device.label.as_deref(),
+            spec,
+            device.codec.as_str(),
+            ms(now)
         )
-        .bind(device.id.as_str())
-        .bind(&device.tenant)
-        .bind(device.site.as_str())
-        .bind(device.label.as_deref())
-        .bind(spec)
-        .bind(device.codec.as_str())
-        .bind(ms(now))
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::conflict("device", &device.id, "already registered"))?;
@@ -1136,11 +1199,7 @@ impl Store for This {
     }
 
     async fn get_device(&self, id: &DeviceId) -> StoreResult<DeviceRecord> {
-        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", id))?;
+        let row = Self::device_row(&self.pool, id).await?;
         device_from_row(&row)
     }
 
@@ -1190,11 +1249,7 @@ impl Store for This {
             check_text("label", label, 200)?;
         }
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", id))?;
+        let row = Self::device_row(&mut *tx, id).await?;
         let mut device = device_from_row(&row)?;
         if device.decommissioned_at.is_some() {
             return Err(StoreError::conflict("device", id, "decommissioned"));
@@ -1212,16 +1267,16 @@ impl Store for This {
         if let Some(codec) = update.codec {
             device.codec = codec;
         }
-        let row = sqlx::query(
+        let row = sql!(
             "UPDATE devices SET site_id = $1, spec_json = $2, label = $3, codec = $4, \
              updated_ms = $5 WHERE id = $6 RETURNING *",
+            device.site.as_str(),
+            to_json("spec", &device.spec)?,
+            device.label.as_deref(),
+            device.codec.as_str(),
+            ms(now),
+            id.as_str()
         )
-        .bind(device.site.as_str())
-        .bind(to_json("spec", &device.spec)?)
-        .bind(device.label.as_deref())
-        .bind(device.codec.as_str())
-        .bind(ms(now))
-        .bind(id.as_str())
         .fetch_one(&mut *tx)
         .await?;
         let record = device_from_row(&row)?;
@@ -1235,30 +1290,33 @@ impl Store for This {
         now: Timestamp,
     ) -> StoreResult<DeviceRecord> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let row = sqlx::query(
+        let row = sql!(
             "UPDATE devices SET decommissioned_ms = COALESCE(decommissioned_ms, $1), \
              online = FALSE, updated_ms = $1 WHERE id = $2 RETURNING *",
+            ms(now),
+            id.as_str()
         )
-        .bind(ms(now))
-        .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::not_found("device", id))?;
         let record = device_from_row(&row)?;
-        for table in [
+        sql_exec!(
             "UPDATE schedules SET state = 'cancelled', reason = 'device decommissioned', \
              updated_ms = $1 WHERE device_id = $2 AND state IN ('queued','delivered','accepted','executing')",
+            ms(now),
+            id.as_str()
+        )
+        .execute(&mut *tx)
+        .await?;
+        sql_exec!(
             "UPDATE commands SET state = 'cancelled', reason = 'device decommissioned', \
              updated_ms = $1 WHERE device_id = $2 AND state IN ('queued','delivered','accepted','executing')",
-        ] {
-            sqlx::query(table)
-                .bind(ms(now))
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("DELETE FROM outbox WHERE device_id = $1")
-            .bind(id.as_str())
+            ms(now),
+            id.as_str()
+        )
+        .execute(&mut *tx)
+        .await?;
+        sql_exec!("DELETE FROM outbox WHERE device_id = $1", id.as_str())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -1275,30 +1333,30 @@ impl Store for This {
             None => (None, None),
         };
         let done = if status.online {
-            sqlx::query(
+            sql_exec!(
                 "UPDATE devices SET online = TRUE, status_ms = $1, agent_version = $2, \
                  firmware_version = $3, capabilities_json = $4, clock_offset_ms = $5, \
                  reported_schedule_id = $6, reported_schedule_version = $7 \
                  WHERE id = $8 AND (status_ms IS NULL OR status_ms <= $1)",
+                ms(status.at),
+                status.agent_version.as_deref(),
+                status.firmware_version.as_deref(),
+                capabilities,
+                status.clock_offset_ms,
+                sched_id,
+                sched_version,
+                status.device.as_str()
             )
-            .bind(ms(status.at))
-            .bind(status.agent_version.as_deref())
-            .bind(status.firmware_version.as_deref())
-            .bind(capabilities)
-            .bind(status.clock_offset_ms)
-            .bind(sched_id)
-            .bind(sched_version)
-            .bind(status.device.as_str())
             .execute(&self.pool)
             .await?
         } else {
             // An offline report (often the broker's last will) keeps the last known details.
-            sqlx::query(
+            sql_exec!(
                 "UPDATE devices SET online = FALSE, status_ms = $1 \
                  WHERE id = $2 AND (status_ms IS NULL OR status_ms <= $1)",
+                ms(status.at),
+                status.device.as_str()
             )
-            .bind(ms(status.at))
-            .bind(status.device.as_str())
             .execute(&self.pool)
             .await?
         };
@@ -1310,11 +1368,7 @@ impl Store for This {
     }
 
     async fn device_status(&self, id: &DeviceId) -> StoreResult<DeviceStatus> {
-        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", id))?;
+        let row = Self::device_row(&self.pool, id).await?;
         let reported_schedule = match (
             opt_id::<ScheduleId>(
                 "device.reported_schedule_id",
@@ -1328,11 +1382,11 @@ impl Store for This {
             }),
             _ => None,
         };
-        let latest = sqlx::query(
+        let latest = sql!(
             "SELECT schedule_id, version, state FROM schedules WHERE device_id = $1 \
              ORDER BY created_ms DESC, version DESC LIMIT 1",
+            id.as_str()
         )
-        .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
         let latest_schedule = latest
@@ -1362,8 +1416,8 @@ impl Store for This {
     }
 
     async fn count_online(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM devices WHERE online = TRUE AND decommissioned_ms IS NULL",
+        let n: i64 = sql_scalar!(
+            "SELECT COUNT(*) FROM devices WHERE online = TRUE AND decommissioned_ms IS NULL"
         )
         .fetch_one(&self.pool)
         .await?;
@@ -1383,23 +1437,12 @@ impl Store for This {
         let version = version_param(schedule.version())?;
         let parts = to_json("schedule", schedule)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let device = sqlx::query("SELECT decommissioned_ms FROM devices WHERE id = $1")
-            .bind(schedule.device().as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", schedule.device()))?;
-        if col::<Option<i64>>(&device, "decommissioned_ms")?.is_some() {
-            return Err(StoreError::conflict(
-                "device",
-                schedule.device(),
-                "decommissioned",
-            ));
-        }
-        let newest = sqlx::query(
+        Self::device_in_service(&mut *tx, schedule.device()).await?;
+        let newest = sql!(
             "SELECT version, device_id FROM schedules WHERE schedule_id = $1 \
              ORDER BY version DESC LIMIT 1",
+            id.as_str()
         )
-        .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = newest {
@@ -1420,26 +1463,26 @@ impl Store for This {
                 ));
             }
         }
-        sqlx::query(
+        sql_exec!(
             "UPDATE schedules SET state = 'superseded', updated_ms = $1 \
              WHERE schedule_id = $2 AND state IN ('queued','delivered','accepted','executing')",
+            ms(now),
+            id.as_str()
         )
-        .bind(ms(now))
-        .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query(
+        let row = sql!(
             "INSERT INTO schedules (schedule_id, version, device_id, parts_json, state, \
              correlation_id, expires_ms, created_ms, updated_ms) \
              VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7) RETURNING *",
+            id.as_str(),
+            version,
+            schedule.device().as_str(),
+            parts,
+            new.correlation_id.as_deref(),
+            ms(schedule.expires_at()),
+            ms(now)
         )
-        .bind(id.as_str())
-        .bind(version)
-        .bind(schedule.device().as_str())
-        .bind(parts)
-        .bind(new.correlation_id.as_deref())
-        .bind(ms(schedule.expires_at()))
-        .bind(ms(now))
         .fetch_one(&mut *tx)
         .await
         .map_err(unique("schedule", format!("{id} {}", schedule.version())))?;
@@ -1516,12 +1559,12 @@ impl Store for This {
     }
 
     async fn open_schedules(&self, device: &DeviceId) -> StoreResult<Vec<ScheduleRecord>> {
-        let rows = sqlx::query(
+        let rows = sql!(
             "SELECT * FROM schedules WHERE device_id = $1 \
              AND state IN ('queued','delivered','accepted','executing') \
              ORDER BY created_ms, version",
+            device.as_str()
         )
-        .bind(device.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(schedule_from_row).collect()
@@ -1582,7 +1625,8 @@ impl Store for This {
         // One multi-row UPDATE per chunk (PostgreSQL and SQLite ≥ 3.33 both take UPDATE … FROM
         // and name VALUES columns column1, column2, …).
         for (chunk, vs) in sends.chunks(BATCH_ROWS).zip(versions.chunks(BATCH_ROWS)) {
-            let mut q = QueryBuilder::<Db>::new("UPDATE schedules SET state = 'delivered', updated_ms = ");
+            let mut q =
+                QueryBuilder::<Db>::new("UPDATE schedules SET state = 'delivered', updated_ms = ");
             q.push_bind(at)
                 .push(", first_sent_ms = COALESCE(first_sent_ms, ")
                 .push_bind(at)
@@ -1618,12 +1662,12 @@ impl Store for This {
         check_opt_text("reason", reason, 500)?;
         for _ in 0..STATE_RETRIES {
             let mut tx = self.pool.begin_with(BEGIN).await?;
-            let open = sqlx::query(
+            let open = sql!(
                 "SELECT version, state FROM schedules WHERE schedule_id = $1 \
                  AND state IN ('queued','delivered','accepted','executing') \
                  ORDER BY version DESC LIMIT 1",
+                id.as_str()
             )
-            .bind(id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
             let Some(open) = open else {
@@ -1672,29 +1716,18 @@ impl Store for This {
         check_opt_text("correlation_id", new.correlation_id.as_deref(), 128)?;
         let command = to_json("command", &new.command)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let device = sqlx::query("SELECT decommissioned_ms FROM devices WHERE id = $1")
-            .bind(new.device.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::not_found("device", &new.device))?;
-        if col::<Option<i64>>(&device, "decommissioned_ms")?.is_some() {
-            return Err(StoreError::conflict(
-                "device",
-                &new.device,
-                "decommissioned",
-            ));
-        }
-        let row = sqlx::query(
+        Self::device_in_service(&mut *tx, &new.device).await?;
+        let row = sql!(
             "INSERT INTO commands (id, device_id, command_json, state, correlation_id, \
              expires_ms, created_ms, updated_ms) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6) \
              ON CONFLICT (id) DO NOTHING RETURNING *",
+            &new.id,
+            new.device.as_str(),
+            command,
+            new.correlation_id.as_deref(),
+            ms(new.expires_at),
+            ms(now)
         )
-        .bind(&new.id)
-        .bind(new.device.as_str())
-        .bind(command)
-        .bind(new.correlation_id.as_deref())
-        .bind(ms(new.expires_at))
-        .bind(ms(now))
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::conflict("command", &new.id, "already exists"))?;
@@ -1704,8 +1737,7 @@ impl Store for This {
     }
 
     async fn get_command(&self, id: &str) -> StoreResult<CommandRecord> {
-        let row = sqlx::query("SELECT * FROM commands WHERE id = $1")
-            .bind(id)
+        let row = sql!("SELECT * FROM commands WHERE id = $1", id)
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("command", id))?;
@@ -1816,7 +1848,8 @@ impl Store for This {
             }
             match &ack.target {
                 AckTarget::Schedule { id, version }
-                    if !slow_targets.contains(&(id.as_str().to_owned(), version_param(*version)?)) =>
+                    if !slow_targets
+                        .contains(&(id.as_str().to_owned(), version_param(*version)?)) =>
                 {
                     fast.push(i)
                 }
@@ -1863,10 +1896,7 @@ impl Store for This {
             }
             AckTarget::Command { id } => ("command", id.as_str(), 0),
         };
-        let rows = sqlx::query(ACKS_BY_TARGET)
-            .bind(kind)
-            .bind(id)
-            .bind(version)
+        let rows = acks_by_target!(kind, id, version)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(ack_from_row).collect()
@@ -1912,14 +1942,14 @@ impl Store for This {
                 format!("must be in 1..={MAX_TELEMETRY_SAMPLES}"),
             ));
         }
-        let rows = sqlx::query(
+        let rows = sql!(
             "SELECT * FROM telemetry WHERE device_id = $1 AND at_ms >= $2 AND at_ms < $3 \
              ORDER BY at_ms LIMIT $4",
+            query.device.as_str(),
+            ms(query.from),
+            ms(query.to),
+            i64::from(query.limit)
         )
-        .bind(query.device.as_str())
-        .bind(ms(query.from))
-        .bind(ms(query.to))
-        .bind(i64::from(query.limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(sample_from_row).collect()
@@ -2010,19 +2040,20 @@ impl Store for This {
     }
 
     async fn last_telemetry(&self, device: &DeviceId) -> StoreResult<Option<TelemetrySample>> {
-        sqlx::query("SELECT * FROM telemetry WHERE device_id = $1 ORDER BY at_ms DESC LIMIT 1")
-            .bind(device.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| sample_from_row(&row))
-            .transpose()
+        sql!(
+            "SELECT * FROM telemetry WHERE device_id = $1 ORDER BY at_ms DESC LIMIT 1",
+            device.as_str()
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| sample_from_row(&row))
+        .transpose()
     }
 
     // --- delivery outbox ----------------------------------------------------------------------
 
     async fn outbox_load(&self, device: &DeviceId) -> StoreResult<Option<OutboxRecord>> {
-        sqlx::query("SELECT * FROM outbox WHERE device_id = $1")
-            .bind(device.as_str())
+        sql!("SELECT * FROM outbox WHERE device_id = $1", device.as_str())
             .fetch_optional(&self.pool)
             .await?
             .map(|row| outbox_from_row(&row))
@@ -2169,17 +2200,17 @@ impl Store for This {
         let until = ms(now).saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         // The outer condition repeats the claim test so a row another replica claimed between
         // the subquery and the update (PostgreSQL re-checks it after the row lock) is skipped.
-        let rows = sqlx::query(
+        let rows = sql!(
             "UPDATE outbox SET claimed_by = $1, claimed_until_ms = $2 \
              WHERE device_id IN (SELECT device_id FROM outbox WHERE next_wakeup_ms <= $3 \
              AND (claimed_until_ms IS NULL OR claimed_until_ms <= $3) \
              ORDER BY next_wakeup_ms LIMIT $4) \
              AND (claimed_until_ms IS NULL OR claimed_until_ms <= $3) RETURNING *",
+            owner,
+            until,
+            ms(now),
+            i64::from(limit)
         )
-        .bind(owner)
-        .bind(until)
-        .bind(ms(now))
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         let mut records = rows
@@ -2191,10 +2222,9 @@ impl Store for This {
     }
 
     async fn outbox_pending(&self) -> StoreResult<u64> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE next_wakeup_ms IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?;
+        let n: i64 = sql_scalar!("SELECT COUNT(*) FROM outbox WHERE next_wakeup_ms IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -2206,38 +2236,34 @@ impl Store for This {
         let metadata = to_json("metadata", &new.metadata)?;
         let mut tx = self.pool.begin_with(BEGIN).await?;
         let newest: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM models WHERE name = $1")
-                .bind(&new.name)
+            sql_scalar!("SELECT MAX(version) FROM models WHERE name = $1", &new.name)
                 .fetch_one(&mut *tx)
                 .await?;
         let version = newest.unwrap_or(0) + 1;
         if new.activate {
-            sqlx::query("UPDATE models SET active = FALSE WHERE name = $1")
-                .bind(&new.name)
-                .execute(&mut *tx)
-                .await?;
+            sql_exec!(
+                "UPDATE models SET active = FALSE WHERE name = $1",
+                &new.name
+            )
+            .execute(&mut *tx)
+            .await?;
         }
-        sqlx::query(
+        sql_exec!(
             "INSERT INTO models (name, version, kind, site_id, metadata_json, artefact, active, \
              created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &new.name,
+            version,
+            &new.kind,
+            new.site.as_ref().map(SiteId::as_str),
+            metadata,
+            &new.artefact,
+            new.activate,
+            ms(now)
         )
-        .bind(&new.name)
-        .bind(version)
-        .bind(&new.kind)
-        .bind(new.site.as_ref().map(SiteId::as_str))
-        .bind(metadata)
-        .bind(&new.artefact)
-        .bind(new.activate)
-        .bind(ms(now))
         .execute(&mut *tx)
         .await
         .map_err(unique("model", format!("{} v{version}", new.name)))?;
-        let row = sqlx::query(MODEL_INFO_BY_VERSION)
-            .bind(&new.name)
-            .bind(version)
-            .fetch_one(&mut *tx)
-            .await?;
-        let info = model_info_from_row(&row)?;
+        let info = Self::model_info(&mut *tx, &new.name, version).await?;
         tx.commit().await?;
         Ok(info)
     }
@@ -2245,15 +2271,19 @@ impl Store for This {
     async fn get_model(&self, name: &str, version: Option<u64>) -> StoreResult<ModelRecord> {
         let row = match version {
             Some(v) => {
-                sqlx::query("SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 AND version = $2")
-                    .bind(name)
-                    .bind(i64::try_from(v).unwrap_or(i64::MAX))
+                sql!(
+                    "SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 AND version = $2",
+                    name,
+                    i64::try_from(v).unwrap_or(i64::MAX)
+                )
                     .fetch_optional(&self.pool)
                     .await?
             }
             None => {
-                sqlx::query("SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 ORDER BY version DESC LIMIT 1")
-                    .bind(name)
+                sql!(
+                    "SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models WHERE name = $1 ORDER BY version DESC LIMIT 1",
+                    name
+                )
                     .fetch_optional(&self.pool)
                     .await?
             }
@@ -2274,11 +2304,11 @@ impl Store for This {
     }
 
     async fn active_model(&self, name: &str) -> StoreResult<Option<ModelRecord>> {
-        let row = sqlx::query(
+        let row = sql!(
             "SELECT *, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models \
              WHERE name = $1 AND active = TRUE ORDER BY version DESC LIMIT 1",
+            name
         )
-        .bind(name)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| {
@@ -2313,25 +2343,24 @@ impl Store for This {
     async fn activate_model(&self, name: &str, version: u64) -> StoreResult<ModelInfo> {
         let v = i64::try_from(version).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let exists = sqlx::query("SELECT version FROM models WHERE name = $1 AND version = $2")
-            .bind(name)
-            .bind(v)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let exists = sql!(
+            "SELECT version FROM models WHERE name = $1 AND version = $2",
+            name,
+            v
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
         if exists.is_none() {
             return Err(StoreError::not_found("model", format!("{name} v{version}")));
         }
-        sqlx::query("UPDATE models SET active = (version = $2) WHERE name = $1")
-            .bind(name)
-            .bind(v)
-            .execute(&mut *tx)
-            .await?;
-        let row = sqlx::query(MODEL_INFO_BY_VERSION)
-            .bind(name)
-            .bind(v)
-            .fetch_one(&mut *tx)
-            .await?;
-        let info = model_info_from_row(&row)?;
+        sql_exec!(
+            "UPDATE models SET active = (version = $2) WHERE name = $1",
+            name,
+            v
+        )
+        .execute(&mut *tx)
+        .await?;
+        let info = Self::model_info(&mut *tx, name, v).await?;
         tx.commit().await?;
         Ok(info)
     }
@@ -2431,10 +2460,6 @@ impl Store for This {
             .await
     }
 }
-
-const MODEL_INFO_BY_VERSION: &str = "SELECT name, version, kind, site_id, metadata_json, active, \
-     created_ms, CAST(LENGTH(artefact) AS BIGINT) AS artefact_len FROM models \
-     WHERE name = $1 AND version = $2";
 
 #[cfg(test)]
 mod sql_tests {

@@ -13,8 +13,44 @@ type Db = sqlx::Sqlite;
 type This = SqliteStore;
 const BACKEND: Backend = Backend::Sqlite;
 const BEGIN: &str = "BEGIN IMMEDIATE";
-const ACKS_BY_TARGET: &str = "SELECT * FROM acks WHERE target_kind = $1 AND target_id = $2 \
-     AND target_version = $3 ORDER BY rowid";
+
+// The statement macros of the shared SQL (see the `postgres` module for the PostgreSQL ones,
+// which are checked at compile time). Here all three are runtime queries: the conformance suite
+// runs every statement against SQLite.
+
+/// A statement without result columns.
+macro_rules! sql_exec {
+    ($sql:literal $(, $arg:expr)* $(,)?) => {
+        ::sqlx::query($sql) $(.bind($arg))*
+    };
+}
+
+/// A statement with result rows.
+macro_rules! sql {
+    ($sql:literal $(, $arg:expr)* $(,)?) => {
+        ::sqlx::query($sql) $(.bind($arg))*
+    };
+}
+
+/// A statement with one result column.
+macro_rules! sql_scalar {
+    ($sql:literal $(, $arg:expr)* $(,)?) => {
+        ::sqlx::query_scalar($sql) $(.bind($arg))*
+    };
+}
+
+/// The acks of one target in arrival order (SQLite's `rowid`).
+macro_rules! acks_by_target {
+    ($kind:expr, $id:expr, $version:expr) => {
+        sql!(
+            "SELECT * FROM acks WHERE target_kind = $1 AND target_id = $2 \
+             AND target_version = $3 ORDER BY rowid",
+            $kind,
+            $id,
+            $version
+        )
+    };
+}
 
 /// The schema migrations, applied by [`SqliteStore::connect`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
