@@ -357,6 +357,10 @@ impl<S: Solver> MpcController<S> {
             objective: sol.objective,
             sites,
             diagnostics: sol.diagnostics.clone(),
+            warm_point: sol
+                .warm_point
+                .as_ref()
+                .map(|w| std::sync::Arc::new(w.shifted(k))),
         })
     }
 
