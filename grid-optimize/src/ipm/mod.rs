@@ -112,8 +112,10 @@
 //! bounds, the SoC is recomputed from them by the dynamics, `gp`/`gm` are re-derived from the balance (keeping the
 //! method's split), and `P` is the peak import. Because the iterates are strictly interior, the only violations
 //! left are the tiny equality residuals, far below 1e-6. Infeasibility is reported with a reason naming the
-//! constraint family, site and slot: first by an exact per-site reachability check (see `feasibility`), then, for
-//! fleets, if the method cannot drive the primal residual down, by the fleet row with the largest residual.
+//! constraint family, site and slot. When the iteration does not converge (its primal residual stalls, or the
+//! iteration limit is reached) an exact per-site reachability check (see `feasibility`) names the infeasible site
+//! constraint; if it finds none, a stalled fleet is reported by the fleet row with the largest residual. The check
+//! runs only then, so that feasible problems do not pay for it.
 //!
 //! # Example
 //!
@@ -829,10 +831,6 @@ fn run(problem: &FleetProblem, settings: &Settings, warm: Option<&WarmPoint>) ->
         method: "ipm".into(),
         ..Diagnostics::default()
     };
-    if let Some(reason) = feasibility::check(problem) {
-        diag.solve_seconds = start.elapsed().as_secs_f64();
-        return FleetSolution::infeasible(reason, diag);
-    }
     let models: Vec<SiteModel> = problem
         .sites
         .iter()
@@ -1158,6 +1156,12 @@ fn run(problem: &FleetProblem, settings: &Settings, warm: Option<&WarmPoint>) ->
     diag.duality_gap = last.comp;
     if let (Some(f), Some(_)) = (&fleet, &problem.feeder) {
         diag.feeder_shadow_price = Some((0..t).map(|k| (f.zu[k] - f.zl[k]) / problem.dt).collect());
+    }
+    // The exact per-site check names the reason of an infeasible problem. It runs only when the iteration did not
+    // converge: a feasible problem (the usual case) does not pay for it (7 % of an N=100 solve).
+    if !converged && let Some(reason) = feasibility::check(problem) {
+        diag.solve_seconds = start.elapsed().as_secs_f64();
+        return FleetSolution::infeasible(reason, diag);
     }
     if stalled_infeasible {
         diag.solve_seconds = start.elapsed().as_secs_f64();
