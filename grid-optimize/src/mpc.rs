@@ -9,7 +9,7 @@
 //!    [`MpcController::set_prices`] replace forecasts that changed;
 //! 3. [`MpcController::solve`] re-solves. The previous solution, shifted by the slots rolled since, is handed to
 //!    the solver as a warm start ([`Solver::solve_warm`]): the interior-point method restarts from the iterate
-//!    the previous solution keeps ([`crate::ipm::WarmPoint`], shifted with the horizon), which saves 30–45 % of its
+//!    the previous solution keeps ([`crate::ipm::WarmPoint`], shifted with the horizon), which saves 25–45 % of its
 //!    iterations on the fleet fixtures; the exact DP needs none and ignores it.
 //!    [`MpcController::first_slot_power`] is the command to send now.
 //!

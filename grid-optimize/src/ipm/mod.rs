@@ -101,8 +101,8 @@
 //! 3. the iteration is the same as from a cold start, so the optimum and its accuracy do not depend on the start.
 //!
 //! [`crate::mpc::MpcController`] shifts the point with the horizon ([`WarmPoint::shifted`]). Measured on the
-//! fixtures (see docs/benchmarks.md and `tests/ipm_warm.rs`): 30–45 % fewer iterations after a changed SoC, a
-//! forecast update or a roll of the horizon (N=100: 16–17 instead of 25–26). Without the blend the same starts
+//! fixtures (see docs/benchmarks.md and `tests/ipm_warm.rs`): 25–45 % fewer iterations after a changed SoC, a
+//! forecast update or a roll of the horizon (N=100: 16–19 instead of 24–27; about 36 % fewer in total). Without the blend the same starts
 //! needed *more* iterations than a cold start and a rolled N=100 horizon stalled, which is why it is there.
 //!
 //! # Termination and clean-up
