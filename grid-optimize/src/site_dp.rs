@@ -1386,6 +1386,7 @@ impl SiteDpSolver {
                 duality_gap: gap,
                 ..Diagnostics::default()
             },
+            warm_point: None,
         };
         solution.objective = problem.objective(&solution);
         solution.diagnostics.primal_residual = problem.max_violation(&solution);

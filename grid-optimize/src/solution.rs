@@ -1,6 +1,10 @@
 //! What a solver returns: per-site schedules, SoC trajectories and grid flows, the objective, a status and
 //! diagnostics (iterations, residuals, duality gap, the feeder's shadow prices).
 
+use std::sync::Arc;
+
+use crate::ipm::WarmPoint;
+
 /// Outcome of a solve. Infeasibility is a status with a human-readable reason, never an error or a panic.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -103,6 +107,10 @@ pub struct Diagnostics {
     pub feeder_shadow_price: Option<Vec<f64>>,
     /// Wall-clock time spent in the solver, seconds.
     pub solve_seconds: f64,
+    /// Whether the solve started from a warm start's point (the interior-point method, when handed a previous
+    /// solution of a problem with the same shape); `false` for cold starts and the DP.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub warm_started: bool,
 }
 
 /// A solved (or proven infeasible) problem.
@@ -117,6 +125,10 @@ pub struct FleetSolution {
     pub sites: Vec<SiteSolution>,
     /// Iterations, residuals, duality gap, feeder shadow prices, time.
     pub diagnostics: Diagnostics,
+    /// The interior-point iterate to warm-start the next solve from (see [`crate::Solver::solve_warm`]); `None`
+    /// for methods that need no warm start (the exact DP) and for infeasible results. Not serialized.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub warm_point: Option<Arc<WarmPoint>>,
 }
 
 impl FleetSolution {
@@ -129,6 +141,7 @@ impl FleetSolution {
             objective: f64::INFINITY,
             sites: Vec::new(),
             diagnostics,
+            warm_point: None,
         }
     }
 

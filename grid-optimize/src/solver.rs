@@ -12,7 +12,8 @@
 //! tolerances, and the returned schedule is checked against every constraint.
 //!
 //! A single site with quadratic wear goes to the interior-point method too (it is a fleet of one there). Warm
-//! starts ([`Solver::solve_warm`]) are passed on to the interior-point method; the DP needs none.
+//! starts ([`Solver::solve_warm`]) are passed on to the interior-point method, which restarts from the iterate the
+//! previous solution keeps ([`crate::FleetSolution::warm_point`]); the DP needs none.
 
 use crate::error::Result;
 use crate::ipm::InteriorPointSolver;

@@ -68,6 +68,7 @@ fn parse_solution(doc: &Value) -> FleetSolution {
         objective: doc["objective"].as_f64().unwrap_or(f64::NAN),
         sites,
         diagnostics: Default::default(),
+        warm_point: None,
     }
 }
 

@@ -181,6 +181,7 @@ fn idle(problem: &FleetProblem) -> FleetSolution {
         objective: 0.0,
         sites,
         diagnostics: Default::default(),
+        warm_point: None,
     }
 }
 

@@ -143,6 +143,7 @@ fn idle(problem: &FleetProblem) -> Option<grid_optimize::FleetSolution> {
         objective: 0.0,
         sites: vec![s],
         diagnostics: Default::default(),
+        warm_point: None,
     };
     (problem.max_violation(&sol) <= 1e-12).then_some(sol)
 }
