@@ -522,13 +522,11 @@ impl Shell {
                 let actions = self.engine.handle(now, Event::GridMeter(grid));
                 self.run_actions(actions).await?;
             }
-            Some(Err(kind)) => {
-                if self.last_meter_error != Some(kind) {
-                    tracing::warn!(device = %self.engine.config().device, error = %kind, "grid meter not readable");
-                    self.last_meter_error = Some(kind);
-                }
+            Some(Err(kind)) if self.last_meter_error != Some(kind) => {
+                tracing::warn!(device = %self.engine.config().device, error = %kind, "grid meter not readable");
+                self.last_meter_error = Some(kind);
             }
-            None => {}
+            Some(Err(_)) | None => {}
         }
         let actions = self.engine.handle(now, Event::Tick);
         self.run_actions(actions).await?;
