@@ -1192,6 +1192,29 @@ fn check_config_names_the_key_and_exits_non_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Self-consumption needs a grid meter: the key to fix is named; the environment can fix it.
+    let selfcons = dir.join("selfcons.toml");
+    std::fs::write(&selfcons, "[agent]\nfallback = \"self-consumption\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"))
+        .arg("--check-config")
+        .arg(&selfcons)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("meter.source"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"))
+        .arg("--check-config")
+        .arg(&selfcons)
+        .env("GRID_AGENT_METER_SOURCE", "sim")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"))
         .arg("--print-default-config")
         .output()
