@@ -10,9 +10,10 @@ set -u
 bin=$1; label=$2; secs=${3:-60}; mode=${4:-idle}
 dir=$(mktemp -d)
 extra=""
+port=$((20000 + $$ % 20000))
 if [ "$mode" = "self-consumption" ]; then
     extra=$'[meter]\nsource = "sim"\n'
-    fallback='fallback = "self-consumption"'
+    fallback=$'fallback = "self-consumption"\nmetrics_listen = "127.0.0.1:'"$port"$'"'
 else
     fallback='fallback = "idle"'
 fi
@@ -37,6 +38,9 @@ rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 threads=$(awk '/Threads/ {print $2}' "/proc/$pid/status")
 ps_line=$(ps -o rss=,vsz=,nlwp=,pcpu= -p "$pid")
+if [ "$mode" = "self-consumption" ]; then
+    gauges=$(curl -s "http://127.0.0.1:$port/metrics" | grep -E '^grid_agent_(setpoint_kw|applied_kw|grid_import_kw|meter_missing|soc_ratio)\{' | tr '\n' ' ')
+fi
 kill -TERM "$pid"; wait "$tpid"; rc=$?
 cpu=$(echo "scale=4; ($u1+$s1-$u0-$s0)/$tck/$secs*100" | bc)
 maxrss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time")
@@ -48,8 +52,9 @@ echo "$label ($mode): VmRSS=${rss} kB VmHWM=${hwm} kB threads=$threads" \
     "| ps rss,vsz,nlwp,pcpu: $ps_line" \
     "| time -v: maxrss=${maxrss} kB user=${user}s sys=${sys}s wall=${wall} exit=$rc"
 if [ "$mode" = "self-consumption" ]; then
-    # The fallback followed the simulated meter (no "without a meter" warning after start-up).
-    echo "  meter warnings: $(grep -c 'without a meter' "$dir/log"); last fallback line:" \
-        "$(grep -o '"fallback ([A-Za-z]*): [-0-9.]* kW' "$dir/log" | tail -1)"
+    # The fallback followed the simulated meter: one "no grid-meter reading yet" warning at the
+    # first tick (before the first reading), then "readings are back", and the gauges at the end.
+    echo "  meter warnings: $(grep -c 'without a meter' "$dir/log")," \
+        "back: $(grep -c 'readings are back' "$dir/log") | $gauges"
 fi
 rm -rf "$dir"
