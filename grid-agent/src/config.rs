@@ -28,6 +28,8 @@ pub struct Config {
     pub hardware: HardwareConfig,
     /// The battery's envelope.
     pub battery: BatteryParams,
+    /// The grid meter the self-consumption fallback follows.
+    pub meter: MeterConfig,
     /// Behaviour of the agent itself.
     pub agent: AgentSection,
 }
@@ -106,6 +108,72 @@ pub struct HardwareConfig {
     pub modbus_address: String,
     /// sunspec-modbus: unit id.
     pub modbus_unit_id: u8,
+}
+
+/// Where grid-meter readings (kW at the site's grid connection point, positive = importing) come
+/// from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MeterSource {
+    /// No meter: the self-consumption fallback is not available.
+    None,
+    /// A simulated household with PV around the battery (grid-hal's `SimSite`, seeded).
+    Sim,
+    /// The SunSpec meter model (201–204) in the inverter's model chain, read by the
+    /// `sunspec-modbus` driver on its own connection.
+    Sunspec,
+}
+
+impl MeterSource {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeterSource::None => "none",
+            MeterSource::Sim => "sim",
+            MeterSource::Sunspec => "sunspec",
+        }
+    }
+}
+
+/// `[meter]`: the grid meter. Powers in kW.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterConfig {
+    /// Where readings come from.
+    pub source: MeterSource,
+    /// Readings older than this (seconds) are not used.
+    pub max_age_s: u64,
+    /// sim: seed of the load noise and the clouds.
+    pub sim_seed: u64,
+    /// sim: load that is always there, kW.
+    pub sim_base_load_kw: f64,
+    /// sim: the morning bump (07:30 UTC), kW.
+    pub sim_morning_peak_kw: f64,
+    /// sim: the evening bump (19:00 UTC), kW.
+    pub sim_evening_peak_kw: f64,
+    /// sim: standard deviation of the per-minute load noise, kW.
+    pub sim_load_noise_kw: f64,
+    /// sim: PV output at 12:00 UTC under a clear sky, kW.
+    pub sim_pv_peak_kw: f64,
+    /// sim: how much clouds can take away from the PV output, in [0, 1].
+    pub sim_cloudiness: f64,
+    /// sunspec: the meter reports export (feed-in) as positive power.
+    pub sunspec_export_positive: bool,
+}
+
+impl MeterConfig {
+    /// The simulated site of `source = "sim"`.
+    pub fn site_config(&self) -> grid_hal::SiteConfig {
+        grid_hal::SiteConfig {
+            seed: self.sim_seed,
+            base_load_kw: self.sim_base_load_kw,
+            morning_peak_kw: self.sim_morning_peak_kw,
+            evening_peak_kw: self.sim_evening_peak_kw,
+            load_noise_kw: self.sim_load_noise_kw,
+            pv_peak_kw: self.sim_pv_peak_kw,
+            cloudiness: self.sim_cloudiness,
+        }
+    }
 }
 
 /// What the battery does when no valid schedule or command covers now.
@@ -287,6 +355,12 @@ impl Config {
                 format!("{:?} is not host:port", h.modbus_address),
             ));
         }
+        if h.driver == Driver::SunspecModbus && self.agent.reversion_timeout_s > 65_535 {
+            return Err(bad(
+                "agent.reversion_timeout_s",
+                "the sunspec-modbus driver writes it to the inverter's InOutWRte_RvrtTms: at most 65535 s".into(),
+            ));
+        }
         BatterySpec::new(self.battery).map_err(|e| {
             let text = e.to_string();
             let key = text.split(':').next().unwrap_or("battery").to_string();
@@ -328,9 +402,57 @@ impl Config {
         if a.store_path.as_os_str().is_empty() {
             return Err(bad("agent.store_path", "must not be empty".into()));
         }
+        self.validate_meter()?;
         self.signing_key()?;
         self.metrics_addr()?;
         Ok(())
+    }
+
+    fn validate_meter(&self) -> Result<()> {
+        let bad = |key: &str, reason: String| Error::Config {
+            key: key.into(),
+            reason,
+        };
+        let m = &self.meter;
+        if !(1..=3600).contains(&m.max_age_s) {
+            return Err(bad("meter.max_age_s", "expected 1..=3600 s".into()));
+        }
+        if m.max_age_s * 1000 <= self.agent.tick_interval_ms {
+            return Err(bad(
+                "meter.max_age_s",
+                format!(
+                    "{} s does not exceed agent.tick_interval_ms ({} ms): every reading would be stale",
+                    m.max_age_s, self.agent.tick_interval_ms
+                ),
+            ));
+        }
+        if let Err(grid_hal::Error::InvalidConfig {
+            field,
+            value,
+            expected,
+        }) = grid_hal::SimSite::new(m.site_config())
+        {
+            let key = format!("meter.sim_{}", field.trim_start_matches("site."));
+            return Err(bad(&key, format!("{value}: expected {expected}")));
+        }
+        if m.source == MeterSource::Sunspec && self.hardware.driver != Driver::SunspecModbus {
+            return Err(bad(
+                "meter.source",
+                "\"sunspec\" reads the meter model of the SunSpec inverter: it needs hardware.driver = \"sunspec-modbus\"".into(),
+            ));
+        }
+        if m.source == MeterSource::None && self.agent.fallback == FallbackMode::SelfConsumption {
+            return Err(bad(
+                "meter.source",
+                "agent.fallback = \"self-consumption\" follows a grid meter: set meter.source to \"sim\" or \"sunspec\" (or use the \"idle\" fallback)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How old a grid-meter reading may be.
+    pub fn meter_max_age(&self) -> Duration {
+        Duration::from_secs(self.meter.max_age_s)
     }
 
     /// The validated device id.
@@ -688,6 +810,50 @@ mod tests {
             )),
             "mqtt.ca_file"
         );
+    }
+
+    #[test]
+    fn the_meter_section_is_validated_and_env_overridable() {
+        let key = |r: Result<Config>| match r {
+            Err(Error::Config { key, reason }) => format!("{key}: {reason}"),
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        let e = key(load("[agent]\nfallback = \"self-consumption\"\n", &[]));
+        assert!(e.starts_with("meter.source: "), "{e}");
+        assert!(e.contains("self-consumption"), "{e}");
+        let e = key(load("[meter]\nsource = \"sunspec\"\n", &[]));
+        assert!(e.starts_with("meter.source: "), "{e}");
+        assert!(e.contains("sunspec-modbus"), "{e}");
+        let e = key(load("[meter]\nsim_cloudiness = 2.0\n", &[]));
+        assert!(e.starts_with("meter.sim_cloudiness: "), "{e}");
+        let e = key(load(
+            "[meter]\nmax_age_s = 1\n[agent]\ntick_interval_ms = 1000\n",
+            &[],
+        ));
+        assert!(e.starts_with("meter.max_age_s: "), "{e}");
+        let e = key(load("[meter]\nsource = \"pyranometer\"\n", &[]));
+        assert!(e.starts_with("meter.source: "), "{e}");
+        let e = key(load("", &[("GRID_AGENT_METER_SIM_PV_PEAK_KW", "lots")]));
+        assert!(e.starts_with("GRID_AGENT_METER_SIM_PV_PEAK_KW: "), "{e}");
+
+        let c = load(
+            "",
+            &[
+                ("GRID_AGENT_AGENT_FALLBACK", "self-consumption"),
+                ("GRID_AGENT_METER_SOURCE", "sim"),
+                ("GRID_AGENT_METER_SIM_PV_PEAK_KW", "6.5"),
+                ("GRID_AGENT_METER_SIM_SEED", "3"),
+                ("GRID_AGENT_METER_MAX_AGE_S", "30"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.agent.fallback, FallbackMode::SelfConsumption);
+        assert_eq!(c.meter.source, MeterSource::Sim);
+        assert_eq!(c.meter.site_config().pv_peak_kw, 6.5);
+        assert_eq!(c.meter.site_config().seed, 3);
+        assert_eq!(c.meter_max_age(), Duration::from_secs(30));
+        let d = Config::default_config().unwrap();
+        assert_eq!(d.meter.source, MeterSource::None);
     }
 
     #[test]

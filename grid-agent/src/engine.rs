@@ -83,8 +83,12 @@ pub struct EngineConfig {
     pub verifying_key: Option<VerifyingKey>,
     /// Largest accepted payload in bytes (grid-proto's own limit applies as well).
     pub max_payload_bytes: usize,
-    /// Prefix of the ids of the status and telemetry messages this agent sends; unique per boot
-    /// (e.g. the device id and the boot time).
+    /// Prefix of the ids of every message this agent sends (acks, hello, status, telemetry): ids
+    /// are `<prefix>-<n>`, `n` counting from 1 in each run. The server drops an uplink message
+    /// whose id it has seen from this device before, so the prefix must differ in every run,
+    /// including after the store was reset (corrupt file) and on a Pi whose clock is not set yet:
+    /// [`EngineConfig::new`] draws a random one ([`random_message_id_prefix`]). A prefix too
+    /// long or not a valid id is replaced by a hash of it.
     pub message_id_prefix: String,
     /// How far (as a fraction of capacity) the measured state of charge may differ from the
     /// plan's expected start and the schedule still be checked from the plan's own trajectory.
@@ -93,14 +97,17 @@ pub struct EngineConfig {
     /// The safety layer still clamps every setpoint to the true limits. Beyond the tolerance
     /// the schedule is checked from the measured state and rejected if it cannot be followed.
     pub soc_tolerance: f64,
+    /// A grid-meter reading (or battery sample) older than this is not used: the
+    /// self-consumption fallback then idles, and says so ([`EngineMetrics::meter_missing`]).
+    pub meter_max_age: Duration,
 }
 
 impl EngineConfig {
     /// Defaults: idle fallback, 300 s reversion timeout, 60 s telemetry, no signatures, a 2 %
-    /// SoC tolerance.
+    /// SoC tolerance, meter readings valid for 10 s, a random message id prefix.
     pub fn new(device: DeviceId, spec: BatterySpec) -> Self {
         Self {
-            message_id_prefix: format!("{device}-0"),
+            message_id_prefix: random_message_id_prefix(),
             device,
             spec,
             fallback: FallbackMode::Idle,
@@ -109,8 +116,47 @@ impl EngineConfig {
             verifying_key: None,
             max_payload_bytes: limits::MAX_PAYLOAD_BYTES,
             soc_tolerance: DEFAULT_SOC_TOLERANCE,
+            meter_max_age: Duration::from_secs(10),
         }
     }
+}
+
+/// A fresh prefix for [`EngineConfig::message_id_prefix`]: `u` and 64 random bits in hex, from the
+/// operating system's generator. Neither a persisted counter (lost with a corrupt store) nor the
+/// boot time (a Pi without RTC boots in 1970 or at the last saved time) is unique across runs;
+/// 64 random bits are, with a collision chance of about `runs² / 2^65`.
+///
+/// The one function of this module that asks the OS for something; the engine itself takes the
+/// prefix as a value.
+pub fn random_message_id_prefix() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS generator (never seen on Linux): mix the time and a per-process random hash key.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        bytes = h.finish().to_le_bytes();
+    }
+    format!("u{:016x}", u64::from_le_bytes(bytes))
+}
+
+/// The prefix the engine uses: `prefix` if `<prefix>-<any u64>` is a valid message id, else `h`
+/// and a 64-bit FNV-1a hash of it (so a long device id in a caller's prefix cannot make every
+/// uplink id invalid).
+fn usable_prefix(prefix: &str) -> String {
+    if MessageId::new(format!("{prefix}-{}", u64::MAX)).is_ok() {
+        return prefix.to_string();
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prefix.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("h{h:016x}")
 }
 
 /// Default of [`EngineConfig::soc_tolerance`]: 2 % of capacity.
@@ -136,7 +182,9 @@ pub enum Event<'a> {
     Tick,
     /// A battery reading.
     Sample(TelemetrySample),
-    /// A grid-meter reading for self-consumption (kW, positive = importing from the grid).
+    /// A grid-meter reading taken at `now` for self-consumption (kW at the site's grid
+    /// connection point, positive = importing from the grid). It is used for
+    /// [`EngineConfig::meter_max_age`].
     GridMeter(Power),
     /// The MQTT session is up (after every (re)connect).
     Connected,
@@ -254,6 +302,11 @@ pub struct EngineMetrics {
     pub connected: bool,
     /// Whether the agent is in safe mode (store was corrupt; nothing received since).
     pub safe_mode: bool,
+    /// The last grid-meter reading in kW (positive = importing from the grid).
+    pub grid_import_kw: Option<f64>,
+    /// Whether the self-consumption fallback applies but has no fresh grid-meter reading (or
+    /// battery sample), so the battery idles instead.
+    pub meter_missing: bool,
 }
 
 /// The command the engine follows, persisted as JSON (the inbox tracks only its id and end).
@@ -289,7 +342,12 @@ pub struct Engine {
     connected: bool,
     disconnected_since: Option<Timestamp>,
     last_sample: Option<TelemetrySample>,
-    grid_import: Option<Power>,
+    grid_import: Option<(Power, Timestamp)>,
+    /// Why self-consumption cannot follow the meter now (`None` = it can, or it does not apply).
+    meter_problem: Option<&'static str>,
+    /// The problem last logged, so a change is logged once.
+    meter_problem_logged: Option<&'static str>,
+    id_prefix: String,
     last_setpoint: Option<(Power, SetpointSource, Timestamp)>,
     samples: Vec<Sample>,
     plan: Vec<SlotReport>,
@@ -324,6 +382,9 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         let inbox = Inbox::new(config.device.clone(), inbox_config(&config));
         Self {
+            id_prefix: usable_prefix(&config.message_id_prefix),
+            meter_problem: None,
+            meter_problem_logged: None,
             config,
             inbox,
             command: None,
@@ -415,6 +476,8 @@ impl Engine {
         m.connected = self.connected;
         m.safe_mode = self.safe_mode;
         m.soc = self.last_sample.map(|s| s.soc.fraction());
+        m.grid_import_kw = self.grid_import.map(|(p, _)| p.kw());
+        m.meter_missing = self.meter_problem.is_some();
         m
     }
 
@@ -450,7 +513,7 @@ impl Engine {
             }
             Event::Tick => self.on_tick(now, &mut out),
             Event::Sample(s) => self.on_sample(s),
-            Event::GridMeter(p) => self.grid_import = Some(p),
+            Event::GridMeter(p) => self.grid_import = Some((p, now)),
             Event::Connected => {
                 self.connected = true;
                 self.disconnected_since = None;
@@ -617,7 +680,7 @@ impl Engine {
                     let corr = self
                         .correlation_of_env(&env)
                         .or_else(|| correlation.clone());
-                    if let Some(p) = encode(&env, corr) {
+                    if let Some(p) = self.uplink(env, corr) {
                         rest.push(Action::Publish(p));
                     }
                 }
@@ -698,7 +761,7 @@ impl Engine {
                             ack.state = ExecutionState::Rejected;
                         }
                         self.metrics.acks += 1;
-                        if let Some(p) = encode(&env, correlation.clone()) {
+                        if let Some(p) = self.uplink(env, correlation.clone()) {
                             rest.push(Action::Publish(p));
                         }
                     }
@@ -850,6 +913,7 @@ impl Engine {
             self.finish_command(now, out);
         }
         let (power, source) = self.choose(now, trusted);
+        self.note_meter(out);
         self.track_slot(now, &source);
         let reapply = self.config.reversion_timeout / 3;
         let changed = match &self.last_setpoint {
@@ -911,9 +975,10 @@ impl Engine {
 
     /// The setpoint in force now.
     fn choose(&mut self, now: Timestamp, trusted: bool) -> (Power, SetpointSource) {
+        self.meter_problem = None;
         if !trusted {
             return (
-                self.fallback_power(),
+                self.fallback_power(now),
                 SetpointSource::Fallback(FallbackReason::ClockUntrusted),
             );
         }
@@ -958,23 +1023,67 @@ impl Engine {
         } else {
             FallbackReason::NothingToFollow
         };
-        (self.fallback_power(), SetpointSource::Fallback(reason))
+        (self.fallback_power(now), SetpointSource::Fallback(reason))
     }
 
-    fn fallback_power(&self) -> Power {
-        match self.config.fallback {
-            FallbackMode::Idle => Power::ZERO,
-            FallbackMode::SelfConsumption => match (self.grid_import, self.last_sample) {
-                // Move the battery by minus the grid import: the meter then reads zero.
-                (Some(grid), Some(s)) => {
-                    let spec = &self.config.spec;
-                    let target = (s.power.kw() - grid.kw())
-                        .clamp(-spec.max_discharge().kw(), spec.max_charge().kw());
-                    Power::from_kw(target).unwrap_or(Power::ZERO)
-                }
-                _ => Power::ZERO,
-            },
+    /// The fallback setpoint. Self-consumption moves the battery by minus the grid import, so the
+    /// meter reads zero: with the battery at `b` (measured) and the meter at `g`, the house needs
+    /// `g − b` from outside the battery, and the battery setpoint `b − g` cancels it (a surplus
+    /// charges the battery, never the grid). The spec's limits bound it here; the safety layer
+    /// adds the SoC window, ramp and temperature. Without a fresh meter reading and battery
+    /// sample it idles and records why ([`EngineMetrics::meter_missing`], a log line).
+    fn fallback_power(&mut self, now: Timestamp) -> Power {
+        if self.config.fallback == FallbackMode::Idle {
+            return Power::ZERO;
         }
+        let fresh =
+            |at: Timestamp| now.duration_since(at).unsigned_abs() <= self.config.meter_max_age;
+        let (grid, sample) = match (self.grid_import, self.last_sample) {
+            (None, _) => {
+                self.meter_problem = Some("no grid-meter reading yet");
+                return Power::ZERO;
+            }
+            (Some((_, at)), _) if !fresh(at) => {
+                self.meter_problem = Some("the grid-meter reading is stale");
+                return Power::ZERO;
+            }
+            (_, None) => {
+                self.meter_problem = Some("no battery reading yet");
+                return Power::ZERO;
+            }
+            (_, Some(s)) if !fresh(s.at) => {
+                self.meter_problem = Some("the battery reading is stale");
+                return Power::ZERO;
+            }
+            (Some((g, _)), Some(s)) => (g, s),
+        };
+        let spec = &self.config.spec;
+        let target = (sample.power.kw() - grid.kw())
+            .clamp(-spec.max_discharge().kw(), spec.max_charge().kw());
+        Power::from_kw(target).unwrap_or(Power::ZERO)
+    }
+
+    /// Logs a change of the self-consumption meter problem (once per change, not every tick).
+    fn note_meter(&mut self, out: &mut Vec<Action>) {
+        if self.meter_problem == self.meter_problem_logged {
+            return;
+        }
+        match (self.meter_problem, self.meter_problem_logged) {
+            (Some(why), _) => out.push(log(
+                LogLevel::Warn,
+                format!("self-consumption fallback without a meter: {why}; battery idle"),
+                None,
+            )),
+            (None, Some(_)) if self.config.fallback == FallbackMode::SelfConsumption => {
+                out.push(log(
+                    LogLevel::Info,
+                    "self-consumption fallback: grid-meter readings are back".into(),
+                    None,
+                ));
+            }
+            (None, _) => {}
+        }
+        self.meter_problem_logged = self.meter_problem;
     }
 
     // ---- telemetry and plan-vs-actual ----
@@ -1107,7 +1216,15 @@ impl Engine {
 
     fn next_id(&mut self) -> Option<MessageId> {
         self.seq += 1;
-        MessageId::new(format!("{}-{}", self.config.message_id_prefix, self.seq)).ok()
+        MessageId::new(format!("{}-{}", self.id_prefix, self.seq)).ok()
+    }
+
+    /// Encodes an uplink envelope from the inbox under this run's own id: the inbox numbers its
+    /// messages from a counter kept in the store, which starts again after a corrupt store is
+    /// replaced, and the server would drop the repeated ids as duplicates.
+    fn uplink(&mut self, mut env: Envelope, correlation: Option<String>) -> Option<Outgoing> {
+        env.id = self.next_id()?;
+        encode(&env, correlation)
     }
 }
 
@@ -1602,5 +1719,174 @@ mod tests {
             "a redelivery is a duplicate"
         );
         assert_eq!(e2.metrics().schedules_started, 0);
+    }
+
+    fn uplink_ids(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish(p) => Some(grid_proto::decode(&p.payload).unwrap().id.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn uplink_ids_do_not_repeat_after_the_store_is_reset() {
+        // Run 1 accepts a schedule; the store is then lost (corrupt file replaced), so run 2
+        // starts from an empty inbox state, as the shell does in safe mode.
+        let mut ids = Vec::new();
+        for _run in 0..2 {
+            let mut e = engine();
+            e.enter_safe_mode();
+            let mut out = e.handle(t(0), Event::Connected);
+            let p = schedule("m1", "day", 1, &[1.0], 0);
+            out.extend(e.handle(t(1), msg("schedule", &p, 1)));
+            out.extend(e.handle(t(2), msg("schedule", &p, 2))); // a duplicate: re-acked
+            let run = uplink_ids(&out);
+            assert!(run.len() >= 4, "{run:?}");
+            ids.push(run);
+        }
+        let first: BTreeSet<_> = ids[0].iter().collect();
+        let again: Vec<_> = ids[1].iter().filter(|i| first.contains(i)).collect();
+        assert!(
+            again.is_empty(),
+            "ids of run 1 reused after the reset: {again:?}"
+        );
+        let all: Vec<_> = ids.concat();
+        assert_eq!(
+            all.iter().collect::<BTreeSet<_>>().len(),
+            all.len(),
+            "ids repeat within a run: {all:?}"
+        );
+    }
+
+    #[test]
+    fn a_long_device_id_still_gets_valid_uplink_ids() {
+        let long = "d".repeat(64);
+        let spec = BatterySpec::new(BatteryParams::with_soc_window(10.0, 0.1, 0.9, 5.0)).unwrap();
+        for prefix in [None, Some(format!("{long}-boot"))] {
+            let mut c = EngineConfig::new(DeviceId::new(long.clone()).unwrap(), spec.clone());
+            if let Some(p) = &prefix {
+                c.message_id_prefix = p.clone();
+            }
+            let mut e = Engine::new(c);
+            let out = e.handle(t(0), Event::Connected);
+            // hello and the online status both leave, with valid, distinct ids.
+            let ids = uplink_ids(&out);
+            assert_eq!(ids.len(), 2, "{prefix:?}: {ids:?}");
+            assert_ne!(ids[0], ids[1]);
+            assert!(e.last_will(t(0)).is_some());
+        }
+    }
+
+    fn self_consumption() -> Engine {
+        let spec = BatterySpec::new(BatteryParams::with_soc_window(10.0, 0.1, 0.9, 5.0)).unwrap();
+        let mut c = EngineConfig::new(DeviceId::new(DEV).unwrap(), spec);
+        c.fallback = FallbackMode::SelfConsumption;
+        c.meter_max_age = Duration::from_secs(5);
+        Engine::new(c)
+    }
+
+    fn meter(kw: f64) -> Event<'static> {
+        Event::GridMeter(Power::from_kw(kw).unwrap())
+    }
+
+    fn warnings(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Log {
+                    level: LogLevel::Warn,
+                    message,
+                    ..
+                } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn self_consumption_drives_the_grid_meter_to_zero_within_the_limits() {
+        let mut e = self_consumption();
+        // Battery idle, the house imports 2.3 kW: discharge 2.3 kW.
+        e.handle(t(0), Event::Sample(sample(t(0), 0.5, 0.0)));
+        e.handle(t(0), meter(2.3));
+        let out = e.handle(t(0), Event::Tick);
+        assert!((setpoint(&out).unwrap() + 2.3).abs() < 1e-9, "{out:?}");
+        assert!(!e.metrics().meter_missing);
+        assert_eq!(e.metrics().grid_import_kw, Some(2.3));
+        // Discharging 2.3 kW, the meter still shows 0.4 kW: 0.4 kW more.
+        e.handle(t(1), Event::Sample(sample(t(1), 0.5, -2.3)));
+        e.handle(t(1), meter(0.4));
+        let out = e.handle(t(1), Event::Tick);
+        assert!((setpoint(&out).unwrap() + 2.7).abs() < 1e-9);
+        // A PV surplus (export 1.5 kW with the battery discharging 1 kW) charges 0.5 kW.
+        e.handle(t(2), Event::Sample(sample(t(2), 0.5, -1.0)));
+        e.handle(t(2), meter(-1.5));
+        let out = e.handle(t(2), Event::Tick);
+        assert!((setpoint(&out).unwrap() - 0.5).abs() < 1e-9);
+        // Beyond the spec's limits: clamped to 5 kW discharge.
+        e.handle(t(3), Event::Sample(sample(t(3), 0.5, 0.0)));
+        e.handle(t(3), meter(9.0));
+        let out = e.handle(t(3), Event::Tick);
+        assert_eq!(setpoint(&out), Some(-5.0));
+    }
+
+    #[test]
+    fn self_consumption_without_a_fresh_meter_reading_idles_and_says_so() {
+        let mut e = self_consumption();
+        e.handle(t(0), Event::Sample(sample(t(0), 0.5, 0.0)));
+        let out = e.handle(t(0), Event::Tick);
+        assert_eq!(setpoint(&out), Some(0.0));
+        assert!(e.metrics().meter_missing);
+        assert!(e.metrics().fallback_active);
+        let w = warnings(&out);
+        assert!(
+            w.iter().any(|m| m.contains("no grid-meter reading")),
+            "{w:?}"
+        );
+        // Logged once, not every tick.
+        assert!(warnings(&e.handle(t(1), Event::Tick)).is_empty());
+        // A reading arrives: followed.
+        e.handle(t(2), Event::Sample(sample(t(2), 0.5, 0.0)));
+        e.handle(t(2), meter(1.0));
+        let out = e.handle(t(2), Event::Tick);
+        assert_eq!(setpoint(&out), Some(-1.0));
+        assert!(!e.metrics().meter_missing);
+        // The meter goes silent: after meter_max_age (5 s) the battery idles again.
+        for s in 3..=7 {
+            e.handle(t(s), Event::Sample(sample(t(s), 0.5, -1.0)));
+            let out = e.handle(t(s), Event::Tick);
+            let m = e.metrics();
+            assert!(
+                !m.meter_missing && m.setpoint_kw < 0.0,
+                "still fresh at {s} s: {out:?}"
+            );
+        }
+        e.handle(t(8), Event::Sample(sample(t(8), 0.5, -1.0)));
+        let out = e.handle(t(8), Event::Tick);
+        assert_eq!(setpoint(&out), Some(0.0));
+        assert!(e.metrics().meter_missing);
+        assert!(
+            warnings(&out).iter().any(|m| m.contains("stale")),
+            "{out:?}"
+        );
+        // A schedule takes precedence over the fallback; the meter no longer matters.
+        let p = schedule("m1", "day", 1, &[1.0], 0);
+        let out = e.handle(t(9), msg("schedule", &p, 1));
+        assert_eq!(setpoint(&out), Some(1.0));
+        assert!(!e.metrics().meter_missing);
+    }
+
+    #[test]
+    fn idle_fallback_ignores_the_meter() {
+        let mut e = engine();
+        e.handle(t(0), Event::Sample(sample(t(0), 0.5, 0.0)));
+        e.handle(t(0), meter(3.0));
+        let out = e.handle(t(0), Event::Tick);
+        assert_eq!(setpoint(&out), Some(0.0));
+        assert!(!e.metrics().meter_missing);
+        assert!(warnings(&out).is_empty());
     }
 }

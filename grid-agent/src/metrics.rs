@@ -119,6 +119,18 @@ pub fn render(device: &str, m: &MetricsSnapshot) -> String {
         m.outbox_len as f64,
     );
     put(
+        "grid_agent_grid_import_kw",
+        "gauge",
+        "Last grid-meter reading in kW (positive = importing from the grid; NaN = none).",
+        e.grid_import_kw.unwrap_or(f64::NAN),
+    );
+    put(
+        "grid_agent_meter_missing",
+        "gauge",
+        "1 when the self-consumption fallback applies without a fresh grid-meter reading (battery idle).",
+        f64::from(u8::from(e.meter_missing)),
+    );
+    put(
         "grid_agent_connects_total",
         "counter",
         "MQTT connections established.",
@@ -169,6 +181,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shared: SharedMetrics = Arc::default();
         shared.lock().unwrap().engine.schedules_accepted = 3;
+        shared.lock().unwrap().engine.meter_missing = true;
         let task = tokio::spawn(serve(listener, "bat-1".into(), shared));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -179,6 +192,10 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
         assert!(
             text.contains("grid_agent_schedules_accepted_total{device=\"bat-1\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("grid_agent_meter_missing{device=\"bat-1\"} 1"),
             "{text}"
         );
         task.abort();

@@ -183,14 +183,14 @@ impl AgentOptions {
             ),
             None => None,
         };
-        let boot = Timestamp::now().as_millisecond();
         let engine = EngineConfig {
             fallback: config.agent.fallback,
+            meter_max_age: config.meter_max_age(),
             reversion_timeout: config.reversion_timeout(),
             telemetry_interval: Duration::from_secs(config.agent.telemetry_interval_s),
             verifying_key,
             max_payload_bytes: config.agent.max_payload_bytes,
-            message_id_prefix: format!("{}-{boot:x}", config.device_id),
+            // EngineConfig::new draws a random message id prefix for this run.
             ..EngineConfig::new(device, spec)
         };
         let m = &config.mqtt;
@@ -391,6 +391,8 @@ struct Shell {
     deliveries: HashMap<u64, Publish>,
     next_tag: u64,
     last_safety: String,
+    /// The last grid-meter error logged (a change is logged once).
+    last_meter_error: Option<grid_hal::ErrorKind>,
     pause_after_receive: Option<Duration>,
 }
 
@@ -467,6 +469,7 @@ pub async fn run_agent_with_metrics(
         deliveries: HashMap::new(),
         next_tag: 0,
         last_safety: String::new(),
+        last_meter_error: None,
         pause_after_receive: options.pause_after_receive,
     };
     shell.run_actions(startup_logs).await?;
@@ -498,14 +501,32 @@ impl Shell {
         let now = self.clock.now();
         // Sample first: the reading covers the interval that just ended, so it is credited to
         // the slot that was in force (plan-vs-actual), before the engine moves to the next one.
-        let report = match self.hardware.lock() {
-            Ok(mut hw) => hw.tick(now),
+        let (report, meter) = match self.hardware.lock() {
+            Ok(mut hw) => {
+                let report = hw.tick(now);
+                let meter = hw.read_meter(now, &report);
+                (report, meter)
+            }
             Err(_) => return Err(Error::Mqtt("hardware lock poisoned".into())),
         };
         self.note_safety(&report.events);
         if let Some(sample) = Hardware::sample(&report, now) {
             let actions = self.engine.handle(now, Event::Sample(sample));
             self.run_actions(actions).await?;
+        }
+        match meter {
+            Some(Ok(grid)) => {
+                if self.last_meter_error.take().is_some() {
+                    tracing::info!(device = %self.engine.config().device, "grid meter readable again");
+                }
+                let actions = self.engine.handle(now, Event::GridMeter(grid));
+                self.run_actions(actions).await?;
+            }
+            Some(Err(kind)) if self.last_meter_error != Some(kind) => {
+                tracing::warn!(device = %self.engine.config().device, error = %kind, "grid meter not readable");
+                self.last_meter_error = Some(kind);
+            }
+            Some(Err(_)) | None => {}
         }
         let actions = self.engine.handle(now, Event::Tick);
         self.run_actions(actions).await?;

@@ -6,13 +6,17 @@
 mod common;
 
 use common::*;
-use grid_agent::shell::{ManualClock, SystemClock};
+use grid_agent::config::FallbackMode;
+use grid_agent::hardware::{GridMeter, SimSiteMeter};
+use grid_agent::shell::{Clock, ManualClock, SystemClock};
 use grid_agent::store::StoreLocation;
 use grid_core::{ExecutionState, Timestamp};
+use grid_hal::{BatteryState, ErrorKind, SimSite, SiteConfig};
 use grid_proto::topic::TopicKind;
 use grid_proto::v1::*;
 use grid_proto::{Codec, signature};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 macro_rules! both {
@@ -726,6 +730,238 @@ both!(
     corrupt_store_enters_safe_mode_then_recovers
 );
 
+/// A simulated site's meter whose link can be cut (a meter that stops answering).
+#[derive(Debug)]
+struct CuttableMeter {
+    inner: SimSiteMeter,
+    up: Arc<AtomicBool>,
+}
+
+impl GridMeter for CuttableMeter {
+    fn read(
+        &mut self,
+        now: Timestamp,
+        battery: Option<&BatteryState>,
+    ) -> Result<grid_core::Power, ErrorKind> {
+        if self.up.load(Ordering::SeqCst) {
+            self.inner.read(now, battery)
+        } else {
+            Err(ErrorKind::Timeout)
+        }
+    }
+}
+
+/// The true grid import (kW) of the simulated site now: its load and PV, and the power the
+/// simulated battery really delivered in its last step.
+fn true_import(agent: &InProcess, site: &SimSite, now: Timestamp) -> (f64, f64, f64) {
+    let mut hw = agent.hardware.lock().unwrap();
+    let sim = hw.sim_mut().unwrap();
+    let battery = sim.power();
+    (
+        site.grid_import(now, battery).kw(),
+        battery.kw(),
+        sim.soc().fraction(),
+    )
+}
+
+async fn self_consumption_covers_the_net_load(kind: BrokerKind) {
+    let broker = broker(kind);
+    let device = device_id("selfcons");
+    // An evening: no PV, the house draws about 1.3-1.8 kW. The battery starts at 25 % with its
+    // floor at 10 % of 10 kWh, so it can cover roughly an hour.
+    let start: Timestamp = "2026-11-27T18:30:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let site = SimSite::new(SiteConfig {
+        seed: 11,
+        load_noise_kw: 0.05,
+        ..SiteConfig::default()
+    })
+    .unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let mut server = TestServer::connect(broker, &device).await;
+    let mut setup = AgentSetup::new(device.clone(), broker, clock.clone());
+    setup.fallback = FallbackMode::SelfConsumption;
+    setup.initial_soc = 0.25;
+    setup.meter_max_age = Duration::from_secs(60);
+    setup.meter = Some(Box::new(CuttableMeter {
+        inner: SimSiteMeter(site.clone()),
+        up: up.clone(),
+    }));
+    let agent = setup.start().await;
+    server.next_of(BodyKind::Hello, T).await.expect("hello");
+    let step = Duration::from_secs(30);
+
+    // 1. No schedule: the battery covers the house, the grid import stays near zero.
+    run_clock(&clock, step * 2, step).await;
+    let (mut import_sum, mut load_sum, mut n) = (0.0, 0.0, 0);
+    for _ in 0..20 {
+        run_clock(&clock, step, step).await;
+        let now = clock.now();
+        let (import, battery, _) = true_import(&agent, &site, now);
+        assert!(battery < 0.0, "discharging to cover the load: {battery}");
+        import_sum += import.abs();
+        load_sum += site.load(now).kw();
+        n += 1;
+    }
+    let (mean_import, mean_load) = (import_sum / n as f64, load_sum / n as f64);
+    assert!(mean_load > 1.0, "an evening load: {mean_load}");
+    assert!(
+        mean_import < 0.1,
+        "mean |grid import| {mean_import:.3} kW with a {mean_load:.3} kW load"
+    );
+    let m = agent.metrics().engine;
+    assert!(m.fallback_active && !m.meter_missing, "{m:?}");
+    assert!(m.grid_import_kw.is_some_and(|g| g.abs() < 0.3), "{m:?}");
+
+    // 2. The meter stops answering: after meter_max_age the battery idles, and says so.
+    up.store(false, Ordering::SeqCst);
+    run_clock(&clock, step * 3, step).await;
+    wait_for("idle without a meter", T, || {
+        agent.applied_kw() == 0.0 && agent.metrics().engine.meter_missing
+    })
+    .await;
+    // It answers again: followed again.
+    up.store(true, Ordering::SeqCst);
+    run_clock(&clock, step, step).await;
+    wait_for("following the meter again", T, || {
+        agent.applied_kw() < -0.5 && !agent.metrics().engine.meter_missing
+    })
+    .await;
+
+    // 3. Until the SoC floor: the safety layer stops the discharge there although the fallback
+    // still asks for it, and the house imports its load again.
+    let floor = spec().min_energy().kwh() / spec().capacity().kwh();
+    let mut min_soc: f64 = 1.0;
+    let mut stopped_for = 0;
+    for _ in 0..360 {
+        run_clock(&clock, step, step).await;
+        let (_, battery, soc) = true_import(&agent, &site, clock.now());
+        min_soc = min_soc.min(soc);
+        if battery > -0.05 {
+            stopped_for += 1;
+            if stopped_for >= 6 {
+                break;
+            }
+        } else {
+            stopped_for = 0;
+        }
+    }
+    assert!(stopped_for >= 6, "never reached the floor (SoC {min_soc})");
+    assert!(
+        min_soc >= floor - 0.005,
+        "SoC {min_soc} went below the floor {floor}"
+    );
+    assert!(min_soc <= floor + 0.03, "stopped early at SoC {min_soc}");
+    let now = clock.now();
+    let (import, _, _) = true_import(&agent, &site, now);
+    assert!(
+        (import - site.load(now).kw()).abs() < 0.1,
+        "at the floor the house imports its load: {import}"
+    );
+    let m = agent.metrics();
+    assert!(m.engine.setpoint_kw < -0.5, "still requested: {m:?}");
+    assert!(m.applied_kw > -0.05, "refused by the safety layer: {m:?}");
+    agent.stop().await;
+}
+both!(
+    self_consumption_covers_the_net_load_embedded,
+    self_consumption_covers_the_net_load_live,
+    self_consumption_covers_the_net_load
+);
+
+async fn self_consumption_without_a_meter_idles(kind: BrokerKind) {
+    let broker = broker(kind);
+    let device = device_id("nometer");
+    let clock = Arc::new(ManualClock::new("2026-11-27T19:00:00Z".parse().unwrap()));
+    let mut server = TestServer::connect(broker, &device).await;
+    let mut setup = AgentSetup::new(device.clone(), broker, clock.clone());
+    setup.fallback = FallbackMode::SelfConsumption;
+    let agent = setup.start().await;
+    server.next_of(BodyKind::Hello, T).await.expect("hello");
+    run_clock(&clock, Duration::from_secs(30), Duration::from_secs(10)).await;
+    wait_for("meter_missing", T, || agent.metrics().engine.meter_missing).await;
+    let m = agent.metrics();
+    assert!(m.engine.fallback_active);
+    assert_eq!(m.engine.grid_import_kw, None);
+    assert_eq!(agent.applied_kw(), 0.0);
+    agent.stop().await;
+}
+both!(
+    self_consumption_without_a_meter_idles_embedded,
+    self_consumption_without_a_meter_idles_live,
+    self_consumption_without_a_meter_idles
+);
+
+/// Ids of every uplink message received within `window`.
+async fn uplink_ids(server: &mut TestServer, window: Duration) -> Vec<String> {
+    server
+        .drain(window)
+        .await
+        .iter()
+        .map(|e| e.id.to_string())
+        .collect()
+}
+
+async fn uplink_ids_stay_unique_across_a_corrupt_store_reset(kind: BrokerKind) {
+    let broker = broker(kind);
+    let device = device_id("ids");
+    let dir = temp_dir("ids");
+    let db = dir.join("agent.db");
+    let clock = Arc::new(ManualClock::new(t0() + secs(1)));
+    let mut server = TestServer::connect(broker, &device).await;
+    let mut ids = Vec::new();
+    for run in 0..2 {
+        let mut setup = AgentSetup::new(device.clone(), broker, clock.clone());
+        setup.location = StoreLocation::File(db.clone());
+        let agent = setup.start().await;
+        let id = server.next_id();
+        let msg = schedule_msg(
+            id.clone(),
+            &device,
+            "day",
+            run + 1,
+            t0(),
+            60,
+            &[1.0, 1.0],
+            t0(),
+            0,
+        );
+        let hello = server.next_of(BodyKind::Hello, T).await.expect("hello");
+        let mut run_ids = vec![hello.id.to_string()];
+        server.publish(&msg).await;
+        loop {
+            let env = server.next_of(BodyKind::Ack, T).await.expect("acks");
+            run_ids.push(env.id.to_string());
+            if matches!(&env.body, Body::Ack(a)
+                if a.ref_id.as_ref() == Some(&id) && a.state == ExecutionState::Executing)
+            {
+                break;
+            }
+        }
+        agent.stop().await;
+        run_ids.extend(uplink_ids(&mut server, Duration::from_millis(500)).await);
+        ids.push(run_ids);
+        if run == 0 {
+            // The SD card loses a page: the next start moves the file aside (safe mode).
+            std::fs::write(&db, b"not a database any more".repeat(200)).unwrap();
+            for ext in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(dir.join(format!("agent.db{ext}")));
+            }
+        }
+    }
+    let first: std::collections::BTreeSet<_> = ids[0].iter().collect();
+    let reused: Vec<_> = ids[1].iter().filter(|i| first.contains(i)).collect();
+    assert!(
+        reused.is_empty(),
+        "the server would drop these as duplicates: {reused:?}\n{ids:#?}"
+    );
+}
+both!(
+    uplink_ids_stay_unique_across_a_corrupt_store_reset_embedded,
+    uplink_ids_stay_unique_across_a_corrupt_store_reset_live,
+    uplink_ids_stay_unique_across_a_corrupt_store_reset
+);
+
 // ---- the binary ----
 
 struct Child {
@@ -948,6 +1184,29 @@ fn check_config_names_the_key_and_exits_non_zero() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"))
         .arg("--check-config")
         .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Self-consumption needs a grid meter: the key to fix is named; the environment can fix it.
+    let selfcons = dir.join("selfcons.toml");
+    std::fs::write(&selfcons, "[agent]\nfallback = \"self-consumption\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"))
+        .arg("--check-config")
+        .arg(&selfcons)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("meter.source"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grid-agent"))
+        .arg("--check-config")
+        .arg(&selfcons)
+        .env("GRID_AGENT_METER_SOURCE", "sim")
         .output()
         .unwrap();
     assert!(

@@ -9,7 +9,8 @@
 //! * Drivers: [`sbs`] (Smart Battery over SMBus with PEC), [`ina226`] (power monitor),
 //!   [`contactor`] (GPIO), [`sunspec`] (SunSpec register maps; the async Modbus TCP client behind
 //!   the `modbus` feature) and `rpi` (rppal adapters behind the `rpi` feature).
-//! * [`SimBattery`]: a deterministic physical model with fault injection.
+//! * [`SimBattery`]: a deterministic physical model with fault injection; [`SimSite`]: household
+//!   load and PV around it, for a simulated grid meter.
 //! * [`SafeBattery`]: the safety layer (limits, SoC window, temperature, ramp, watchdog).
 //!
 //! Generic code reacts to any driver's errors through their kind:
@@ -51,12 +52,14 @@ pub mod rpi;
 pub mod safety;
 pub mod sbs;
 pub mod sim;
+pub mod site;
 pub mod sunspec;
 mod traits;
 
 pub use error::{Error, ErrorKind, ErrorType, HalError, Result};
 pub use safety::{LimitReason, SafeBattery, SafetyConfig, SafetyEvent, SafetyGuard, TickReport};
 pub use sim::{Fault, SimBattery, SimConfig};
+pub use site::{SimSite, SiteConfig};
 pub use traits::{
     BatteryController, BatteryMonitor, BatteryState, Contactor, KindErrors, MeterReading,
     PowerMeter,

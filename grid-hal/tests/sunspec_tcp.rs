@@ -160,6 +160,8 @@ async fn discovers_models_and_reads_the_state() {
     assert!((state.current_a - 1500.0 / 51.2).abs() < 1e-9);
     assert!((state.temperature.celsius() - 25.3).abs() < 1e-9);
     assert_eq!(state.alarms, Alarms::NONE);
+    // No meter model in this chain.
+    assert_eq!(c.read_meter().await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -201,6 +203,14 @@ async fn writes_setpoints_with_the_reversion_timeout() {
         (0, 0, 30, 3),
         "a rejected setpoint writes nothing"
     );
+
+    // The clamping variant writes WChaMax instead of refusing.
+    let written = c
+        .set_power_clamped(Power::from_kw(-6.0).unwrap(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(written, Power::from_kw(-5.0).unwrap());
+    assert_eq!(rates(&map), (10000, -10000, 30, 3));
 
     c.release_control().await.unwrap();
     assert_eq!(rates(&map).3, 0);

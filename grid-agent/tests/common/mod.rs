@@ -3,9 +3,10 @@
 //! MQTT, and helpers to run agents in-process or as the built binary.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use grid_agent::config::FallbackMode;
 use grid_agent::config::parse_broker_url;
 use grid_agent::engine::EngineConfig;
-use grid_agent::hardware::Hardware;
+use grid_agent::hardware::{GridMeter, Hardware};
 use grid_agent::metrics::{MetricsSnapshot, SharedMetrics};
 use grid_agent::shell::{self, Agent, AgentOptions, Clock, MqttSettings};
 use grid_agent::store::{Store, StoreLocation};
@@ -407,6 +408,16 @@ pub struct AgentSetup {
     pub telemetry_interval: Duration,
     /// A store on a shared pool (the fleet case) instead of opening `location`.
     pub shared_store: Option<Store>,
+    /// The fallback mode.
+    pub fallback: FallbackMode,
+    /// A grid meter beside the simulated battery.
+    pub meter: Option<Box<dyn GridMeter>>,
+    /// How long a meter reading stays usable.
+    pub meter_max_age: Duration,
+    /// The simulated battery's state of charge at start.
+    pub initial_soc: f64,
+    /// The battery (default: a simulated one of [`spec`], seed 7, at `initial_soc`).
+    pub hardware: Option<Hardware>,
 }
 
 impl AgentSetup {
@@ -420,6 +431,11 @@ impl AgentSetup {
             verifying_key: None,
             telemetry_interval: Duration::from_secs(30),
             shared_store: None,
+            fallback: FallbackMode::Idle,
+            meter: None,
+            meter_max_age: Duration::from_secs(10),
+            initial_soc: 0.5,
+            hardware: None,
         }
     }
 
@@ -430,15 +446,13 @@ impl AgentSetup {
                 .await
                 .unwrap(),
         };
+        // The message id prefix is the production default: random per run.
         let engine = EngineConfig {
             reversion_timeout: self.reversion_timeout,
             telemetry_interval: self.telemetry_interval,
             verifying_key: self.verifying_key,
-            message_id_prefix: format!(
-                "{}-{}",
-                self.device,
-                UNIQUE.fetch_add(1, Ordering::Relaxed)
-            ),
+            fallback: self.fallback,
+            meter_max_age: self.meter_max_age,
             ..EngineConfig::new(self.device.clone(), spec())
         };
         let options = AgentOptions {
@@ -458,9 +472,14 @@ impl AgentSetup {
             metrics_listen: None,
             pause_after_receive: None,
         };
-        let hardware = Arc::new(Mutex::new(
-            Hardware::sim(&spec(), 7, 0.5, self.reversion_timeout).unwrap(),
-        ));
+        let mut hardware = match self.hardware {
+            Some(h) => h,
+            None => Hardware::sim(&spec(), 7, self.initial_soc, self.reversion_timeout).unwrap(),
+        };
+        if let Some(meter) = self.meter {
+            hardware = hardware.with_meter(meter);
+        }
+        let hardware = Arc::new(Mutex::new(hardware));
         let metrics: SharedMetrics = Arc::default();
         let agent = Agent {
             options,

@@ -25,7 +25,7 @@
 
 use super::{
     BASE_ADDRESSES, COMMON_MODEL, CommonModel, END_MODEL, Error, INVERTER_MODELS, InverterModel,
-    MARKER, ModelHeader, STORAGE_MODEL, StorageModel, storage,
+    MARKER, METER_MODELS, MeterModel, ModelHeader, STORAGE_MODEL, StorageModel, storage,
 };
 use crate::traits::BatteryState;
 use core::time::Duration;
@@ -66,6 +66,7 @@ pub struct SunSpecClient {
     common: CommonModel,
     storage: ModelHeader,
     inverter: Option<ModelHeader>,
+    meter: Option<ModelHeader>,
 }
 
 impl SunSpecClient {
@@ -90,6 +91,7 @@ impl SunSpecClient {
                 length: 0,
             },
             inverter: None,
+            meter: None,
         };
         this.discover().await?;
         Ok(this)
@@ -155,6 +157,7 @@ impl SunSpecClient {
         let common = find(&[COMMON_MODEL]).ok_or(Error::MissingModel(COMMON_MODEL))?;
         self.storage = find(&[STORAGE_MODEL]).ok_or(Error::MissingModel(STORAGE_MODEL))?;
         self.inverter = find(&INVERTER_MODELS);
+        self.meter = find(&METER_MODELS);
         let regs = self.read(common.address, common.length).await?;
         self.common = CommonModel::decode(&regs)?;
         Ok(())
@@ -189,6 +192,16 @@ impl SunSpecClient {
         };
         let regs = self.read(m.address, m.length).await?;
         InverterModel::decode(&regs).map(Some)
+    }
+
+    /// Reads the meter model (201–204) of the chain, if the device has one (hybrid inverters with
+    /// a grid meter attached often list it after their own models).
+    pub async fn read_meter(&mut self) -> Result<Option<MeterModel>, Error> {
+        let Some(m) = self.meter else {
+            return Ok(None);
+        };
+        let regs = self.read(m.address, m.length).await?;
+        MeterModel::decode(&regs).map(Some)
     }
 
     /// Reads the battery state: SoC from ChaState; voltage from InBatV (else the inverter's DCV);
@@ -246,6 +259,30 @@ impl SunSpecClient {
     pub async fn set_power(&mut self, power: Power, revert: Duration) -> Result<(), Error> {
         let storage = self.read_storage().await?;
         let cmd = storage.command(power, revert)?;
+        self.write_command(cmd).await
+    }
+
+    /// Like [`Self::set_power`], but a power beyond ±WChaMax is clamped to it (the inverter cannot
+    /// deliver more) instead of refused. Returns the power written (kW, positive = charging).
+    pub async fn set_power_clamped(
+        &mut self,
+        power: Power,
+        revert: Duration,
+    ) -> Result<Power, Error> {
+        let storage = self.read_storage().await?;
+        let written = match storage.w_cha_max.filter(|w| *w > 0.0) {
+            Some(max_w) => {
+                let max_kw = max_w / 1000.0;
+                Power::from_kw(power.kw().clamp(-max_kw, max_kw)).unwrap_or(Power::ZERO)
+            }
+            None => power,
+        };
+        let cmd = storage.command(written, revert)?;
+        self.write_command(cmd).await?;
+        Ok(written)
+    }
+
+    async fn write_command(&mut self, cmd: super::StorageCommand) -> Result<(), Error> {
         let base = self.storage.address;
         self.write(base + storage::OUT_W_RTE as u16, &cmd.rates)
             .await?;

@@ -1,5 +1,6 @@
 //! SunSpec register maps for storage inverters: discovery, the common model (1), inverter models
-//! (101–103) and the storage model (124), decoded and encoded without I/O. The async Modbus TCP
+//! (101–103), the storage model (124) and the meter models (201–204), decoded and encoded without
+//! I/O. The async Modbus TCP
 //! client, `SunSpecClient`, is behind the `modbus` feature.
 //!
 //! References: *SunSpec Information Model Specification* 1.9 (base register 40000 holding "SunS",
@@ -8,7 +9,8 @@
 //! 103: W at offset 12, W_SF 13, DCV 27, DCV_SF 28, TmpCab 31, Tmp_SF 35, St 36), *SunSpec Storage
 //! Model* 124 (WChaMax 0, StorCtl_Mod 3, ChaState 6, InBatV 8, ChaSt 9, OutWRte 10, InWRte 11,
 //! InOutWRte_WinTms 12, InOutWRte_RvrtTms 13, WChaMax_SF 16, ChaState_SF 20, InBatV_SF 22,
-//! InOutWRte_SF 23; offsets count from the first register after `ID, L`).
+//! InOutWRte_SF 23; offsets count from the first register after `ID, L`), *SunSpec Meter Models*
+//! 201–204 (integer + scale factor, L = 105: W at offset 16, W_SF 20).
 //!
 //! **Setpoint convention** (the one Fronius, SMA and most hybrid inverters follow): StorCtl_Mod = 3
 //! enables both limits; InWRte is the charge limit and OutWRte the discharge limit, in percent of
@@ -51,6 +53,9 @@ pub const COMMON_MODEL: u16 = 1;
 pub const INVERTER_MODELS: [u16; 3] = [101, 102, 103];
 /// The basic storage controls model's id.
 pub const STORAGE_MODEL: u16 = 124;
+/// The meter models' ids: single-phase, split-phase, wye and delta three-phase (integer + scale
+/// factor; the same layout for the points read here).
+pub const METER_MODELS: [u16; 4] = [201, 202, 203, 204];
 /// The id that ends the model chain.
 pub const END_MODEL: u16 = 0xFFFF;
 
@@ -102,6 +107,16 @@ pub mod inverter {
     pub const ST: usize = 36;
     /// The model's length L.
     pub const LENGTH: usize = 50;
+}
+
+/// Register offsets in models 201–204 (from the first register after `ID, L`).
+pub mod meter {
+    /// W, int16, total real power W × 10^W_SF (see [`super::MeterModel::w`] for the sign).
+    pub const W: usize = 16;
+    /// W_SF.
+    pub const W_SF: usize = 20;
+    /// The model's length L.
+    pub const LENGTH: usize = 105;
 }
 
 /// SunSpec errors: a device that does not speak SunSpec as expected, a bad setpoint, or (with the
@@ -282,6 +297,26 @@ impl InverterModel {
     }
 }
 
+/// The points of a meter model (201–204) the agent needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeterModel {
+    /// Total real power in W, as the meter reports it. A meter at the grid connection point
+    /// normally reports import (power drawn from the grid) positive, but vendors differ (some
+    /// report export positive), so the user of the reading says which (the agent's
+    /// `meter.sunspec_export_positive`).
+    pub w: Option<f64>,
+}
+
+impl MeterModel {
+    /// Decodes the model's data registers (L = 105).
+    pub fn decode(regs: &[u16]) -> Result<Self, Error> {
+        need(203, regs, meter::LENGTH)?;
+        Ok(Self {
+            w: int16(regs, meter::W, meter::W_SF),
+        })
+    }
+}
+
 /// The storage model (124) as read.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StorageModel {
@@ -425,6 +460,20 @@ mod tests {
                 .command(Power::ZERO, rv)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn decodes_the_meter_power() {
+        let mut r = [0u16; meter::LENGTH];
+        r[meter::W] = (-1234i16) as u16;
+        r[meter::W_SF] = 1;
+        assert_eq!(MeterModel::decode(&r).unwrap().w, Some(-12340.0));
+        r[meter::W] = 0x8000;
+        assert_eq!(MeterModel::decode(&r).unwrap().w, None);
+        assert!(matches!(
+            MeterModel::decode(&r[..50]),
+            Err(Error::ShortModel { .. })
+        ));
     }
 
     #[test]
