@@ -205,7 +205,6 @@ async fn start_one(home: &Home, s: &FleetSettings, pool: sqlx::SqlitePool) -> Re
         fallback: FallbackMode::Idle,
         reversion_timeout: s.reversion_timeout,
         telemetry_interval: s.telemetry_interval,
-        message_id_prefix: format!("{device}-sim"),
         ..EngineConfig::new(home.device.clone(), home.spec.clone())
     };
     let options = AgentOptions {

@@ -192,7 +192,6 @@ impl Fleet {
             fallback: FallbackMode::Idle,
             reversion_timeout: reversion,
             telemetry_interval: Duration::from_secs(s.telemetry_s.max(1)),
-            message_id_prefix: format!("{name}-load"),
             ..EngineConfig::new(device, spec)
         };
         let jitter = Duration::from_millis(s.reconnect_min_ms);
