@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_optimize::forecast::SeriesKind;
-use grid_optimize::forecast::model::{DayForecast, TrainConfig, train};
+use grid_optimize::forecast::model::{DayForecast, ForecastScratch, TrainConfig, train};
 use grid_optimize::forecast::series::{Series, parse_csv};
 use grid_optimize::forecast::solar::Location;
 use std::fmt::Write as _;
@@ -64,7 +64,7 @@ fn forecasts() -> Vec<(String, String, i64, DayForecast)> {
             validation_days: Some(14),
         };
         let model = train(&s, &cfg, &mut |_| {}).expect("trains");
-        let (mut scratch, mut out) = (Vec::new(), DayForecast::default());
+        let (mut scratch, mut out) = (ForecastScratch::default(), DayForecast::default());
         for day in end..end + 5 {
             model.forecast_day_into(s.history_before(day), day, &mut scratch, &mut out);
             all.push((

@@ -194,6 +194,28 @@ impl Ridge {
         }
         s
     }
+
+    /// [`Ridge::predict`] of each of the `out.len()` rows of `x` (row-major, `n_features` per row) into
+    /// `out`; the same operations per row in the same order (so the same values), four rows interleaved.
+    pub fn predict_batch(&self, x: &[f64], n_features: usize, out: &mut [f64]) {
+        const LANES: usize = 4;
+        let nf = n_features;
+        for (b, ob) in out.chunks_exact_mut(LANES).enumerate() {
+            let rows = &x[b * LANES * nf..(b + 1) * LANES * nf];
+            let mut s = [self.intercept; LANES];
+            for (j, &c) in self.columns.iter().enumerate() {
+                let (k, m, sc) = (self.coef[j], self.mean[j], self.scale[j]);
+                for (l, s) in s.iter_mut().enumerate() {
+                    *s += k * (rows[l * nf + c] - m) / sc;
+                }
+            }
+            ob.copy_from_slice(&s);
+        }
+        let done = out.len() / LANES * LANES;
+        for (r, o) in out.iter_mut().enumerate().skip(done) {
+            *o = self.predict(&x[r * nf..(r + 1) * nf]);
+        }
+    }
 }
 
 /// Validation MAE of a ridge fit as a function of `log10(lambda)`, minimised with Brent's method.
@@ -266,6 +288,23 @@ impl RidgeByHour {
     /// Predicts one row of the full feature vector.
     pub fn predict(&self, row: &[f64]) -> f64 {
         self.hours[hour_of(row)].predict(row)
+    }
+
+    /// [`RidgeByHour::predict`] of each of the `out.len()` rows of `x` (row-major, `n_features` per row)
+    /// into `out`, each run of consecutive rows of one hour with [`Ridge::predict_batch`] (same values).
+    pub fn predict_batch(&self, x: &[f64], n_features: usize, out: &mut [f64]) {
+        let nf = n_features;
+        let hour = |r: usize| hour_of(&x[r * nf..(r + 1) * nf]);
+        let mut r0 = 0;
+        while r0 < out.len() {
+            let h = hour(r0);
+            let mut r1 = r0 + 1;
+            while r1 < out.len() && hour(r1) == h {
+                r1 += 1;
+            }
+            self.hours[h].predict_batch(&x[r0 * nf..r1 * nf], nf, &mut out[r0..r1]);
+            r0 = r1;
+        }
     }
 }
 
