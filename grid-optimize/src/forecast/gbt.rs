@@ -110,17 +110,22 @@ const GO_RIGHT: u16 = 1;
 /// Condition id of the first threshold of [`Sliced::thr`].
 const FIRST_THRESHOLD: usize = 2;
 
-/// `SPREAD[b]` has byte `i` equal to bit `i` of `b`: eight rows' bits of a [`Mask`] as eight bytes.
-const SPREAD: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut i = 0;
-        while i < 8 {
-            t[b] |= ((b as u64 >> i) & 1) << (8 * i);
-            i += 1;
+/// `SPREAD[k][b]` has byte `i` equal to bit `i` of `b`, shifted left by `k`: eight rows' bits of a [`Mask`]
+/// as bit `k` of eight bytes.
+static SPREAD: [[u64; 256]; MAX_SLICED_DEPTH] = {
+    let mut t = [[0u64; 256]; MAX_SLICED_DEPTH];
+    let mut k = 0;
+    while k < MAX_SLICED_DEPTH {
+        let mut b = 0;
+        while b < 256 {
+            let mut i = 0;
+            while i < 8 {
+                t[k][b] |= ((b as u64 >> i) & 1) << (8 * i + k);
+                i += 1;
+            }
+            b += 1;
         }
-        b += 1;
+        k += 1;
     }
     t
 };
@@ -339,9 +344,14 @@ fn add_trees<const D: usize, const H: usize, const NS: usize, const NL: usize, c
     masks: &[Mask],
     out: &mut [f64],
 ) {
-    let mut planes = [[[0u64; 2]; D]; K];
+    // The planes as bytes: byte `g` holds rows `8g..8g + 8`.
+    let mut planes = [[[0u8; 16]; D]; K];
     for (p, c) in planes.iter_mut().zip(conds) {
-        *p = tree_planes::<D, H, NS>(c, masks);
+        for (bytes, m) in p.iter_mut().zip(tree_planes::<D, H, NS>(c, masks)) {
+            let (lo, hi) = bytes.split_at_mut(8);
+            lo.copy_from_slice(&m[0].to_le_bytes());
+            hi.copy_from_slice(&m[1].to_le_bytes());
+        }
     }
     let mut leaf: [&[f64; NL]; K] = [&[0.0; NL]; K];
     for (l, src) in leaf.iter_mut().zip(leaves) {
@@ -349,11 +359,11 @@ fn add_trees<const D: usize, const H: usize, const NS: usize, const NL: usize, c
     }
     // Eight rows' leaf positions in tree `k`, one per byte (`D` ≤ 8, so no byte overflows into the next).
     let positions = |g: usize| -> [u64; K] {
-        let (w, shift) = ((g / 8) & 1, (g % 8) * 8);
         let mut pos = [0u64; K];
         for (pos, planes) in pos.iter_mut().zip(&planes) {
-            for p in planes {
-                *pos = (*pos << 1) | SPREAD[((p[w] >> shift) & 0xff) as usize];
+            for (k, p) in planes.iter().enumerate() {
+                // Plane `k` is bit `D - 1 - k` of the position.
+                *pos |= SPREAD[(D - 1 - k) % MAX_SLICED_DEPTH][usize::from(p[g % 16])];
             }
         }
         pos

@@ -441,9 +441,9 @@ impl ForecastModel {
         let spd = self.features.slots_per_day;
         let whole = history.len() - history.len() % spd;
         let history = &history[..whole];
-        let rows = &mut scratch.features;
-        self.features
-            .day_features(history, day, &self.profile, rows);
+        let rows =
+            self.features
+                .day_features_in(history, day, &self.profile, &mut scratch.features);
         let nf = self.features.n_features();
         for v in [&mut out.p10, &mut out.p50, &mut out.p90, &mut out.scale] {
             v.clear();
