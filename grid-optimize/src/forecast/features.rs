@@ -8,6 +8,7 @@
 
 use crate::forecast::calendar::{self, Country};
 use crate::forecast::solar::{self, Location};
+use std::sync::OnceLock;
 
 /// What the series measures; decides the sign constraints and the PV features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,6 +63,31 @@ pub const LAGS: [usize; 5] = [1, 2, 3, 7, 14];
 
 /// Days of history [`FeatureConfig::day_features`] reads (the longest look-back, `mean_same_weekday4`).
 const WINDOW_DAYS: usize = 28;
+
+/// The time-of-day features of slot `s` of `spd`: `tod` and the sine and cosine of its first three harmonics.
+fn tod_features(s: usize, spd: usize) -> [f64; 7] {
+    let tod = s as f64 / spd as f64;
+    let a = 2.0 * std::f64::consts::PI * tod;
+    [
+        tod,
+        a.sin(),
+        a.cos(),
+        (2.0 * a).sin(),
+        (2.0 * a).cos(),
+        (3.0 * a).sin(),
+        (3.0 * a).cos(),
+    ]
+}
+
+/// [`tod_features`] of every slot for the usual slot counts (hourly, half-hourly, 15 and 5 minutes), computed
+/// once per process: they depend on nothing else, and their six sines and cosines per slot were a tenth of a
+/// forecast's time.
+static TOD_TABLES: [(usize, OnceLock<Vec<[f64; 7]>>); 4] = [
+    (24, OnceLock::new()),
+    (48, OnceLock::new()),
+    (96, OnceLock::new()),
+    (288, OnceLock::new()),
+];
 
 /// Adds `v` to `sum` and `c` to `n`, element by element (all of one length).
 #[inline]
@@ -220,9 +246,9 @@ impl FeatureConfig {
             0.0,
         );
         let (rows, mut rest) = buf.split_at_mut(spd * nf);
-        rest.fill(0.0);
         let hist = carve(&mut rest, hist_len);
         let hist_n = carve(&mut rest, hist_len);
+        rest.fill(0.0);
         let change = carve(&mut rest, change_len);
         let change_n = carve(&mut rest, change_len);
         let mut sums = [(); SUMS].map(|_| (carve(&mut rest, spd), carve(&mut rest, spd)));
@@ -243,6 +269,10 @@ impl FeatureConfig {
         let skip = (WINDOW_DAYS * spd + w).saturating_sub(h);
         let src = &history[h.saturating_sub(WINDOW_DAYS * spd + w)..];
         let end = (skip + src.len()).min(hist_len);
+        for a in [&mut *hist, &mut *hist_n] {
+            a[..skip].fill(0.0);
+            a[end..].fill(0.0);
+        }
         for ((v, n), x) in hist[skip..end]
             .iter_mut()
             .zip(hist_n[skip..end].iter_mut())
@@ -407,6 +437,10 @@ impl FeatureConfig {
         let ya = 2.0 * std::f64::consts::PI * doy / 365.25;
         let (ya_sin, ya_cos) = (ya.sin(), ya.cos());
 
+        let tod_table = TOD_TABLES
+            .iter()
+            .find(|(n, _)| *n == spd)
+            .map(|(_, t)| t.get_or_init(|| (0..spd).map(|s| tod_features(s, spd)).collect()));
         let window_mean = |i: usize, s: usize| {
             let (sum, n) = (&sums[i].0, &sums[i].1);
             (n[s] > 0.0).then(|| sum[s] / n[s])
@@ -417,15 +451,9 @@ impl FeatureConfig {
                 row[c] = v;
                 c += 1;
             };
-            let tod = s as f64 / spd as f64;
-            let a = 2.0 * std::f64::consts::PI * tod;
-            put(tod);
-            put(a.sin());
-            put(a.cos());
-            put((2.0 * a).sin());
-            put((2.0 * a).cos());
-            put((3.0 * a).sin());
-            put((3.0 * a).cos());
+            for v in tod_table.map_or_else(|| tod_features(s, spd), |t| t[s]) {
+                put(v);
+            }
             put(f64::from(wd));
             put(f64::from(u8::from(wd >= 5)));
             put(f64::from(u8::from(is_hol)));
