@@ -360,4 +360,40 @@ mod tests {
         let lam = tune_lambda(&d, &d, &[0, 1, 2]).unwrap();
         assert!(lam < 1e-3, "{lam}");
     }
+
+    #[test]
+    fn batch_predictions_equal_row_by_row_ones_bit_for_bit() {
+        // Column 0 is the time of day (it picks the hour of `RidgeByHour`); 5 rows per hour.
+        let mut d = Dataset {
+            n_features: 4,
+            ..Default::default()
+        };
+        for i in 0..24 * 5 * 4 {
+            let (a, b) = ((i as f64 * 0.37).sin(), (i as f64 * 0.11).cos() * 1e3);
+            d.x.extend([(i % 120) as f64 / 120.0, a, b, a * b]);
+            d.y.push(2.0 + 3.0 * a - b + 0.1 * (i as f64 * 1.3).sin());
+        }
+        let ridge = Ridge::fit(&d, &[1, 2, 3], 1e-3).unwrap();
+        let by_hour = RidgeByHour::fit(&d, &[1, 2, 3], 1e-3).unwrap();
+        // Row counts that are not a multiple of the four interleaved rows, and hours out of order.
+        let mut x = d.x.clone();
+        x.rotate_left(4 * 7);
+        x[4 * 3 + 2] = f64::NAN;
+        for n in [0, 1, 3, 5, 117, 480] {
+            let mut out = vec![0.0; n];
+            ridge.predict_batch(&x, 4, &mut out);
+            for (r, o) in out.iter().enumerate() {
+                assert_eq!(
+                    o.to_bits(),
+                    ridge.predict(&x[4 * r..4 * r + 4]).to_bits(),
+                    "{n}: {r}"
+                );
+            }
+            by_hour.predict_batch(&x, 4, &mut out);
+            for (r, o) in out.iter().enumerate() {
+                let want = by_hour.predict(&x[4 * r..4 * r + 4]);
+                assert_eq!(o.to_bits(), want.to_bits(), "{n}: {r}");
+            }
+        }
+    }
 }
