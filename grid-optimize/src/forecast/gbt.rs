@@ -315,6 +315,15 @@ impl Sliced {
         masks: &[Mask],
         out: &mut [f64],
     ) {
+        if NS == 0 {
+            // Depth 0: every tree is one leaf.
+            for &v in &self.leaves {
+                for o in out.iter_mut() {
+                    *o += v;
+                }
+            }
+            return;
+        }
         let (conds, _) = self.conds.as_chunks::<NS>();
         let (leaves, _) = self.leaves.as_chunks::<NL>();
         let mut trees = conds
