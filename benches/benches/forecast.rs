@@ -8,7 +8,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use grid_optimize::forecast::SeriesKind;
-use grid_optimize::forecast::model::{DayForecast, TrainConfig, train};
+use grid_optimize::forecast::model::{DayForecast, ForecastScratch, TrainConfig, train};
 use grid_optimize::forecast::series::{Series, parse_csv};
 use std::hint::black_box;
 use std::time::Duration;
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
 
     let model = train(&s, &cfg, &mut |_| {}).expect("trains");
     let history = s.history_before(end);
-    let mut scratch = Vec::new();
+    let mut scratch = ForecastScratch::default();
     let mut out = DayForecast::default();
     let mut g = c.benchmark_group("forecast");
     g.bench_function(

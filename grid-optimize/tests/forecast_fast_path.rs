@@ -7,7 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
 use grid_optimize::forecast::SeriesKind;
-use grid_optimize::forecast::model::{DayForecast, TrainConfig, train};
+use grid_optimize::forecast::model::{
+    DayForecast, ForecastModel, ForecastScratch, PredictScratch, TrainConfig, train,
+};
 use grid_optimize::forecast::series::{Series, parse_csv};
 use grid_optimize::forecast::solar::Location;
 use std::fmt::Write as _;
@@ -27,6 +29,24 @@ fn slice(file: &str, column: &str) -> Series {
 /// forecasts of the next 5 days (each from the full history before it, so later days also see data the
 /// model was not trained on).
 fn forecasts() -> Vec<(String, String, i64, DayForecast)> {
+    let mut all = Vec::new();
+    for (name, s, model, end) in models() {
+        let (mut scratch, mut out) = (ForecastScratch::default(), DayForecast::default());
+        for day in end..end + 5 {
+            model.forecast_day_into(s.history_before(day), day, &mut scratch, &mut out);
+            all.push((
+                name.to_string(),
+                model.metadata.model_kind.clone(),
+                day,
+                out.clone(),
+            ));
+        }
+    }
+    all
+}
+
+/// `(case, series, model, first test day)` for every case: a model trained on the first 56 or 80 days.
+fn models() -> Vec<(&'static str, Series, ForecastModel, i64)> {
     let cases = [
         (
             "load",
@@ -64,16 +84,7 @@ fn forecasts() -> Vec<(String, String, i64, DayForecast)> {
             validation_days: Some(14),
         };
         let model = train(&s, &cfg, &mut |_| {}).expect("trains");
-        let (mut scratch, mut out) = (Vec::new(), DayForecast::default());
-        for day in end..end + 5 {
-            model.forecast_day_into(s.history_before(day), day, &mut scratch, &mut out);
-            all.push((
-                name.to_string(),
-                model.metadata.model_kind.clone(),
-                day,
-                out.clone(),
-            ));
-        }
+        all.push((name, s, model, end));
     }
     all
 }
@@ -118,4 +129,38 @@ fn forecasts_equal_the_reference_values() {
             );
         }
     }
+}
+
+/// The batch evaluation `forecast_day_into` uses (bit-sliced trees, interleaved ridge rows, ensemble) gives
+/// exactly the straightforward one: `Predictor::predict` row by row (trees walked node by node), on the same
+/// feature rows (whose fast computation equals the reference implementation bit for bit, a unit test of
+/// `features.rs`).
+#[test]
+fn batch_predictions_equal_row_by_row_ones_bit_for_bit() {
+    let mut kinds = Vec::new();
+    for (name, s, model, end) in models() {
+        kinds.push(model.metadata.model_kind.clone());
+        let (nf, spd) = (model.features.n_features(), model.features.slots_per_day);
+        let (mut rows, mut scratch) = (Vec::new(), PredictScratch::default());
+        for day in end..end + 5 {
+            model
+                .features
+                .day_features(s.history_before(day), day, &model.profile, &mut rows);
+            let mut batch = vec![0.0; spd];
+            model
+                .predictor
+                .predict_batch(&rows, nf, &mut batch, &mut scratch);
+            for (slot, b) in batch.iter().enumerate() {
+                let want = model.predictor.predict(&rows[slot * nf..(slot + 1) * nf]);
+                assert_eq!(b.to_bits(), want.to_bits(), "{name} day {day} slot {slot}");
+            }
+        }
+    }
+    // The cases cover trees, ridge and an ensemble of both.
+    assert!(kinds.iter().any(|k| k == "gbt_abs"), "{kinds:?}");
+    assert!(
+        kinds.iter().any(|k| k.starts_with("ensemble(")),
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k.starts_with("ridge")), "{kinds:?}");
 }

@@ -8,6 +8,7 @@
 
 use crate::forecast::calendar::{self, Country};
 use crate::forecast::solar::{self, Location};
+use std::sync::OnceLock;
 
 /// What the series measures; decides the sign constraints and the PV features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +60,52 @@ pub struct FeatureConfig {
 
 /// The lag days used as features.
 pub const LAGS: [usize; 5] = [1, 2, 3, 7, 14];
+
+/// Days of history [`FeatureConfig::day_features`] reads (the longest look-back, `mean_same_weekday4`).
+const WINDOW_DAYS: usize = 28;
+
+/// The time-of-day features of slot `s` of `spd`: `tod` and the sine and cosine of its first three harmonics.
+fn tod_features(s: usize, spd: usize) -> [f64; 7] {
+    let tod = s as f64 / spd as f64;
+    let a = 2.0 * std::f64::consts::PI * tod;
+    [
+        tod,
+        a.sin(),
+        a.cos(),
+        (2.0 * a).sin(),
+        (2.0 * a).cos(),
+        (3.0 * a).sin(),
+        (3.0 * a).cos(),
+    ]
+}
+
+/// [`tod_features`] of every slot for the usual slot counts (hourly, half-hourly, 15 and 5 minutes), computed
+/// once per process: they depend on nothing else, and their six sines and cosines per slot were a tenth of a
+/// forecast's time.
+static TOD_TABLES: [(usize, OnceLock<Vec<[f64; 7]>>); 4] = [
+    (24, OnceLock::new()),
+    (48, OnceLock::new()),
+    (96, OnceLock::new()),
+    (288, OnceLock::new()),
+];
+
+/// Adds `v` to `sum` and `c` to `n`, element by element (all of one length).
+#[inline]
+fn add_window(sum: &mut [f64], n: &mut [f64], v: &[f64], c: &[f64]) {
+    let len = sum.len();
+    let (n, v, c) = (&mut n[..len], &v[..len], &c[..len]);
+    for s in 0..len {
+        sum[s] += v[s];
+        n[s] += c[s];
+    }
+}
+
+/// Splits the first `n` values off `rest`.
+fn carve<'a>(rest: &mut &'a mut [f64], n: usize) -> &'a mut [f64] {
+    let (a, b) = std::mem::take(rest).split_at_mut(n);
+    *rest = b;
+    a
+}
 
 impl FeatureConfig {
     /// Half-width (in slots) of the window the `*_smooth` features average over.
@@ -162,16 +209,51 @@ impl FeatureConfig {
     /// 29 days of `history` are read (the longest look-back is `mean_same_weekday4`, 28 days), and nothing is
     /// allocated once `out` has grown to size.
     pub fn day_features(&self, history: &[f64], day: i64, profile: &[f64], out: &mut Vec<f64>) {
+        self.day_features_in(history, day, profile, out);
+        out.truncate(self.slots_per_day * self.n_features());
+    }
+
+    /// [`FeatureConfig::day_features`] into the start of `buf`, returning the rows; the rest of `buf` holds
+    /// work arrays, so a `buf` kept across calls is not even re-initialised.
+    pub fn day_features_in<'a>(
+        &self,
+        history: &[f64],
+        day: i64,
+        profile: &[f64],
+        buf: &'a mut Vec<f64>,
+    ) -> &'a [f64] {
         let spd = self.slots_per_day;
         let nf = self.n_features();
         let h = history.len();
         debug_assert_eq!(h % spd, 0, "history must hold whole days");
-        // Room for the rows, then the week's day-over-day changes (7 days × spd) and `vol7` per slot.
-        out.clear();
-        out.resize(spd * nf + 8 * spd, 0.0);
-        let (rows, tail) = out.split_at_mut(spd * nf);
-        let (absdiff, vol7) = tail.split_at_mut(7 * spd);
-        let w = self.smooth_halfwidth() as isize;
+        let w = self.smooth_halfwidth();
+        let vw = (spd / 12).max(1);
+        // The last `WINDOW_DAYS` days of history with `w` slots of margin on each side (`hist`), and the
+        // week's day-over-day changes with `vw` slots of margin on each side of each day (`change`), each
+        // with a presence count (1 or 0) per value. A missing value (absent, not finite, or not before
+        // `day`) is +0.0 with count 0: the sums below start at +0.0, a running sum that starts at +0.0 is
+        // never -0.0, and adding +0.0 leaves any other sum unchanged, so each sum equals the reference's sum
+        // over the present values, term by term in the same order. Slots go in the innermost loop, so the
+        // sums run over all slots at once.
+        let hist_len = WINDOW_DAYS * spd + 2 * w;
+        let change_len = 7 * (spd + 2 * vw);
+        // Per-slot sums and counts: mean7, lag1_smooth, lag7_smooth, mean7_smooth, mean_same_weekday4,
+        // mean_same_daytype14, vol7; and max14 with its count.
+        const SUMS: usize = 7;
+        // Every row value is written below; the work arrays after the rows are zeroed.
+        buf.resize(
+            spd * nf + 2 * hist_len + 2 * change_len + 2 * (SUMS + 1) * spd,
+            0.0,
+        );
+        let (rows, mut rest) = buf.split_at_mut(spd * nf);
+        let hist = carve(&mut rest, hist_len);
+        let hist_n = carve(&mut rest, hist_len);
+        rest.fill(0.0);
+        let change = carve(&mut rest, change_len);
+        let change_n = carve(&mut rest, change_len);
+        let mut sums = [(); SUMS].map(|_| (carve(&mut rest, spd), carve(&mut rest, spd)));
+        let max14 = carve(&mut rest, spd);
+        let max14_n = carve(&mut rest, spd);
         // Value at slot `s` (may be outside 0..spd) of `k` days back; None if absent, missing or not before `day`.
         let at = |k: usize, s: isize| -> Option<f64> {
             let j = h as isize - (k * spd) as isize + s;
@@ -181,22 +263,24 @@ impl FeatureConfig {
             let v = history[j as usize];
             v.is_finite().then_some(v)
         };
-        fn mean_over(
-            at: &impl Fn(usize, isize) -> Option<f64>,
-            days: impl Iterator<Item = usize>,
-            s: isize,
-            half: isize,
-        ) -> Option<f64> {
-            let (mut sum, mut n) = (0.0, 0usize);
-            for k in days {
-                for ds in -half..=half {
-                    if let Some(v) = at(k, s + ds) {
-                        sum += v;
-                        n += 1;
-                    }
-                }
-            }
-            (n > 0).then(|| sum / n as f64)
+        // `hist[at_index(k, s)]` is `at(k, s)`, for `k` in 1..=WINDOW_DAYS and `s` in -w..spd + w.
+        let at_index = |k: usize, s: isize| ((WINDOW_DAYS - k) * spd + w) as isize + s;
+        // `hist[i]` is `history[i - skip]`, or missing outside `history`.
+        let skip = (WINDOW_DAYS * spd + w).saturating_sub(h);
+        let src = &history[h.saturating_sub(WINDOW_DAYS * spd + w)..];
+        let end = (skip + src.len()).min(hist_len);
+        for a in [&mut *hist, &mut *hist_n] {
+            a[..skip].fill(0.0);
+            a[end..].fill(0.0);
+        }
+        for ((v, n), x) in hist[skip..end]
+            .iter_mut()
+            .zip(hist_n[skip..end].iter_mut())
+            .zip(src)
+        {
+            let ok = x.is_finite();
+            *v = if ok { *x } else { 0.0 };
+            *n = f64::from(u8::from(ok));
         }
         /// Mean of the values, or `None` if there are none (summed in order, as `Iterator::sum`).
         fn mean(vals: impl Iterator<Item = f64>) -> Option<f64> {
@@ -247,67 +331,76 @@ impl FeatureConfig {
             .find_map(|s| at(1, s as isize))
             .unwrap_or(prev_mean);
         let last4h = (spd / 6).max(1);
-        let prev_last4h = mean_over(
-            &at,
-            std::iter::once(1),
-            (spd - 1 - last4h / 2) as isize,
-            (last4h / 2) as isize,
-        )
-        .unwrap_or(prev_mean);
+        let prev_last4h = {
+            let (c, half) = ((spd - 1 - last4h / 2) as isize, (last4h / 2) as isize);
+            let (mut sum, mut n) = (0.0, 0usize);
+            for v in (c - half..=c + half).filter_map(|s| at(1, s)) {
+                sum += v;
+                n += 1;
+            }
+            if n > 0 { sum / n as f64 } else { prev_mean }
+        };
         let prev8_mean = mean((0..spd).filter_map(|s| at(8, s as isize))).unwrap_or(prev_mean);
         // Day-over-day absolute changes over the last week: a volatility scale for the intervals.
-        for (i, d) in absdiff.iter_mut().enumerate() {
-            let (k, s) = (i / spd + 1, (i % spd) as isize);
-            *d = match (at(k, s), at(k + 1, s)) {
-                (Some(a), Some(b)) => (a - b).abs(),
-                _ => f64::NAN,
-            };
+        let day_stride = spd + 2 * vw;
+        for k in 1..=7 {
+            let a = at_index(k, 0) as usize;
+            let b = at_index(k + 1, 0) as usize;
+            let o = (k - 1) * day_stride + vw;
+            for s in 0..spd {
+                let d = (hist[a + s] - hist[b + s]).abs();
+                // Not finite if the difference overflows: the reference skips it.
+                if hist_n[a + s] > 0.0 && hist_n[b + s] > 0.0 && d.is_finite() {
+                    change[o + s] = d;
+                    change_n[o + s] = 1.0;
+                }
+            }
         }
-        let vol_day = mean(absdiff.iter().copied().filter(|v| v.is_finite())).unwrap_or(0.0);
-        // `vol7`: the mean change over the week within ±vw slots, summed day by day as in the reference
-        // (`day_features_reference`); slots whose windows lie inside the day go `LANES` at a time, each lane
-        // adding its own values in the same order (a missing change adds +0.0, which changes no sum of
-        // non-negative values).
-        let vw = (spd / 12).max(1) as isize;
-        let window_mean = |vs: f64, vn: usize| if vn > 0 { vs / vn as f64 } else { vol_day };
-        const LANES: usize = 4;
-        let vwu = vw as usize;
-        let mut s0 = 0usize;
-        while s0 < spd {
-            if s0 >= vwu && s0 + LANES - 1 + vwu < spd {
-                let (mut vs, mut vn) = ([0.0; LANES], [0usize; LANES]);
-                for k in 0..7 {
-                    let day_changes = &absdiff[k * spd..(k + 1) * spd];
-                    for t in s0 - vwu..=s0 + vwu {
-                        for l in 0..LANES {
-                            let v = day_changes[t + l];
-                            let ok = v.is_finite();
-                            vs[l] += if ok { v } else { 0.0 };
-                            vn[l] += usize::from(ok);
-                        }
-                    }
+        let vol_day = mean(
+            change
+                .chunks_exact(day_stride)
+                .zip(change_n.chunks_exact(day_stride))
+                .flat_map(|(v, n)| v[vw..vw + spd].iter().zip(&n[vw..vw + spd]))
+                .filter(|(_, n)| **n > 0.0)
+                .map(|(v, _)| *v),
+        )
+        .unwrap_or(0.0);
+        // Per-slot window sums, in the reference's order: days, then offsets within the window.
+        let windows: [(&[usize], usize); SUMS - 1] = [
+            (&[1, 2, 3, 4, 5, 6, 7], 0),
+            (&[1], w),
+            (&[7], w),
+            (&[1, 2, 3, 4, 5, 6, 7], w),
+            (&[7, 14, 21, 28], w),
+            (same_type, w),
+        ];
+        for ((days, half), (sum, n)) in windows.iter().zip(sums.iter_mut()) {
+            for &k in *days {
+                let base = at_index(k, 0) as usize;
+                for off in base - half..=base + half {
+                    add_window(sum, n, &hist[off..off + spd], &hist_n[off..off + spd]);
                 }
-                for l in 0..LANES {
-                    vol7[s0 + l] = window_mean(vs[l], vn[l]);
+            }
+        }
+        {
+            let (sum, n) = &mut sums[SUMS - 1];
+            for k in 0..7 {
+                let day_changes = &change[k * day_stride..(k + 1) * day_stride];
+                let day_n = &change_n[k * day_stride..(k + 1) * day_stride];
+                for off in 0..=2 * vw {
+                    add_window(sum, n, &day_changes[off..off + spd], &day_n[off..off + spd]);
                 }
-                s0 += LANES;
-            } else {
-                let si = s0 as isize;
-                let (mut vs, mut vn) = (0.0, 0usize);
-                for k in 0..7 {
-                    for ds in -vw..=vw {
-                        let t = si + ds;
-                        if t >= 0 && (t as usize) < spd {
-                            let v = absdiff[k * spd + t as usize];
-                            if v.is_finite() {
-                                vs += v;
-                                vn += 1;
-                            }
-                        }
-                    }
+            }
+        }
+        max14.fill(f64::NEG_INFINITY);
+        for k in 1..=14 {
+            let base = at_index(k, 0) as usize;
+            let (v, c) = (&hist[base..base + spd], &hist_n[base..base + spd]);
+            for (((m, n), v), c) in max14.iter_mut().zip(max14_n.iter_mut()).zip(v).zip(c) {
+                if *c > 0.0 {
+                    *m = m.max(*v);
                 }
-                vol7[s0] = window_mean(vs, vn);
-                s0 += 1;
+                *n += c;
             }
         }
         let block = spd.div_ceil(PREV_DAY_BLOCKS).max(1);
@@ -344,22 +437,23 @@ impl FeatureConfig {
         let ya = 2.0 * std::f64::consts::PI * doy / 365.25;
         let (ya_sin, ya_cos) = (ya.sin(), ya.cos());
 
+        let tod_table = TOD_TABLES
+            .iter()
+            .find(|(n, _)| *n == spd)
+            .map(|(_, t)| t.get_or_init(|| (0..spd).map(|s| tod_features(s, spd)).collect()));
+        let window_mean = |i: usize, s: usize| {
+            let (sum, n) = (&sums[i].0, &sums[i].1);
+            (n[s] > 0.0).then(|| sum[s] / n[s])
+        };
         for (s, row) in rows.chunks_exact_mut(nf).enumerate() {
-            let si = s as isize;
             let mut c = 0;
             let mut put = |v: f64| {
                 row[c] = v;
                 c += 1;
             };
-            let tod = s as f64 / spd as f64;
-            let a = 2.0 * std::f64::consts::PI * tod;
-            put(tod);
-            put(a.sin());
-            put(a.cos());
-            put((2.0 * a).sin());
-            put((2.0 * a).cos());
-            put((3.0 * a).sin());
-            put((3.0 * a).cos());
+            for v in tod_table.map_or_else(|| tod_features(s, spd), |t| t[s]) {
+                put(v);
+            }
             put(f64::from(wd));
             put(f64::from(u8::from(wd >= 5)));
             put(f64::from(u8::from(is_hol)));
@@ -372,9 +466,11 @@ impl FeatureConfig {
             for d in 0..7 {
                 put(f64::from(u8::from(wd == d)));
             }
-            let mean7 = mean_over(&at, 1..=7, si, 0);
-            let fallback = mean7.unwrap_or_else(|| prof(s));
-            let lags: [Option<f64>; 5] = LAGS.map(|k| at(k, si));
+            let fallback = window_mean(0, s).unwrap_or_else(|| prof(s));
+            let lags: [Option<f64>; 5] = LAGS.map(|k| {
+                let i = at_index(k, s as isize) as usize;
+                (hist_n[i] > 0.0).then_some(hist[i])
+            });
             for l in lags {
                 put(l.unwrap_or(fallback));
             }
@@ -383,21 +479,20 @@ impl FeatureConfig {
             }
             let lag1 = lags[0].unwrap_or(fallback);
             let lag7 = lags[3].unwrap_or(fallback);
-            put(mean_over(&at, std::iter::once(1), si, w).unwrap_or(lag1));
-            put(mean_over(&at, std::iter::once(7), si, w).unwrap_or(lag7));
+            put(window_mean(1, s).unwrap_or(lag1));
+            put(window_mean(2, s).unwrap_or(lag7));
             put(fallback);
-            put(mean_over(&at, 1..=7, si, w).unwrap_or(fallback));
-            put(mean_over(&at, [7usize, 14, 21, 28].into_iter(), si, w).unwrap_or(fallback));
-            put(mean_over(&at, same_type.iter().copied(), si, w).unwrap_or(fallback));
-            let max14 = (1..=14).filter_map(|k| at(k, si)).reduce(f64::max);
-            put(max14.unwrap_or(fallback));
+            put(window_mean(3, s).unwrap_or(fallback));
+            put(window_mean(4, s).unwrap_or(fallback));
+            put(window_mean(5, s).unwrap_or(fallback));
+            put(if max14_n[s] > 0.0 { max14[s] } else { fallback });
             put(prev_mean);
             put(prev_max);
             put(prev_min);
             put(prev_last);
             put(prev_last4h);
             put(prev8_mean);
-            put(vol7[s]);
+            put(window_mean(6, s).unwrap_or(vol_day));
             put(vol_day);
             if self.has_solar() {
                 let cs = cs_at(day, s);
@@ -410,7 +505,7 @@ impl FeatureConfig {
             }
             debug_assert_eq!(c, nf);
         }
-        out.truncate(spd * nf);
+        &buf[..spd * nf]
     }
 
     /// The straightforward implementation [`FeatureConfig::day_features`] must agree with (to reassociation).

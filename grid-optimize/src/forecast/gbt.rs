@@ -87,46 +87,87 @@ pub struct Gbt {
     pub offset_column: Option<usize>,
     /// The trees re-laid out for [`Gbt::predict_batch`], built on first use (not serialised).
     #[cfg_attr(feature = "serde", serde(skip))]
-    flat: FlatCache,
+    sliced: SlicedCache,
 }
 
-/// Deepest tree [`Flat`] lays out (a complete tree of depth 12 has 4095 splits); deeper models use the
+/// Deepest tree [`Sliced`] lays out: a row's leaf position must fit in a byte. Deeper models use the
 /// node-by-node path.
-const MAX_FLAT_DEPTH: usize = 12;
+const MAX_SLICED_DEPTH: usize = 8;
 
-/// The trees as complete binary trees of one depth `d`, in heap order (children of split `i` at `2i + 1` and
-/// `2i + 2`), so a row is routed by `d` branch-free steps. A leaf above depth `d` is padded with splits that
-/// send every row left (`threshold = +inf`) into copies of its value, so the routed value is unchanged.
+/// Trees [`Sliced`] adds to a row before storing its running sum (the sum is still taken tree by tree).
+const TREES_PER_PASS: usize = 4;
+
+/// Rows [`Sliced`] evaluates together: one bit per row of a [`Mask`].
+const BLOCK_ROWS: usize = 128;
+
+/// One bit per row of a block (two words, which the compiler keeps in one SSE register).
+type Mask = [u64; 2];
+
+/// Condition id of a split that sends every row left (padding below a leaf above the full depth).
+const GO_LEFT: u16 = 0;
+/// Condition id of a split that sends every row right (a NaN threshold: `x <= NaN` is false).
+const GO_RIGHT: u16 = 1;
+/// Condition id of the first threshold of [`Sliced::thr`].
+const FIRST_THRESHOLD: usize = 2;
+
+/// `SPREAD[k][b]` has byte `i` equal to bit `i` of `b`, shifted left by `k`: eight rows' bits of a [`Mask`]
+/// as bit `k` of eight bytes.
+static SPREAD: [[u64; 256]; MAX_SLICED_DEPTH] = {
+    let mut t = [[0u64; 256]; MAX_SLICED_DEPTH];
+    let mut k = 0;
+    while k < MAX_SLICED_DEPTH {
+        let mut b = 0;
+        while b < 256 {
+            let mut i = 0;
+            while i < 8 {
+                t[k][b] |= ((b as u64 >> i) & 1) << (8 * i + k);
+                i += 1;
+            }
+            b += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// The trees laid out for bit-sliced evaluation of a block of rows at once.
 ///
-/// Every per-tree array has `2^d` entries (splits padded by one) and rows are copied to a power-of-two
-/// stride, so indices are masked instead of bounds-checked.
+/// A split is a condition "column `j` > threshold, or NaN" (a row goes right, as in [`Gbt::predict`]), and
+/// the thresholds of a column are shared by all trees: per block, each row's value is placed once among its
+/// column's sorted thresholds, which gives, for every condition, the [`Mask`] of rows it sends right. The
+/// trees are complete of one depth `d` in heap order (a leaf above depth `d` is padded with [`GO_LEFT`]
+/// splits into copies of its value, so the routed value is unchanged). Bit `k` of a row's leaf position is
+/// the condition of the row's node at level `k`, selected for all rows at once by bitwise multiplexers on
+/// the bits above it; so a tree costs `2^d - 1` mask loads and `2^d - d - 1` multiplexers for the block,
+/// plus one leaf load and add per row, where the node-by-node walk takes `d` dependent steps per row.
 #[derive(Debug)]
-struct Flat {
+struct Sliced {
     depth: usize,
-    /// Per tree, the split's index into [`Gbt::columns`].
-    cols: Vec<u8>,
-    /// Per tree, the split thresholds (`x <= threshold` goes left).
+    /// Per model column, where its thresholds start in `thr` (`columns.len() + 1` entries).
+    col_start: Vec<usize>,
+    /// Per model column, its distinct split thresholds, ascending (`-0.0` and `0.0` are one).
     thr: Vec<f64>,
-    /// Per tree, the leaf values.
+    /// Per tree, its `2^d - 1` splits in heap order as condition ids ([`GO_LEFT`], [`GO_RIGHT`], or
+    /// [`FIRST_THRESHOLD`] plus an index into `thr`).
+    conds: Vec<u16>,
+    /// Per tree, its `2^d` leaf values.
     leaves: Vec<f64>,
-    /// Row stride of the compacted rows (a power of two ≥ the number of columns).
-    stride: usize,
     /// Largest feature column read, to check a row is long enough once per batch.
     max_col: usize,
     /// Number of trees laid out (a stale cache after `trees` was edited is not used).
     n_trees: usize,
 }
 
-impl Flat {
-    /// Lays out `m`'s trees; `None` if a tree is deeper than [`MAX_FLAT_DEPTH`], uses more than 256 columns
-    /// or is malformed.
+impl Sliced {
+    /// Lays out `m`'s trees; `None` if a tree is deeper than [`MAX_SLICED_DEPTH`], there are more than
+    /// 65,534 distinct thresholds, or a tree is malformed.
     fn build(m: &Gbt) -> Option<Self> {
         fn depth(nodes: &[Node], i: usize, level: usize) -> Option<usize> {
             let n = nodes.get(i)?;
             if n.feature == LEAF {
                 return Some(level);
             }
-            if level >= MAX_FLAT_DEPTH {
+            if level >= MAX_SLICED_DEPTH {
                 return None;
             }
             Some(depth(nodes, n.left as usize, level + 1)?.max(depth(
@@ -135,90 +176,291 @@ impl Flat {
                 level + 1,
             )?))
         }
-        struct Out<'a> {
-            cols: &'a mut [u8],
-            thr: &'a mut [f64],
-            leaves: &'a mut [f64],
-        }
-        fn fill(
-            nodes: &[Node],
-            nc: usize,
-            src: usize,
-            pos: usize,
-            level: usize,
-            d: usize,
-            o: &mut Out<'_>,
-        ) -> Option<()> {
-            let n = nodes.get(src)?;
-            if level == d {
-                o.leaves[pos + 1 - (1 << d)] = n.value;
-                return Some(());
-            }
-            let (l, r) = if n.feature == LEAF {
-                o.cols[pos] = 0;
-                o.thr[pos] = f64::INFINITY;
-                (src, src)
-            } else {
-                if n.feature as usize >= nc {
-                    return None;
-                }
-                o.cols[pos] = u8::try_from(n.feature).ok()?;
-                o.thr[pos] = n.threshold;
-                (n.left as usize, n.right as usize)
-            };
-            fill(nodes, nc, l, 2 * pos + 1, level + 1, d, o)?;
-            fill(nodes, nc, r, 2 * pos + 2, level + 1, d, o)
-        }
         let nc = m.columns.len();
-        if nc == 0 || nc > 256 {
-            return None;
-        }
         let mut d = 0;
         for t in &m.trees {
             d = d.max(depth(t, 0, 0)?);
         }
-        let nl = 1usize << d;
+        let mut per_col: Vec<Vec<f64>> = vec![Vec::new(); nc];
+        for n in m.trees.iter().flatten().filter(|n| n.feature != LEAF) {
+            let t = per_col.get_mut(n.feature as usize)?;
+            if !n.threshold.is_nan() {
+                t.push(n.threshold);
+            }
+        }
+        let mut col_start = Vec::with_capacity(nc + 1);
+        let mut thr = Vec::new();
+        for mut t in per_col {
+            t.sort_by(f64::total_cmp);
+            t.dedup_by(|a, b| a == b);
+            col_start.push(thr.len());
+            thr.extend(t);
+        }
+        col_start.push(thr.len());
+        if FIRST_THRESHOLD + thr.len() > usize::from(u16::MAX) + 1 {
+            return None;
+        }
         let nt = m.trees.len();
-        let mut f = Flat {
+        let mut f = Sliced {
             depth: d,
-            cols: vec![0; nt * nl],
-            thr: vec![f64::INFINITY; nt * nl],
-            leaves: vec![0.0; nt * nl],
-            stride: nc.next_power_of_two(),
-            max_col: m.columns.iter().copied().chain(m.offset_column).max()?,
+            col_start,
+            thr,
+            conds: vec![GO_LEFT; nt * ((1 << d) - 1)],
+            leaves: vec![0.0; nt << d],
+            max_col: m
+                .columns
+                .iter()
+                .copied()
+                .chain(m.offset_column)
+                .max()
+                .unwrap_or(0),
             n_trees: nt,
         };
         for (k, t) in m.trees.iter().enumerate() {
-            let mut o = Out {
-                cols: &mut f.cols[k * nl..(k + 1) * nl],
-                thr: &mut f.thr[k * nl..(k + 1) * nl],
-                leaves: &mut f.leaves[k * nl..(k + 1) * nl],
-            };
-            fill(t, nc, 0, 0, 0, d, &mut o)?;
+            f.fill(t, k, 0, 0, 0)?;
         }
         Some(f)
     }
+
+    /// Lays out node `src` of tree number `tree` at heap position `pos` of level `level`.
+    fn fill(
+        &mut self,
+        nodes: &[Node],
+        tree: usize,
+        src: usize,
+        pos: usize,
+        level: usize,
+    ) -> Option<()> {
+        let n = nodes.get(src)?;
+        let d = self.depth;
+        if level == d {
+            self.leaves[(tree << d) + pos + 1 - (1 << d)] = n.value;
+            return Some(());
+        }
+        let (l, r) = if n.feature == LEAF {
+            // The split stays `GO_LEFT`; both subtrees hold the value.
+            (src, src)
+        } else {
+            let j = n.feature as usize;
+            let id = if n.threshold.is_nan() {
+                GO_RIGHT
+            } else {
+                let (a, b) = (*self.col_start.get(j)?, *self.col_start.get(j + 1)?);
+                let k = self.thr[a..b].partition_point(|v| *v < n.threshold);
+                u16::try_from(FIRST_THRESHOLD + a + k).ok()?
+            };
+            self.conds[tree * ((1 << d) - 1) + pos] = id;
+            (n.left as usize, n.right as usize)
+        };
+        self.fill(nodes, tree, l, 2 * pos + 1, level + 1)?;
+        self.fill(nodes, tree, r, 2 * pos + 2, level + 1)
+    }
+
+    /// Fills `masks` (one per condition id) for the rows `rows` of `x` (row-major, `nf` per row; at most
+    /// [`BLOCK_ROWS`] rows): bit `r` of a condition's mask is set if it sends row `rows.start + r` right.
+    fn masks(
+        &self,
+        columns: &[usize],
+        x: &[f64],
+        nf: usize,
+        rows: std::ops::Range<usize>,
+        masks: &mut Vec<Mask>,
+    ) {
+        masks.clear();
+        masks.resize(FIRST_THRESHOLD + self.thr.len(), [0; 2]);
+        masks[usize::from(GO_RIGHT)] = [u64::MAX; 2];
+        let xs = &x[rows.start * nf..rows.end * nf];
+        for (j, &c) in columns.iter().enumerate() {
+            let (a, b) = (self.col_start[j], self.col_start[j + 1]);
+            let t = &self.thr[a..b];
+            let Some(first) = xs.get(c).copied().filter(|_| !t.is_empty()) else {
+                continue;
+            };
+            let m = &mut masks[FIRST_THRESHOLD + a..FIRST_THRESHOLD + b];
+            // A row goes right at threshold `k` iff more than `k` thresholds lie below its value (all for NaN).
+            let below = |v: f64| {
+                if v.is_nan() {
+                    t.len()
+                } else {
+                    t.partition_point(|u| *u < v)
+                }
+            };
+            if xs
+                .chunks_exact(nf)
+                .all(|r| r[c].to_bits() == first.to_bits())
+            {
+                // The same value in every row (the day's weekday, previous-day mean, …): one search. The bits
+                // of rows past the block's end are never read.
+                m[..below(first)].fill([u64::MAX; 2]);
+            } else {
+                for (r, row) in xs.chunks_exact(nf).enumerate() {
+                    if let Some(k) = below(row[c]).checked_sub(1) {
+                        m[k][(r / 64) & 1] |= 1 << (r % 64);
+                    }
+                }
+                for k in (1..m.len()).rev() {
+                    let above = m[k];
+                    m[k - 1][0] |= above[0];
+                    m[k - 1][1] |= above[1];
+                }
+            }
+        }
+    }
+
+    /// Adds, tree by tree, the trees' values of a block's rows to `out` (one entry per row, at most
+    /// [`BLOCK_ROWS`]); `masks` are the block's condition masks. The depth is `D`; `H`, `NS` and `NL` are
+    /// `2^(D-1)` (1 for depth 0), `2^D - 1` (splits) and `2^D` (leaves).
+    fn add_block<const D: usize, const H: usize, const NS: usize, const NL: usize>(
+        &self,
+        masks: &[Mask],
+        out: &mut [f64],
+    ) {
+        if NS == 0 {
+            // Depth 0: every tree is one leaf.
+            for &v in &self.leaves {
+                for o in out.iter_mut() {
+                    *o += v;
+                }
+            }
+            return;
+        }
+        let (conds, _) = self.conds.as_chunks::<NS>();
+        let (leaves, _) = self.leaves.as_chunks::<NL>();
+        let mut trees = conds
+            .chunks_exact(TREES_PER_PASS)
+            .zip(leaves.chunks_exact(TREES_PER_PASS));
+        for (c, l) in &mut trees {
+            add_trees::<D, H, NS, NL, TREES_PER_PASS>(c, l, masks, out);
+        }
+        let done = self.n_trees / TREES_PER_PASS * TREES_PER_PASS;
+        for (c, l) in conds.iter().zip(leaves).skip(done) {
+            add_trees::<D, H, NS, NL, 1>(
+                std::slice::from_ref(c),
+                std::slice::from_ref(l),
+                masks,
+                out,
+            );
+        }
+    }
 }
 
-/// Lazily built [`Flat`] layout: a cache, so it is equal to any other and cloned empty.
-#[derive(Default)]
-struct FlatCache(std::sync::OnceLock<Option<Flat>>);
+/// Adds the values of the `K` trees with splits `conds` and leaves `leaves` (see [`Sliced`]) to `out`, in
+/// tree order for each row (so each row's sum is the one of adding the trees one by one).
+#[inline(always)]
+fn add_trees<const D: usize, const H: usize, const NS: usize, const NL: usize, const K: usize>(
+    conds: &[[u16; NS]],
+    leaves: &[[f64; NL]],
+    masks: &[Mask],
+    out: &mut [f64],
+) {
+    // The planes as bytes: byte `g` holds rows `8g..8g + 8`.
+    let mut planes = [[[0u8; 16]; D]; K];
+    for (p, c) in planes.iter_mut().zip(conds) {
+        for (bytes, m) in p.iter_mut().zip(tree_planes::<D, H, NS>(c, masks)) {
+            let (lo, hi) = bytes.split_at_mut(8);
+            lo.copy_from_slice(&m[0].to_le_bytes());
+            hi.copy_from_slice(&m[1].to_le_bytes());
+        }
+    }
+    let mut leaf: [&[f64; NL]; K] = [&[0.0; NL]; K];
+    for (l, src) in leaf.iter_mut().zip(leaves) {
+        *l = src;
+    }
+    // Eight rows' leaf positions in tree `k`, one per byte (`D` ≤ 8, so no byte overflows into the next).
+    let positions = |g: usize| -> [u64; K] {
+        let mut pos = [0u64; K];
+        for (pos, planes) in pos.iter_mut().zip(&planes) {
+            for (k, p) in planes.iter().enumerate() {
+                // Plane `k` is bit `D - 1 - k` of the position.
+                *pos |= SPREAD[(D - 1 - k) % MAX_SLICED_DEPTH][usize::from(p[g % 16])];
+            }
+        }
+        pos
+    };
+    let add = |o: &mut f64, pos: &[u64; K], i: usize| {
+        let mut v = *o;
+        for k in 0..K {
+            v += leaf[k][(pos[k] >> (8 * i)) as usize & (NL - 1)];
+        }
+        *o = v;
+    };
+    let g = out.len() / 8;
+    let mut groups = out.chunks_exact_mut(8);
+    for (g, og) in (&mut groups).enumerate() {
+        let pos = positions(g);
+        for (i, o) in og.iter_mut().enumerate() {
+            add(o, &pos, i);
+        }
+    }
+    let og = groups.into_remainder();
+    if !og.is_empty() {
+        let pos = positions(g);
+        for (i, o) in og.iter_mut().enumerate() {
+            add(o, &pos, i);
+        }
+    }
+}
 
-impl Clone for FlatCache {
+/// The bits of a block's rows' leaf positions in a complete tree of depth `D` (`H` = `2^(D-1)`), root
+/// first: plane `k` has the bit of a row set if the split the row meets at level `k` sends it right.
+#[inline(always)]
+fn tree_planes<const D: usize, const H: usize, const NS: usize>(
+    conds: &[u16; NS],
+    masks: &[Mask],
+) -> [Mask; D] {
+    let mut planes = [[0u64; 2]; D];
+    let mut sel = [[0u64; 2]; H];
+    for level in 0..D {
+        let first = (1 << level) - 1;
+        let mut len = 1 << level;
+        for (i, s) in sel[..len].iter_mut().enumerate() {
+            *s = masks[usize::from(conds[first + i])];
+        }
+        // The row's node at this level is `first + i`, the bits of `i` being the row's planes above (plane 0
+        // the most significant): select by the last plane first.
+        for p in planes[..level].iter().rev() {
+            len /= 2;
+            for i in 0..len {
+                sel[i] = mux(*p, sel[2 * i], sel[2 * i + 1]);
+            }
+        }
+        planes[level] = sel[0];
+    }
+    planes
+}
+
+/// Per row (bit): `b` where `s` is set, else `a`.
+#[inline(always)]
+fn mux(s: Mask, a: Mask, b: Mask) -> Mask {
+    [a[0] ^ ((a[0] ^ b[0]) & s[0]), a[1] ^ ((a[1] ^ b[1]) & s[1])]
+}
+
+/// Work buffers of [`Gbt::predict_batch`], reused across calls so that a warm call does not allocate.
+#[derive(Debug, Default, Clone)]
+pub struct GbtScratch {
+    /// The block's condition masks.
+    masks: Vec<Mask>,
+}
+
+/// Lazily built [`Sliced`] layout: a cache, so it is equal to any other and cloned empty.
+#[derive(Default)]
+struct SlicedCache(std::sync::OnceLock<Option<Sliced>>);
+
+impl Clone for SlicedCache {
     fn clone(&self) -> Self {
         Self::default()
     }
 }
 
-impl PartialEq for FlatCache {
+impl PartialEq for SlicedCache {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl std::fmt::Debug for FlatCache {
+impl std::fmt::Debug for SlicedCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FlatCache")
+        f.write_str("SlicedCache")
     }
 }
 
@@ -453,7 +695,7 @@ impl Gbt {
             base,
             trees: Vec::with_capacity(p.n_trees),
             offset_column: p.offset_column,
-            flat: FlatCache::default(),
+            sliced: SlicedCache::default(),
         };
         let mut val_pred: Vec<f64> = val.map(|v| vec![base; v.len()]).unwrap_or_default();
         let mut val_curve = Vec::new();
@@ -520,18 +762,18 @@ impl Gbt {
     }
 
     /// Predicts `out.len()` rows of `x` (row-major, `n_features` per row) into `out`, with the same values as
-    /// [`Gbt::predict`] on each row (the trees are summed in the same order), tree by tree over all rows.
-    /// `work` is a buffer for the rows' model columns.
+    /// [`Gbt::predict`] on each row (bit for bit: each row's trees are summed in the same order), evaluating
+    /// the trees bit-sliced over blocks of 128 rows.
     pub fn predict_batch(
         &self,
         x: &[f64],
         n_features: usize,
         out: &mut [f64],
-        work: &mut Vec<f64>,
+        scratch: &mut GbtScratch,
     ) {
         let n = out.len();
-        let flat = self.flat.0.get_or_init(|| Flat::build(self)).as_ref();
-        let Some(f) = flat.filter(|f| {
+        let sliced = self.sliced.0.get_or_init(|| Sliced::build(self)).as_ref();
+        let Some(f) = sliced.filter(|f| {
             f.n_trees == self.trees.len() && f.max_col < n_features && x.len() >= n * n_features
         }) else {
             for (r, o) in out.iter_mut().enumerate() {
@@ -539,78 +781,22 @@ impl Gbt {
             }
             return;
         };
-        // The model's columns of each row, compacted to a power-of-two stride.
-        let stride = f.stride;
-        work.clear();
-        work.resize(n * stride, 0.0);
-        for (r, w) in work.chunks_exact_mut(stride).enumerate() {
-            let row = &x[r * n_features..(r + 1) * n_features];
-            for (w, &c) in w.iter_mut().zip(&self.columns) {
-                *w = row[c];
-            }
-        }
         // `Sum` of f64 starts from -0.0.
         out.fill(-0.0);
-        let (d, nl) = (f.depth, 1usize << f.depth);
-        let (imask, smask) = (nl - 1, stride - 1);
-        let first_leaf = nl - 1;
-        const LANES: usize = 8;
-        // Columns with the same value in every row (e.g. the day's weekday or previous-day mean): the splits
-        // on them at the top of a tree send all rows the same way, so they are taken once per tree.
-        let mut konst = [false; 256];
-        if let Some(first) = work.get(..stride) {
-            for (j, k) in konst.iter_mut().enumerate().take(self.columns.len()) {
-                *k = work
-                    .chunks_exact(stride)
-                    .all(|w| w[j].to_bits() == first[j].to_bits());
-            }
-        }
-        let first = work.get(..stride).unwrap_or_default();
-        for t in 0..self.trees.len() {
-            let cols = &f.cols[t * nl..(t + 1) * nl];
-            let thr = &f.thr[t * nl..(t + 1) * nl];
-            let (mut start, mut steps) = (0usize, d);
-            while steps > 0 {
-                let (c, th) = (cols[start & imask] as usize, thr[start & imask]);
-                if th == f64::INFINITY {
-                    // Padding: both subtrees hold the same value.
-                    start = 2 * start + 1;
-                } else if konst[c] {
-                    start = 2 * start + 1 + (usize::from(first[c & smask] <= th) ^ 1);
-                } else {
-                    break;
-                }
-                steps -= 1;
-            }
-            let leaves = &f.leaves[t * nl..(t + 1) * nl];
-            // `(v <= t) ^ 1`, not `v > t`: a NaN goes right, as in `predict_tree`.
-            let mut blocks = work.chunks_exact(LANES * stride);
-            let mut outs = out.chunks_exact_mut(LANES);
-            for (xb, ob) in (&mut blocks).zip(&mut outs) {
-                let mut idx = [start; LANES];
-                for _ in 0..steps {
-                    for (k, i) in idx.iter_mut().enumerate() {
-                        let j = *i & imask;
-                        let v = xb[(k * stride + cols[j] as usize) & (LANES * stride - 1)];
-                        *i = 2 * *i + 1 + (usize::from(v <= thr[j]) ^ 1);
-                    }
-                }
-                for (o, i) in ob.iter_mut().zip(idx) {
-                    *o += leaves[i.wrapping_sub(first_leaf) & imask];
-                }
-            }
-            for (xr, o) in blocks
-                .remainder()
-                .chunks_exact(stride)
-                .zip(outs.into_remainder())
-            {
-                let mut i = start;
-                for _ in 0..steps {
-                    let j = i & imask;
-                    let v = xr[cols[j] as usize & smask];
-                    i = 2 * i + 1 + (usize::from(v <= thr[j]) ^ 1);
-                }
-                *o += leaves[i.wrapping_sub(first_leaf) & imask];
+        for (b, ob) in out.chunks_mut(BLOCK_ROWS).enumerate() {
+            let r0 = b * BLOCK_ROWS;
+            let masks = &mut scratch.masks;
+            f.masks(&self.columns, x, n_features, r0..r0 + ob.len(), masks);
+            match f.depth {
+                0 => f.add_block::<0, 1, 0, 1>(masks, ob),
+                1 => f.add_block::<1, 1, 1, 2>(masks, ob),
+                2 => f.add_block::<2, 2, 3, 4>(masks, ob),
+                3 => f.add_block::<3, 4, 7, 8>(masks, ob),
+                4 => f.add_block::<4, 8, 15, 16>(masks, ob),
+                5 => f.add_block::<5, 16, 31, 32>(masks, ob),
+                6 => f.add_block::<6, 32, 63, 64>(masks, ob),
+                7 => f.add_block::<7, 64, 127, 128>(masks, ob),
+                _ => f.add_block::<8, 128, 255, 256>(masks, ob),
             }
         }
         for (r, o) in out.iter_mut().enumerate() {
@@ -678,7 +864,7 @@ mod tests {
                 x[6 + t.feature as usize] = t.threshold;
             }
             let mut out = vec![0.0; d.len()];
-            m.predict_batch(&x, 2, &mut out, &mut Vec::new());
+            m.predict_batch(&x, 2, &mut out, &mut GbtScratch::default());
             for (i, o) in out.iter().enumerate() {
                 assert_eq!(
                     o.to_bits(),
@@ -691,10 +877,73 @@ mod tests {
                 for r in x.chunks_exact_mut(2) {
                     r[0] = a;
                 }
-                m.predict_batch(&x, 2, &mut out, &mut Vec::new());
+                m.predict_batch(&x, 2, &mut out, &mut GbtScratch::default());
                 for (i, o) in out.iter().enumerate() {
                     let want = m.predict(&x[2 * i..2 * i + 2]);
                     assert_eq!(o.to_bits(), want.to_bits(), "{a}: row {i}");
+                }
+            }
+        }
+    }
+
+    /// Trees of every depth the bit-sliced layout takes (and one deeper, which falls back to the node walk),
+    /// over several 128-row blocks, with NaN, infinite and threshold-equal values, a column constant over
+    /// all rows and a NaN threshold: the batch gives the row-by-row values bit for bit.
+    #[test]
+    fn batch_equals_row_by_row_for_all_depths_and_blocks() {
+        let mut d = Dataset {
+            n_features: 4,
+            ..Default::default()
+        };
+        let mut rng = Rng(11);
+        for _ in 0..3000 {
+            let (a, b, c) = (rng.unit(), rng.unit(), (rng.unit() * 8.0).floor());
+            d.x.extend([a, b, c, 1.0]);
+            d.y.push((a * 7.0).sin() * 3.0 + b * b * 5.0 + c + rng.unit());
+        }
+        let n = 333;
+        let mut x = d.x[..n * 4].to_vec();
+        x[4 + 1] = f64::NAN;
+        x[8] = f64::INFINITY;
+        x[12 + 1] = f64::NEG_INFINITY;
+        x[16 + 2] = -0.0;
+        for (max_depth, loss) in [
+            (0, GbtLoss::Squared),
+            (1, GbtLoss::Absolute),
+            (3, GbtLoss::Squared),
+            (5, GbtLoss::Absolute),
+            (8, GbtLoss::Squared),
+            (10, GbtLoss::Squared),
+        ] {
+            let p = GbtParams {
+                loss,
+                n_trees: 23,
+                max_depth,
+                min_leaf: 5,
+                offset_column: Some(2),
+                ..Default::default()
+            };
+            let (mut m, _) = Gbt::fit(&d, &[0, 1, 2, 3], &p, None);
+            if max_depth == 5 {
+                // A NaN threshold sends every row right.
+                if let Some(node) = m.trees[1].iter_mut().find(|n| n.feature != LEAF) {
+                    node.threshold = f64::NAN;
+                }
+            }
+            if let Some(t) = m.trees[0].first().filter(|n| n.feature != LEAF) {
+                x[20 + t.feature as usize] = t.threshold;
+            }
+            let mut scratch = GbtScratch::default();
+            for rows in [0, 1, 7, 128, 129, n] {
+                let mut out = vec![0.0; rows];
+                m.predict_batch(&x, 4, &mut out, &mut scratch);
+                for (r, o) in out.iter().enumerate() {
+                    let want = m.predict(&x[4 * r..4 * r + 4]);
+                    assert_eq!(
+                        o.to_bits(),
+                        want.to_bits(),
+                        "depth {max_depth}, {rows} rows: row {r}"
+                    );
                 }
             }
         }

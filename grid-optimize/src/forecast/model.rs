@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::forecast::calendar::Country;
 use crate::forecast::features::{FeatureConfig, SeriesKind};
-use crate::forecast::gbt::{Gbt, GbtLoss, GbtParams};
+use crate::forecast::gbt::{Gbt, GbtLoss, GbtParams, GbtScratch};
 use crate::forecast::metrics;
 use crate::forecast::ridge::{self, Dataset, Ridge, RidgeByHour};
 use crate::forecast::series::{Series, format_day};
@@ -54,51 +54,58 @@ impl Predictor {
     }
 
     /// Predicts `out.len()` rows of `x` (row-major, `n_features` per row) into `out`: the values of
-    /// [`Predictor::predict`] on each row, computed model by model over all rows (trees stay in cache).
-    /// `tmp` and `work` are work buffers (an ensemble's member predictions, the trees' compacted rows).
+    /// [`Predictor::predict`] on each row (bit for bit), computed model by model over all rows (trees stay in
+    /// cache). `scratch` holds the work buffers.
     pub fn predict_batch(
         &self,
         x: &[f64],
         n_features: usize,
         out: &mut [f64],
-        tmp: &mut Vec<f64>,
-        work: &mut Vec<f64>,
+        scratch: &mut PredictScratch,
     ) {
-        let row = |r: usize| &x[r * n_features..(r + 1) * n_features];
         match self {
-            Self::Gbt(m) => m.predict_batch(x, n_features, out, work),
+            Self::Ridge(m) => m.predict_batch(x, n_features, out),
+            Self::RidgeByHour(m) => m.predict_batch(x, n_features, out),
+            Self::Gbt(m) => m.predict_batch(x, n_features, out, &mut scratch.gbt),
             Self::Ensemble(ms) => {
                 // `Sum` of f64 starts from -0.0; members are added in order, as in `predict`.
                 out.fill(-0.0);
-                tmp.clear();
-                tmp.resize(out.len(), 0.0);
+                let mut member = std::mem::take(&mut scratch.member);
+                member.clear();
+                member.resize(out.len(), 0.0);
                 for m in ms {
-                    match m {
-                        Self::Ensemble(_) => {
-                            for (r, o) in out.iter_mut().enumerate() {
-                                *o += m.predict(row(r));
-                            }
-                        }
-                        _ => {
-                            m.predict_batch(x, n_features, tmp, &mut Vec::new(), work);
-                            for (o, t) in out.iter_mut().zip(tmp.iter()) {
-                                *o += *t;
-                            }
-                        }
+                    m.predict_batch(x, n_features, &mut member, scratch);
+                    for (o, t) in out.iter_mut().zip(&member) {
+                        *o += *t;
                     }
                 }
+                scratch.member = member;
                 let k = ms.len().max(1) as f64;
                 for o in out.iter_mut() {
                     *o /= k;
                 }
             }
-            _ => {
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = self.predict(row(r));
-                }
-            }
         }
     }
+}
+
+/// Work buffers of [`Predictor::predict_batch`], reused across calls so that a warm call does not allocate.
+#[derive(Debug, Default, Clone)]
+pub struct PredictScratch {
+    /// An ensemble member's predictions.
+    member: Vec<f64>,
+    /// The trees' work buffers.
+    gbt: GbtScratch,
+}
+
+/// Work buffers of [`ForecastModel::forecast_day_into`], reused across calls so that a warm call does not
+/// allocate.
+#[derive(Debug, Default, Clone)]
+pub struct ForecastScratch {
+    /// The day's feature rows.
+    features: Vec<f64>,
+    /// The predictor's work buffers.
+    predict: PredictScratch,
 }
 
 /// P10/P90 offsets from the P50 forecast, per hour of the day, learnt from out-of-sample residuals.
@@ -416,43 +423,38 @@ impl ForecastModel {
     /// assert!(f.p10[6] <= f.p50[6] && f.p50[6] <= f.p90[6]);
     /// ```
     pub fn forecast_day(&self, history: &[f64], day: i64) -> DayForecast {
-        let mut scratch = Vec::new();
+        let mut scratch = ForecastScratch::default();
         let mut out = DayForecast::default();
         self.forecast_day_into(history, day, &mut scratch, &mut out);
         out
     }
 
-    /// [`ForecastModel::forecast_day`] reusing buffers (no allocation once warm).
+    /// [`ForecastModel::forecast_day`] into `out`, reusing the buffers of `scratch` and `out` (no allocation
+    /// once warm).
     pub fn forecast_day_into(
         &self,
         history: &[f64],
         day: i64,
-        scratch: &mut Vec<f64>,
+        scratch: &mut ForecastScratch,
         out: &mut DayForecast,
     ) {
         let spd = self.features.slots_per_day;
         let whole = history.len() - history.len() % spd;
         let history = &history[..whole];
-        self.features
-            .day_features(history, day, &self.profile, scratch);
+        let rows =
+            self.features
+                .day_features_in(history, day, &self.profile, &mut scratch.features);
         let nf = self.features.n_features();
         for v in [&mut out.p10, &mut out.p50, &mut out.p90, &mut out.scale] {
             v.clear();
             v.resize(spd, 0.0);
         }
-        // Raw predictions go to `scale` (overwritten slot by slot below); `p90` and `p10` are work buffers.
-        self.predictor.predict_batch(
-            &scratch[..spd * nf],
-            nf,
-            &mut out.scale,
-            &mut out.p90,
-            &mut out.p10,
-        );
-        out.p90.resize(spd, 0.0);
-        out.p10.resize(spd, 0.0);
+        // Raw predictions go to `p50`, post-processed slot by slot below.
+        self.predictor
+            .predict_batch(&rows[..spd * nf], nf, &mut out.p50, &mut scratch.predict);
         for s in 0..spd {
-            let row = &scratch[s * nf..(s + 1) * nf];
-            let (lo, mid, hi, sc) = postprocess(self, row, out.scale[s]);
+            let row = &rows[s * nf..(s + 1) * nf];
+            let (lo, mid, hi, sc) = postprocess(self, row, out.p50[s]);
             out.p10[s] = lo;
             out.p50[s] = mid;
             out.p90[s] = hi;

@@ -194,6 +194,28 @@ impl Ridge {
         }
         s
     }
+
+    /// [`Ridge::predict`] of each of the `out.len()` rows of `x` (row-major, `n_features` per row) into
+    /// `out`; the same operations per row in the same order (so the same values), four rows interleaved.
+    pub fn predict_batch(&self, x: &[f64], n_features: usize, out: &mut [f64]) {
+        const LANES: usize = 4;
+        let nf = n_features;
+        for (b, ob) in out.chunks_exact_mut(LANES).enumerate() {
+            let rows = &x[b * LANES * nf..(b + 1) * LANES * nf];
+            let mut s = [self.intercept; LANES];
+            for (j, &c) in self.columns.iter().enumerate() {
+                let (k, m, sc) = (self.coef[j], self.mean[j], self.scale[j]);
+                for (l, s) in s.iter_mut().enumerate() {
+                    *s += k * (rows[l * nf + c] - m) / sc;
+                }
+            }
+            ob.copy_from_slice(&s);
+        }
+        let done = out.len() / LANES * LANES;
+        for (r, o) in out.iter_mut().enumerate().skip(done) {
+            *o = self.predict(&x[r * nf..(r + 1) * nf]);
+        }
+    }
 }
 
 /// Validation MAE of a ridge fit as a function of `log10(lambda)`, minimised with Brent's method.
@@ -267,6 +289,23 @@ impl RidgeByHour {
     pub fn predict(&self, row: &[f64]) -> f64 {
         self.hours[hour_of(row)].predict(row)
     }
+
+    /// [`RidgeByHour::predict`] of each of the `out.len()` rows of `x` (row-major, `n_features` per row)
+    /// into `out`, each run of consecutive rows of one hour with [`Ridge::predict_batch`] (same values).
+    pub fn predict_batch(&self, x: &[f64], n_features: usize, out: &mut [f64]) {
+        let nf = n_features;
+        let hour = |r: usize| hour_of(&x[r * nf..(r + 1) * nf]);
+        let mut r0 = 0;
+        while r0 < out.len() {
+            let h = hour(r0);
+            let mut r1 = r0 + 1;
+            while r1 < out.len() && hour(r1) == h {
+                r1 += 1;
+            }
+            self.hours[h].predict_batch(&x[r0 * nf..r1 * nf], nf, &mut out[r0..r1]);
+            r0 = r1;
+        }
+    }
 }
 
 /// Chooses the shared penalty of [`RidgeByHour`] on `val` from a small grid (each grid point is 24 solves).
@@ -320,5 +359,41 @@ mod tests {
         }
         let lam = tune_lambda(&d, &d, &[0, 1, 2]).unwrap();
         assert!(lam < 1e-3, "{lam}");
+    }
+
+    #[test]
+    fn batch_predictions_equal_row_by_row_ones_bit_for_bit() {
+        // Column 0 is the time of day (it picks the hour of `RidgeByHour`); 5 rows per hour.
+        let mut d = Dataset {
+            n_features: 4,
+            ..Default::default()
+        };
+        for i in 0..24 * 5 * 4 {
+            let (a, b) = ((i as f64 * 0.37).sin(), (i as f64 * 0.11).cos() * 1e3);
+            d.x.extend([(i % 120) as f64 / 120.0, a, b, a * b]);
+            d.y.push(2.0 + 3.0 * a - b + 0.1 * (i as f64 * 1.3).sin());
+        }
+        let ridge = Ridge::fit(&d, &[1, 2, 3], 1e-3).unwrap();
+        let by_hour = RidgeByHour::fit(&d, &[1, 2, 3], 1e-3).unwrap();
+        // Row counts that are not a multiple of the four interleaved rows, and hours out of order.
+        let mut x = d.x.clone();
+        x.rotate_left(4 * 7);
+        x[4 * 3 + 2] = f64::NAN;
+        for n in [0, 1, 3, 5, 117, 480] {
+            let mut out = vec![0.0; n];
+            ridge.predict_batch(&x, 4, &mut out);
+            for (r, o) in out.iter().enumerate() {
+                assert_eq!(
+                    o.to_bits(),
+                    ridge.predict(&x[4 * r..4 * r + 4]).to_bits(),
+                    "{n}: {r}"
+                );
+            }
+            by_hour.predict_batch(&x, 4, &mut out);
+            for (r, o) in out.iter().enumerate() {
+                let want = by_hour.predict(&x[4 * r..4 * r + 4]);
+                assert_eq!(o.to_bits(), want.to_bits(), "{n}: {r}");
+            }
+        }
     }
 }
