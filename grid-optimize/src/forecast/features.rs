@@ -411,29 +411,7 @@ impl FeatureConfig {
                 .unwrap_or(prev_mean);
         }
         // Clear-sky index of the previous day and week, for PV.
-        let step = self.step_seconds;
-        let cs_at = |d: i64, s: usize| {
-            self.location.map_or(0.0, |loc| {
-                solar::clear_sky_ghi(loc, d * 86_400 + s as i64 * step + step / 2)
-            })
-        };
-        let index_over = |days: std::ops::RangeInclusive<usize>| -> f64 {
-            let (mut e, mut c) = (0.0, 0.0);
-            for k in days {
-                for s in 0..spd {
-                    if let Some(v) = at(k, s as isize) {
-                        e += v;
-                        c += cs_at(day - k as i64, s);
-                    }
-                }
-            }
-            if c > 0.0 { e / c } else { 0.0 }
-        };
-        let (prev_index, week_index) = if self.has_solar() {
-            (index_over(1..=1), index_over(1..=7))
-        } else {
-            (0.0, 0.0)
-        };
+        let (prev_index, week_index) = self.clear_sky_indices(day, &at);
         let ya = 2.0 * std::f64::consts::PI * doy / 365.25;
         let (ya_sin, ya_cos) = (ya.sin(), ya.cos());
 
@@ -495,7 +473,7 @@ impl FeatureConfig {
             put(window_mean(6, s).unwrap_or(vol_day));
             put(vol_day);
             if self.has_solar() {
-                let cs = cs_at(day, s);
+                let cs = self.clear_sky_at(day, s);
                 put(cs);
                 put(cs * prev_index);
                 put(cs * week_index);
@@ -512,6 +490,38 @@ impl FeatureConfig {
     ///
     /// `history` is the series strictly before `day`, with a whole number of days; `profile` holds one
     /// fallback value per slot (e.g. the training mean of that time of day) for imputing gaps.
+    /// Clear-sky GHI at the middle of slot `s` of UTC day `day` (days since the epoch); 0 without a
+    /// location.
+    fn clear_sky_at(&self, day: i64, s: usize) -> f64 {
+        let step = self.step_seconds;
+        self.location.map_or(0.0, |loc| {
+            solar::clear_sky_ghi(loc, day * 86_400 + s as i64 * step + step / 2)
+        })
+    }
+
+    /// The clear-sky index (measured energy over clear-sky energy) of the previous day and of the
+    /// previous week, for PV; `(0, 0)` without a location. `at(k, s)` is slot `s` of `k` days
+    /// before `day`.
+    fn clear_sky_indices(&self, day: i64, at: &impl Fn(usize, isize) -> Option<f64>) -> (f64, f64) {
+        if !self.has_solar() {
+            return (0.0, 0.0);
+        }
+        let spd = self.slots_per_day;
+        let index_over = |days: std::ops::RangeInclusive<usize>| -> f64 {
+            let (mut e, mut c) = (0.0, 0.0);
+            for k in days {
+                for s in 0..spd {
+                    if let Some(v) = at(k, s as isize) {
+                        e += v;
+                        c += self.clear_sky_at(day - k as i64, s);
+                    }
+                }
+            }
+            if c > 0.0 { e / c } else { 0.0 }
+        };
+        (index_over(1..=1), index_over(1..=7))
+    }
+
     #[cfg(test)]
     pub(crate) fn day_features_reference(
         &self,
@@ -635,29 +645,7 @@ impl FeatureConfig {
             })
             .collect();
         // Clear-sky index of the previous day and week, for PV.
-        let step = self.step_seconds;
-        let cs_at = |d: i64, s: usize| {
-            self.location.map_or(0.0, |loc| {
-                solar::clear_sky_ghi(loc, d * 86_400 + s as i64 * step + step / 2)
-            })
-        };
-        let index_over = |days: std::ops::RangeInclusive<usize>| -> f64 {
-            let (mut e, mut c) = (0.0, 0.0);
-            for k in days {
-                for s in 0..spd {
-                    if let Some(v) = at(k, s as isize) {
-                        e += v;
-                        c += cs_at(day - k as i64, s);
-                    }
-                }
-            }
-            if c > 0.0 { e / c } else { 0.0 }
-        };
-        let (prev_index, week_index) = if self.has_solar() {
-            (index_over(1..=1), index_over(1..=7))
-        } else {
-            (0.0, 0.0)
-        };
+        let (prev_index, week_index) = self.clear_sky_indices(day, &at);
 
         for s in 0..spd {
             let row = &mut out[s * nf..(s + 1) * nf];
@@ -730,7 +718,7 @@ impl FeatureConfig {
             put(if vn > 0 { vs / vn as f64 } else { vol_day });
             put(vol_day);
             if self.has_solar() {
-                let cs = cs_at(day, s);
+                let cs = self.clear_sky_at(day, s);
                 put(cs);
                 put(cs * prev_index);
                 put(cs * week_index);
