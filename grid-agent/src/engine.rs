@@ -152,11 +152,14 @@ fn usable_prefix(prefix: &str) -> String {
     if MessageId::new(format!("{prefix}-{}", u64::MAX)).is_ok() {
         return prefix.to_string();
     }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in prefix.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("h{h:016x}")
+    format!("h{:016x}", fnv1a(prefix.as_bytes()))
+}
+
+/// The 64-bit FNV-1a hash of `bytes` (stable across runs and platforms; no cryptographic use).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Default of [`EngineConfig::soc_tolerance`]: 2 % of capacity.
