@@ -15,6 +15,7 @@ use grid_hal::{BatteryState, ErrorKind, SimSite, SiteConfig};
 use grid_proto::topic::TopicKind;
 use grid_proto::v1::*;
 use grid_proto::{Codec, signature};
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -509,6 +510,10 @@ impl PrivateMosquitto {
             .unwrap()
             .port();
         let dir = temp_dir("mosquitto");
+        // Mosquitto started as root drops to the `mosquitto` user, which must be able to write
+        // its database here: without it every restart loses the sessions (only logged), and
+        // the test would pass or fail on which client reconnects first.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         std::fs::write(
             dir.join("mosquitto.conf"),
             format!(
@@ -562,6 +567,14 @@ impl PrivateMosquitto {
                 .status();
             let _ = c.wait();
         }
+        // The point of the restart is a broker that keeps the sessions: fail here, clearly,
+        // rather than later on a lost message.
+        let db = self.dir.join("mosquitto.db");
+        assert!(
+            db.exists(),
+            "the private Mosquitto did not save its sessions to {}",
+            db.display()
+        );
     }
 }
 
@@ -578,16 +591,21 @@ async fn broker_restart_mid_schedule(kind: BrokerKind) {
     // Embedded: the agent reaches rumqttd through a proxy that is cut and restored (the broker
     // keeps the session). Live: a private Mosquitto that is really stopped and started again.
     let live = matches!(kind, BrokerKind::Live);
-    let (mut mosquitto, proxy, agent_broker, server_broker) = if live {
+    // Live, the test server reaches the broker through a proxy of its own, so that it can be
+    // kept away until the agent has handed its offline ack to the restarted broker: the ack
+    // must then come from the server's persisted session, whichever client reconnects first.
+    let (mut mosquitto, proxy, server_proxy, agent_broker, server_broker) = if live {
         broker(BrokerKind::Live); // fail if the CI broker is down, as every live test does
         let m = PrivateMosquitto::start();
         let a = m.addr();
-        (Some(m), None, a, a)
+        let sp = Proxy::start(a).await;
+        let s = sp.addr;
+        (Some(m), None, Some(sp), a, s)
     } else {
         let up = broker(kind);
         let p = Proxy::start(up).await;
         let a = p.addr;
-        (None, Some(p), a, up)
+        (None, Some(p), None, a, up)
     };
     let device = device_id("restart");
     let clock = Arc::new(ManualClock::new(t0() + secs(1)));
@@ -618,6 +636,9 @@ async fn broker_restart_mid_schedule(kind: BrokerKind) {
     if let Some(p) = &proxy {
         p.cut();
     }
+    if let Some(sp) = &server_proxy {
+        sp.cut();
+    }
     if let Some(m) = mosquitto.as_mut() {
         m.stop();
     }
@@ -641,6 +662,16 @@ async fn broker_restart_mid_schedule(kind: BrokerKind) {
     }
     if let Some(m) = mosquitto.as_mut() {
         m.spawn();
+    }
+    if let Some(sp) = &server_proxy {
+        // The broker has taken the ack (its PUBACK emptied the outbox) while the server is
+        // still away; only then may the server come back.
+        wait_for("the outbox flushed to the restarted broker", 3 * T, || {
+            let m = agent.metrics();
+            m.connects >= 2 && m.outbox_len == 0
+        })
+        .await;
+        sp.restore();
     }
     // The ack produced offline arrives after the reconnect, and a new hello. (Generous: under a
     // loaded CI machine the restarted broker, the agent's and the test server's reconnects and
