@@ -119,8 +119,9 @@ pub enum MeterSource {
     None,
     /// A simulated household with PV around the battery (grid-hal's `SimSite`, seeded).
     Sim,
-    /// The SunSpec meter model (201–204) in the inverter's model chain, read by the
-    /// `sunspec-modbus` driver on its own connection.
+    /// A SunSpec meter model (201–204 or 211–214), in the inverter's model chain or at the
+    /// Modbus unit `meter.sunspec_unit_id`, read by the `sunspec-modbus` driver on its one
+    /// connection.
     Sunspec,
 }
 
@@ -159,6 +160,9 @@ pub struct MeterConfig {
     pub sim_cloudiness: f64,
     /// sunspec: the meter reports export (feed-in) as positive power.
     pub sunspec_export_positive: bool,
+    /// sunspec: the Modbus unit id that serves the meter behind the inverter's address (e.g. 240
+    /// for a Fronius smart meter); 0 reads the meter model in the inverter's own chain.
+    pub sunspec_unit_id: u8,
 }
 
 impl MeterConfig {

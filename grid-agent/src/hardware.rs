@@ -267,6 +267,10 @@ impl Hardware {
                     poll: Duration::from_millis(config.agent.tick_interval_ms),
                     revert: timeout,
                     read_meter,
+                    meter_unit_id: match config.meter.sunspec_unit_id {
+                        0 => None,
+                        unit => Some(unit),
+                    },
                 });
                 let meter = read_meter.then(|| {
                     Box::new(inverter.grid_meter(config.meter.sunspec_export_positive))
@@ -383,8 +387,10 @@ pub mod sunspec {
         pub poll: Duration,
         /// The reversion time written with every setpoint (`InOutWRte_RvrtTms`, 1 to 65535 s).
         pub revert: Duration,
-        /// Whether to read the meter model (201–204) of the chain on every poll.
+        /// Whether to read a meter model (201–204 or 211–214) on every poll.
         pub read_meter: bool,
+        /// The unit id that serves the meter, when it is not the inverter's own chain.
+        pub meter_unit_id: Option<u8>,
     }
 
     /// See the [module docs](self).
@@ -432,6 +438,7 @@ pub mod sunspec {
             poll,
             revert,
             read_meter,
+            meter_unit_id,
         } = options;
         let config = SunSpecConfig {
             unit_id,
@@ -457,15 +464,30 @@ pub mod sunspec {
                     continue;
                 }
             };
+            // A meter at a unit of its own is looked up once per connection (retried every poll
+            // until it is found; until then there is no meter reading).
+            let mut meter_found = meter_unit_id.is_none();
             loop {
                 let reading = client.read_state().await.map_err(|e| e.kind());
                 let mut failed = reading.as_ref().is_err_and(|k| k.is_transient());
                 store(&shared, |l| l.battery = Some((Instant::now(), reading)));
                 if read_meter {
-                    let meter = match client.read_meter().await {
-                        Ok(Some(m)) => m.w.map(|w| w / 1000.0).ok_or(ErrorKind::Unsupported),
-                        Ok(None) => Err(ErrorKind::Unsupported),
-                        Err(e) => Err(e.kind()),
+                    let mut lookup = Ok(());
+                    if let Some(unit) = meter_unit_id.filter(|_| !meter_found) {
+                        lookup = client.use_meter_at(unit).await.map_err(|e| {
+                            warn_once(&format!("no SunSpec meter at unit {unit}"), &e);
+                            e.kind()
+                        });
+                        meter_found = lookup.is_ok();
+                    }
+                    let meter = match lookup {
+                        // Never the inverter's own meter in place of the configured one.
+                        Err(kind) => Err(kind),
+                        Ok(()) => match client.read_meter().await {
+                            Ok(Some(m)) => m.w.map(|w| w / 1000.0).ok_or(ErrorKind::Unsupported),
+                            Ok(None) => Err(ErrorKind::Unsupported),
+                            Err(e) => Err(e.kind()),
+                        },
                     };
                     if let Err(kind) = meter {
                         warn_once("SunSpec meter model not readable", &kind);

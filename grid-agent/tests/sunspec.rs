@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
-use tokio_modbus::{ExceptionCode, Request, Response};
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 const BASE: u16 = 40000;
 /// WChaMax of the emulated inverter, W.
@@ -49,6 +49,8 @@ struct Emu {
     rejected_writes: u32,
     /// Every rate pair written (OutWRte, InWRte), raw.
     written: Vec<(i16, i16)>,
+    /// The Modbus unit ids answered (with the same registers); others get a gateway exception.
+    units: Vec<u8>,
 }
 
 impl Emu {
@@ -159,13 +161,14 @@ impl Inverter {
 }
 
 impl tokio_modbus::server::Service for Inverter {
-    type Request = Request<'static>;
+    type Request = SlaveRequest<'static>;
     type Response = Response;
     type Exception = ExceptionCode;
     type Future = future::Ready<Result<Response, ExceptionCode>>;
 
-    fn call(&self, req: Request<'static>) -> Self::Future {
-        let res = self.with(|e| match req {
+    fn call(&self, req: SlaveRequest<'static>) -> Self::Future {
+        let res = self.with(|e| match req.request {
+            _ if !e.units.contains(&req.slave) => Err(ExceptionCode::GatewayTargetDevice),
             Request::ReadHoldingRegisters(addr, n) => {
                 let start = usize::from(addr.wrapping_sub(BASE));
                 let end = start + usize::from(n);
@@ -245,6 +248,7 @@ async fn start_inverter(capacity_kwh: f64, soc: f64) -> (SocketAddr, Inverter) {
         reverts: 0,
         rejected_writes: 0,
         written: Vec::new(),
+        units: vec![1],
     })));
     emu.with(|e| e.step(Duration::ZERO));
     let physics = emu.clone();
@@ -445,6 +449,46 @@ async fn a_meter_that_reports_export_positive_is_turned_round() {
             .is_some_and(|m| m.is_ok_and(|p| (p.kw() - 1.5).abs() < 1e-9))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_at_its_own_unit_id_is_read_there_and_nowhere_else() {
+    let (addr, inverter) = start_inverter(10.0, 0.5).await;
+    inverter.with(|e| {
+        e.load_kw = 2.5;
+        e.units.push(240);
+    });
+    let meter_kw = |unit: u8| {
+        let c = config(
+            addr,
+            "",
+            &format!("source = \"sunspec\"\nsunspec_unit_id = {unit}"),
+            "",
+        );
+        Hardware::from_config(&c).unwrap()
+    };
+    // Unit 240 answers: its meter is read (2.5 kW import).
+    let mut hw = meter_kw(240);
+    wait_until("meter reading at unit 240", Duration::from_secs(5), || {
+        let r = hw.tick(Timestamp::now());
+        hw.read_meter(Timestamp::now(), &r)
+            .is_some_and(|m| m.is_ok_and(|p| (p.kw() - 2.5).abs() < 1e-9))
+    })
+    .await;
+    drop(hw);
+    // Nobody answers at unit 7: no meter reading (the inverter's own meter model is not used in
+    // its place), while the battery is read as usual.
+    let mut hw = meter_kw(7);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut battery_read = false;
+    while Instant::now() < deadline {
+        let r = hw.tick(Timestamp::now());
+        battery_read |= r.state.is_some();
+        let m = hw.read_meter(Timestamp::now(), &r);
+        assert!(m.is_some_and(|m| m.is_err()), "{m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(battery_read, "the inverter was read at its own unit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
-use tokio_modbus::{ExceptionCode, Request, Response};
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 const BASE: u16 = 40000;
 
@@ -107,11 +107,41 @@ fn sunspec_map() -> (Vec<u16>, u16, u16) {
     (m, inverter_at, storage_at)
 }
 
+/// Several units behind one address (a gateway, or an inverter that serves its meter at a unit
+/// of its own): each request goes to the map of its unit id.
+#[derive(Clone)]
+struct Units(Vec<(u8, Map)>);
+
+impl tokio_modbus::server::Service for Units {
+    type Request = SlaveRequest<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: SlaveRequest<'static>) -> Self::Future {
+        match self.0.iter().find(|(unit, _)| *unit == req.slave) {
+            Some((_, map)) => tokio_modbus::server::Service::call(map, req.request),
+            None => future::ready(Err(ExceptionCode::GatewayTargetDevice)),
+        }
+    }
+}
+
 async fn serve(regs: Vec<u16>) -> (SocketAddr, Map) {
+    let (addr, mut maps) = serve_units(vec![(1, regs)]).await;
+    (addr, maps.remove(0))
+}
+
+async fn serve_units(units: Vec<(u8, Vec<u16>)>) -> (SocketAddr, Vec<Map>) {
+    let units = Units(
+        units
+            .into_iter()
+            .map(|(unit, regs)| (unit, Map(Arc::new(Mutex::new(regs)))))
+            .collect(),
+    );
+    let maps = units.0.iter().map(|(_, m)| m.clone()).collect();
+    let service = units;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let map = Map(Arc::new(Mutex::new(regs)));
-    let service = map.clone();
     tokio::spawn(async move {
         let server = Server::new(listener);
         let on_connected = move |stream, socket_addr| {
@@ -120,7 +150,21 @@ async fn serve(regs: Vec<u16>) -> (SocketAddr, Map) {
         };
         let _ = server.serve(&on_connected, |_err| {}).await;
     });
-    (addr, map)
+    (addr, maps)
+}
+
+/// A grid meter's own chain: SunS, model 1, float meter model 213 (L = 124) with W = `w`, end.
+fn float_meter_map(w: f32) -> (Vec<u16>, u16) {
+    let mut m = vec![0x5375, 0x6E53, 1, 66];
+    m.extend(vec![0u16; 66]);
+    m.extend([213, 124]);
+    let meter_at = BASE + m.len() as u16;
+    let mut meter = vec![0u16; 124];
+    let bits = w.to_bits();
+    (meter[26], meter[27]) = ((bits >> 16) as u16, bits as u16);
+    m.extend(meter);
+    m.extend([0xFFFF, 0]);
+    (m, meter_at)
 }
 
 fn config() -> SunSpecConfig {
@@ -285,4 +329,45 @@ async fn a_silent_device_times_out() {
     let err = SunSpecClient::connect(addr, cfg).await.unwrap_err();
     assert!(matches!(err, Error::Timeout), "{err:?}");
     assert_eq!(err.kind(), ErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn reads_a_float_meter_served_at_another_unit() {
+    let (inverter, _, _) = sunspec_map();
+    let (meter, meter_at) = float_meter_map(-2345.5);
+    let (addr, maps) = serve_units(vec![(1, inverter.clone()), (2, inverter), (240, meter)]).await;
+    let mut c = SunSpecClient::connect(addr, config()).await.unwrap();
+    assert_eq!(c.read_meter().await.unwrap(), None);
+
+    // A unit nobody answers for, and a unit whose chain has no meter, are refused, and the
+    // client keeps reading the inverter (and no meter).
+    assert!(matches!(c.use_meter_at(7).await, Err(Error::NotSunSpec)));
+    assert!(matches!(
+        c.use_meter_at(2).await,
+        Err(Error::MissingModel(203))
+    ));
+    assert_eq!(c.read_meter().await.unwrap(), None);
+    assert!((c.read_state().await.unwrap().soc.percent() - 65.43).abs() < 1e-9);
+
+    c.use_meter_at(240).await.unwrap();
+    assert_eq!(
+        c.meter_model().map(|(unit, m)| (unit, m.id)),
+        Some((240, 213))
+    );
+    assert_eq!(c.read_meter().await.unwrap().unwrap().w, Some(-2345.5));
+    // Every other read still goes to the inverter's unit.
+    let state = c.read_state().await.unwrap();
+    assert!((state.soc.percent() - 65.43).abs() < 1e-9);
+    assert!((state.power.kw() - 1.5).abs() < 1e-12);
+    // Live values, and NaN (not implemented) reads as no value.
+    let w = usize::from(meter_at - BASE) + 26;
+    let set = |v: f32| {
+        let bits = v.to_bits();
+        let mut regs = maps[2].0.lock().unwrap();
+        (regs[w], regs[w + 1]) = ((bits >> 16) as u16, bits as u16);
+    };
+    set(812.25);
+    assert_eq!(c.read_meter().await.unwrap().unwrap().w, Some(812.25));
+    set(f32::NAN);
+    assert_eq!(c.read_meter().await.unwrap().unwrap().w, None);
 }

@@ -32,6 +32,7 @@ use core::time::Duration;
 use grid_core::{Alarms, Power, Soc, Temperature};
 use std::net::SocketAddr;
 use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
 /// Connection settings.
@@ -61,12 +62,15 @@ const MAX_MODELS: usize = 64;
 pub struct SunSpecClient {
     ctx: Context,
     timeout: Duration,
+    /// The inverter's unit id.
+    unit_id: u8,
     base: u16,
     models: Vec<ModelHeader>,
     common: CommonModel,
     storage: ModelHeader,
     inverter: Option<ModelHeader>,
-    meter: Option<ModelHeader>,
+    /// The meter model and the unit id that serves it.
+    meter: Option<(u8, ModelHeader)>,
 }
 
 impl SunSpecClient {
@@ -82,6 +86,7 @@ impl SunSpecClient {
         let mut this = Self {
             ctx,
             timeout: config.timeout,
+            unit_id: config.unit_id,
             base: 0,
             models: Vec::new(),
             common: CommonModel::decode(&[0; 66])?,
@@ -123,6 +128,19 @@ impl SunSpecClient {
     }
 
     async fn discover(&mut self) -> Result<(), Error> {
+        (self.base, self.models) = self.walk_chain().await?;
+        let find = |ids: &[u16]| self.models.iter().find(|m| ids.contains(&m.id)).copied();
+        let common = find(&[COMMON_MODEL]).ok_or(Error::MissingModel(COMMON_MODEL))?;
+        self.storage = find(&[STORAGE_MODEL]).ok_or(Error::MissingModel(STORAGE_MODEL))?;
+        self.inverter = find(&INVERTER_MODELS);
+        self.meter = find(&METER_MODELS).map(|m| (self.unit_id, m));
+        let regs = self.read(common.address, common.length).await?;
+        self.common = CommonModel::decode(&regs)?;
+        Ok(())
+    }
+
+    /// Finds the base address of the unit addressed now and walks its model chain.
+    async fn walk_chain(&mut self) -> Result<(u16, Vec<ModelHeader>), Error> {
         let mut base = None;
         for candidate in BASE_ADDRESSES {
             match self.read(candidate, 2).await {
@@ -134,15 +152,16 @@ impl SunSpecClient {
                 Err(e) => return Err(e),
             }
         }
-        self.base = base.ok_or(Error::NotSunSpec)?;
-        let mut at = self.base + 2;
+        let base = base.ok_or(Error::NotSunSpec)?;
+        let mut models = Vec::new();
+        let mut at = base + 2;
         for _ in 0..MAX_MODELS {
             let header = self.read(at, 2).await?;
             let (id, length) = (header[0], header[1]);
             if id == END_MODEL {
                 break;
             }
-            self.models.push(ModelHeader {
+            models.push(ModelHeader {
                 id,
                 address: at + 2,
                 length,
@@ -153,14 +172,38 @@ impl SunSpecClient {
                 expected: 0,
             })?;
         }
-        let find = |ids: &[u16]| self.models.iter().find(|m| ids.contains(&m.id)).copied();
-        let common = find(&[COMMON_MODEL]).ok_or(Error::MissingModel(COMMON_MODEL))?;
-        self.storage = find(&[STORAGE_MODEL]).ok_or(Error::MissingModel(STORAGE_MODEL))?;
-        self.inverter = find(&INVERTER_MODELS);
-        self.meter = find(&METER_MODELS);
-        let regs = self.read(common.address, common.length).await?;
-        self.common = CommonModel::decode(&regs)?;
+        Ok((base, models))
+    }
+
+    /// Uses the meter at Modbus unit `unit_id` behind the same connection (e.g. a grid meter that
+    /// a Fronius inverter serves at unit 240) instead of a meter model in the inverter's own
+    /// chain. It must carry its own SunSpec chain with a meter model (201–204 or 211–214);
+    /// otherwise this fails with [`Error::MissingModel`] (203) and the client keeps the meter
+    /// it had.
+    pub async fn use_meter_at(&mut self, unit_id: u8) -> Result<(), Error> {
+        self.ctx.set_slave(Slave(unit_id));
+        let walked = self.walk_chain().await;
+        self.ctx.set_slave(Slave(self.unit_id));
+        let (_, models) = walked?;
+        let meter = models
+            .iter()
+            .find(|m| METER_MODELS.contains(&m.id))
+            .copied()
+            .ok_or(Error::MissingModel(203))?;
+        self.meter = Some((unit_id, meter));
         Ok(())
+    }
+
+    /// [`Self::read`] from unit `unit_id`; the inverter is addressed again afterwards, whatever
+    /// the outcome.
+    async fn read_at(&mut self, unit_id: u8, address: u16, count: u16) -> Result<Vec<u16>, Error> {
+        if unit_id == self.unit_id {
+            return self.read(address, count).await;
+        }
+        self.ctx.set_slave(Slave(unit_id));
+        let out = self.read(address, count).await;
+        self.ctx.set_slave(Slave(self.unit_id));
+        out
     }
 
     /// The SunSpec base address found (40000, 0 or 50000).
@@ -194,14 +237,20 @@ impl SunSpecClient {
         InverterModel::decode(&regs).map(Some)
     }
 
-    /// Reads the meter model (201–204) of the chain, if the device has one (hybrid inverters with
-    /// a grid meter attached often list it after their own models).
+    /// Reads the meter model (201–204 or 211–214), if there is one: in the inverter's own chain
+    /// (hybrid inverters with a grid meter attached often list it after their own models) or at
+    /// the unit given to [`Self::use_meter_at`].
     pub async fn read_meter(&mut self) -> Result<Option<MeterModel>, Error> {
-        let Some(m) = self.meter else {
+        let Some((unit, m)) = self.meter else {
             return Ok(None);
         };
-        let regs = self.read(m.address, m.length).await?;
-        MeterModel::decode(&regs).map(Some)
+        let regs = self.read_at(unit, m.address, m.length).await?;
+        MeterModel::decode_model(m.id, &regs).map(Some)
+    }
+
+    /// The meter model used and the unit id serving it, if any.
+    pub fn meter_model(&self) -> Option<(u8, ModelHeader)> {
+        self.meter
     }
 
     /// Reads the battery state: SoC from ChaState; voltage from InBatV (else the inverter's DCV);

@@ -1,6 +1,6 @@
 //! SunSpec register maps for storage inverters: discovery, the common model (1), inverter models
-//! (101–103), the storage model (124) and the meter models (201–204), decoded and encoded without
-//! I/O. The async Modbus TCP
+//! (101–103), the storage model (124) and the meter models (201–204 and 211–214), decoded and
+//! encoded without I/O. The async Modbus TCP
 //! client, `SunSpecClient`, is behind the `modbus` feature.
 //!
 //! References: *SunSpec Information Model Specification* 1.9 (base register 40000 holding "SunS",
@@ -10,7 +10,8 @@
 //! Model* 124 (WChaMax 0, StorCtl_Mod 3, ChaState 6, InBatV 8, ChaSt 9, OutWRte 10, InWRte 11,
 //! InOutWRte_WinTms 12, InOutWRte_RvrtTms 13, WChaMax_SF 16, ChaState_SF 20, InBatV_SF 22,
 //! InOutWRte_SF 23; offsets count from the first register after `ID, L`), *SunSpec Meter Models*
-//! 201–204 (integer + scale factor, L = 105: W at offset 16, W_SF 20).
+//! 201–204 (integer + scale factor, L = 105: W at offset 16, W_SF 20) and 211–214 (IEEE 754
+//! float32 in two registers, high word first, NaN when not implemented; L = 124: W at offset 26).
 //!
 //! **Setpoint convention** (the one Fronius, SMA and most hybrid inverters follow): StorCtl_Mod = 3
 //! enables both limits; InWRte is the charge limit and OutWRte the discharge limit, in percent of
@@ -53,9 +54,10 @@ pub const COMMON_MODEL: u16 = 1;
 pub const INVERTER_MODELS: [u16; 3] = [101, 102, 103];
 /// The basic storage controls model's id.
 pub const STORAGE_MODEL: u16 = 124;
-/// The meter models' ids: single-phase, split-phase, wye and delta three-phase (integer + scale
-/// factor; the same layout for the points read here).
-pub const METER_MODELS: [u16; 4] = [201, 202, 203, 204];
+/// The meter models' ids: single-phase, split-phase, wye and delta three-phase, first with
+/// integer + scale factor points (201–204), then with float points (211–214); within each group
+/// the layout is the same for the points read here.
+pub const METER_MODELS: [u16; 8] = [201, 202, 203, 204, 211, 212, 213, 214];
 /// The id that ends the model chain.
 pub const END_MODEL: u16 = 0xFFFF;
 
@@ -117,6 +119,15 @@ pub mod meter {
     pub const W_SF: usize = 20;
     /// The model's length L.
     pub const LENGTH: usize = 105;
+}
+
+/// Register offsets in the float meter models 211–214 (from the first register after `ID, L`).
+pub mod meter_float {
+    /// W, float32 (two registers, high word first), total real power in W (see
+    /// [`super::MeterModel::w`] for the sign).
+    pub const W: usize = 26;
+    /// The model's length L.
+    pub const LENGTH: usize = 124;
 }
 
 /// SunSpec errors: a device that does not speak SunSpec as expected, a bad setpoint, or (with the
@@ -208,6 +219,13 @@ pub fn scaled(raw: f64, raw_na: bool, sf: u16) -> Option<f64> {
 
 fn uint16(regs: &[u16], value: usize, sf: usize) -> Option<f64> {
     scaled(f64::from(regs[value]), regs[value] == 0xFFFF, regs[sf])
+}
+
+/// A float32 point in two registers (high word first); NaN (and ±inf) read as not implemented.
+fn float32(regs: &[u16], at: usize) -> Option<f64> {
+    let bits = (u32::from(regs[at]) << 16) | u32::from(regs[at + 1]);
+    let v = f64::from(f32::from_bits(bits));
+    v.is_finite().then_some(v)
 }
 
 fn int16(regs: &[u16], value: usize, sf: usize) -> Option<f64> {
@@ -308,12 +326,36 @@ pub struct MeterModel {
 }
 
 impl MeterModel {
-    /// Decodes the model's data registers (L = 105).
+    /// Decodes the data registers of an integer meter model (201–204, L = 105).
     pub fn decode(regs: &[u16]) -> Result<Self, Error> {
         need(203, regs, meter::LENGTH)?;
         Ok(Self {
             w: int16(regs, meter::W, meter::W_SF),
         })
+    }
+
+    /// Decodes the data registers of meter model `id`: integer (201–204) or float (211–214).
+    /// Fails with [`Error::MissingModel`] for any other id.
+    ///
+    /// ```
+    /// use grid_hal::sunspec::MeterModel;
+    /// let mut regs = [0u16; 124];
+    /// let bits = (-1234.5f32).to_bits();
+    /// (regs[26], regs[27]) = ((bits >> 16) as u16, bits as u16);
+    /// assert_eq!(MeterModel::decode_model(213, &regs)?.w, Some(-1234.5));
+    /// # Ok::<(), grid_hal::sunspec::Error>(())
+    /// ```
+    pub fn decode_model(id: u16, regs: &[u16]) -> Result<Self, Error> {
+        match id {
+            201..=204 => Self::decode(regs),
+            211..=214 => {
+                need(id, regs, meter_float::LENGTH)?;
+                Ok(Self {
+                    w: float32(regs, meter_float::W),
+                })
+            }
+            _ => Err(Error::MissingModel(id)),
+        }
     }
 }
 
@@ -473,6 +515,38 @@ mod tests {
         assert!(matches!(
             MeterModel::decode(&r[..50]),
             Err(Error::ShortModel { .. })
+        ));
+        assert_eq!(MeterModel::decode_model(201, &r).unwrap().w, None);
+    }
+
+    #[test]
+    fn decodes_the_float_meter_power() {
+        let mut r = [0u16; meter_float::LENGTH];
+        let mut put = |v: f32| {
+            let bits = v.to_bits();
+            r[meter_float::W] = (bits >> 16) as u16;
+            r[meter_float::W + 1] = bits as u16;
+            MeterModel::decode_model(213, &r).unwrap().w
+        };
+        assert_eq!(put(3210.25), Some(3210.25));
+        assert_eq!(put(-0.5), Some(-0.5));
+        assert_eq!(put(f32::NAN), None); // 0x7FC00000: not implemented
+        assert_eq!(put(f32::INFINITY), None);
+        for id in [211, 212, 214] {
+            assert_eq!(MeterModel::decode_model(id, &r).unwrap().w, None);
+        }
+        assert!(matches!(
+            MeterModel::decode_model(212, &r[..27]),
+            Err(Error::ShortModel {
+                id: 212,
+                expected: 124,
+                ..
+            })
+        ));
+        // A model that is not a meter is refused.
+        assert!(matches!(
+            MeterModel::decode_model(160, &r),
+            Err(Error::MissingModel(160))
         ));
     }
 
