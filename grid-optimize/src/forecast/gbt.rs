@@ -95,7 +95,11 @@ pub struct Gbt {
 const MAX_SLICED_DEPTH: usize = 8;
 
 /// Trees [`Sliced`] adds to a row before storing its running sum (the sum is still taken tree by tree).
-const TREES_PER_PASS: usize = 4;
+const TREES_PER_PASS: usize = 8;
+
+/// Values read from a tree's first leaf on: a leaf position is a byte, so indexing this many values with it
+/// needs no bounds check.
+const LEAF_WINDOW: usize = 1 << MAX_SLICED_DEPTH;
 
 /// Rows [`Sliced`] evaluates together: one bit per row of a [`Mask`].
 const BLOCK_ROWS: usize = 128;
@@ -147,10 +151,16 @@ struct Sliced {
     col_start: Vec<usize>,
     /// Per model column, its distinct split thresholds, ascending (`-0.0` and `0.0` are one).
     thr: Vec<f64>,
+    /// Per model column, where its thresholds start in `padded` (`columns.len() + 1` entries).
+    padded_start: Vec<usize>,
+    /// Per model column, its thresholds followed by `+inf` up to a power of two greater than their count,
+    /// for [`below`].
+    padded: Vec<f64>,
     /// Per tree, its `2^d - 1` splits in heap order as condition ids ([`GO_LEFT`], [`GO_RIGHT`], or
     /// [`FIRST_THRESHOLD`] plus an index into `thr`).
     conds: Vec<u16>,
-    /// Per tree, its `2^d` leaf values.
+    /// Per tree, its `2^d` leaf values; then [`LEAF_WINDOW`] zeros, so that the [`LEAF_WINDOW`] values from
+    /// any tree's first leaf on are in the array.
     leaves: Vec<f64>,
     /// Largest feature column read, to check a row is long enough once per batch.
     max_col: usize,
@@ -190,13 +200,22 @@ impl Sliced {
         }
         let mut col_start = Vec::with_capacity(nc + 1);
         let mut thr = Vec::new();
+        let mut padded_start = Vec::with_capacity(nc + 1);
+        let mut padded = Vec::new();
         for mut t in per_col {
             t.sort_by(f64::total_cmp);
             t.dedup_by(|a, b| a == b);
             col_start.push(thr.len());
+            padded_start.push(padded.len());
+            padded.extend(&t);
+            padded.resize(
+                padded.len() + (t.len() + 1).next_power_of_two() - t.len(),
+                f64::INFINITY,
+            );
             thr.extend(t);
         }
         col_start.push(thr.len());
+        padded_start.push(padded.len());
         if FIRST_THRESHOLD + thr.len() > usize::from(u16::MAX) + 1 {
             return None;
         }
@@ -205,8 +224,10 @@ impl Sliced {
             depth: d,
             col_start,
             thr,
+            padded_start,
+            padded,
             conds: vec![GO_LEFT; nt * ((1 << d) - 1)],
-            leaves: vec![0.0; nt << d],
+            leaves: vec![0.0; (nt << d) + LEAF_WINDOW],
             max_col: m
                 .columns
                 .iter()
@@ -272,31 +293,32 @@ impl Sliced {
         let xs = &x[rows.start * nf..rows.end * nf];
         for (j, &c) in columns.iter().enumerate() {
             let (a, b) = (self.col_start[j], self.col_start[j + 1]);
-            let t = &self.thr[a..b];
-            let Some(first) = xs.get(c).copied().filter(|_| !t.is_empty()) else {
+            let n = b - a;
+            let t = &self.padded[self.padded_start[j]..self.padded_start[j + 1]];
+            let Some(first) = xs.get(c).copied().filter(|_| n > 0) else {
                 continue;
             };
             let m = &mut masks[FIRST_THRESHOLD + a..FIRST_THRESHOLD + b];
             // A row goes right at threshold `k` iff more than `k` thresholds lie below its value (all for NaN).
-            let below = |v: f64| {
-                if v.is_nan() {
-                    t.len()
-                } else {
-                    t.partition_point(|u| *u < v)
-                }
-            };
             if xs
                 .chunks_exact(nf)
                 .all(|r| r[c].to_bits() == first.to_bits())
             {
                 // The same value in every row (the day's weekday, previous-day mean, …): one search. The bits
                 // of rows past the block's end are never read.
-                m[..below(first)].fill([u64::MAX; 2]);
+                m[..below(t, n, first)].fill([u64::MAX; 2]);
             } else {
-                for (r, row) in xs.chunks_exact(nf).enumerate() {
-                    if let Some(k) = below(row[c]).checked_sub(1) {
-                        m[k][(r / 64) & 1] |= 1 << (r % 64);
-                    }
+                let values = || xs.chunks_exact(nf).map(|r| r[c]);
+                // A search unrolled for the column's padded length, for the usual lengths.
+                let unrolled = mark_rows_unrolled::<2>(t, n, values(), m)
+                    || mark_rows_unrolled::<4>(t, n, values(), m)
+                    || mark_rows_unrolled::<8>(t, n, values(), m)
+                    || mark_rows_unrolled::<16>(t, n, values(), m)
+                    || mark_rows_unrolled::<32>(t, n, values(), m)
+                    || mark_rows_unrolled::<64>(t, n, values(), m)
+                    || mark_rows_unrolled::<128>(t, n, values(), m);
+                if !unrolled {
+                    mark_rows(values(), |v| below(t, n, v), m);
                 }
                 for k in (1..m.len()).rev() {
                     let above = m[k];
@@ -314,90 +336,77 @@ impl Sliced {
         &self,
         masks: &[Mask],
         out: &mut [f64],
-    ) {
+    ) -> Option<()> {
         if NS == 0 {
             // Depth 0: every tree is one leaf.
-            for &v in &self.leaves {
+            for &v in self.leaves.get(..self.n_trees)? {
                 for o in out.iter_mut() {
                     *o += v;
                 }
             }
-            return;
+            return Some(());
         }
         let (conds, _) = self.conds.as_chunks::<NS>();
-        let (leaves, _) = self.leaves.as_chunks::<NL>();
-        let mut trees = conds
-            .chunks_exact(TREES_PER_PASS)
-            .zip(leaves.chunks_exact(TREES_PER_PASS));
-        for (c, l) in &mut trees {
-            add_trees::<D, H, NS, NL, TREES_PER_PASS>(c, l, masks, out);
+        let window = |t: usize| {
+            self.leaves
+                .get(t * NL..)
+                .and_then(|l| l.first_chunk::<LEAF_WINDOW>())
+        };
+        let mut passes = conds.chunks_exact(TREES_PER_PASS);
+        for (p, c) in (&mut passes).enumerate() {
+            let mut leaves = [&[0.0; LEAF_WINDOW]; TREES_PER_PASS];
+            for (k, l) in leaves.iter_mut().enumerate() {
+                *l = window(p * TREES_PER_PASS + k)?;
+            }
+            add_trees::<D, H, NS, TREES_PER_PASS>(c, leaves, masks, out);
         }
         let done = self.n_trees / TREES_PER_PASS * TREES_PER_PASS;
-        for (c, l) in conds.iter().zip(leaves).skip(done) {
-            add_trees::<D, H, NS, NL, 1>(
-                std::slice::from_ref(c),
-                std::slice::from_ref(l),
-                masks,
-                out,
-            );
+        for (t, c) in passes.remainder().iter().enumerate() {
+            add_trees::<D, H, NS, 1>(std::slice::from_ref(c), [window(done + t)?], masks, out);
         }
+        Some(())
     }
 }
 
-/// Adds the values of the `K` trees with splits `conds` and leaves `leaves` (see [`Sliced`]) to `out`, in
+/// Adds the values of the `K` trees with splits `conds` and leaves starting at `leaves` (see [`Sliced`]) to `out`, in
 /// tree order for each row (so each row's sum is the one of adding the trees one by one).
 #[inline(always)]
-fn add_trees<const D: usize, const H: usize, const NS: usize, const NL: usize, const K: usize>(
+fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize>(
     conds: &[[u16; NS]],
-    leaves: &[[f64; NL]],
+    leaves: [&[f64; LEAF_WINDOW]; K],
     masks: &[Mask],
     out: &mut [f64],
 ) {
-    // The planes as bytes: byte `g` holds rows `8g..8g + 8`.
-    let mut planes = [[[0u8; 16]; D]; K];
-    for (p, c) in planes.iter_mut().zip(conds) {
-        for (bytes, m) in p.iter_mut().zip(tree_planes::<D, H, NS>(c, masks)) {
-            let (lo, hi) = bytes.split_at_mut(8);
+    let n = out.len().min(BLOCK_ROWS);
+    let out = &mut out[..n];
+    let groups = out.len().div_ceil(8);
+    // Every row's leaf position in each tree, one byte per row (`D` ≤ 8): first all the positions, then the
+    // sums, so the adding loop is two instructions per tree and row (a byte load and an add from memory).
+    let mut pos = [[0u8; BLOCK_ROWS]; K];
+    for (p, c) in pos.iter_mut().zip(conds) {
+        // The planes as bytes: byte `g` holds rows `8g..8g + 8`.
+        let mut bytes = [[0u8; 16]; D];
+        for (b, m) in bytes.iter_mut().zip(tree_planes::<D, H, NS>(c, masks)) {
+            let (lo, hi) = b.split_at_mut(8);
             lo.copy_from_slice(&m[0].to_le_bytes());
             hi.copy_from_slice(&m[1].to_le_bytes());
         }
-    }
-    let mut leaf: [&[f64; NL]; K] = [&[0.0; NL]; K];
-    for (l, src) in leaf.iter_mut().zip(leaves) {
-        *l = src;
-    }
-    // Eight rows' leaf positions in tree `k`, one per byte (`D` ≤ 8, so no byte overflows into the next).
-    let positions = |g: usize| -> [u64; K] {
-        let mut pos = [0u64; K];
-        for (pos, planes) in pos.iter_mut().zip(&planes) {
-            for (k, p) in planes.iter().enumerate() {
-                // Plane `k` is bit `D - 1 - k` of the position.
-                *pos |= SPREAD[(D - 1 - k) % MAX_SLICED_DEPTH][usize::from(p[g % 16])];
+        let (p, _) = p.as_chunks_mut::<8>();
+        for (g, p) in p.iter_mut().enumerate().take(groups) {
+            // Eight rows' positions, one per byte: plane `k` is bit `D - 1 - k` of the position.
+            let mut w = 0u64;
+            for (k, b) in bytes.iter().enumerate() {
+                w |= SPREAD[(D - 1 - k) % MAX_SLICED_DEPTH][usize::from(b[g % 16])];
             }
+            *p = w.to_le_bytes();
         }
-        pos
-    };
-    let add = |o: &mut f64, pos: &[u64; K], i: usize| {
+    }
+    for (r, o) in out.iter_mut().enumerate() {
         let mut v = *o;
         for k in 0..K {
-            v += leaf[k][(pos[k] >> (8 * i)) as usize & (NL - 1)];
+            v += leaves[k][usize::from(pos[k][r % BLOCK_ROWS])];
         }
         *o = v;
-    };
-    let g = out.len() / 8;
-    let mut groups = out.chunks_exact_mut(8);
-    for (g, og) in (&mut groups).enumerate() {
-        let pos = positions(g);
-        for (i, o) in og.iter_mut().enumerate() {
-            add(o, &pos, i);
-        }
-    }
-    let og = groups.into_remainder();
-    if !og.is_empty() {
-        let pos = positions(g);
-        for (i, o) in og.iter_mut().enumerate() {
-            add(o, &pos, i);
-        }
     }
 }
 
@@ -427,6 +436,68 @@ fn tree_planes<const D: usize, const H: usize, const NS: usize>(
         planes[level] = sel[0];
     }
     planes
+}
+
+/// The number of thresholds below `v` (`n`, all of them, for NaN), where `padded` holds the `n` thresholds in
+/// ascending order followed by `+inf` up to a power of two greater than `n`: a binary search whose steps do
+/// not depend on `v` (a conditional move each), where `partition_point` took twice the instructions.
+#[inline(always)]
+fn below(padded: &[f64], n: usize, v: f64) -> usize {
+    if v.is_nan() {
+        return n;
+    }
+    // The count lies in `base..base + 2h`; `+inf` is never below `v`, so it is at most `n`.
+    let mut base = 0;
+    let mut h = padded.len() / 2;
+    while h > 0 {
+        if padded.get(base + h - 1).is_some_and(|u| *u < v) {
+            base += h;
+        }
+        h /= 2;
+    }
+    base
+}
+
+/// [`below`] for a padded length `P` known at compile time: unrolled, and without bounds checks.
+#[inline(always)]
+fn below_unrolled<const P: usize>(padded: &[f64; P], n: usize, v: f64) -> usize {
+    if v.is_nan() {
+        return n;
+    }
+    let mut base = 0;
+    let mut h = P / 2;
+    while h > 0 {
+        // `base + h - 1 < P` always; the mask only tells the compiler so.
+        let probe = padded[(base + h - 1) & (P - 1)];
+        base = std::hint::select_unpredictable(probe < v, base + h, base);
+        h /= 2;
+    }
+    base
+}
+
+/// Sets, for each row `r` of `values` and each threshold `k` with `below(v) == k + 1`, bit `r` of `m[k]`
+/// (the masks are completed downwards afterwards: a row above threshold `k` is above every lower one).
+#[inline(always)]
+fn mark_rows(values: impl Iterator<Item = f64>, below: impl Fn(f64) -> usize, m: &mut [Mask]) {
+    for (r, v) in values.enumerate() {
+        if let Some(mk) = below(v).checked_sub(1).and_then(|k| m.get_mut(k)) {
+            mk[(r / 64) & 1] |= 1 << (r % 64);
+        }
+    }
+}
+
+/// [`mark_rows`] with [`below_unrolled`] if the column's padded thresholds have length `P`; `false` if not.
+fn mark_rows_unrolled<const P: usize>(
+    padded: &[f64],
+    n: usize,
+    values: impl Iterator<Item = f64>,
+    m: &mut [Mask],
+) -> bool {
+    let Ok(t) = <&[f64; P]>::try_from(padded) else {
+        return false;
+    };
+    mark_rows(values, |v| below_unrolled(t, n, v), m);
+    true
 }
 
 /// Per row (bit): `b` where `s` is set, else `a`.
@@ -773,12 +844,15 @@ impl Gbt {
     ) {
         let n = out.len();
         let sliced = self.sliced.0.get_or_init(|| Sliced::build(self)).as_ref();
-        let Some(f) = sliced.filter(|f| {
-            f.n_trees == self.trees.len() && f.max_col < n_features && x.len() >= n * n_features
-        }) else {
+        let row_by_row = |out: &mut [f64]| {
             for (r, o) in out.iter_mut().enumerate() {
                 *o = self.predict(&x[r * n_features..(r + 1) * n_features]);
             }
+        };
+        let Some(f) = sliced.filter(|f| {
+            f.n_trees == self.trees.len() && f.max_col < n_features && x.len() >= n * n_features
+        }) else {
+            row_by_row(out);
             return;
         };
         // `Sum` of f64 starts from -0.0.
@@ -787,7 +861,7 @@ impl Gbt {
             let r0 = b * BLOCK_ROWS;
             let masks = &mut scratch.masks;
             f.masks(&self.columns, x, n_features, r0..r0 + ob.len(), masks);
-            match f.depth {
+            let added = match f.depth {
                 0 => f.add_block::<0, 1, 0, 1>(masks, ob),
                 1 => f.add_block::<1, 1, 1, 2>(masks, ob),
                 2 => f.add_block::<2, 2, 3, 4>(masks, ob),
@@ -797,6 +871,11 @@ impl Gbt {
                 6 => f.add_block::<6, 32, 63, 64>(masks, ob),
                 7 => f.add_block::<7, 64, 127, 128>(masks, ob),
                 _ => f.add_block::<8, 128, 255, 256>(masks, ob),
+            };
+            if added.is_none() {
+                // Not reached: `Sliced::build` pads the leaves.
+                row_by_row(out);
+                return;
             }
         }
         for (r, o) in out.iter_mut().enumerate() {
