@@ -89,14 +89,35 @@ static TOD_TABLES: [(usize, OnceLock<Vec<[f64; 7]>>); 4] = [
     (288, OnceLock::new()),
 ];
 
-/// Adds `v` to `sum` and `c` to `n`, element by element (all of one length).
-#[inline]
-fn add_window(sum: &mut [f64], n: &mut [f64], v: &[f64], c: &[f64]) {
-    let len = sum.len();
-    let (n, v, c) = (&mut n[..len], &v[..len], &c[..len]);
-    for s in 0..len {
-        sum[s] += v[s];
-        n[s] += c[s];
+/// Sets `sum[s]` to the sum, starting from +0.0, of `v[start + o + s]` over the `starts` in order and, for
+/// each, the offsets `o` in `0..width` in order; for every slot `s` of `sum`. Eight slots at a time, so the
+/// running sums stay in registers.
+fn window_sums(v: &[f64], starts: &[usize], width: usize, sum: &mut [f64]) {
+    const LANES: usize = 8;
+    let whole = sum.len() / LANES * LANES;
+    let (chunks, rest) = sum.split_at_mut(whole);
+    for (s0, out) in (0..whole)
+        .step_by(LANES)
+        .zip(chunks.chunks_exact_mut(LANES))
+    {
+        let mut acc = [0.0; LANES];
+        for &st in starts {
+            for vs in v[st + s0..st + s0 + width + LANES - 1].array_windows::<LANES>() {
+                for l in 0..LANES {
+                    acc[l] += vs[l];
+                }
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+    for (s, out) in (whole..).zip(rest) {
+        let mut acc = 0.0;
+        for &st in starts {
+            for x in &v[st + s..st + s + width] {
+                acc += x;
+            }
+        }
+        *out = acc;
     }
 }
 
@@ -233,14 +254,15 @@ impl FeatureConfig {
         // with a presence count (1 or 0) per value. A missing value (absent, not finite, or not before
         // `day`) is +0.0 with count 0: the sums below start at +0.0, a running sum that starts at +0.0 is
         // never -0.0, and adding +0.0 leaves any other sum unchanged, so each sum equals the reference's sum
-        // over the present values, term by term in the same order. Slots go in the innermost loop, so the
-        // sums run over all slots at once.
+        // over the present values, term by term in the same order. The sums run over eight slots at once,
+        // in registers (`window_sums`).
         let hist_len = WINDOW_DAYS * spd + 2 * w;
         let change_len = 7 * (spd + 2 * vw);
         // Per-slot sums and counts: mean7, lag1_smooth, lag7_smooth, mean7_smooth, mean_same_weekday4,
         // mean_same_daytype14, vol7; and max14 with its count.
         const SUMS: usize = 7;
-        // Every row value is written below; the work arrays after the rows are zeroed.
+        // Every row value and every work array element is written below, so a `buf` kept across calls is not
+        // re-initialised.
         buf.resize(
             spd * nf + 2 * hist_len + 2 * change_len + 2 * (SUMS + 1) * spd,
             0.0,
@@ -248,7 +270,6 @@ impl FeatureConfig {
         let (rows, mut rest) = buf.split_at_mut(spd * nf);
         let hist = carve(&mut rest, hist_len);
         let hist_n = carve(&mut rest, hist_len);
-        rest.fill(0.0);
         let change = carve(&mut rest, change_len);
         let change_n = carve(&mut rest, change_len);
         let mut sums = [(); SUMS].map(|_| (carve(&mut rest, spd), carve(&mut rest, spd)));
@@ -273,15 +294,20 @@ impl FeatureConfig {
             a[..skip].fill(0.0);
             a[end..].fill(0.0);
         }
+        let mut present = 0usize;
         for ((v, n), x) in hist[skip..end]
             .iter_mut()
             .zip(hist_n[skip..end].iter_mut())
             .zip(src)
         {
-            let ok = x.is_finite();
+            // A float comparison (false for NaN), so the loop runs on two values at once.
+            let ok = x.abs() < f64::INFINITY;
             *v = if ok { *x } else { 0.0 };
-            *n = f64::from(u8::from(ok));
+            *n = if ok { 1.0 } else { 0.0 };
+            present += usize::from(ok);
         }
+        // Whether no value of `hist` is missing: then the windows' counts are known without summing.
+        let hist_full = present == hist_len;
         /// Mean of the values, or `None` if there are none (summed in order, as `Iterator::sum`).
         fn mean(vals: impl Iterator<Item = f64>) -> Option<f64> {
             let (mut sum, mut n) = (-0.0, 0usize);
@@ -343,19 +369,33 @@ impl FeatureConfig {
         let prev8_mean = mean((0..spd).filter_map(|s| at(8, s as isize))).unwrap_or(prev_mean);
         // Day-over-day absolute changes over the last week: a volatility scale for the intervals.
         let day_stride = spd + 2 * vw;
+        let mut changes = 0usize;
         for k in 1..=7 {
             let a = at_index(k, 0) as usize;
             let b = at_index(k + 1, 0) as usize;
-            let o = (k - 1) * day_stride + vw;
+            let o = (k - 1) * day_stride;
+            let (c, cn) = (
+                &mut change[o..o + day_stride],
+                &mut change_n[o..o + day_stride],
+            );
+            // The margins are missing.
+            for a in [&mut *c, &mut *cn] {
+                a[..vw].fill(0.0);
+                a[vw + spd..].fill(0.0);
+            }
+            let (c, cn) = (&mut c[vw..vw + spd], &mut cn[vw..vw + spd]);
+            let (va, vb) = (&hist[a..a + spd], &hist[b..b + spd]);
+            let (na, nb) = (&hist_n[a..a + spd], &hist_n[b..b + spd]);
             for s in 0..spd {
-                let d = (hist[a + s] - hist[b + s]).abs();
-                // Not finite if the difference overflows: the reference skips it.
-                if hist_n[a + s] > 0.0 && hist_n[b + s] > 0.0 && d.is_finite() {
-                    change[o + s] = d;
-                    change_n[o + s] = 1.0;
-                }
+                let d = (va[s] - vb[s]).abs();
+                // Not finite if the difference overflows: the reference skips it. (`&`, not `&&`: no branches.)
+                let ok = (na[s] * nb[s] > 0.0) & (d < f64::INFINITY);
+                c[s] = if ok { d } else { 0.0 };
+                cn[s] = if ok { 1.0 } else { 0.0 };
+                changes += usize::from(ok);
             }
         }
+        let changes_full = changes == 7 * spd;
         let vol_day = mean(
             change
                 .chunks_exact(day_stride)
@@ -374,32 +414,48 @@ impl FeatureConfig {
             (&[7, 14, 21, 28], w),
             (same_type, w),
         ];
+        let mut starts = [0usize; 28];
         for ((days, half), (sum, n)) in windows.iter().zip(sums.iter_mut()) {
-            for &k in *days {
-                let base = at_index(k, 0) as usize;
-                for off in base - half..=base + half {
-                    add_window(sum, n, &hist[off..off + spd], &hist_n[off..off + spd]);
-                }
+            for (st, &k) in starts.iter_mut().zip(*days) {
+                *st = at_index(k, 0) as usize - half;
+            }
+            let starts = &starts[..days.len()];
+            window_sums(hist, starts, 2 * half + 1, sum);
+            if hist_full {
+                n.fill((starts.len() * (2 * half + 1)) as f64);
+            } else {
+                window_sums(hist_n, starts, 2 * half + 1, n);
             }
         }
         {
             let (sum, n) = &mut sums[SUMS - 1];
-            for k in 0..7 {
-                let day_changes = &change[k * day_stride..(k + 1) * day_stride];
-                let day_n = &change_n[k * day_stride..(k + 1) * day_stride];
-                for off in 0..=2 * vw {
-                    add_window(sum, n, &day_changes[off..off + spd], &day_n[off..off + spd]);
+            for (k, st) in starts[..7].iter_mut().enumerate() {
+                *st = k * day_stride;
+            }
+            window_sums(change, &starts[..7], 2 * vw + 1, sum);
+            if changes_full {
+                // Each day's changes at slots `s - vw..=s + vw` within the day.
+                for (s, n) in n.iter_mut().enumerate() {
+                    *n = (7 * ((s + vw).min(spd - 1) + 1 - s.saturating_sub(vw))) as f64;
                 }
+            } else {
+                window_sums(change_n, &starts[..7], 2 * vw + 1, n);
             }
         }
         max14.fill(f64::NEG_INFINITY);
-        for k in 1..=14 {
+        max14_n.fill(if hist_full { 14.0 } else { 0.0 });
+        for k in (1..=14).filter(|_| hist_full) {
+            let base = at_index(k, 0) as usize;
+            for (m, v) in max14.iter_mut().zip(&hist[base..base + spd]) {
+                *m = m.max(*v);
+            }
+        }
+        for k in (1..=14).filter(|_| !hist_full) {
             let base = at_index(k, 0) as usize;
             let (v, c) = (&hist[base..base + spd], &hist_n[base..base + spd]);
             for (((m, n), v), c) in max14.iter_mut().zip(max14_n.iter_mut()).zip(v).zip(c) {
-                if *c > 0.0 {
-                    *m = m.max(*v);
-                }
+                // `max(-inf)` leaves `m` as it is: no branch.
+                *m = m.max(if *c > 0.0 { *v } else { f64::NEG_INFINITY });
                 *n += c;
             }
         }
