@@ -94,9 +94,6 @@ pub struct Gbt {
 /// node-by-node path.
 const MAX_SLICED_DEPTH: usize = 8;
 
-/// Trees [`Sliced`] adds to a row before storing its running sum (the sum is still taken tree by tree).
-const TREES_PER_PASS: usize = 8;
-
 /// Values read from a tree's first leaf on: a leaf position is a byte, so indexing this many values with it
 /// needs no bounds check.
 const LEAF_WINDOW: usize = 1 << MAX_SLICED_DEPTH;
@@ -106,6 +103,13 @@ const BLOCK_ROWS: usize = 128;
 
 /// One bit per row of a block (two words, which the compiler keeps in one SSE register).
 type Mask = [u64; 2];
+
+/// Number of condition ids: one [`Mask`] for every `u16`, so that reading a condition's mask needs no bounds
+/// check. (The array is allocated zeroed, so only the pages of the ids in use are ever touched.)
+const N_CONDS: usize = 1 << 16;
+
+/// A block's condition masks, indexed by condition id.
+type Masks = [Mask; N_CONDS];
 
 /// Condition id of a split that sends every row left (padding below a leaf above the full depth).
 const GO_LEFT: u16 = 0;
@@ -216,7 +220,7 @@ impl Sliced {
         }
         col_start.push(thr.len());
         padded_start.push(padded.len());
-        if FIRST_THRESHOLD + thr.len() > usize::from(u16::MAX) + 1 {
+        if FIRST_THRESHOLD + thr.len() > N_CONDS {
             return None;
         }
         let nt = m.trees.len();
@@ -285,10 +289,9 @@ impl Sliced {
         x: &[f64],
         nf: usize,
         rows: std::ops::Range<usize>,
-        masks: &mut Vec<Mask>,
+        masks: &mut Masks,
     ) {
-        masks.clear();
-        masks.resize(FIRST_THRESHOLD + self.thr.len(), [0; 2]);
+        masks[..FIRST_THRESHOLD + self.thr.len()].fill([0; 2]);
         masks[usize::from(GO_RIGHT)] = [u64::MAX; 2];
         let xs = &x[rows.start * nf..rows.end * nf];
         for (j, &c) in columns.iter().enumerate() {
@@ -331,10 +334,16 @@ impl Sliced {
 
     /// Adds, tree by tree, the trees' values of a block's rows to `out` (one entry per row, at most
     /// [`BLOCK_ROWS`]); `masks` are the block's condition masks. The depth is `D`; `H`, `NS` and `NL` are
-    /// `2^(D-1)` (1 for depth 0), `2^D - 1` (splits) and `2^D` (leaves).
-    fn add_block<const D: usize, const H: usize, const NS: usize, const NL: usize>(
+    /// `2^(D-1)` (1 for depth 0), `2^D - 1` (splits) and `2^D` (leaves); `K` trees are added per pass over the rows.
+    fn add_block<
+        const D: usize,
+        const H: usize,
+        const NS: usize,
+        const NL: usize,
+        const K: usize,
+    >(
         &self,
-        masks: &[Mask],
+        masks: &Masks,
         out: &mut [f64],
     ) -> Option<()> {
         if NS == 0 {
@@ -352,38 +361,37 @@ impl Sliced {
                 .get(t * NL..)
                 .and_then(|l| l.first_chunk::<LEAF_WINDOW>())
         };
-        let mut passes = conds.chunks_exact(TREES_PER_PASS);
+        let mut passes = conds.chunks_exact(K);
         for (p, c) in (&mut passes).enumerate() {
-            let mut leaves = [&[0.0; LEAF_WINDOW]; TREES_PER_PASS];
-            for (k, l) in leaves.iter_mut().enumerate() {
-                *l = window(p * TREES_PER_PASS + k)?;
-            }
-            add_trees::<D, H, NS, TREES_PER_PASS>(c, leaves, masks, out);
+            add_trees::<D, H, NS, K>(c, window(p * K)?, masks, out);
         }
-        let done = self.n_trees / TREES_PER_PASS * TREES_PER_PASS;
+        let done = self.n_trees / K * K;
         for (t, c) in passes.remainder().iter().enumerate() {
-            add_trees::<D, H, NS, 1>(std::slice::from_ref(c), [window(done + t)?], masks, out);
+            add_trees::<D, H, NS, 1>(std::slice::from_ref(c), window(done + t)?, masks, out);
         }
         Some(())
     }
 }
 
-/// Adds the values of the `K` trees with splits `conds` and leaves starting at `leaves` (see [`Sliced`]) to `out`, in
-/// tree order for each row (so each row's sum is the one of adding the trees one by one).
+/// Adds the values of the `K` trees with splits `conds` (see [`Sliced`]) to `out`, in tree order for each
+/// row (so each row's sum is the one of adding the trees one by one); `leaves` starts at the first tree's
+/// leaves, and the `K` trees' leaves fit in it (`K · 2^D ≤ LEAF_WINDOW`).
 #[inline(always)]
 fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize>(
     conds: &[[u16; NS]],
-    leaves: [&[f64; LEAF_WINDOW]; K],
-    masks: &[Mask],
+    leaves: &[f64; LEAF_WINDOW],
+    masks: &Masks,
     out: &mut [f64],
 ) {
+    const { assert!(K << D <= LEAF_WINDOW) };
     let n = out.len().min(BLOCK_ROWS);
     let out = &mut out[..n];
     let groups = out.len().div_ceil(8);
-    // Every row's leaf position in each tree, one byte per row (`D` ≤ 8): first all the positions, then the
-    // sums, so the adding loop is two instructions per tree and row (a byte load and an add from memory).
+    // Every row's leaf index in `leaves` for each tree, one byte per row: first all the indices, then the
+    // sums, so the adding loop is two instructions per tree and row (a byte load and an add from memory,
+    // all from one base address).
     let mut pos = [[0u8; BLOCK_ROWS]; K];
-    for (p, c) in pos.iter_mut().zip(conds) {
+    for (t, (p, c)) in pos.iter_mut().zip(conds).enumerate() {
         // The planes as bytes: byte `g` holds rows `8g..8g + 8`.
         let mut bytes = [[0u8; 16]; D];
         for (b, m) in bytes.iter_mut().zip(tree_planes::<D, H, NS>(c, masks)) {
@@ -393,8 +401,9 @@ fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize>(
         }
         let (p, _) = p.as_chunks_mut::<8>();
         for (g, p) in p.iter_mut().enumerate().take(groups) {
-            // Eight rows' positions, one per byte: plane `k` is bit `D - 1 - k` of the position.
-            let mut w = 0u64;
+            // Eight rows' indices, one per byte: tree `t`'s leaves start at `t · 2^D`, and plane `k` is bit
+            // `D - 1 - k` of the position among them (no carries: the sum stays below 256).
+            let mut w = ((t << D) as u64) * 0x0101_0101_0101_0101;
             for (k, b) in bytes.iter().enumerate() {
                 w |= SPREAD[(D - 1 - k) % MAX_SLICED_DEPTH][usize::from(b[g % 16])];
             }
@@ -404,7 +413,7 @@ fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize>(
     for (r, o) in out.iter_mut().enumerate() {
         let mut v = *o;
         for k in 0..K {
-            v += leaves[k][usize::from(pos[k][r % BLOCK_ROWS])];
+            v += leaves[usize::from(pos[k][r % BLOCK_ROWS])];
         }
         *o = v;
     }
@@ -415,7 +424,7 @@ fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize>(
 #[inline(always)]
 fn tree_planes<const D: usize, const H: usize, const NS: usize>(
     conds: &[u16; NS],
-    masks: &[Mask],
+    masks: &Masks,
 ) -> [Mask; D] {
     let mut planes = [[0u64; 2]; D];
     let mut sel = [[0u64; 2]; H];
@@ -509,7 +518,7 @@ fn mux(s: Mask, a: Mask, b: Mask) -> Mask {
 /// Work buffers of [`Gbt::predict_batch`], reused across calls so that a warm call does not allocate.
 #[derive(Debug, Default, Clone)]
 pub struct GbtScratch {
-    /// The block's condition masks.
+    /// The block's condition masks ([`N_CONDS`] of them once used).
     masks: Vec<Mask>,
 }
 
@@ -859,18 +868,27 @@ impl Gbt {
         out.fill(-0.0);
         for (b, ob) in out.chunks_mut(BLOCK_ROWS).enumerate() {
             let r0 = b * BLOCK_ROWS;
-            let masks = &mut scratch.masks;
+            if scratch.masks.len() != N_CONDS {
+                scratch.masks = vec![[0; 2]; N_CONDS];
+            }
+            let Ok(masks) = <&mut Masks>::try_from(scratch.masks.as_mut_slice()) else {
+                // Not reached: the length was just set.
+                row_by_row(out);
+                return;
+            };
             f.masks(&self.columns, x, n_features, r0..r0 + ob.len(), masks);
+            let masks = &*masks;
             let added = match f.depth {
-                0 => f.add_block::<0, 1, 0, 1>(masks, ob),
-                1 => f.add_block::<1, 1, 1, 2>(masks, ob),
-                2 => f.add_block::<2, 2, 3, 4>(masks, ob),
-                3 => f.add_block::<3, 4, 7, 8>(masks, ob),
-                4 => f.add_block::<4, 8, 15, 16>(masks, ob),
-                5 => f.add_block::<5, 16, 31, 32>(masks, ob),
-                6 => f.add_block::<6, 32, 63, 64>(masks, ob),
-                7 => f.add_block::<7, 64, 127, 128>(masks, ob),
-                _ => f.add_block::<8, 128, 255, 256>(masks, ob),
+                // Trees per pass: eight, or as many as have their leaves in one `LEAF_WINDOW`.
+                0 => f.add_block::<0, 1, 0, 1, 8>(masks, ob),
+                1 => f.add_block::<1, 1, 1, 2, 8>(masks, ob),
+                2 => f.add_block::<2, 2, 3, 4, 8>(masks, ob),
+                3 => f.add_block::<3, 4, 7, 8, 8>(masks, ob),
+                4 => f.add_block::<4, 8, 15, 16, 8>(masks, ob),
+                5 => f.add_block::<5, 16, 31, 32, 8>(masks, ob),
+                6 => f.add_block::<6, 32, 63, 64, 4>(masks, ob),
+                7 => f.add_block::<7, 64, 127, 128, 2>(masks, ob),
+                _ => f.add_block::<8, 128, 255, 256, 1>(masks, ob),
             };
             if added.is_none() {
                 // Not reached: `Sliced::build` pads the leaves.
