@@ -306,8 +306,9 @@ impl FeatureConfig {
             *n = if ok { 1.0 } else { 0.0 };
             present += usize::from(ok);
         }
-        // Whether no value of `hist` is missing: then the windows' counts are known without summing.
-        let hist_full = present == hist_len;
+        // Whether no value of `hist` is missing but the last `w` (slots of `day` itself, never present): then
+        // the windows' counts are known without summing.
+        let hist_full = skip == 0 && end + w == hist_len && present == end;
         /// Mean of the values, or `None` if there are none (summed in order, as `Iterator::sum`).
         fn mean(vals: impl Iterator<Item = f64>) -> Option<f64> {
             let (mut sum, mut n) = (-0.0, 0usize);
@@ -422,7 +423,16 @@ impl FeatureConfig {
             let starts = &starts[..days.len()];
             window_sums(hist, starts, 2 * half + 1, sum);
             if hist_full {
-                n.fill((starts.len() * (2 * half + 1)) as f64);
+                // Only day 1's slots past the day's end are missing.
+                let with_day1 = days.contains(&1);
+                for (s, n) in n.iter_mut().enumerate() {
+                    let cut = if with_day1 {
+                        (s + half + 1).saturating_sub(spd)
+                    } else {
+                        0
+                    };
+                    *n = (days.len() * (2 * half + 1) - cut) as f64;
+                }
             } else {
                 window_sums(hist_n, starts, 2 * half + 1, n);
             }
@@ -479,65 +489,76 @@ impl FeatureConfig {
             let (sum, n) = (&sums[i].0, &sums[i].1);
             (n[s] > 0.0).then(|| sum[s] / n[s])
         };
+        // The values every row of the day shares, in column order.
+        let day_values: [f64; 16] = [
+            f64::from(wd),
+            f64::from(u8::from(wd >= 5)),
+            f64::from(u8::from(is_hol)),
+            f64::from(u8::from(is_eve)),
+            f64::from(u8::from(off_today)),
+            f64::from(u8::from(off_prev)),
+            f64::from(u8::from(off_lag7)),
+            ya_sin,
+            ya_cos,
+            f64::from(u8::from(wd == 0)),
+            f64::from(u8::from(wd == 1)),
+            f64::from(u8::from(wd == 2)),
+            f64::from(u8::from(wd == 3)),
+            f64::from(u8::from(wd == 4)),
+            f64::from(u8::from(wd == 5)),
+            f64::from(u8::from(wd == 6)),
+        ];
+        // Whole blocks of each row are copied, rather than written value by value.
         for (s, row) in rows.chunks_exact_mut(nf).enumerate() {
-            let mut c = 0;
-            let mut put = |v: f64| {
-                row[c] = v;
-                c += 1;
-            };
-            for v in tod_table.map_or_else(|| tod_features(s, spd), |t| t[s]) {
-                put(v);
-            }
-            put(f64::from(wd));
-            put(f64::from(u8::from(wd >= 5)));
-            put(f64::from(u8::from(is_hol)));
-            put(f64::from(u8::from(is_eve)));
-            put(f64::from(u8::from(off_today)));
-            put(f64::from(u8::from(off_prev)));
-            put(f64::from(u8::from(off_lag7)));
-            put(ya_sin);
-            put(ya_cos);
-            for d in 0..7 {
-                put(f64::from(u8::from(wd == d)));
-            }
+            let (tod, row) = row.split_at_mut(7);
+            tod.copy_from_slice(&tod_table.map_or_else(|| tod_features(s, spd), |t| t[s]));
+            let (day_part, row) = row.split_at_mut(day_values.len());
+            day_part.copy_from_slice(&day_values);
             let fallback = window_mean(0, s).unwrap_or_else(|| prof(s));
             let lags: [Option<f64>; 5] = LAGS.map(|k| {
                 let i = at_index(k, s as isize) as usize;
                 (hist_n[i] > 0.0).then_some(hist[i])
             });
-            for l in lags {
-                put(l.unwrap_or(fallback));
-            }
-            for l in lags {
-                put(f64::from(u8::from(l.is_none())));
-            }
             let lag1 = lags[0].unwrap_or(fallback);
             let lag7 = lags[3].unwrap_or(fallback);
-            put(window_mean(1, s).unwrap_or(lag1));
-            put(window_mean(2, s).unwrap_or(lag7));
-            put(fallback);
-            put(window_mean(3, s).unwrap_or(fallback));
-            put(window_mean(4, s).unwrap_or(fallback));
-            put(window_mean(5, s).unwrap_or(fallback));
-            put(if max14_n[s] > 0.0 { max14[s] } else { fallback });
-            put(prev_mean);
-            put(prev_max);
-            put(prev_min);
-            put(prev_last);
-            put(prev_last4h);
-            put(prev8_mean);
-            put(window_mean(6, s).unwrap_or(vol_day));
-            put(vol_day);
-            if self.has_solar() {
+            let slot_values: [f64; 25] = [
+                lag1,
+                lags[1].unwrap_or(fallback),
+                lags[2].unwrap_or(fallback),
+                lag7,
+                lags[4].unwrap_or(fallback),
+                f64::from(u8::from(lags[0].is_none())),
+                f64::from(u8::from(lags[1].is_none())),
+                f64::from(u8::from(lags[2].is_none())),
+                f64::from(u8::from(lags[3].is_none())),
+                f64::from(u8::from(lags[4].is_none())),
+                window_mean(1, s).unwrap_or(lag1),
+                window_mean(2, s).unwrap_or(lag7),
+                fallback,
+                window_mean(3, s).unwrap_or(fallback),
+                window_mean(4, s).unwrap_or(fallback),
+                window_mean(5, s).unwrap_or(fallback),
+                if max14_n[s] > 0.0 { max14[s] } else { fallback },
+                prev_mean,
+                prev_max,
+                prev_min,
+                prev_last,
+                prev_last4h,
+                prev8_mean,
+                window_mean(6, s).unwrap_or(vol_day),
+                vol_day,
+            ];
+            let (slot_part, row) = row.split_at_mut(slot_values.len());
+            slot_part.copy_from_slice(&slot_values);
+            let row = if self.has_solar() {
                 let cs = self.clear_sky_at(day, s);
-                put(cs);
-                put(cs * prev_index);
-                put(cs * week_index);
-            }
-            for b in &blocks {
-                put(*b);
-            }
-            debug_assert_eq!(c, nf);
+                let (solar, row) = row.split_at_mut(3);
+                solar.copy_from_slice(&[cs, cs * prev_index, cs * week_index]);
+                row
+            } else {
+                row
+            };
+            row.copy_from_slice(&blocks);
         }
         &buf[..spd * nf]
     }
