@@ -294,17 +294,28 @@ impl FeatureConfig {
             a[..skip].fill(0.0);
             a[end..].fill(0.0);
         }
+        // Copied as they are, counting the values that are not finite (a float comparison, false for NaN,
+        // so the loop runs on two values at once); only if there are any, copied again value by value.
+        let mut not_finite = 0usize;
+        for (v, x) in hist[skip..end].iter_mut().zip(src) {
+            *v = *x;
+            not_finite += usize::from(!(x.abs() < f64::INFINITY));
+        }
         let mut present = 0usize;
-        for ((v, n), x) in hist[skip..end]
-            .iter_mut()
-            .zip(hist_n[skip..end].iter_mut())
-            .zip(src)
-        {
-            // A float comparison (false for NaN), so the loop runs on two values at once.
-            let ok = x.abs() < f64::INFINITY;
-            *v = if ok { *x } else { 0.0 };
-            *n = if ok { 1.0 } else { 0.0 };
-            present += usize::from(ok);
+        if not_finite == 0 && src.len() == end - skip {
+            hist_n[skip..end].fill(1.0);
+            present = src.len();
+        } else {
+            for ((v, n), x) in hist[skip..end]
+                .iter_mut()
+                .zip(hist_n[skip..end].iter_mut())
+                .zip(src)
+            {
+                let ok = x.abs() < f64::INFINITY;
+                *v = if ok { *x } else { 0.0 };
+                *n = if ok { 1.0 } else { 0.0 };
+                present += usize::from(ok);
+            }
         }
         // Whether no value of `hist` is missing but the last `w` (slots of `day` itself, never present): then
         // the windows' counts are known without summing.
@@ -344,7 +355,18 @@ impl FeatureConfig {
             }
         }
         let same_type = &same_type[..n_same];
-        let prev_values = || (0..spd).filter_map(|s| at(1, s as isize));
+        // The present values of slots `slots` of `k` days back (`k` in 1..=WINDOW_DAYS), in slot order: the
+        // values `at(k, s)` gives for `s` in `slots`.
+        let present_values = |k: usize, slots: std::ops::Range<usize>| {
+            let a = at_index(k, 0) as usize;
+            let r = a + slots.start..a + slots.end;
+            hist[r.clone()]
+                .iter()
+                .zip(&hist_n[r])
+                .filter(|(_, n)| **n > 0.0)
+                .map(|(v, _)| *v)
+        };
+        let prev_values = || present_values(1, 0..spd);
         let (prev_mean, prev_max, prev_min) = match mean(prev_values()) {
             None => (profile_mean, profile_mean, profile_mean),
             Some(m) => (
@@ -353,10 +375,7 @@ impl FeatureConfig {
                 prev_values().fold(f64::MAX, f64::min),
             ),
         };
-        let prev_last = (0..spd)
-            .rev()
-            .find_map(|s| at(1, s as isize))
-            .unwrap_or(prev_mean);
+        let prev_last = prev_values().next_back().unwrap_or(prev_mean);
         let last4h = (spd / 6).max(1);
         let prev_last4h = {
             let (c, half) = ((spd - 1 - last4h / 2) as isize, (last4h / 2) as isize);
@@ -367,7 +386,7 @@ impl FeatureConfig {
             }
             if n > 0 { sum / n as f64 } else { prev_mean }
         };
-        let prev8_mean = mean((0..spd).filter_map(|s| at(8, s as isize))).unwrap_or(prev_mean);
+        let prev8_mean = mean(present_values(8, 0..spd)).unwrap_or(prev_mean);
         // Day-over-day absolute changes over the last week: a volatility scale for the intervals.
         let day_stride = spd + 2 * vw;
         let mut changes = 0usize;
@@ -473,8 +492,7 @@ impl FeatureConfig {
         let mut blocks = [0.0; PREV_DAY_BLOCKS];
         for (b, v) in blocks.iter_mut().enumerate() {
             let lo = (b * spd / PREV_DAY_BLOCKS).min(spd - 1);
-            *v = mean((lo..(lo + block).min(spd)).filter_map(|s| at(1, s as isize)))
-                .unwrap_or(prev_mean);
+            *v = mean(present_values(1, lo..(lo + block).min(spd))).unwrap_or(prev_mean);
         }
         // Clear-sky index of the previous day and week, for PV.
         let (prev_index, week_index) = self.clear_sky_indices(day, &at);
