@@ -526,6 +526,11 @@ impl FeatureConfig {
             f64::from(u8::from(wd == 5)),
             f64::from(u8::from(wd == 6)),
         ];
+        // The lag days' values and presence counts.
+        let lag_days: [(&[f64], &[f64]); 5] = LAGS.map(|k| {
+            let a = at_index(k, 0) as usize;
+            (&hist[a..a + spd], &hist_n[a..a + spd])
+        });
         // Whole blocks of each row are copied, rather than written value by value.
         for (s, row) in rows.chunks_exact_mut(nf).enumerate() {
             let (tod, row) = row.split_at_mut(7);
@@ -533,9 +538,9 @@ impl FeatureConfig {
             let (day_part, row) = row.split_at_mut(day_values.len());
             day_part.copy_from_slice(&day_values);
             let fallback = window_mean(0, s).unwrap_or_else(|| prof(s));
-            let lags: [Option<f64>; 5] = LAGS.map(|k| {
-                let i = at_index(k, s as isize) as usize;
-                (hist_n[i] > 0.0).then_some(hist[i])
+            let lags: [Option<f64>; 5] = std::array::from_fn(|i| {
+                let (v, n) = lag_days[i];
+                (n[s] > 0.0).then_some(v[s])
             });
             let lag1 = lags[0].unwrap_or(fallback);
             let lag7 = lags[3].unwrap_or(fallback);
