@@ -89,9 +89,9 @@ static TOD_TABLES: [(usize, OnceLock<Vec<[f64; 7]>>); 4] = [
     (288, OnceLock::new()),
 ];
 
-/// Sets `sum[s]` to the sum, starting from +0.0, of `v[start + o + s]` over the `starts` in order and, for
-/// each, the offsets `o` in `0..width` in order; for every slot `s` of `sum`. Eight slots at a time, so the
-/// running sums stay in registers.
+/// Adds to `sum[s]` the values `v[start + o + s]`, one by one, over the `starts` in order and, for each, the
+/// offsets `o` in `0..width` in order; for every slot `s` of `sum`. Eight slots at a time, so the running
+/// sums stay in registers.
 fn window_sums(v: &[f64], starts: &[usize], width: usize, sum: &mut [f64]) {
     const LANES: usize = 8;
     let whole = sum.len() / LANES * LANES;
@@ -101,6 +101,7 @@ fn window_sums(v: &[f64], starts: &[usize], width: usize, sum: &mut [f64]) {
         .zip(chunks.chunks_exact_mut(LANES))
     {
         let mut acc = [0.0; LANES];
+        acc.copy_from_slice(out);
         for &st in starts {
             for vs in v[st + s0..st + s0 + width + LANES - 1].array_windows::<LANES>() {
                 for l in 0..LANES {
@@ -111,7 +112,7 @@ fn window_sums(v: &[f64], starts: &[usize], width: usize, sum: &mut [f64]) {
         out.copy_from_slice(&acc);
     }
     for (s, out) in (whole..).zip(rest) {
-        let mut acc = 0.0;
+        let mut acc = *out;
         for &st in starts {
             for x in &v[st + s..st + s + width] {
                 acc += x;
@@ -434,13 +435,15 @@ impl FeatureConfig {
             (&[7, 14, 21, 28], w),
             (same_type, w),
         ];
-        let mut starts = [0usize; 28];
-        for ((days, half), (sum, n)) in windows.iter().zip(sums.iter_mut()) {
-            for (st, &k) in starts.iter_mut().zip(*days) {
+        // Adds to `sum` the window sums of `v` over `days` (at most 14) with half-width `half`.
+        let add_days = |v: &[f64], days: &[usize], half: usize, sum: &mut [f64]| {
+            let mut starts = [0usize; 14];
+            for (st, &k) in starts.iter_mut().zip(days) {
                 *st = at_index(k, 0) as usize - half;
             }
-            let starts = &starts[..days.len()];
-            window_sums(hist, starts, 2 * half + 1, sum);
+            window_sums(v, &starts[..days.len().min(14)], 2 * half + 1, sum);
+        };
+        for ((days, half), (_, n)) in windows.iter().zip(sums.iter_mut()) {
             if hist_full {
                 // Only day 1's slots past the day's end are missing.
                 let with_day1 = days.contains(&1);
@@ -453,22 +456,63 @@ impl FeatureConfig {
                     *n = (days.len() * (2 * half + 1) - cut) as f64;
                 }
             } else {
-                window_sums(hist_n, starts, 2 * half + 1, n);
+                n.fill(0.0);
+                add_days(hist_n, days, *half, n);
             }
         }
+        // The sums are taken day by day, so a window whose days start with another's continues from that
+        // one's sums: `mean7_smooth` from `lag1_smooth`, `mean_same_weekday4` from `lag7_smooth`, and
+        // `mean_same_daytype14` shares the days `1..=p` it starts with with `mean7_smooth`.
+        const WEEK: [usize; 7] = [1, 2, 3, 4, 5, 6, 7];
+        let p = same_type
+            .iter()
+            .zip(WEEK)
+            .take_while(|(k, d)| **k == *d)
+            .count();
+        let [
+            (mean7, _),
+            (lag1_smooth, _),
+            (lag7_smooth, _),
+            (mean7_smooth, _),
+            (weekday4, _),
+            (daytype14, _),
+            (vol7, vol7_n),
+        ] = &mut sums;
+        mean7.fill(0.0);
+        add_days(hist, &WEEK, 0, mean7);
+        lag1_smooth.fill(0.0);
+        add_days(hist, &[1], w, lag1_smooth);
+        lag7_smooth.fill(0.0);
+        add_days(hist, &[7], w, lag7_smooth);
+        weekday4.copy_from_slice(lag7_smooth);
+        add_days(hist, &[14, 21, 28], w, weekday4);
+        if p >= 1 {
+            daytype14.copy_from_slice(lag1_smooth);
+            add_days(hist, &WEEK[1..p], w, daytype14);
+            mean7_smooth.copy_from_slice(daytype14);
+            add_days(hist, &WEEK[p..], w, mean7_smooth);
+            add_days(hist, &same_type[p..], w, daytype14);
+        } else {
+            mean7_smooth.copy_from_slice(lag1_smooth);
+            add_days(hist, &WEEK[1..], w, mean7_smooth);
+            daytype14.fill(0.0);
+            add_days(hist, same_type, w, daytype14);
+        }
         {
-            let (sum, n) = &mut sums[SUMS - 1];
-            for (k, st) in starts[..7].iter_mut().enumerate() {
+            let mut starts = [0usize; 7];
+            for (k, st) in starts.iter_mut().enumerate() {
                 *st = k * day_stride;
             }
-            window_sums(change, &starts[..7], 2 * vw + 1, sum);
+            vol7.fill(0.0);
+            window_sums(change, &starts, 2 * vw + 1, vol7);
             if changes_full {
                 // Each day's changes at slots `s - vw..=s + vw` within the day.
-                for (s, n) in n.iter_mut().enumerate() {
+                for (s, n) in vol7_n.iter_mut().enumerate() {
                     *n = (7 * ((s + vw).min(spd - 1) + 1 - s.saturating_sub(vw))) as f64;
                 }
             } else {
-                window_sums(change_n, &starts[..7], 2 * vw + 1, n);
+                vol7_n.fill(0.0);
+                window_sums(change_n, &starts, 2 * vw + 1, vol7_n);
             }
         }
         max14.fill(f64::NEG_INFINITY);

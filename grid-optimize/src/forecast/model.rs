@@ -445,8 +445,8 @@ impl ForecastModel {
             self.features
                 .day_features_in(history, day, &self.profile, &mut scratch.features);
         let nf = self.features.n_features();
+        // Every value is written below, so a warm `out` is only resized, not cleared.
         for v in [&mut out.p10, &mut out.p50, &mut out.p90, &mut out.scale] {
-            v.clear();
             v.resize(spd, 0.0);
         }
         // Raw predictions go to `p50`, post-processed slot by slot below.
