@@ -104,9 +104,13 @@ const BLOCK_ROWS: usize = 128;
 /// One bit per row of a block (two words, which the compiler keeps in one SSE register).
 type Mask = [u64; 2];
 
-/// Number of condition ids: one [`Mask`] for every `u16`, so that reading a condition's mask needs no bounds
-/// check. (The array is allocated zeroed, so only the pages of the ids in use are ever touched.)
+/// Number of [`Mask`]s of a block: one for every `u16`, so that reading the mask of a stored condition (twice
+/// its id, see [`Sliced::conds`]) needs no bounds check. (The array is allocated zeroed, so only the pages
+/// of the ids in use are ever touched.)
 const N_CONDS: usize = 1 << 16;
+
+/// Condition ids a model may use: twice the largest must fit in a `u16`.
+const MAX_CONDS: usize = 1 << 15;
 
 /// A block's condition masks, indexed by condition id.
 type Masks = [Mask; N_CONDS];
@@ -160,7 +164,8 @@ struct Sliced {
     /// Per model column, its thresholds followed by `+inf` up to a power of two greater than their count,
     /// for [`below`].
     padded: Vec<f64>,
-    /// Per tree, its `2^d - 1` splits in heap order as condition ids ([`GO_LEFT`], [`GO_RIGHT`], or
+    /// Per tree, its `2^d - 1` splits in heap order as twice their condition ids (the index of the first
+    /// word of the condition's mask among all masks' words; a condition id is [`GO_LEFT`], [`GO_RIGHT`], or
     /// [`FIRST_THRESHOLD`] plus an index into `thr`).
     conds: Vec<u16>,
     /// Per tree, its `2^d` leaf values; then [`LEAF_WINDOW`] zeros, so that the [`LEAF_WINDOW`] values from
@@ -220,7 +225,7 @@ impl Sliced {
         }
         col_start.push(thr.len());
         padded_start.push(padded.len());
-        if FIRST_THRESHOLD + thr.len() > N_CONDS {
+        if FIRST_THRESHOLD + thr.len() > MAX_CONDS {
             return None;
         }
         let nt = m.trees.len();
@@ -230,7 +235,7 @@ impl Sliced {
             thr,
             padded_start,
             padded,
-            conds: vec![GO_LEFT; nt * ((1 << d) - 1)],
+            conds: vec![2 * GO_LEFT; nt * ((1 << d) - 1)],
             leaves: vec![0.0; (nt << d) + LEAF_WINDOW],
             max_col: m
                 .columns
@@ -272,9 +277,11 @@ impl Sliced {
             } else {
                 let (a, b) = (*self.col_start.get(j)?, *self.col_start.get(j + 1)?);
                 let k = self.thr[a..b].partition_point(|v| *v < n.threshold);
-                u16::try_from(FIRST_THRESHOLD + a + k).ok()?
+                u16::try_from(FIRST_THRESHOLD + a + k)
+                    .ok()
+                    .filter(|id| usize::from(*id) < MAX_CONDS)?
             };
-            self.conds[tree * ((1 << d) - 1) + pos] = id;
+            self.conds[tree * ((1 << d) - 1) + pos] = 2 * id;
             (n.left as usize, n.right as usize)
         };
         self.fill(nodes, tree, l, 2 * pos + 1, level + 1)?;
@@ -426,13 +433,15 @@ fn tree_planes<const D: usize, const H: usize, const NS: usize>(
     conds: &[u16; NS],
     masks: &Masks,
 ) -> [Mask; D] {
+    let words = masks.as_flattened();
     let mut planes = [[0u64; 2]; D];
     let mut sel = [[0u64; 2]; H];
     for level in 0..D {
         let first = (1 << level) - 1;
         let mut len = 1 << level;
         for (i, s) in sel[..len].iter_mut().enumerate() {
-            *s = masks[usize::from(conds[first + i])];
+            let w = usize::from(conds[first + i]);
+            *s = [words[w], words[w + 1]];
         }
         // The row's node at this level is `first + i`, the bits of `i` being the row's planes above (plane 0
         // the most significant): select by the last plane first.
