@@ -348,6 +348,7 @@ impl Sliced {
         const NS: usize,
         const NL: usize,
         const K: usize,
+        const W: usize,
     >(
         &self,
         masks: &Masks,
@@ -363,18 +364,40 @@ impl Sliced {
             return Some(());
         }
         let (conds, _) = self.conds.as_chunks::<NS>();
-        let window = |t: usize| {
-            self.leaves
-                .get(t * NL..)
-                .and_then(|l| l.first_chunk::<LEAF_WINDOW>())
-        };
+        // The windows of the `k` trees from tree `t` on (the windows past the last tree repeat the first).
+        fn windows<const V: usize>(
+            leaves: &[f64],
+            t: usize,
+            k: usize,
+            nl: usize,
+        ) -> Option<[&[f64; LEAF_WINDOW]; V]> {
+            let per_window = LEAF_WINDOW / nl;
+            let first = leaves.get(t * nl..)?.first_chunk::<LEAF_WINDOW>()?;
+            let mut w = [first; V];
+            for (i, w) in w.iter_mut().enumerate().take(k.div_ceil(per_window)) {
+                *w = leaves
+                    .get((t + i * per_window) * nl..)?
+                    .first_chunk::<LEAF_WINDOW>()?;
+            }
+            Some(w)
+        }
         let mut passes = conds.chunks_exact(K);
         for (p, c) in (&mut passes).enumerate() {
-            add_trees::<D, H, NS, K>(c, window(p * K)?, masks, out);
+            let w = windows::<W>(&self.leaves, p * K, K, NL)?;
+            add_trees::<D, H, NS, K, W>(c, w, masks, out);
         }
-        let done = self.n_trees / K * K;
-        for (t, c) in passes.remainder().iter().enumerate() {
-            add_trees::<D, H, NS, 1>(std::slice::from_ref(c), window(done + t)?, masks, out);
+        // The rest in passes of eight trees, then one by one.
+        let mut t = self.n_trees / K * K;
+        let mut eights = passes.remainder().chunks_exact(8);
+        for c in &mut eights {
+            let w = windows::<8>(&self.leaves, t, 8, NL)?;
+            add_trees::<D, H, NS, 8, 8>(c, w, masks, out);
+            t += 8;
+        }
+        for c in eights.remainder() {
+            let w = windows::<1>(&self.leaves, t, 1, NL)?;
+            add_trees::<D, H, NS, 1, 1>(std::slice::from_ref(c), w, masks, out);
+            t += 1;
         }
         Some(())
     }
@@ -384,13 +407,15 @@ impl Sliced {
 /// row (so each row's sum is the one of adding the trees one by one); `leaves` starts at the first tree's
 /// leaves, and the `K` trees' leaves fit in it (`K · 2^D ≤ LEAF_WINDOW`).
 #[inline(always)]
-fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize>(
+fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize, const W: usize>(
     conds: &[[u16; NS]],
-    leaves: &[f64; LEAF_WINDOW],
+    leaves: [&[f64; LEAF_WINDOW]; W],
     masks: &Masks,
     out: &mut [f64],
 ) {
-    const { assert!(K << D <= LEAF_WINDOW) };
+    // Trees whose leaves are in one window.
+    let per_window = LEAF_WINDOW >> D;
+    const { assert!(K <= W * (LEAF_WINDOW >> D)) };
     let n = out.len().min(BLOCK_ROWS);
     let out = &mut out[..n];
     let groups = out.len().div_ceil(8);
@@ -410,7 +435,7 @@ fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize>(
         for (g, p) in p.iter_mut().enumerate().take(groups) {
             // Eight rows' indices, one per byte: tree `t`'s leaves start at `t · 2^D`, and plane `k` is bit
             // `D - 1 - k` of the position among them (no carries: the sum stays below 256).
-            let mut w = ((t << D) as u64) * 0x0101_0101_0101_0101;
+            let mut w = (((t % per_window) << D) as u64) * 0x0101_0101_0101_0101;
             for (k, b) in bytes.iter().enumerate() {
                 w |= SPREAD[(D - 1 - k) % MAX_SLICED_DEPTH][usize::from(b[g % 16])];
             }
@@ -420,7 +445,7 @@ fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize>(
     for (r, o) in out.iter_mut().enumerate() {
         let mut v = *o;
         for k in 0..K {
-            v += leaves[usize::from(pos[k][r % BLOCK_ROWS])];
+            v += leaves[k / per_window][usize::from(pos[k][r % BLOCK_ROWS])];
         }
         *o = v;
     }
@@ -889,15 +914,15 @@ impl Gbt {
             let masks = &*masks;
             let added = match f.depth {
                 // Trees per pass: eight, or as many as have their leaves in one `LEAF_WINDOW`.
-                0 => f.add_block::<0, 1, 0, 1, 8>(masks, ob),
-                1 => f.add_block::<1, 1, 1, 2, 8>(masks, ob),
-                2 => f.add_block::<2, 2, 3, 4, 8>(masks, ob),
-                3 => f.add_block::<3, 4, 7, 8, 8>(masks, ob),
-                4 => f.add_block::<4, 8, 15, 16, 8>(masks, ob),
-                5 => f.add_block::<5, 16, 31, 32, 8>(masks, ob),
-                6 => f.add_block::<6, 32, 63, 64, 4>(masks, ob),
-                7 => f.add_block::<7, 64, 127, 128, 2>(masks, ob),
-                _ => f.add_block::<8, 128, 255, 256, 1>(masks, ob),
+                0 => f.add_block::<0, 1, 0, 1, 16, 1>(masks, ob),
+                1 => f.add_block::<1, 1, 1, 2, 16, 1>(masks, ob),
+                2 => f.add_block::<2, 2, 3, 4, 16, 1>(masks, ob),
+                3 => f.add_block::<3, 4, 7, 8, 16, 1>(masks, ob),
+                4 => f.add_block::<4, 8, 15, 16, 16, 1>(masks, ob),
+                5 => f.add_block::<5, 16, 31, 32, 16, 2>(masks, ob),
+                6 => f.add_block::<6, 32, 63, 64, 8, 2>(masks, ob),
+                7 => f.add_block::<7, 64, 127, 128, 4, 2>(masks, ob),
+                _ => f.add_block::<8, 128, 255, 256, 2, 2>(masks, ob),
             };
             if added.is_none() {
                 // Not reached: `Sliced::build` pads the leaves.
@@ -1023,7 +1048,8 @@ mod tests {
         ] {
             let p = GbtParams {
                 loss,
-                n_trees: 23,
+                // Passes of 16 trees (depth ≤ 5), one of eight and single trees.
+                n_trees: 45,
                 max_depth,
                 min_leaf: 5,
                 offset_column: Some(2),
