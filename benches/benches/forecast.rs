@@ -76,13 +76,21 @@ fn count_runs(runs: usize) {
         model.forecast_day_into(black_box(history), end, &mut scratch, &mut out);
         black_box(&out);
     }
-    // A hash of the forecast's bit patterns, to check that a change keeps the forecasts identical.
-    let bits: u64 = [&out.p10, &out.p50, &out.p90, &out.scale]
-        .into_iter()
-        .flatten()
-        .fold(0, |h, v| h.rotate_left(5) ^ v.to_bits());
+    // Hashes of the forecasts' bit patterns, to check that a change keeps the forecasts identical: the bench's
+    // day, and the 28 days up to it.
+    let hash = |h: u64, f: &DayForecast| {
+        [&f.p10, &f.p50, &f.p90, &f.scale]
+            .into_iter()
+            .flatten()
+            .fold(h, |h, v| h.rotate_left(5) ^ v.to_bits())
+    };
+    let day = hash(0, &out);
+    let days = (end - 27..=end).fold(0, |h, d| {
+        model.forecast_day_into(s.history_before(d), d, &mut scratch, &mut out);
+        hash(h, &out)
+    });
     println!(
-        "{runs} forecasts of {}, hash of P10/P50/P90/scale {bits:016x}",
+        "{runs} forecasts of {}, hash of P10/P50/P90/scale {day:016x}, of 28 days {days:016x}",
         model.metadata.model_kind
     );
 }

@@ -295,15 +295,15 @@ impl FeatureConfig {
             a[..skip].fill(0.0);
             a[end..].fill(0.0);
         }
-        // Copied as they are, counting the values that are not finite (a float comparison, false for NaN,
-        // so the loop runs on two values at once); only if there are any, copied again value by value.
-        let mut not_finite = 0usize;
+        // Copied as they are, counting the finite values (a float comparison, false for NaN, so the loop
+        // runs on two values at once); only if some are not, copied again value by value.
+        let mut finite = 0usize;
         for (v, x) in hist[skip..end].iter_mut().zip(src) {
             *v = *x;
-            not_finite += usize::from(!(x.abs() < f64::INFINITY));
+            finite += usize::from(x.abs() < f64::INFINITY);
         }
         let mut present = 0usize;
-        if not_finite == 0 && src.len() == end - skip {
+        if finite == src.len() && src.len() == end - skip {
             hist_n[skip..end].fill(1.0);
             present = src.len();
         } else {
