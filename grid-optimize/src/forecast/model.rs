@@ -969,6 +969,19 @@ pub fn train(
             mae: 0.0,
         });
     }
+    // The seasonal-naive forecasts (the same slot 1 and 7 days earlier, imputed as the lag features are) are
+    // candidates too: where the recent past predicts the validation block best, the naive forecast is served.
+    for (name, lag) in [("naive_1d", "lag1"), ("naive_7d", "lag7")] {
+        let c = column(&fc, lag);
+        let p = Predictor::Ridge(Ridge::copy_of(c));
+        cands.push(Candidate {
+            name: name.into(),
+            val_pred: eval(&p),
+            fitted: p,
+            refit: Rc::new(move |_| Ok(Predictor::Ridge(Ridge::copy_of(c)))),
+            mae: 0.0,
+        });
+    }
     let post = |pred: &[f64]| -> Vec<f64> {
         (0..val.len())
             .map(|i| {

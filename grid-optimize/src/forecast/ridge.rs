@@ -186,6 +186,19 @@ impl Ridge {
         Gram::new(data, columns).solve(lambda)
     }
 
+    /// The "model" that forecasts feature column `column` as it is (`0 + 1 · (x − 0) / 1`, which is `x` for
+    /// every `x` but −0.0): a seasonal-naive forecast from a lag column.
+    pub fn copy_of(column: usize) -> Self {
+        Self {
+            columns: vec![column],
+            mean: vec![0.0],
+            scale: vec![1.0],
+            coef: vec![1.0],
+            intercept: 0.0,
+            lambda: 0.0,
+        }
+    }
+
     /// Predicts one row of the full feature vector.
     pub fn predict(&self, row: &[f64]) -> f64 {
         let mut s = self.intercept;
