@@ -1133,6 +1133,47 @@ pub fn train(
 mod tests {
     use super::*;
 
+    /// A series whose every week is the same: the 7-day naive forecast is exact on the validation block, so it
+    /// is chosen, and it serves the value of a week before, bit for bit.
+    #[test]
+    fn a_series_that_repeats_weekly_keeps_the_7_day_naive_forecast() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let week: Vec<f64> = (0..7 * 24)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                10.0 + (state >> 11) as f64 / (1u64 << 53) as f64 * 10.0
+            })
+            .collect();
+        let v: Vec<f64> = (0..42 * 24).map(|i| week[i % (7 * 24)]).collect();
+        let s = Series::from_values("weekly", 19_000, 3600, v).unwrap();
+        let cfg = TrainConfig {
+            kind: SeriesKind::Load,
+            country: None,
+            location: None,
+            train_end_day: 19_035,
+            validation_days: None,
+        };
+        let m = train(&s, &cfg, &mut |_| {}).unwrap();
+        assert_eq!(m.metadata.model_kind, "naive_7d");
+        let names: Vec<&str> = m
+            .metadata
+            .metrics
+            .candidates
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert!(
+            names.contains(&"naive_1d") && names.contains(&"gbt_abs"),
+            "{names:?}"
+        );
+        let f = m.forecast_day(s.history_before(19_035), 19_035);
+        for (h, p) in f.p50.iter().enumerate() {
+            assert_eq!(p.to_bits(), s.values[28 * 24 + h].to_bits(), "hour {h}");
+        }
+    }
+
     fn tracker() -> IntervalTracker {
         IntervalTracker {
             recent_abs_z: 1.0,
