@@ -4,11 +4,19 @@
 //! deterministic perturbation, so the bench needs nothing outside the repository. The training bench times
 //! the whole [`train`] call (features, five candidate models, selection, calibration, refit); the forecast
 //! bench times `forecast_day_into` (features + model + intervals for the 96 slots of one day).
+//!
+//! For instruction counts (callgrind is repeatable where wall-clock times on a shared machine are not),
+//! `FORECAST_DAY_AHEAD_RUNS=N` runs N forecasts of the bench's model instead of criterion; with
+//! `FORECAST_MODEL_JSON=path` the trained model is read from `path` (written there if absent), so the
+//! training is not run under the profiler. The difference between two runs is the cost of the forecasts:
+//! `valgrind --tool=callgrind FORECAST_DAY_AHEAD_RUNS=1000 <bench binary>` and the same with 2000.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use grid_optimize::forecast::SeriesKind;
-use grid_optimize::forecast::model::{DayForecast, ForecastScratch, TrainConfig, train};
+use grid_optimize::forecast::model::{
+    DayForecast, ForecastModel, ForecastScratch, TrainConfig, train,
+};
 use grid_optimize::forecast::series::{Series, parse_csv};
 use std::hint::black_box;
 use std::time::Duration;
@@ -34,16 +42,63 @@ fn year_of_household_load() -> Series {
         .expect("valid series")
 }
 
-fn bench(c: &mut Criterion) {
-    let s = year_of_household_load();
-    let end = s.first_day + 365;
-    let cfg = TrainConfig {
+fn train_config(s: &Series) -> TrainConfig {
+    TrainConfig {
         kind: SeriesKind::Load,
         country: Some("DE".parse().expect("known country")),
         location: None,
-        train_end_day: end,
+        train_end_day: s.first_day + 365,
         validation_days: None,
+    }
+}
+
+/// `runs` forecasts of the bench's day, for instruction counts (see the top of the file).
+fn count_runs(runs: usize) {
+    let s = year_of_household_load();
+    let cfg = train_config(&s);
+    let end = cfg.train_end_day;
+    let model: ForecastModel = match std::env::var_os("FORECAST_MODEL_JSON") {
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(json) => serde_json::from_str(&json).expect("a saved model"),
+            Err(_) => {
+                let m = train(&s, &cfg, &mut |_| {}).expect("trains");
+                std::fs::write(&path, serde_json::to_string(&m).expect("serialises"))
+                    .expect("writable model path");
+                m
+            }
+        },
+        None => train(&s, &cfg, &mut |_| {}).expect("trains"),
     };
+    let history = s.history_before(end);
+    let mut scratch = ForecastScratch::default();
+    let mut out = DayForecast::default();
+    for _ in 0..runs {
+        model.forecast_day_into(black_box(history), end, &mut scratch, &mut out);
+        black_box(&out);
+    }
+    // Hashes of the forecasts' bit patterns, to check that a change keeps the forecasts identical: the bench's
+    // day, and the 28 days up to it.
+    let hash = |h: u64, f: &DayForecast| {
+        [&f.p10, &f.p50, &f.p90, &f.scale]
+            .into_iter()
+            .flatten()
+            .fold(h, |h, v| h.rotate_left(5) ^ v.to_bits())
+    };
+    let day = hash(0, &out);
+    let days = (end - 27..=end).fold(0, |h, d| {
+        model.forecast_day_into(s.history_before(d), d, &mut scratch, &mut out);
+        hash(h, &out)
+    });
+    println!(
+        "{runs} forecasts of {}, hash of P10/P50/P90/scale {day:016x}, of 28 days {days:016x}",
+        model.metadata.model_kind
+    );
+}
+
+fn bench(c: &mut Criterion) {
+    let s = year_of_household_load();
+    let cfg = train_config(&s);
+    let end = cfg.train_end_day;
     let mut g = c.benchmark_group("forecast");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(60))
@@ -71,4 +126,15 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(runs) = std::env::var("FORECAST_DAY_AHEAD_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        count_runs(runs);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -89,14 +89,36 @@ static TOD_TABLES: [(usize, OnceLock<Vec<[f64; 7]>>); 4] = [
     (288, OnceLock::new()),
 ];
 
-/// Adds `v` to `sum` and `c` to `n`, element by element (all of one length).
-#[inline]
-fn add_window(sum: &mut [f64], n: &mut [f64], v: &[f64], c: &[f64]) {
-    let len = sum.len();
-    let (n, v, c) = (&mut n[..len], &v[..len], &c[..len]);
-    for s in 0..len {
-        sum[s] += v[s];
-        n[s] += c[s];
+/// Adds to `sum[s]` the values `v[start + o + s]`, one by one, over the `starts` in order and, for each, the
+/// offsets `o` in `0..width` in order; for every slot `s` of `sum`. Eight slots at a time, so the running
+/// sums stay in registers.
+fn window_sums(v: &[f64], starts: &[usize], width: usize, sum: &mut [f64]) {
+    const LANES: usize = 8;
+    let whole = sum.len() / LANES * LANES;
+    let (chunks, rest) = sum.split_at_mut(whole);
+    for (s0, out) in (0..whole)
+        .step_by(LANES)
+        .zip(chunks.chunks_exact_mut(LANES))
+    {
+        let mut acc = [0.0; LANES];
+        acc.copy_from_slice(out);
+        for &st in starts {
+            for vs in v[st + s0..st + s0 + width + LANES - 1].array_windows::<LANES>() {
+                for l in 0..LANES {
+                    acc[l] += vs[l];
+                }
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+    for (s, out) in (whole..).zip(rest) {
+        let mut acc = *out;
+        for &st in starts {
+            for x in &v[st + s..st + s + width] {
+                acc += x;
+            }
+        }
+        *out = acc;
     }
 }
 
@@ -233,14 +255,15 @@ impl FeatureConfig {
         // with a presence count (1 or 0) per value. A missing value (absent, not finite, or not before
         // `day`) is +0.0 with count 0: the sums below start at +0.0, a running sum that starts at +0.0 is
         // never -0.0, and adding +0.0 leaves any other sum unchanged, so each sum equals the reference's sum
-        // over the present values, term by term in the same order. Slots go in the innermost loop, so the
-        // sums run over all slots at once.
+        // over the present values, term by term in the same order. The sums run over eight slots at once,
+        // in registers (`window_sums`).
         let hist_len = WINDOW_DAYS * spd + 2 * w;
         let change_len = 7 * (spd + 2 * vw);
         // Per-slot sums and counts: mean7, lag1_smooth, lag7_smooth, mean7_smooth, mean_same_weekday4,
         // mean_same_daytype14, vol7; and max14 with its count.
         const SUMS: usize = 7;
-        // Every row value is written below; the work arrays after the rows are zeroed.
+        // Every row value and every work array element is written below, so a `buf` kept across calls is not
+        // re-initialised.
         buf.resize(
             spd * nf + 2 * hist_len + 2 * change_len + 2 * (SUMS + 1) * spd,
             0.0,
@@ -248,7 +271,6 @@ impl FeatureConfig {
         let (rows, mut rest) = buf.split_at_mut(spd * nf);
         let hist = carve(&mut rest, hist_len);
         let hist_n = carve(&mut rest, hist_len);
-        rest.fill(0.0);
         let change = carve(&mut rest, change_len);
         let change_n = carve(&mut rest, change_len);
         let mut sums = [(); SUMS].map(|_| (carve(&mut rest, spd), carve(&mut rest, spd)));
@@ -273,15 +295,32 @@ impl FeatureConfig {
             a[..skip].fill(0.0);
             a[end..].fill(0.0);
         }
-        for ((v, n), x) in hist[skip..end]
-            .iter_mut()
-            .zip(hist_n[skip..end].iter_mut())
-            .zip(src)
-        {
-            let ok = x.is_finite();
-            *v = if ok { *x } else { 0.0 };
-            *n = f64::from(u8::from(ok));
+        // Copied as they are, counting the finite values (a float comparison, false for NaN, so the loop
+        // runs on two values at once); only if some are not, copied again value by value.
+        let mut finite = 0usize;
+        for (v, x) in hist[skip..end].iter_mut().zip(src) {
+            *v = *x;
+            finite += usize::from(x.abs() < f64::INFINITY);
         }
+        let mut present = 0usize;
+        if finite == src.len() && src.len() == end - skip {
+            hist_n[skip..end].fill(1.0);
+            present = src.len();
+        } else {
+            for ((v, n), x) in hist[skip..end]
+                .iter_mut()
+                .zip(hist_n[skip..end].iter_mut())
+                .zip(src)
+            {
+                let ok = x.abs() < f64::INFINITY;
+                *v = if ok { *x } else { 0.0 };
+                *n = if ok { 1.0 } else { 0.0 };
+                present += usize::from(ok);
+            }
+        }
+        // Whether no value of `hist` is missing but the last `w` (slots of `day` itself, never present): then
+        // the windows' counts are known without summing.
+        let hist_full = skip == 0 && end + w == hist_len && present == end;
         /// Mean of the values, or `None` if there are none (summed in order, as `Iterator::sum`).
         fn mean(vals: impl Iterator<Item = f64>) -> Option<f64> {
             let (mut sum, mut n) = (-0.0, 0usize);
@@ -317,7 +356,18 @@ impl FeatureConfig {
             }
         }
         let same_type = &same_type[..n_same];
-        let prev_values = || (0..spd).filter_map(|s| at(1, s as isize));
+        // The present values of slots `slots` of `k` days back (`k` in 1..=WINDOW_DAYS), in slot order: the
+        // values `at(k, s)` gives for `s` in `slots`.
+        let present_values = |k: usize, slots: std::ops::Range<usize>| {
+            let a = at_index(k, 0) as usize;
+            let r = a + slots.start..a + slots.end;
+            hist[r.clone()]
+                .iter()
+                .zip(&hist_n[r])
+                .filter(|(_, n)| **n > 0.0)
+                .map(|(v, _)| *v)
+        };
+        let prev_values = || present_values(1, 0..spd);
         let (prev_mean, prev_max, prev_min) = match mean(prev_values()) {
             None => (profile_mean, profile_mean, profile_mean),
             Some(m) => (
@@ -326,10 +376,7 @@ impl FeatureConfig {
                 prev_values().fold(f64::MAX, f64::min),
             ),
         };
-        let prev_last = (0..spd)
-            .rev()
-            .find_map(|s| at(1, s as isize))
-            .unwrap_or(prev_mean);
+        let prev_last = prev_values().next_back().unwrap_or(prev_mean);
         let last4h = (spd / 6).max(1);
         let prev_last4h = {
             let (c, half) = ((spd - 1 - last4h / 2) as isize, (last4h / 2) as isize);
@@ -340,22 +387,36 @@ impl FeatureConfig {
             }
             if n > 0 { sum / n as f64 } else { prev_mean }
         };
-        let prev8_mean = mean((0..spd).filter_map(|s| at(8, s as isize))).unwrap_or(prev_mean);
+        let prev8_mean = mean(present_values(8, 0..spd)).unwrap_or(prev_mean);
         // Day-over-day absolute changes over the last week: a volatility scale for the intervals.
         let day_stride = spd + 2 * vw;
+        let mut changes = 0usize;
         for k in 1..=7 {
             let a = at_index(k, 0) as usize;
             let b = at_index(k + 1, 0) as usize;
-            let o = (k - 1) * day_stride + vw;
+            let o = (k - 1) * day_stride;
+            let (c, cn) = (
+                &mut change[o..o + day_stride],
+                &mut change_n[o..o + day_stride],
+            );
+            // The margins are missing.
+            for a in [&mut *c, &mut *cn] {
+                a[..vw].fill(0.0);
+                a[vw + spd..].fill(0.0);
+            }
+            let (c, cn) = (&mut c[vw..vw + spd], &mut cn[vw..vw + spd]);
+            let (va, vb) = (&hist[a..a + spd], &hist[b..b + spd]);
+            let (na, nb) = (&hist_n[a..a + spd], &hist_n[b..b + spd]);
             for s in 0..spd {
-                let d = (hist[a + s] - hist[b + s]).abs();
-                // Not finite if the difference overflows: the reference skips it.
-                if hist_n[a + s] > 0.0 && hist_n[b + s] > 0.0 && d.is_finite() {
-                    change[o + s] = d;
-                    change_n[o + s] = 1.0;
-                }
+                let d = (va[s] - vb[s]).abs();
+                // Not finite if the difference overflows: the reference skips it. (`&`, not `&&`: no branches.)
+                let ok = (na[s] * nb[s] > 0.0) & (d < f64::INFINITY);
+                c[s] = if ok { d } else { 0.0 };
+                cn[s] = if ok { 1.0 } else { 0.0 };
+                changes += usize::from(ok);
             }
         }
+        let changes_full = changes == 7 * spd;
         let vol_day = mean(
             change
                 .chunks_exact(day_stride)
@@ -374,32 +435,100 @@ impl FeatureConfig {
             (&[7, 14, 21, 28], w),
             (same_type, w),
         ];
-        for ((days, half), (sum, n)) in windows.iter().zip(sums.iter_mut()) {
-            for &k in *days {
-                let base = at_index(k, 0) as usize;
-                for off in base - half..=base + half {
-                    add_window(sum, n, &hist[off..off + spd], &hist_n[off..off + spd]);
+        // Adds to `sum` the window sums of `v` over `days` (at most 14) with half-width `half`.
+        let add_days = |v: &[f64], days: &[usize], half: usize, sum: &mut [f64]| {
+            let mut starts = [0usize; 14];
+            for (st, &k) in starts.iter_mut().zip(days) {
+                *st = at_index(k, 0) as usize - half;
+            }
+            window_sums(v, &starts[..days.len().min(14)], 2 * half + 1, sum);
+        };
+        for ((days, half), (_, n)) in windows.iter().zip(sums.iter_mut()) {
+            if hist_full {
+                // Only day 1's slots past the day's end are missing.
+                let with_day1 = days.contains(&1);
+                for (s, n) in n.iter_mut().enumerate() {
+                    let cut = if with_day1 {
+                        (s + half + 1).saturating_sub(spd)
+                    } else {
+                        0
+                    };
+                    *n = (days.len() * (2 * half + 1) - cut) as f64;
                 }
+            } else {
+                n.fill(0.0);
+                add_days(hist_n, days, *half, n);
             }
         }
+        // The sums are taken day by day, so a window whose days start with another's continues from that
+        // one's sums: `mean7_smooth` from `lag1_smooth`, `mean_same_weekday4` from `lag7_smooth`, and
+        // `mean_same_daytype14` shares the days `1..=p` it starts with with `mean7_smooth`.
+        const WEEK: [usize; 7] = [1, 2, 3, 4, 5, 6, 7];
+        let p = same_type
+            .iter()
+            .zip(WEEK)
+            .take_while(|(k, d)| **k == *d)
+            .count();
+        let [
+            (mean7, _),
+            (lag1_smooth, _),
+            (lag7_smooth, _),
+            (mean7_smooth, _),
+            (weekday4, _),
+            (daytype14, _),
+            (vol7, vol7_n),
+        ] = &mut sums;
+        mean7.fill(0.0);
+        add_days(hist, &WEEK, 0, mean7);
+        lag1_smooth.fill(0.0);
+        add_days(hist, &[1], w, lag1_smooth);
+        lag7_smooth.fill(0.0);
+        add_days(hist, &[7], w, lag7_smooth);
+        weekday4.copy_from_slice(lag7_smooth);
+        add_days(hist, &[14, 21, 28], w, weekday4);
+        if p >= 1 {
+            daytype14.copy_from_slice(lag1_smooth);
+            add_days(hist, &WEEK[1..p], w, daytype14);
+            mean7_smooth.copy_from_slice(daytype14);
+            add_days(hist, &WEEK[p..], w, mean7_smooth);
+            add_days(hist, &same_type[p..], w, daytype14);
+        } else {
+            mean7_smooth.copy_from_slice(lag1_smooth);
+            add_days(hist, &WEEK[1..], w, mean7_smooth);
+            daytype14.fill(0.0);
+            add_days(hist, same_type, w, daytype14);
+        }
         {
-            let (sum, n) = &mut sums[SUMS - 1];
-            for k in 0..7 {
-                let day_changes = &change[k * day_stride..(k + 1) * day_stride];
-                let day_n = &change_n[k * day_stride..(k + 1) * day_stride];
-                for off in 0..=2 * vw {
-                    add_window(sum, n, &day_changes[off..off + spd], &day_n[off..off + spd]);
+            let mut starts = [0usize; 7];
+            for (k, st) in starts.iter_mut().enumerate() {
+                *st = k * day_stride;
+            }
+            vol7.fill(0.0);
+            window_sums(change, &starts, 2 * vw + 1, vol7);
+            if changes_full {
+                // Each day's changes at slots `s - vw..=s + vw` within the day.
+                for (s, n) in vol7_n.iter_mut().enumerate() {
+                    *n = (7 * ((s + vw).min(spd - 1) + 1 - s.saturating_sub(vw))) as f64;
                 }
+            } else {
+                vol7_n.fill(0.0);
+                window_sums(change_n, &starts, 2 * vw + 1, vol7_n);
             }
         }
         max14.fill(f64::NEG_INFINITY);
-        for k in 1..=14 {
+        max14_n.fill(if hist_full { 14.0 } else { 0.0 });
+        for k in (1..=14).filter(|_| hist_full) {
+            let base = at_index(k, 0) as usize;
+            for (m, v) in max14.iter_mut().zip(&hist[base..base + spd]) {
+                *m = m.max(*v);
+            }
+        }
+        for k in (1..=14).filter(|_| !hist_full) {
             let base = at_index(k, 0) as usize;
             let (v, c) = (&hist[base..base + spd], &hist_n[base..base + spd]);
             for (((m, n), v), c) in max14.iter_mut().zip(max14_n.iter_mut()).zip(v).zip(c) {
-                if *c > 0.0 {
-                    *m = m.max(*v);
-                }
+                // `max(-inf)` leaves `m` as it is: no branch.
+                *m = m.max(if *c > 0.0 { *v } else { f64::NEG_INFINITY });
                 *n += c;
             }
         }
@@ -407,8 +536,7 @@ impl FeatureConfig {
         let mut blocks = [0.0; PREV_DAY_BLOCKS];
         for (b, v) in blocks.iter_mut().enumerate() {
             let lo = (b * spd / PREV_DAY_BLOCKS).min(spd - 1);
-            *v = mean((lo..(lo + block).min(spd)).filter_map(|s| at(1, s as isize)))
-                .unwrap_or(prev_mean);
+            *v = mean(present_values(1, lo..(lo + block).min(spd))).unwrap_or(prev_mean);
         }
         // Clear-sky index of the previous day and week, for PV.
         let (prev_index, week_index) = self.clear_sky_indices(day, &at);
@@ -423,65 +551,81 @@ impl FeatureConfig {
             let (sum, n) = (&sums[i].0, &sums[i].1);
             (n[s] > 0.0).then(|| sum[s] / n[s])
         };
+        // The values every row of the day shares, in column order.
+        let day_values: [f64; 16] = [
+            f64::from(wd),
+            f64::from(u8::from(wd >= 5)),
+            f64::from(u8::from(is_hol)),
+            f64::from(u8::from(is_eve)),
+            f64::from(u8::from(off_today)),
+            f64::from(u8::from(off_prev)),
+            f64::from(u8::from(off_lag7)),
+            ya_sin,
+            ya_cos,
+            f64::from(u8::from(wd == 0)),
+            f64::from(u8::from(wd == 1)),
+            f64::from(u8::from(wd == 2)),
+            f64::from(u8::from(wd == 3)),
+            f64::from(u8::from(wd == 4)),
+            f64::from(u8::from(wd == 5)),
+            f64::from(u8::from(wd == 6)),
+        ];
+        // The lag days' values and presence counts.
+        let lag_days: [(&[f64], &[f64]); 5] = LAGS.map(|k| {
+            let a = at_index(k, 0) as usize;
+            (&hist[a..a + spd], &hist_n[a..a + spd])
+        });
+        // Whole blocks of each row are copied, rather than written value by value.
         for (s, row) in rows.chunks_exact_mut(nf).enumerate() {
-            let mut c = 0;
-            let mut put = |v: f64| {
-                row[c] = v;
-                c += 1;
-            };
-            for v in tod_table.map_or_else(|| tod_features(s, spd), |t| t[s]) {
-                put(v);
-            }
-            put(f64::from(wd));
-            put(f64::from(u8::from(wd >= 5)));
-            put(f64::from(u8::from(is_hol)));
-            put(f64::from(u8::from(is_eve)));
-            put(f64::from(u8::from(off_today)));
-            put(f64::from(u8::from(off_prev)));
-            put(f64::from(u8::from(off_lag7)));
-            put(ya_sin);
-            put(ya_cos);
-            for d in 0..7 {
-                put(f64::from(u8::from(wd == d)));
-            }
+            let (tod, row) = row.split_at_mut(7);
+            tod.copy_from_slice(&tod_table.map_or_else(|| tod_features(s, spd), |t| t[s]));
+            let (day_part, row) = row.split_at_mut(day_values.len());
+            day_part.copy_from_slice(&day_values);
             let fallback = window_mean(0, s).unwrap_or_else(|| prof(s));
-            let lags: [Option<f64>; 5] = LAGS.map(|k| {
-                let i = at_index(k, s as isize) as usize;
-                (hist_n[i] > 0.0).then_some(hist[i])
+            let lags: [Option<f64>; 5] = std::array::from_fn(|i| {
+                let (v, n) = lag_days[i];
+                (n[s] > 0.0).then_some(v[s])
             });
-            for l in lags {
-                put(l.unwrap_or(fallback));
-            }
-            for l in lags {
-                put(f64::from(u8::from(l.is_none())));
-            }
             let lag1 = lags[0].unwrap_or(fallback);
             let lag7 = lags[3].unwrap_or(fallback);
-            put(window_mean(1, s).unwrap_or(lag1));
-            put(window_mean(2, s).unwrap_or(lag7));
-            put(fallback);
-            put(window_mean(3, s).unwrap_or(fallback));
-            put(window_mean(4, s).unwrap_or(fallback));
-            put(window_mean(5, s).unwrap_or(fallback));
-            put(if max14_n[s] > 0.0 { max14[s] } else { fallback });
-            put(prev_mean);
-            put(prev_max);
-            put(prev_min);
-            put(prev_last);
-            put(prev_last4h);
-            put(prev8_mean);
-            put(window_mean(6, s).unwrap_or(vol_day));
-            put(vol_day);
-            if self.has_solar() {
+            let slot_values: [f64; 25] = [
+                lag1,
+                lags[1].unwrap_or(fallback),
+                lags[2].unwrap_or(fallback),
+                lag7,
+                lags[4].unwrap_or(fallback),
+                f64::from(u8::from(lags[0].is_none())),
+                f64::from(u8::from(lags[1].is_none())),
+                f64::from(u8::from(lags[2].is_none())),
+                f64::from(u8::from(lags[3].is_none())),
+                f64::from(u8::from(lags[4].is_none())),
+                window_mean(1, s).unwrap_or(lag1),
+                window_mean(2, s).unwrap_or(lag7),
+                fallback,
+                window_mean(3, s).unwrap_or(fallback),
+                window_mean(4, s).unwrap_or(fallback),
+                window_mean(5, s).unwrap_or(fallback),
+                if max14_n[s] > 0.0 { max14[s] } else { fallback },
+                prev_mean,
+                prev_max,
+                prev_min,
+                prev_last,
+                prev_last4h,
+                prev8_mean,
+                window_mean(6, s).unwrap_or(vol_day),
+                vol_day,
+            ];
+            let (slot_part, row) = row.split_at_mut(slot_values.len());
+            slot_part.copy_from_slice(&slot_values);
+            let row = if self.has_solar() {
                 let cs = self.clear_sky_at(day, s);
-                put(cs);
-                put(cs * prev_index);
-                put(cs * week_index);
-            }
-            for b in &blocks {
-                put(*b);
-            }
-            debug_assert_eq!(c, nf);
+                let (solar, row) = row.split_at_mut(3);
+                solar.copy_from_slice(&[cs, cs * prev_index, cs * week_index]);
+                row
+            } else {
+                row
+            };
+            row.copy_from_slice(&blocks);
         }
         &buf[..spd * nf]
     }
@@ -809,13 +953,23 @@ mod tests {
                     location,
                     ..cfg(spd)
                 };
-                for days in [0usize, 1, 3, 9, 20, 40] {
+                // Without gaps in 29 days or more, the window counts are not summed (a separate path).
+                for (days, gaps) in [
+                    (0usize, true),
+                    (1, true),
+                    (3, true),
+                    (9, true),
+                    (20, true),
+                    (40, true),
+                    (29, false),
+                    (40, false),
+                ] {
                     let mut hist: Vec<f64> = (0..days * spd)
                         .map(|i| 1.0 + ((i % spd) as f64 / 7.0).sin() + rand())
                         .collect();
                     // Gaps: single values and a whole day.
                     for (i, v) in hist.iter_mut().enumerate() {
-                        if rand() < 0.05 || (days > 5 && i / spd == days - 3) {
+                        if gaps && (rand() < 0.05 || (days > 5 && i / spd == days - 3)) {
                             *v = f64::NAN;
                         }
                     }
@@ -831,7 +985,7 @@ mod tests {
                             // different values can split differently.
                             assert!(
                                 a.to_bits() == b.to_bits(),
-                                "spd {spd}, {days} days, day {day}, column {}: {a} != {b}",
+                                "spd {spd}, {days} days (gaps: {gaps}), day {day}, column {}: {a} != {b}",
                                 c.names()[i % c.n_features()]
                             );
                         }

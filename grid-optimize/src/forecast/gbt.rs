@@ -94,14 +94,26 @@ pub struct Gbt {
 /// node-by-node path.
 const MAX_SLICED_DEPTH: usize = 8;
 
-/// Trees [`Sliced`] adds to a row before storing its running sum (the sum is still taken tree by tree).
-const TREES_PER_PASS: usize = 4;
+/// Values read from a tree's first leaf on: a leaf position is a byte, so indexing this many values with it
+/// needs no bounds check.
+const LEAF_WINDOW: usize = 1 << MAX_SLICED_DEPTH;
 
 /// Rows [`Sliced`] evaluates together: one bit per row of a [`Mask`].
 const BLOCK_ROWS: usize = 128;
 
 /// One bit per row of a block (two words, which the compiler keeps in one SSE register).
 type Mask = [u64; 2];
+
+/// Number of [`Mask`]s of a block: one for every `u16`, so that reading the mask of a stored condition (twice
+/// its id, see [`Sliced::conds`]) needs no bounds check. (The array is allocated zeroed, so only the pages
+/// of the ids in use are ever touched.)
+const N_CONDS: usize = 1 << 16;
+
+/// Condition ids a model may use: twice the largest must fit in a `u16`.
+const MAX_CONDS: usize = 1 << 15;
+
+/// A block's condition masks, indexed by condition id.
+type Masks = [Mask; N_CONDS];
 
 /// Condition id of a split that sends every row left (padding below a leaf above the full depth).
 const GO_LEFT: u16 = 0;
@@ -147,10 +159,17 @@ struct Sliced {
     col_start: Vec<usize>,
     /// Per model column, its distinct split thresholds, ascending (`-0.0` and `0.0` are one).
     thr: Vec<f64>,
-    /// Per tree, its `2^d - 1` splits in heap order as condition ids ([`GO_LEFT`], [`GO_RIGHT`], or
+    /// Per model column, where its thresholds start in `padded` (`columns.len() + 1` entries).
+    padded_start: Vec<usize>,
+    /// Per model column, its thresholds followed by `+inf` up to a power of two greater than their count,
+    /// for [`below`].
+    padded: Vec<f64>,
+    /// Per tree, its `2^d - 1` splits in heap order as twice their condition ids (the index of the first
+    /// word of the condition's mask among all masks' words; a condition id is [`GO_LEFT`], [`GO_RIGHT`], or
     /// [`FIRST_THRESHOLD`] plus an index into `thr`).
     conds: Vec<u16>,
-    /// Per tree, its `2^d` leaf values.
+    /// Per tree, its `2^d` leaf values; then [`LEAF_WINDOW`] zeros, so that the [`LEAF_WINDOW`] values from
+    /// any tree's first leaf on are in the array.
     leaves: Vec<f64>,
     /// Largest feature column read, to check a row is long enough once per batch.
     max_col: usize,
@@ -190,14 +209,23 @@ impl Sliced {
         }
         let mut col_start = Vec::with_capacity(nc + 1);
         let mut thr = Vec::new();
+        let mut padded_start = Vec::with_capacity(nc + 1);
+        let mut padded = Vec::new();
         for mut t in per_col {
             t.sort_by(f64::total_cmp);
             t.dedup_by(|a, b| a == b);
             col_start.push(thr.len());
+            padded_start.push(padded.len());
+            padded.extend(&t);
+            padded.resize(
+                padded.len() + (t.len() + 1).next_power_of_two() - t.len(),
+                f64::INFINITY,
+            );
             thr.extend(t);
         }
         col_start.push(thr.len());
-        if FIRST_THRESHOLD + thr.len() > usize::from(u16::MAX) + 1 {
+        padded_start.push(padded.len());
+        if FIRST_THRESHOLD + thr.len() > MAX_CONDS {
             return None;
         }
         let nt = m.trees.len();
@@ -205,8 +233,10 @@ impl Sliced {
             depth: d,
             col_start,
             thr,
-            conds: vec![GO_LEFT; nt * ((1 << d) - 1)],
-            leaves: vec![0.0; nt << d],
+            padded_start,
+            padded,
+            conds: vec![2 * GO_LEFT; nt * ((1 << d) - 1)],
+            leaves: vec![0.0; (nt << d) + LEAF_WINDOW],
             max_col: m
                 .columns
                 .iter()
@@ -247,9 +277,11 @@ impl Sliced {
             } else {
                 let (a, b) = (*self.col_start.get(j)?, *self.col_start.get(j + 1)?);
                 let k = self.thr[a..b].partition_point(|v| *v < n.threshold);
-                u16::try_from(FIRST_THRESHOLD + a + k).ok()?
+                u16::try_from(FIRST_THRESHOLD + a + k)
+                    .ok()
+                    .filter(|id| usize::from(*id) < MAX_CONDS)?
             };
-            self.conds[tree * ((1 << d) - 1) + pos] = id;
+            self.conds[tree * ((1 << d) - 1) + pos] = 2 * id;
             (n.left as usize, n.right as usize)
         };
         self.fill(nodes, tree, l, 2 * pos + 1, level + 1)?;
@@ -264,39 +296,39 @@ impl Sliced {
         x: &[f64],
         nf: usize,
         rows: std::ops::Range<usize>,
-        masks: &mut Vec<Mask>,
+        masks: &mut Masks,
     ) {
-        masks.clear();
-        masks.resize(FIRST_THRESHOLD + self.thr.len(), [0; 2]);
+        masks[..FIRST_THRESHOLD + self.thr.len()].fill([0; 2]);
         masks[usize::from(GO_RIGHT)] = [u64::MAX; 2];
         let xs = &x[rows.start * nf..rows.end * nf];
         for (j, &c) in columns.iter().enumerate() {
             let (a, b) = (self.col_start[j], self.col_start[j + 1]);
-            let t = &self.thr[a..b];
-            let Some(first) = xs.get(c).copied().filter(|_| !t.is_empty()) else {
+            let n = b - a;
+            let t = &self.padded[self.padded_start[j]..self.padded_start[j + 1]];
+            let Some(first) = xs.get(c).copied().filter(|_| n > 0) else {
                 continue;
             };
             let m = &mut masks[FIRST_THRESHOLD + a..FIRST_THRESHOLD + b];
             // A row goes right at threshold `k` iff more than `k` thresholds lie below its value (all for NaN).
-            let below = |v: f64| {
-                if v.is_nan() {
-                    t.len()
-                } else {
-                    t.partition_point(|u| *u < v)
-                }
-            };
             if xs
                 .chunks_exact(nf)
                 .all(|r| r[c].to_bits() == first.to_bits())
             {
                 // The same value in every row (the day's weekday, previous-day mean, …): one search. The bits
                 // of rows past the block's end are never read.
-                m[..below(first)].fill([u64::MAX; 2]);
+                m[..below(t, n, first)].fill([u64::MAX; 2]);
             } else {
-                for (r, row) in xs.chunks_exact(nf).enumerate() {
-                    if let Some(k) = below(row[c]).checked_sub(1) {
-                        m[k][(r / 64) & 1] |= 1 << (r % 64);
-                    }
+                let values = || xs.chunks_exact(nf).map(|r| r[c]);
+                // A search unrolled for the column's padded length, for the usual lengths.
+                let unrolled = mark_rows_unrolled::<2>(t, n, values(), m)
+                    || mark_rows_unrolled::<4>(t, n, values(), m)
+                    || mark_rows_unrolled::<8>(t, n, values(), m)
+                    || mark_rows_unrolled::<16>(t, n, values(), m)
+                    || mark_rows_unrolled::<32>(t, n, values(), m)
+                    || mark_rows_unrolled::<64>(t, n, values(), m)
+                    || mark_rows_unrolled::<128>(t, n, values(), m);
+                if !unrolled {
+                    mark_rows(values(), |v| below(t, n, v), m);
                 }
                 for k in (1..m.len()).rev() {
                     let above = m[k];
@@ -309,95 +341,113 @@ impl Sliced {
 
     /// Adds, tree by tree, the trees' values of a block's rows to `out` (one entry per row, at most
     /// [`BLOCK_ROWS`]); `masks` are the block's condition masks. The depth is `D`; `H`, `NS` and `NL` are
-    /// `2^(D-1)` (1 for depth 0), `2^D - 1` (splits) and `2^D` (leaves).
-    fn add_block<const D: usize, const H: usize, const NS: usize, const NL: usize>(
+    /// `2^(D-1)` (1 for depth 0), `2^D - 1` (splits) and `2^D` (leaves); `K` trees are added per pass over the rows.
+    fn add_block<
+        const D: usize,
+        const H: usize,
+        const NS: usize,
+        const NL: usize,
+        const K: usize,
+        const W: usize,
+    >(
         &self,
-        masks: &[Mask],
+        masks: &Masks,
         out: &mut [f64],
-    ) {
+    ) -> Option<()> {
         if NS == 0 {
             // Depth 0: every tree is one leaf.
-            for &v in &self.leaves {
+            for &v in self.leaves.get(..self.n_trees)? {
                 for o in out.iter_mut() {
                     *o += v;
                 }
             }
-            return;
+            return Some(());
         }
         let (conds, _) = self.conds.as_chunks::<NS>();
-        let (leaves, _) = self.leaves.as_chunks::<NL>();
-        let mut trees = conds
-            .chunks_exact(TREES_PER_PASS)
-            .zip(leaves.chunks_exact(TREES_PER_PASS));
-        for (c, l) in &mut trees {
-            add_trees::<D, H, NS, NL, TREES_PER_PASS>(c, l, masks, out);
+        // The windows of the `k` trees from tree `t` on (the windows past the last tree repeat the first).
+        fn windows<const V: usize>(
+            leaves: &[f64],
+            t: usize,
+            k: usize,
+            nl: usize,
+        ) -> Option<[&[f64; LEAF_WINDOW]; V]> {
+            let per_window = LEAF_WINDOW / nl;
+            let first = leaves.get(t * nl..)?.first_chunk::<LEAF_WINDOW>()?;
+            let mut w = [first; V];
+            for (i, w) in w.iter_mut().enumerate().take(k.div_ceil(per_window)) {
+                *w = leaves
+                    .get((t + i * per_window) * nl..)?
+                    .first_chunk::<LEAF_WINDOW>()?;
+            }
+            Some(w)
         }
-        let done = self.n_trees / TREES_PER_PASS * TREES_PER_PASS;
-        for (c, l) in conds.iter().zip(leaves).skip(done) {
-            add_trees::<D, H, NS, NL, 1>(
-                std::slice::from_ref(c),
-                std::slice::from_ref(l),
-                masks,
-                out,
-            );
+        let mut passes = conds.chunks_exact(K);
+        for (p, c) in (&mut passes).enumerate() {
+            let w = windows::<W>(&self.leaves, p * K, K, NL)?;
+            add_trees::<D, H, NS, K, W>(c, w, masks, out);
         }
+        // The rest in passes of eight trees, then one by one.
+        let mut t = self.n_trees / K * K;
+        let mut eights = passes.remainder().chunks_exact(8);
+        for c in &mut eights {
+            let w = windows::<8>(&self.leaves, t, 8, NL)?;
+            add_trees::<D, H, NS, 8, 8>(c, w, masks, out);
+            t += 8;
+        }
+        for c in eights.remainder() {
+            let w = windows::<1>(&self.leaves, t, 1, NL)?;
+            add_trees::<D, H, NS, 1, 1>(std::slice::from_ref(c), w, masks, out);
+            t += 1;
+        }
+        Some(())
     }
 }
 
-/// Adds the values of the `K` trees with splits `conds` and leaves `leaves` (see [`Sliced`]) to `out`, in
-/// tree order for each row (so each row's sum is the one of adding the trees one by one).
+/// Adds the values of the `K` trees with splits `conds` (see [`Sliced`]) to `out`, in tree order for each
+/// row (so each row's sum is the one of adding the trees one by one); `leaves` starts at the first tree's
+/// leaves, and the `K` trees' leaves fit in it (`K · 2^D ≤ LEAF_WINDOW`).
 #[inline(always)]
-fn add_trees<const D: usize, const H: usize, const NS: usize, const NL: usize, const K: usize>(
+fn add_trees<const D: usize, const H: usize, const NS: usize, const K: usize, const W: usize>(
     conds: &[[u16; NS]],
-    leaves: &[[f64; NL]],
-    masks: &[Mask],
+    leaves: [&[f64; LEAF_WINDOW]; W],
+    masks: &Masks,
     out: &mut [f64],
 ) {
-    // The planes as bytes: byte `g` holds rows `8g..8g + 8`.
-    let mut planes = [[[0u8; 16]; D]; K];
-    for (p, c) in planes.iter_mut().zip(conds) {
-        for (bytes, m) in p.iter_mut().zip(tree_planes::<D, H, NS>(c, masks)) {
-            let (lo, hi) = bytes.split_at_mut(8);
+    // Trees whose leaves are in one window.
+    let per_window = LEAF_WINDOW >> D;
+    const { assert!(K <= W * (LEAF_WINDOW >> D)) };
+    let n = out.len().min(BLOCK_ROWS);
+    let out = &mut out[..n];
+    let groups = out.len().div_ceil(8);
+    // Every row's leaf index in `leaves` for each tree, one byte per row: first all the indices, then the
+    // sums, so the adding loop is two instructions per tree and row (a byte load and an add from memory,
+    // all from one base address).
+    let mut pos = [[0u8; BLOCK_ROWS]; K];
+    for (t, (p, c)) in pos.iter_mut().zip(conds).enumerate() {
+        // The planes as bytes: byte `g` holds rows `8g..8g + 8`.
+        let mut bytes = [[0u8; 16]; D];
+        for (b, m) in bytes.iter_mut().zip(tree_planes::<D, H, NS>(c, masks)) {
+            let (lo, hi) = b.split_at_mut(8);
             lo.copy_from_slice(&m[0].to_le_bytes());
             hi.copy_from_slice(&m[1].to_le_bytes());
         }
-    }
-    let mut leaf: [&[f64; NL]; K] = [&[0.0; NL]; K];
-    for (l, src) in leaf.iter_mut().zip(leaves) {
-        *l = src;
-    }
-    // Eight rows' leaf positions in tree `k`, one per byte (`D` ≤ 8, so no byte overflows into the next).
-    let positions = |g: usize| -> [u64; K] {
-        let mut pos = [0u64; K];
-        for (pos, planes) in pos.iter_mut().zip(&planes) {
-            for (k, p) in planes.iter().enumerate() {
-                // Plane `k` is bit `D - 1 - k` of the position.
-                *pos |= SPREAD[(D - 1 - k) % MAX_SLICED_DEPTH][usize::from(p[g % 16])];
+        let (p, _) = p.as_chunks_mut::<8>();
+        for (g, p) in p.iter_mut().enumerate().take(groups) {
+            // Eight rows' indices, one per byte: tree `t`'s leaves start at `t · 2^D`, and plane `k` is bit
+            // `D - 1 - k` of the position among them (no carries: the sum stays below 256).
+            let mut w = (((t % per_window) << D) as u64) * 0x0101_0101_0101_0101;
+            for (k, b) in bytes.iter().enumerate() {
+                w |= SPREAD[(D - 1 - k) % MAX_SLICED_DEPTH][usize::from(b[g % 16])];
             }
+            *p = w.to_le_bytes();
         }
-        pos
-    };
-    let add = |o: &mut f64, pos: &[u64; K], i: usize| {
+    }
+    for (r, o) in out.iter_mut().enumerate() {
         let mut v = *o;
         for k in 0..K {
-            v += leaf[k][(pos[k] >> (8 * i)) as usize & (NL - 1)];
+            v += leaves[k / per_window][usize::from(pos[k][r % BLOCK_ROWS])];
         }
         *o = v;
-    };
-    let g = out.len() / 8;
-    let mut groups = out.chunks_exact_mut(8);
-    for (g, og) in (&mut groups).enumerate() {
-        let pos = positions(g);
-        for (i, o) in og.iter_mut().enumerate() {
-            add(o, &pos, i);
-        }
-    }
-    let og = groups.into_remainder();
-    if !og.is_empty() {
-        let pos = positions(g);
-        for (i, o) in og.iter_mut().enumerate() {
-            add(o, &pos, i);
-        }
     }
 }
 
@@ -406,15 +456,17 @@ fn add_trees<const D: usize, const H: usize, const NS: usize, const NL: usize, c
 #[inline(always)]
 fn tree_planes<const D: usize, const H: usize, const NS: usize>(
     conds: &[u16; NS],
-    masks: &[Mask],
+    masks: &Masks,
 ) -> [Mask; D] {
+    let words = masks.as_flattened();
     let mut planes = [[0u64; 2]; D];
     let mut sel = [[0u64; 2]; H];
     for level in 0..D {
         let first = (1 << level) - 1;
         let mut len = 1 << level;
         for (i, s) in sel[..len].iter_mut().enumerate() {
-            *s = masks[usize::from(conds[first + i])];
+            let w = usize::from(conds[first + i]);
+            *s = [words[w], words[w + 1]];
         }
         // The row's node at this level is `first + i`, the bits of `i` being the row's planes above (plane 0
         // the most significant): select by the last plane first.
@@ -429,6 +481,68 @@ fn tree_planes<const D: usize, const H: usize, const NS: usize>(
     planes
 }
 
+/// The number of thresholds below `v` (`n`, all of them, for NaN), where `padded` holds the `n` thresholds in
+/// ascending order followed by `+inf` up to a power of two greater than `n`: a binary search whose steps do
+/// not depend on `v` (a conditional move each), where `partition_point` took twice the instructions.
+#[inline(always)]
+fn below(padded: &[f64], n: usize, v: f64) -> usize {
+    if v.is_nan() {
+        return n;
+    }
+    // The count lies in `base..base + 2h`; `+inf` is never below `v`, so it is at most `n`.
+    let mut base = 0;
+    let mut h = padded.len() / 2;
+    while h > 0 {
+        if padded.get(base + h - 1).is_some_and(|u| *u < v) {
+            base += h;
+        }
+        h /= 2;
+    }
+    base
+}
+
+/// [`below`] for a padded length `P` known at compile time: unrolled, and without bounds checks.
+#[inline(always)]
+fn below_unrolled<const P: usize>(padded: &[f64; P], n: usize, v: f64) -> usize {
+    if v.is_nan() {
+        return n;
+    }
+    let mut base = 0;
+    let mut h = P / 2;
+    while h > 0 {
+        // `base + h - 1 < P` always; the mask only tells the compiler so.
+        let probe = padded[(base + h - 1) & (P - 1)];
+        base = std::hint::select_unpredictable(probe < v, base + h, base);
+        h /= 2;
+    }
+    base
+}
+
+/// Sets, for each row `r` of `values` and each threshold `k` with `below(v) == k + 1`, bit `r` of `m[k]`
+/// (the masks are completed downwards afterwards: a row above threshold `k` is above every lower one).
+#[inline(always)]
+fn mark_rows(values: impl Iterator<Item = f64>, below: impl Fn(f64) -> usize, m: &mut [Mask]) {
+    for (r, v) in values.enumerate() {
+        if let Some(mk) = below(v).checked_sub(1).and_then(|k| m.get_mut(k)) {
+            mk[(r / 64) & 1] |= 1 << (r % 64);
+        }
+    }
+}
+
+/// [`mark_rows`] with [`below_unrolled`] if the column's padded thresholds have length `P`; `false` if not.
+fn mark_rows_unrolled<const P: usize>(
+    padded: &[f64],
+    n: usize,
+    values: impl Iterator<Item = f64>,
+    m: &mut [Mask],
+) -> bool {
+    let Ok(t) = <&[f64; P]>::try_from(padded) else {
+        return false;
+    };
+    mark_rows(values, |v| below_unrolled(t, n, v), m);
+    true
+}
+
 /// Per row (bit): `b` where `s` is set, else `a`.
 #[inline(always)]
 fn mux(s: Mask, a: Mask, b: Mask) -> Mask {
@@ -438,7 +552,7 @@ fn mux(s: Mask, a: Mask, b: Mask) -> Mask {
 /// Work buffers of [`Gbt::predict_batch`], reused across calls so that a warm call does not allocate.
 #[derive(Debug, Default, Clone)]
 pub struct GbtScratch {
-    /// The block's condition masks.
+    /// The block's condition masks ([`N_CONDS`] of them once used).
     masks: Vec<Mask>,
 }
 
@@ -773,30 +887,47 @@ impl Gbt {
     ) {
         let n = out.len();
         let sliced = self.sliced.0.get_or_init(|| Sliced::build(self)).as_ref();
-        let Some(f) = sliced.filter(|f| {
-            f.n_trees == self.trees.len() && f.max_col < n_features && x.len() >= n * n_features
-        }) else {
+        let row_by_row = |out: &mut [f64]| {
             for (r, o) in out.iter_mut().enumerate() {
                 *o = self.predict(&x[r * n_features..(r + 1) * n_features]);
             }
+        };
+        let Some(f) = sliced.filter(|f| {
+            f.n_trees == self.trees.len() && f.max_col < n_features && x.len() >= n * n_features
+        }) else {
+            row_by_row(out);
             return;
         };
         // `Sum` of f64 starts from -0.0.
         out.fill(-0.0);
         for (b, ob) in out.chunks_mut(BLOCK_ROWS).enumerate() {
             let r0 = b * BLOCK_ROWS;
-            let masks = &mut scratch.masks;
+            if scratch.masks.len() != N_CONDS {
+                scratch.masks = vec![[0; 2]; N_CONDS];
+            }
+            let Ok(masks) = <&mut Masks>::try_from(scratch.masks.as_mut_slice()) else {
+                // Not reached: the length was just set.
+                row_by_row(out);
+                return;
+            };
             f.masks(&self.columns, x, n_features, r0..r0 + ob.len(), masks);
-            match f.depth {
-                0 => f.add_block::<0, 1, 0, 1>(masks, ob),
-                1 => f.add_block::<1, 1, 1, 2>(masks, ob),
-                2 => f.add_block::<2, 2, 3, 4>(masks, ob),
-                3 => f.add_block::<3, 4, 7, 8>(masks, ob),
-                4 => f.add_block::<4, 8, 15, 16>(masks, ob),
-                5 => f.add_block::<5, 16, 31, 32>(masks, ob),
-                6 => f.add_block::<6, 32, 63, 64>(masks, ob),
-                7 => f.add_block::<7, 64, 127, 128>(masks, ob),
-                _ => f.add_block::<8, 128, 255, 256>(masks, ob),
+            let masks = &*masks;
+            let added = match f.depth {
+                // Trees per pass: eight, or as many as have their leaves in one `LEAF_WINDOW`.
+                0 => f.add_block::<0, 1, 0, 1, 16, 1>(masks, ob),
+                1 => f.add_block::<1, 1, 1, 2, 16, 1>(masks, ob),
+                2 => f.add_block::<2, 2, 3, 4, 16, 1>(masks, ob),
+                3 => f.add_block::<3, 4, 7, 8, 16, 1>(masks, ob),
+                4 => f.add_block::<4, 8, 15, 16, 16, 1>(masks, ob),
+                5 => f.add_block::<5, 16, 31, 32, 16, 2>(masks, ob),
+                6 => f.add_block::<6, 32, 63, 64, 8, 2>(masks, ob),
+                7 => f.add_block::<7, 64, 127, 128, 4, 2>(masks, ob),
+                _ => f.add_block::<8, 128, 255, 256, 2, 2>(masks, ob),
+            };
+            if added.is_none() {
+                // Not reached: `Sliced::build` pads the leaves.
+                row_by_row(out);
+                return;
             }
         }
         for (r, o) in out.iter_mut().enumerate() {
@@ -917,7 +1048,8 @@ mod tests {
         ] {
             let p = GbtParams {
                 loss,
-                n_trees: 23,
+                // Passes of 16 trees (depth ≤ 5), one of eight and single trees.
+                n_trees: 45,
                 max_depth,
                 min_leaf: 5,
                 offset_column: Some(2),

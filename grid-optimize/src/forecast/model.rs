@@ -445,8 +445,8 @@ impl ForecastModel {
             self.features
                 .day_features_in(history, day, &self.profile, &mut scratch.features);
         let nf = self.features.n_features();
+        // Every value is written below, so a warm `out` is only resized, not cleared.
         for v in [&mut out.p10, &mut out.p50, &mut out.p90, &mut out.scale] {
-            v.clear();
             v.resize(spd, 0.0);
         }
         // Raw predictions go to `p50`, post-processed slot by slot below.
@@ -969,6 +969,19 @@ pub fn train(
             mae: 0.0,
         });
     }
+    // The seasonal-naive forecasts (the same slot 1 and 7 days earlier, imputed as the lag features are) are
+    // candidates too: where the recent past predicts the validation block best, the naive forecast is served.
+    for (name, lag) in [("naive_1d", "lag1"), ("naive_7d", "lag7")] {
+        let c = column(&fc, lag);
+        let p = Predictor::Ridge(Ridge::copy_of(c));
+        cands.push(Candidate {
+            name: name.into(),
+            val_pred: eval(&p),
+            fitted: p,
+            refit: Rc::new(move |_| Ok(Predictor::Ridge(Ridge::copy_of(c)))),
+            mae: 0.0,
+        });
+    }
     let post = |pred: &[f64]| -> Vec<f64> {
         (0..val.len())
             .map(|i| {
@@ -1119,6 +1132,47 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A series whose every week is the same: the 7-day naive forecast is exact on the validation block, so it
+    /// is chosen, and it serves the value of a week before, bit for bit.
+    #[test]
+    fn a_series_that_repeats_weekly_keeps_the_7_day_naive_forecast() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let week: Vec<f64> = (0..7 * 24)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                10.0 + (state >> 11) as f64 / (1u64 << 53) as f64 * 10.0
+            })
+            .collect();
+        let v: Vec<f64> = (0..42 * 24).map(|i| week[i % (7 * 24)]).collect();
+        let s = Series::from_values("weekly", 19_000, 3600, v).unwrap();
+        let cfg = TrainConfig {
+            kind: SeriesKind::Load,
+            country: None,
+            location: None,
+            train_end_day: 19_035,
+            validation_days: None,
+        };
+        let m = train(&s, &cfg, &mut |_| {}).unwrap();
+        assert_eq!(m.metadata.model_kind, "naive_7d");
+        let names: Vec<&str> = m
+            .metadata
+            .metrics
+            .candidates
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert!(
+            names.contains(&"naive_1d") && names.contains(&"gbt_abs"),
+            "{names:?}"
+        );
+        let f = m.forecast_day(s.history_before(19_035), 19_035);
+        for (h, p) in f.p50.iter().enumerate() {
+            assert_eq!(p.to_bits(), s.values[28 * 24 + h].to_bits(), "hour {h}");
+        }
+    }
 
     fn tracker() -> IntervalTracker {
         IntervalTracker {

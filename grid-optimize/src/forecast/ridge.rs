@@ -186,6 +186,19 @@ impl Ridge {
         Gram::new(data, columns).solve(lambda)
     }
 
+    /// The "model" that forecasts feature column `column` as it is (`0 + 1 · (x − 0) / 1`, which is `x` for
+    /// every `x` but −0.0): a seasonal-naive forecast from a lag column.
+    pub fn copy_of(column: usize) -> Self {
+        Self {
+            columns: vec![column],
+            mean: vec![0.0],
+            scale: vec![1.0],
+            coef: vec![1.0],
+            intercept: 0.0,
+            lambda: 0.0,
+        }
+    }
+
     /// Predicts one row of the full feature vector.
     pub fn predict(&self, row: &[f64]) -> f64 {
         let mut s = self.intercept;
@@ -200,13 +213,22 @@ impl Ridge {
     pub fn predict_batch(&self, x: &[f64], n_features: usize, out: &mut [f64]) {
         const LANES: usize = 4;
         let nf = n_features;
+        let terms = self
+            .columns
+            .len()
+            .min(self.coef.len())
+            .min(self.mean.len())
+            .min(self.scale.len());
         for (b, ob) in out.chunks_exact_mut(LANES).enumerate() {
-            let rows = &x[b * LANES * nf..(b + 1) * LANES * nf];
+            let rows: [&[f64]; LANES] =
+                std::array::from_fn(|l| &x[(b * LANES + l) * nf..(b * LANES + l + 1) * nf]);
             let mut s = [self.intercept; LANES];
-            for (j, &c) in self.columns.iter().enumerate() {
-                let (k, m, sc) = (self.coef[j], self.mean[j], self.scale[j]);
-                for (l, s) in s.iter_mut().enumerate() {
-                    *s += k * (rows[l * nf + c] - m) / sc;
+            for j in 0..terms {
+                let (c, k, m, sc) = (self.columns[j], self.coef[j], self.mean[j], self.scale[j]);
+                // The rows' values first, so the arithmetic runs on two rows at once.
+                let v: [f64; LANES] = std::array::from_fn(|l| rows[l][c]);
+                for l in 0..LANES {
+                    s[l] += k * (v[l] - m) / sc;
                 }
             }
             ob.copy_from_slice(&s);
