@@ -1192,6 +1192,22 @@ mod suite {
         assert_eq!(store.insert_telemetry(&big).await.unwrap(), 2500);
     }
 
+    /// A delivery state without messages of its own (saved whole).
+    fn whole(
+        device: &DeviceId,
+        state: &str,
+        next_wakeup_at: Option<Timestamp>,
+        expected_revision: Option<u64>,
+    ) -> OutboxWrite {
+        OutboxWrite {
+            device: device.clone(),
+            state: state.to_owned(),
+            messages: None,
+            next_wakeup_at,
+            expected_revision,
+        }
+    }
+
     pub async fn outbox(store: S) {
         let ids = fleet(&*store, "s", "bat", 3).await;
         let t0 = t("2026-11-27T00:00:00Z");
@@ -1199,13 +1215,15 @@ mod suite {
         assert_eq!(store.outbox_load(&ids[0]).await.unwrap(), None);
         assert_eq!(
             store
-                .outbox_save(&ids[0], "{\"a\":1}", Some(due), None, t0)
+                .outbox_save(&whole(&ids[0], "{\"a\":1}", Some(due), None), t0)
                 .await
                 .unwrap(),
             1
         );
         assert!(matches!(
-            store.outbox_save(&ids[0], "{}", None, None, t0).await,
+            store
+                .outbox_save(&whole(&ids[0], "{}", None, None), t0)
+                .await,
             Err(StoreError::Conflict { .. })
         ));
         let rec = store.outbox_load(&ids[0]).await.unwrap().unwrap();
@@ -1215,7 +1233,7 @@ mod suite {
         );
         assert_eq!(
             store
-                .outbox_save(&ids[0], "{\"a\":2}", Some(due), Some(1), t0)
+                .outbox_save(&whole(&ids[0], "{\"a\":2}", Some(due), Some(1)), t0)
                 .await
                 .unwrap(),
             2
@@ -1223,7 +1241,7 @@ mod suite {
         assert!(
             matches!(
                 store
-                    .outbox_save(&ids[0], "{\"a\":3}", None, Some(1), t0)
+                    .outbox_save(&whole(&ids[0], "{\"a\":3}", None, Some(1)), t0)
                     .await,
                 Err(StoreError::Conflict { .. })
             ),
@@ -1231,16 +1249,13 @@ mod suite {
         );
         store
             .outbox_save(
-                &ids[1],
-                "{\"b\":1}",
-                Some(t("2026-11-27T00:00:02Z")),
-                None,
+                &whole(&ids[1], "{\"b\":1}", Some(t("2026-11-27T00:00:02Z")), None),
                 t0,
             )
             .await
             .unwrap();
         store
-            .outbox_save(&ids[2], "{\"idle\":1}", None, None, t0)
+            .outbox_save(&whole(&ids[2], "{\"idle\":1}", None, None), t0)
             .await
             .unwrap();
         assert_eq!(store.outbox_pending().await.unwrap(), 2);
@@ -1276,7 +1291,7 @@ mod suite {
         );
         // Saving clears the claim.
         store
-            .outbox_save(&ids[0], "{\"a\":4}", Some(due), Some(2), after)
+            .outbox_save(&whole(&ids[0], "{\"a\":4}", Some(due), Some(2)), after)
             .await
             .unwrap();
         let again = store
@@ -1284,6 +1299,38 @@ mod suite {
             .await
             .unwrap();
         assert!(again.iter().any(|r| r.device == ids[0] && r.revision == 3));
+
+        // Messages saved apart: replaced when given, kept when not.
+        let with = |state: &str, messages: Option<&str>, revision| OutboxWrite {
+            messages: messages.map(str::to_owned),
+            ..whole(&ids[0], state, Some(due), Some(revision))
+        };
+        assert_eq!(
+            store
+                .outbox_save(&with("{\"a\":5}", Some("[\"m1\"]"), 3), after)
+                .await
+                .unwrap(),
+            4
+        );
+        store
+            .outbox_save(&with("{\"a\":6}", None, 4), after)
+            .await
+            .unwrap();
+        let rec = store.outbox_load(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.state.as_str(), rec.messages.as_deref(), rec.revision),
+            ("{\"a\":6}", Some("[\"m1\"]"), 5)
+        );
+        store
+            .outbox_save(&with("{\"a\":7}", Some("[]"), 5), after)
+            .await
+            .unwrap();
+        let rec = store.outbox_load(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(rec.messages.as_deref(), Some("[]"));
+        assert_eq!(
+            store.outbox_load(&ids[2]).await.unwrap().unwrap().messages,
+            None
+        );
 
         // A restarted store sees the same state; decommissioning drops it.
         store.decommission_device(&ids[0], after).await.unwrap();
@@ -1397,6 +1444,7 @@ mod suite {
             .map(|d| OutboxWrite {
                 device: d.clone(),
                 state: format!("{{\"d\":\"{d}\"}}"),
+                messages: Some(format!("[\"{d}\"]")),
                 next_wakeup_at: None,
                 expected_revision: None,
             })
@@ -1413,6 +1461,7 @@ mod suite {
             OutboxWrite {
                 expected_revision: Some(1),
                 state: "{\"v\":2}".into(),
+                messages: None,
                 ..writes[0].clone()
             },
             OutboxWrite {
@@ -1436,6 +1485,19 @@ mod suite {
         );
         let first = store.outbox_load(&ids[0]).await.unwrap().unwrap();
         assert_eq!((first.state.as_str(), first.revision), ("{\"v\":2}", 2));
+        // Messages not given are kept; given ones replace them.
+        assert_eq!(first.messages.as_deref(), Some("[\"bat-0\"]"));
+        let third = vec![OutboxWrite {
+            expected_revision: Some(2),
+            messages: Some("[]".into()),
+            ..writes[0].clone()
+        }];
+        assert!(matches!(
+            store.outbox_save_many(&third, t0).await.unwrap()[..],
+            [Ok(3)]
+        ));
+        let first = store.outbox_load(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(first.messages.as_deref(), Some("[]"));
         assert_eq!(
             store.outbox_load(&ids[1]).await.unwrap().unwrap().revision,
             1

@@ -307,17 +307,11 @@ pub trait Store: Send + Sync + 'static {
     /// The saved delivery state of a device, if any.
     async fn outbox_load(&self, device: &DeviceId) -> StoreResult<Option<OutboxRecord>>;
 
-    /// Saves a device's delivery state if nobody saved it since `expected_revision` was read
-    /// (`None`: only if none is stored); returns the new revision, or [`StoreError::Conflict`]
-    /// when another writer got there first (reload, re-apply, retry). Clears any claim.
-    async fn outbox_save(
-        &self,
-        device: &DeviceId,
-        state: &str,
-        next_wakeup_at: Option<Timestamp>,
-        expected_revision: Option<u64>,
-        now: Timestamp,
-    ) -> StoreResult<u64>;
+    /// Saves a device's delivery state if nobody saved it since `write.expected_revision` was
+    /// read (`None`: only if none is stored); returns the new revision, or
+    /// [`StoreError::Conflict`] when another writer got there first (reload, re-apply, retry).
+    /// Clears any claim. The saved messages are replaced only when `write.messages` is set.
+    async fn outbox_save(&self, write: &OutboxWrite, now: Timestamp) -> StoreResult<u64>;
 
     /// The saved delivery states of several devices (those that have one), in one query where
     /// the backend allows it.
@@ -342,18 +336,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<StoreResult<u64>>> {
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
-            out.push(
-                self.outbox_save(
-                    &w.device,
-                    &w.state,
-                    w.next_wakeup_at,
-                    w.expected_revision,
-                    now,
-                )
-                .await,
-            );
+            out.push(self.outbox_save(w, now).await);
         }
         Ok(out)
+    }
+
+    /// Records a batch of acks like [`Store::record_acks`], then saves the delivery states that
+    /// `then` makes from the acks' outcomes like [`Store::outbox_save_many`], in one transaction
+    /// where the backend allows it (one commit for the whole batch). The outer error means
+    /// nothing was recorded or saved. Returns the acks' outcomes and the saves' results.
+    async fn record_acks_and_save(
+        &self,
+        acks: &[AckRecord],
+        then: &mut (dyn for<'r> FnMut(&'r [StoreResult<AckOutcome>]) -> Vec<OutboxWrite> + Send),
+        now: Timestamp,
+    ) -> StoreResult<AckBatchResult> {
+        let acks = self.record_acks(acks).await?;
+        let writes = then(&acks);
+        let saved = self.outbox_save_many(&writes, now).await?;
+        Ok(AckBatchResult { acks, saved })
     }
 
     /// Claims up to `limit` devices whose delivery state is due at `now` (next wakeup ≤ now) and
