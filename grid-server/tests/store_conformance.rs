@@ -1504,6 +1504,120 @@ mod suite {
         );
     }
 
+    /// `record_acks_and_save` records like `record_acks`, hands `then` every outcome and the
+    /// states of the devices asked for, and saves what `then` returns (a stale revision losing
+    /// alone); a refused ack leaves the rest of the batch standing.
+    pub async fn acks_and_states_in_one_transaction(store: S) {
+        use ExecutionState as St;
+        let ids = fleet(&*store, "s", "bat", 3).await;
+        let t0 = t("2026-11-27T00:00:00Z");
+        let mut targets = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let name = format!("day-{i}");
+            store
+                .create_schedule(&new_schedule(&name, id, 1, "2026-11-27T00:00:00Z"), t0)
+                .await
+                .unwrap();
+            let sid = ScheduleId::new(&name).unwrap();
+            store
+                .apply_schedule_event(&sid, ScheduleVersion(1), LifecycleEvent::Deliver, t0, None)
+                .await
+                .unwrap();
+            targets.push(AckTarget::Schedule {
+                id: sid,
+                version: ScheduleVersion(1),
+            });
+        }
+        for id in &ids[..2] {
+            let write = OutboxWrite {
+                device: id.clone(),
+                state: format!("{{\"d\":\"{id}\"}}"),
+                messages: Some("[\"m\"]".into()),
+                next_wakeup_at: Some(t0),
+                expected_revision: None,
+            };
+            store.outbox_save(&write, t0).await.unwrap();
+        }
+        let at = "2026-11-27T00:00:02Z";
+        let batch = vec![
+            ack("c-0", &ids[0], targets[0].clone(), St::Accepted, at),
+            ack("c-1", &ids[1], targets[1].clone(), St::Accepted, at),
+            // Another device's schedule: refused.
+            ack("c-2", &ids[2], targets[0].clone(), St::Accepted, at),
+        ];
+        let mut seen = Vec::new();
+        let mut then = |outcomes: &[StoreResult<AckOutcome>], states: &[OutboxRecord]| {
+            assert_eq!(outcomes.len(), 3);
+            let mut states: Vec<OutboxRecord> = states.to_vec();
+            states.sort_by(|a, b| a.device.as_str().cmp(b.device.as_str()));
+            seen = states.clone();
+            states
+                .iter()
+                .map(|r| OutboxWrite {
+                    device: r.device.clone(),
+                    state: "{\"acked\":1}".into(),
+                    messages: None,
+                    next_wakeup_at: None,
+                    // The second device's save loses (a stale revision).
+                    expected_revision: Some(if r.device == ids[1] { 9 } else { r.revision }),
+                })
+                .collect()
+        };
+        let done = store
+            .record_acks_and_save(&batch, &ids, &mut then, t0)
+            .await
+            .unwrap();
+        // Only the devices with a saved state were read (the third has none).
+        assert_eq!(
+            seen.iter().map(|r| r.device.clone()).collect::<Vec<_>>(),
+            ids[..2].to_vec()
+        );
+        assert!(matches!(
+            done.acks[..],
+            [
+                Ok(AckOutcome::Applied {
+                    state: St::Accepted,
+                    ..
+                }),
+                Ok(AckOutcome::Applied {
+                    state: St::Accepted,
+                    ..
+                }),
+                Err(StoreError::Invalid { .. })
+            ]
+        ));
+        assert!(
+            matches!(done.saved[..], [Ok(2), Err(StoreError::Conflict { .. })]),
+            "{:?}",
+            done.saved
+        );
+        let first = store.outbox_load(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                first.state.as_str(),
+                first.messages.as_deref(),
+                first.next_wakeup_at
+            ),
+            ("{\"acked\":1}", Some("[\"m\"]"), None)
+        );
+        let second = store.outbox_load(&ids[1]).await.unwrap().unwrap();
+        assert_eq!(second.revision, 1);
+        for (target, state) in [(&targets[0], St::Accepted), (&targets[1], St::Accepted)] {
+            let AckTarget::Schedule { id, .. } = target else {
+                unreachable!()
+            };
+            assert_eq!(store.get_schedule(id, None).await.unwrap().state, state);
+        }
+        assert_eq!(
+            store
+                .get_schedule(&ScheduleId::new("day-2").unwrap(), None)
+                .await
+                .unwrap()
+                .state,
+            St::Delivered
+        );
+    }
+
     /// `record_acks` in batches of any size gives exactly what `record_ack` one by one gives:
     /// the same outcome per ack and the same schedule rows and ack rows, on a generated stream
     /// with duplicates, reordering, other devices' and unknown targets, and `delivered` acks.
@@ -1993,6 +2107,7 @@ conformance!(
     telemetry,
     outbox,
     batches,
+    acks_and_states_in_one_transaction,
     batched_acks_equal_one_by_one,
     series,
     models,

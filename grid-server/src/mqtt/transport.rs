@@ -63,10 +63,8 @@ struct AckPlan<'a> {
 /// Where an ack batch's time went (logged at debug level by the ack writer).
 #[derive(Debug, Default)]
 struct AckBatchTimes {
-    /// Reading the devices' delivery states.
-    load: Duration,
-    /// Recording the acks and their lifecycle moves, applying them to the delivery states and
-    /// saving those (one transaction).
+    /// Recording the acks and their lifecycle moves, reading the delivery states, applying the
+    /// acks to them and saving them (one transaction).
     record: Duration,
     /// Acks whose delivery state was updated one by one (races, missing states).
     alone: usize,
@@ -992,7 +990,8 @@ impl Inner {
     }
 
     /// Records a batch of acks in one transaction: every ack row and lifecycle move, and every
-    /// device's delivery state (read before, saved guarded by the revision read). The per-ack path
+    /// device's delivery state (read and locked in it, saved guarded by the revision read). The
+    /// per-ack path
     /// ([`Inner::on_ack`]) is the fallback for whatever the batch could not settle (a database
     /// error, a race with another replica, a device without a saved tracker). Returns where the
     /// time went (for the debug log).
@@ -1021,25 +1020,19 @@ impl Inner {
                 devices.push(job.envelope.device.clone());
             }
         }
-        let stored = match self.store.outbox_load_many(&devices).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "loading delivery states failed; updating them one by one");
-                Vec::new()
-            }
-        };
-        times.load = lap(&mut phase);
-        let stored: HashMap<&DeviceId, &OutboxRecord> =
-            stored.iter().map(|r| (&r.device, r)).collect();
-        // Made inside the store's transaction, once the acks' outcomes are known.
+        // Made inside the store's transaction, once the acks' outcomes are known and the states
+        // are read (and locked).
         let mut plan = AckPlan::default();
-        let mut then = |results: &[crate::store::StoreResult<AckOutcome>]| {
+        let mut then = |results: &[crate::store::StoreResult<AckOutcome>],
+                        stored: &[OutboxRecord]| {
+            let stored: HashMap<&DeviceId, &OutboxRecord> =
+                stored.iter().map(|r| (&r.device, r)).collect();
             plan = self.plan_ack_states(&batched, results, &stored);
             std::mem::take(&mut plan.writes)
         };
         let done = self
             .store
-            .record_acks_and_save(&records, &mut then, now)
+            .record_acks_and_save(&records, &devices, &mut then, now)
             .await;
         let AckPlan {
             pending,
@@ -1635,7 +1628,6 @@ async fn ack_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<AckJob>) {
             acks = batch.len(),
             waited_ms,
             write_ms = started.elapsed().as_millis(),
-            load_ms = times.load.as_secs_f64() * 1e3,
             record_and_save_ms = times.record.as_secs_f64() * 1e3,
             alone = times.alone,
             alone_ms = times.rest.as_secs_f64() * 1e3,

@@ -15,6 +15,12 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::*;
 
+/// What [`Store::record_acks_and_save`] asks of its caller once the acks are recorded: the
+/// delivery states to save, given each ack's outcome and the states read.
+pub type AckStatesFn<'a> = dyn for<'r> FnMut(&'r [StoreResult<AckOutcome>], &'r [OutboxRecord]) -> Vec<OutboxWrite>
+    + Send
+    + 'a;
+
 use async_trait::async_trait;
 use grid_core::{
     DeviceId, FeederId, LifecycleEvent, PriceSeries, ScheduleId, ScheduleVersion, SiteId,
@@ -341,18 +347,23 @@ pub trait Store: Send + Sync + 'static {
         Ok(out)
     }
 
-    /// Records a batch of acks like [`Store::record_acks`], then saves the delivery states that
-    /// `then` makes from the acks' outcomes like [`Store::outbox_save_many`], in one transaction
-    /// where the backend allows it (one commit for the whole batch). The outer error means
-    /// nothing was recorded or saved. Returns the acks' outcomes and the saves' results.
+    /// Records a batch of acks like [`Store::record_acks`], reads the delivery states of
+    /// `devices` like [`Store::outbox_load_many`], and saves the states that `then` makes from
+    /// the acks' outcomes and the states read like [`Store::outbox_save_many`], in one
+    /// transaction where the backend allows it (one commit for the whole batch). On PostgreSQL
+    /// the states read stay locked until the commit, so no other writer (another replica, the
+    /// retry loop) changes one between its read and its save. The outer error means nothing was
+    /// recorded or saved. Returns the acks' outcomes and the saves' results.
     async fn record_acks_and_save(
         &self,
         acks: &[AckRecord],
-        then: &mut (dyn for<'r> FnMut(&'r [StoreResult<AckOutcome>]) -> Vec<OutboxWrite> + Send),
+        devices: &[DeviceId],
+        then: &mut AckStatesFn<'_>,
         now: Timestamp,
     ) -> StoreResult<AckBatchResult> {
         let acks = self.record_acks(acks).await?;
-        let writes = then(&acks);
+        let stored = self.outbox_load_many(devices).await?;
+        let writes = then(&acks, &stored);
         let saved = self.outbox_save_many(&writes, now).await?;
         Ok(AckBatchResult { acks, saved })
     }

@@ -2045,7 +2045,8 @@ impl Store for This {
     async fn record_acks_and_save(
         &self,
         acks: &[AckRecord],
-        then: &mut (dyn for<'r> FnMut(&'r [StoreResult<AckOutcome>]) -> Vec<OutboxWrite> + Send),
+        devices: &[DeviceId],
+        then: &mut AckStatesFn<'_>,
         now: Timestamp,
     ) -> StoreResult<AckBatchResult> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
@@ -2056,7 +2057,27 @@ impl Store for This {
             out[i] = Some(Self::record_ack_retrying_in(&mut tx, &acks[i]).await?);
         }
         let acks = finish_acks(out);
-        let writes = then(&acks);
+        // The states, locked until the commit (one lock order for every writer: by device id).
+        // SQLite has no row locks and needs none: `BEGIN IMMEDIATE` holds the database.
+        let mut ids: Vec<&DeviceId> = devices.iter().collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        ids.dedup();
+        let mut stored = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Db>::new("SELECT * FROM outbox WHERE device_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str().to_owned());
+            }
+            q.push(") ORDER BY device_id");
+            if BACKEND == Backend::Postgres {
+                q.push(" FOR UPDATE");
+            }
+            for row in q.build().fetch_all(&mut *tx).await? {
+                stored.push(outbox_from_row(&row)?);
+            }
+        }
+        let writes = then(&acks, &stored);
         let saved = Self::outbox_save_many_in(&mut tx, &writes, now).await?;
         tx.commit().await?;
         Ok(AckBatchResult { acks, saved })
