@@ -54,7 +54,8 @@ struct AckPlan<'a> {
     writes: Vec<OutboxWrite>,
     /// Per write, what follows once it is saved.
     pending: Vec<PlannedSave<'a>>,
-    /// Devices without a saved state: updated one by one.
+    /// Devices whose state was not read (none saved, or locked by another writer): updated one
+    /// by one.
     alone: Vec<(DeviceId, Vec<&'a AckJob>)>,
     /// The acks (by address) that moved a schedule to accepted.
     accepted: HashSet<usize>,

@@ -352,8 +352,10 @@ pub trait Store: Send + Sync + 'static {
     /// the acks' outcomes and the states read like [`Store::outbox_save_many`], in one
     /// transaction where the backend allows it (one commit for the whole batch). On PostgreSQL
     /// the states read stay locked until the commit, so no other writer (another replica, the
-    /// retry loop) changes one between its read and its save. The outer error means nothing was
-    /// recorded or saved. Returns the acks' outcomes and the saves' results.
+    /// retry loop) changes one between its read and its save; a state another writer holds
+    /// locked at that moment is not read (not waited for), so `then` may get fewer states than
+    /// `devices`. The outer error means nothing was recorded or saved. Returns the acks'
+    /// outcomes and the saves' results.
     async fn record_acks_and_save(
         &self,
         acks: &[AckRecord],

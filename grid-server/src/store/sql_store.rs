@@ -2057,7 +2057,10 @@ impl Store for This {
             out[i] = Some(Self::record_ack_retrying_in(&mut tx, &acks[i]).await?);
         }
         let acks = finish_acks(out);
-        // The states, locked until the commit (one lock order for every writer: by device id).
+        // The states, locked until the commit. A row another writer holds locked right now is
+        // skipped (its device's acks are left to the caller's one-by-one path): this batch never
+        // waits for a lock while holding others, so it cannot deadlock (measured: the retry
+        // loop's claim, which locks in wakeup order, deadlocked with a batch that waited).
         // SQLite has no row locks and needs none: `BEGIN IMMEDIATE` holds the database.
         let mut ids: Vec<&DeviceId> = devices.iter().collect();
         ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -2071,7 +2074,7 @@ impl Store for This {
             }
             q.push(") ORDER BY device_id");
             if BACKEND == Backend::Postgres {
-                q.push(" FOR UPDATE");
+                q.push(" FOR UPDATE SKIP LOCKED");
             }
             for row in q.build().fetch_all(&mut *tx).await? {
                 stored.push(outbox_from_row(&row)?);
