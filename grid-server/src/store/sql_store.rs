@@ -2049,7 +2049,9 @@ impl Store for This {
         then: &mut AckStatesFn<'_>,
         now: Timestamp,
     ) -> StoreResult<AckBatchResult> {
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        let begun = started.elapsed();
         let (mut out, retry) = Self::record_acks_in(&mut tx, acks).await?;
         // Raced with another writer: retried in this transaction (each statement sees the rows
         // committed since).
@@ -2057,6 +2059,7 @@ impl Store for This {
             out[i] = Some(Self::record_ack_retrying_in(&mut tx, &acks[i]).await?);
         }
         let acks = finish_acks(out);
+        let recorded = started.elapsed();
         // The states, locked until the commit. A row another writer holds locked right now is
         // skipped (its device's acks are left to the caller's one-by-one path): this batch never
         // waits for a lock while holding others, so it cannot deadlock (measured: the retry
@@ -2080,9 +2083,23 @@ impl Store for This {
                 stored.push(outbox_from_row(&row)?);
             }
         }
+        let read = started.elapsed();
         let writes = then(&acks, &stored);
+        let planned = started.elapsed();
         let saved = Self::outbox_save_many_in(&mut tx, &writes, now).await?;
+        let written = started.elapsed();
         tx.commit().await?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            acks = acks.len(),
+            begin_ms = ms(begun),
+            record_ms = ms(recorded - begun),
+            read_ms = ms(read - recorded),
+            plan_ms = ms(planned - read),
+            save_ms = ms(written - planned),
+            commit_ms = ms(started.elapsed() - written),
+            "ack batch transaction"
+        );
         Ok(AckBatchResult { acks, saved })
     }
 
