@@ -31,6 +31,9 @@ const MAX_ACK_BATCH: usize = 512;
 /// Parallel ack writers on PostgreSQL.
 const ACK_WRITERS: usize = 4;
 
+/// Store connections left to the retry loop and the API when the inbound handlers are busy.
+const SPARE_CONNECTIONS: usize = 2;
+
 /// A device's delivery state an ack batch saves, and what follows once it is saved.
 struct PlannedSave<'a> {
     /// The device's codec.
@@ -155,6 +158,11 @@ struct Inner {
     telemetry: mpsc::Sender<(DeviceId, TelemetrySample)>,
     /// One queue per ack writer; a device's acks always go to the same writer, in order.
     acks: Vec<mpsc::Sender<AckJob>>,
+    /// Store connections the inbound status and hello handlers may hold at once: the pool less
+    /// one per ack writer and [`SPARE_CONNECTIONS`], so a burst of status messages (every agent
+    /// sends one when it starts a schedule, right with its acks) does not leave the ack writers
+    /// waiting for a connection (measured: up to 170 ms per batch at 1,000 devices).
+    inbound_db: Semaphore,
     devices: Mutex<HashMap<DeviceId, Instant>>,
     /// `sent_at` of the newest hello processed per device (retained hellos come again on every
     /// re-subscription; older ones are skipped).
@@ -257,6 +265,8 @@ impl Transport {
             .unzip();
         let (subscribed, _) = watch::channel(false);
         let (shutdown, _) = watch::channel(false);
+        let pool = usize::try_from(store.pool_stats().max).unwrap_or(usize::MAX);
+        let inbound_db = Semaphore::new(pool.saturating_sub(writers + SPARE_CONNECTIONS).max(1));
         let inner = Arc::new(Inner {
             store,
             client,
@@ -267,6 +277,7 @@ impl Transport {
             counters: Counters::default(),
             telemetry: telemetry_tx,
             acks: ack_txs,
+            inbound_db,
             devices: Mutex::new(HashMap::new()),
             hellos: Mutex::new(HashMap::new()),
             _broker: broker,
@@ -914,6 +925,9 @@ impl Inner {
                     capabilities: status.capabilities.clone(),
                     clock_offset_ms: status.clock_offset_ms,
                 };
+                let Ok(_connection) = self.inbound_db.acquire().await else {
+                    return;
+                };
                 self.store
                     .record_status(&report)
                     .await
@@ -946,6 +960,9 @@ impl Inner {
                     tracing::debug!(device = %envelope.device, "skipped a retained hello already processed");
                     return;
                 }
+                let Ok(_connection) = self.inbound_db.acquire().await else {
+                    return;
+                };
                 self.on_hello(&envelope, now).await
             }
             Body::ScheduleAssign(_) | Body::Command(_) => {
