@@ -163,9 +163,12 @@ pub async fn bench(args: &LoadArgs) -> Result<Value> {
     if args.devices == 0 {
         bail!("--devices must be at least 1");
     }
-    let dir = std::env::temp_dir().join(format!("grid-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let port = broker::free_port()?;
+    // One directory per run, not per process: two benchmarks in one process (the load smoke
+    // tests run in parallel) shared the broker's config file, so one broker listened on the
+    // other's port and the other run waited for a broker that never came.
+    let dir = std::env::temp_dir().join(format!("grid-load-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut mosquitto = broker::Broker::start(&args.mosquitto, &dir, port).await?;
     let database = db::BenchDb::create(&args.database_url, args.pg_async_commit).await?;
     let result = bench_with(args, &dir, &mut mosquitto, &database).await;
