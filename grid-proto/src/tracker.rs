@@ -5,7 +5,9 @@
 //!
 //! It is sans-IO: every method takes the current time and returns [`Action`]s (messages to
 //! publish, state changes to record). Its state ([`TrackerState`]) is serde-serialisable, so the
-//! server persists it after every call (an outbox) and restores it after a restart.
+//! server persists it after every call (an outbox) and restores it after a restart; it can be
+//! saved in two parts ([`DetachedState`] and [`TrackedMessages`]) so that an ack, which changes a
+//! few bytes, does not rewrite the messages.
 //!
 //! ```
 //! use grid_proto::{tracker::*, v1::*};
@@ -159,6 +161,136 @@ pub struct TrackerState {
     deliveries: Vec<Delivery>,
     /// The newest version ever tracked per schedule id.
     latest: BTreeMap<grid_core::ScheduleId, ScheduleVersion>,
+}
+
+/// A [`TrackerState`] without its messages: the part that changes on every ack and resend (a few
+/// hundred bytes), saved apart from the messages (often kilobytes each), which only change when a
+/// delivery is added or forgotten. [`TrackerState::detached`] and [`TrackerState::messages`] take
+/// a state apart; [`TrackerState::attach`] puts it together again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetachedState {
+    device: DeviceId,
+    codec: Codec,
+    rng: u64,
+    deliveries: Vec<DetachedDelivery>,
+    latest: BTreeMap<grid_core::ScheduleId, ScheduleVersion>,
+}
+
+/// A [`Delivery`] with its message replaced by the message's id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct DetachedDelivery {
+    key: DeliveryKey,
+    state: ExecutionState,
+    attempts: u32,
+    next_attempt_at: Option<Timestamp>,
+    valid_until: Timestamp,
+    execution_deadline: Timestamp,
+    message_id: MessageId,
+}
+
+/// The messages of a [`TrackerState`], one per delivery in the deliveries' order (each
+/// serialised as its JSON wire form, like inside a whole state).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TrackedMessages(Vec<Stored>);
+
+impl TrackedMessages {
+    /// How many messages there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl DetachedState {
+    /// The device.
+    pub fn device(&self) -> &DeviceId {
+        &self.device
+    }
+
+    /// The ids of the messages [`TrackerState::attach`] needs, in order. Messages never change
+    /// once tracked, so two detached states with the same ids take the same messages.
+    pub fn message_ids(&self) -> impl Iterator<Item = &MessageId> {
+        self.deliveries.iter().map(|d| &d.message_id)
+    }
+}
+
+impl TrackerState {
+    /// The state without its messages (see [`DetachedState`]).
+    pub fn detached(&self) -> DetachedState {
+        DetachedState {
+            device: self.device.clone(),
+            codec: self.codec,
+            rng: self.rng,
+            deliveries: self
+                .deliveries
+                .iter()
+                .map(|d| DetachedDelivery {
+                    key: d.key.clone(),
+                    state: d.state,
+                    attempts: d.attempts,
+                    next_attempt_at: d.next_attempt_at,
+                    valid_until: d.valid_until,
+                    execution_deadline: d.execution_deadline,
+                    message_id: d.message.0.id.clone(),
+                })
+                .collect(),
+            latest: self.latest.clone(),
+        }
+    }
+
+    /// The ids of the tracked messages, in the deliveries' order (what
+    /// [`DetachedState::message_ids`] of [`TrackerState::detached`] gives).
+    pub fn message_ids(&self) -> impl Iterator<Item = &MessageId> {
+        self.deliveries.iter().map(|d| &d.message.0.id)
+    }
+
+    /// The messages kept for resending, one per delivery (see [`DetachedState`]).
+    pub fn messages(&self) -> TrackedMessages {
+        TrackedMessages(self.deliveries.iter().map(|d| d.message.clone()).collect())
+    }
+
+    /// Puts a detached state and its messages together again. [`Error::Engine`] when the
+    /// messages are not the ones the state names (a different count, or another id at a place).
+    pub fn attach(detached: DetachedState, messages: TrackedMessages) -> Result<Self> {
+        if detached.deliveries.len() != messages.0.len() {
+            return Err(Error::Engine(format!(
+                "the saved delivery state of {} names {} messages but {} were saved",
+                detached.device,
+                detached.deliveries.len(),
+                messages.0.len()
+            )));
+        }
+        let mut deliveries = Vec::with_capacity(messages.0.len());
+        for (d, message) in detached.deliveries.into_iter().zip(messages.0) {
+            if message.0.id != d.message_id {
+                return Err(Error::Engine(format!(
+                    "the saved delivery state of {} names message {} where {} was saved",
+                    detached.device, d.message_id, message.0.id
+                )));
+            }
+            deliveries.push(Delivery {
+                key: d.key,
+                state: d.state,
+                attempts: d.attempts,
+                next_attempt_at: d.next_attempt_at,
+                valid_until: d.valid_until,
+                execution_deadline: d.execution_deadline,
+                message,
+            });
+        }
+        Ok(Self {
+            device: detached.device,
+            codec: detached.codec,
+            rng: detached.rng,
+            deliveries,
+            latest: detached.latest,
+        })
+    }
 }
 
 /// The server's delivery engine for one device (see the [module docs](self)).

@@ -8,7 +8,9 @@ use common::*;
 use grid_core::{ExecutionState as S, ScheduleId, ScheduleVersion};
 use grid_proto::inbox::{Inbox, InboxAction, InboxConfig};
 use grid_proto::topic::Topic;
-use grid_proto::tracker::{Action, DeliveryKey, DeliveryTracker, TrackerConfig};
+use grid_proto::tracker::{
+    Action, DeliveryKey, DeliveryTracker, DetachedState, TrackerConfig, TrackerState,
+};
 use grid_proto::v1::*;
 use grid_proto::{Codec, signature};
 use jiff::SignedDuration;
@@ -261,6 +263,52 @@ fn the_tracker_state_survives_a_json_round_trip_and_resumes() {
     assert_eq!(restored.poll(at), t.poll(at));
     // The stored message keeps its signature.
     assert!(restored.deliveries()[0].message().signature.is_some());
+}
+
+#[test]
+fn a_detached_state_and_its_messages_make_the_same_tracker_again() {
+    let mut t = tracker();
+    let now = ts("2026-11-27T11:50:00Z");
+    t.assign(now, assign_msg("m1", "day", 1)).unwrap();
+    t.command(now, command_msg("c1", CommandAction::Idle))
+        .unwrap();
+    let detached = serde_json::to_string(&t.state().detached()).unwrap();
+    let messages = serde_json::to_string(&t.state().messages()).unwrap();
+    let whole = serde_json::to_string(t.state()).unwrap();
+    // The part an ack rewrites holds no message.
+    assert!(messages.contains("setpoints_kw"), "{messages}");
+    assert!(!detached.contains("setpoints_kw"), "{detached}");
+    assert!(detached.len() < whole.len());
+    let detached: DetachedState = serde_json::from_str(&detached).unwrap();
+    assert!(detached.message_ids().eq(t.state().message_ids()));
+    let state =
+        TrackerState::attach(detached.clone(), serde_json::from_str(&messages).unwrap()).unwrap();
+    let mut restored = DeliveryTracker::restore(TrackerConfig::default(), state);
+    assert_eq!(restored, t);
+    let at = t.next_wakeup().unwrap();
+    assert_eq!(restored.poll(at), t.poll(at));
+    assert!(restored.deliveries()[0].message().signature.is_some());
+
+    // An ack changes the detached part only: the messages stay valid for the new state.
+    let ack = ack_msg(Ack::for_schedule(
+        sref("day", 1),
+        Some(mid("m1")),
+        S::Accepted,
+    ));
+    assert_eq!(changes(&t.on_ack(at, &ack)), [(S::Delivered, S::Accepted)]);
+    assert_ne!(t.state().detached(), detached);
+    assert!(
+        t.state()
+            .detached()
+            .message_ids()
+            .eq(detached.message_ids())
+    );
+
+    // Messages that do not belong to the state are refused.
+    let mut other = tracker();
+    other.assign(now, assign_msg("m2", "day", 1)).unwrap();
+    let wrong = TrackerState::attach(t.state().detached(), other.state().messages());
+    assert!(matches!(wrong, Err(grid_proto::Error::Engine(_))));
 }
 
 fn inbox() -> Inbox {

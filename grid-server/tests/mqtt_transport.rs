@@ -13,7 +13,8 @@ mod support;
 mod mqtt_support;
 
 use grid_core::*;
-use grid_proto::v1::{Body, Hello, Sample, Status, Telemetry};
+use grid_proto::tracker::{DeliveryTracker, TrackerConfig};
+use grid_proto::v1::{Body, Envelope, Hello, MessageId, Sample, ScheduleAssign, Status, Telemetry};
 use grid_server::mqtt::*;
 use grid_server::store::*;
 use mqtt_support::*;
@@ -379,7 +380,7 @@ mod scenarios {
     /// A delivery published while the device is away survives a restart of the transport: the
     /// new instance finds it in the outbox and resends it until the device acks.
     pub async fn outbox_survives_restart(env: Env) {
-        let ids = env.devices(1).await;
+        let ids = env.devices(2).await;
         let id = sched_id(&env, 0);
         let (first, task) = env.start().await;
         let rec = env
@@ -395,11 +396,63 @@ mod scenarios {
             .unwrap()
             .expect("outbox written");
         assert!(saved.next_wakeup_at.is_some(), "a resend is scheduled");
+        // Saved in two parts: the small state an ack rewrites, and the message.
+        assert!(saved.messages.is_some(), "{saved:?}");
+        assert!(saved.state.len() < 1000, "{}", saved.state);
         first.shutdown();
         task.await.unwrap();
 
+        // A state saved whole (as before the split) is resumed too, and split at its next save.
+        let old_id = sched_id(&env, 1);
+        let now = Timestamp::now();
+        let old = env
+            .store
+            .create_schedule(&live_schedule(&old_id, &ids[1], 1), now)
+            .await
+            .unwrap();
+        let mut tracker = DeliveryTracker::new(ids[1].clone(), TrackerConfig::default(), 7);
+        let body = ScheduleAssign::from_schedule(&old.schedule, Duration::from_secs(900));
+        let message = Envelope::new(
+            MessageId::new("saved-whole").unwrap(),
+            ids[1].clone(),
+            now,
+            Body::ScheduleAssign(body),
+        );
+        tracker.assign(now, message).unwrap();
+        let whole = OutboxWrite {
+            device: ids[1].clone(),
+            state: serde_json::to_string(tracker.state()).unwrap(),
+            messages: None,
+            next_wakeup_at: Some(now),
+            expected_revision: None,
+        };
+        env.store.outbox_save(&whole, now).await.unwrap();
+
         let mut dev = env.device(&ids[0]).await;
+        let mut old_dev = env.device(&ids[1]).await;
         let (second, task) = env.start().await;
+        let msg = old_dev
+            .recv(WAIT)
+            .await
+            .expect("a state saved whole is resent");
+        assert_eq!(msg.id.as_str(), "saved-whole");
+        old_dev
+            .send(&old_dev.ack_for(&msg, ExecutionState::Accepted))
+            .await;
+        assert!(
+            eventually(WAIT, || async {
+                env.state(&old_id).await == ExecutionState::Accepted
+            })
+            .await
+        );
+        assert!(
+            eventually(WAIT, || async {
+                let saved = env.store.outbox_load(&ids[1]).await.unwrap();
+                saved.is_some_and(|r| r.messages.is_some())
+            })
+            .await,
+            "split at its next save"
+        );
         let msg = dev
             .recv(WAIT)
             .await

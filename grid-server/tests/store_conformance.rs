@@ -1192,6 +1192,22 @@ mod suite {
         assert_eq!(store.insert_telemetry(&big).await.unwrap(), 2500);
     }
 
+    /// A delivery state without messages of its own (saved whole).
+    fn whole(
+        device: &DeviceId,
+        state: &str,
+        next_wakeup_at: Option<Timestamp>,
+        expected_revision: Option<u64>,
+    ) -> OutboxWrite {
+        OutboxWrite {
+            device: device.clone(),
+            state: state.to_owned(),
+            messages: None,
+            next_wakeup_at,
+            expected_revision,
+        }
+    }
+
     pub async fn outbox(store: S) {
         let ids = fleet(&*store, "s", "bat", 3).await;
         let t0 = t("2026-11-27T00:00:00Z");
@@ -1199,13 +1215,15 @@ mod suite {
         assert_eq!(store.outbox_load(&ids[0]).await.unwrap(), None);
         assert_eq!(
             store
-                .outbox_save(&ids[0], "{\"a\":1}", Some(due), None, t0)
+                .outbox_save(&whole(&ids[0], "{\"a\":1}", Some(due), None), t0)
                 .await
                 .unwrap(),
             1
         );
         assert!(matches!(
-            store.outbox_save(&ids[0], "{}", None, None, t0).await,
+            store
+                .outbox_save(&whole(&ids[0], "{}", None, None), t0)
+                .await,
             Err(StoreError::Conflict { .. })
         ));
         let rec = store.outbox_load(&ids[0]).await.unwrap().unwrap();
@@ -1215,7 +1233,7 @@ mod suite {
         );
         assert_eq!(
             store
-                .outbox_save(&ids[0], "{\"a\":2}", Some(due), Some(1), t0)
+                .outbox_save(&whole(&ids[0], "{\"a\":2}", Some(due), Some(1)), t0)
                 .await
                 .unwrap(),
             2
@@ -1223,7 +1241,7 @@ mod suite {
         assert!(
             matches!(
                 store
-                    .outbox_save(&ids[0], "{\"a\":3}", None, Some(1), t0)
+                    .outbox_save(&whole(&ids[0], "{\"a\":3}", None, Some(1)), t0)
                     .await,
                 Err(StoreError::Conflict { .. })
             ),
@@ -1231,16 +1249,13 @@ mod suite {
         );
         store
             .outbox_save(
-                &ids[1],
-                "{\"b\":1}",
-                Some(t("2026-11-27T00:00:02Z")),
-                None,
+                &whole(&ids[1], "{\"b\":1}", Some(t("2026-11-27T00:00:02Z")), None),
                 t0,
             )
             .await
             .unwrap();
         store
-            .outbox_save(&ids[2], "{\"idle\":1}", None, None, t0)
+            .outbox_save(&whole(&ids[2], "{\"idle\":1}", None, None), t0)
             .await
             .unwrap();
         assert_eq!(store.outbox_pending().await.unwrap(), 2);
@@ -1276,7 +1291,7 @@ mod suite {
         );
         // Saving clears the claim.
         store
-            .outbox_save(&ids[0], "{\"a\":4}", Some(due), Some(2), after)
+            .outbox_save(&whole(&ids[0], "{\"a\":4}", Some(due), Some(2)), after)
             .await
             .unwrap();
         let again = store
@@ -1284,6 +1299,38 @@ mod suite {
             .await
             .unwrap();
         assert!(again.iter().any(|r| r.device == ids[0] && r.revision == 3));
+
+        // Messages saved apart: replaced when given, kept when not.
+        let with = |state: &str, messages: Option<&str>, revision| OutboxWrite {
+            messages: messages.map(str::to_owned),
+            ..whole(&ids[0], state, Some(due), Some(revision))
+        };
+        assert_eq!(
+            store
+                .outbox_save(&with("{\"a\":5}", Some("[\"m1\"]"), 3), after)
+                .await
+                .unwrap(),
+            4
+        );
+        store
+            .outbox_save(&with("{\"a\":6}", None, 4), after)
+            .await
+            .unwrap();
+        let rec = store.outbox_load(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.state.as_str(), rec.messages.as_deref(), rec.revision),
+            ("{\"a\":6}", Some("[\"m1\"]"), 5)
+        );
+        store
+            .outbox_save(&with("{\"a\":7}", Some("[]"), 5), after)
+            .await
+            .unwrap();
+        let rec = store.outbox_load(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(rec.messages.as_deref(), Some("[]"));
+        assert_eq!(
+            store.outbox_load(&ids[2]).await.unwrap().unwrap().messages,
+            None
+        );
 
         // A restarted store sees the same state; decommissioning drops it.
         store.decommission_device(&ids[0], after).await.unwrap();
@@ -1397,6 +1444,7 @@ mod suite {
             .map(|d| OutboxWrite {
                 device: d.clone(),
                 state: format!("{{\"d\":\"{d}\"}}"),
+                messages: Some(format!("[\"{d}\"]")),
                 next_wakeup_at: None,
                 expected_revision: None,
             })
@@ -1413,6 +1461,7 @@ mod suite {
             OutboxWrite {
                 expected_revision: Some(1),
                 state: "{\"v\":2}".into(),
+                messages: None,
                 ..writes[0].clone()
             },
             OutboxWrite {
@@ -1436,9 +1485,136 @@ mod suite {
         );
         let first = store.outbox_load(&ids[0]).await.unwrap().unwrap();
         assert_eq!((first.state.as_str(), first.revision), ("{\"v\":2}", 2));
+        // Messages not given are kept; given ones replace them.
+        assert_eq!(first.messages.as_deref(), Some("[\"bat-0\"]"));
+        let third = vec![OutboxWrite {
+            expected_revision: Some(2),
+            messages: Some("[]".into()),
+            ..writes[0].clone()
+        }];
+        assert!(matches!(
+            store.outbox_save_many(&third, t0).await.unwrap()[..],
+            [Ok(3)]
+        ));
+        let first = store.outbox_load(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(first.messages.as_deref(), Some("[]"));
         assert_eq!(
             store.outbox_load(&ids[1]).await.unwrap().unwrap().revision,
             1
+        );
+    }
+
+    /// `record_acks_and_save` records like `record_acks`, hands `then` every outcome and the
+    /// states of the devices asked for, and saves what `then` returns (a stale revision losing
+    /// alone); a refused ack leaves the rest of the batch standing.
+    pub async fn acks_and_states_in_one_transaction(store: S) {
+        use ExecutionState as St;
+        let ids = fleet(&*store, "s", "bat", 3).await;
+        let t0 = t("2026-11-27T00:00:00Z");
+        let mut targets = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let name = format!("day-{i}");
+            store
+                .create_schedule(&new_schedule(&name, id, 1, "2026-11-27T00:00:00Z"), t0)
+                .await
+                .unwrap();
+            let sid = ScheduleId::new(&name).unwrap();
+            store
+                .apply_schedule_event(&sid, ScheduleVersion(1), LifecycleEvent::Deliver, t0, None)
+                .await
+                .unwrap();
+            targets.push(AckTarget::Schedule {
+                id: sid,
+                version: ScheduleVersion(1),
+            });
+        }
+        for id in &ids[..2] {
+            let write = OutboxWrite {
+                device: id.clone(),
+                state: format!("{{\"d\":\"{id}\"}}"),
+                messages: Some("[\"m\"]".into()),
+                next_wakeup_at: Some(t0),
+                expected_revision: None,
+            };
+            store.outbox_save(&write, t0).await.unwrap();
+        }
+        let at = "2026-11-27T00:00:02Z";
+        let batch = vec![
+            ack("c-0", &ids[0], targets[0].clone(), St::Accepted, at),
+            ack("c-1", &ids[1], targets[1].clone(), St::Accepted, at),
+            // Another device's schedule: refused.
+            ack("c-2", &ids[2], targets[0].clone(), St::Accepted, at),
+        ];
+        let mut seen = Vec::new();
+        let mut then = |outcomes: &[StoreResult<AckOutcome>], states: &[OutboxRecord]| {
+            assert_eq!(outcomes.len(), 3);
+            let mut states: Vec<OutboxRecord> = states.to_vec();
+            states.sort_by(|a, b| a.device.as_str().cmp(b.device.as_str()));
+            seen = states.clone();
+            states
+                .iter()
+                .map(|r| OutboxWrite {
+                    device: r.device.clone(),
+                    state: "{\"acked\":1}".into(),
+                    messages: None,
+                    next_wakeup_at: None,
+                    // The second device's save loses (a stale revision).
+                    expected_revision: Some(if r.device == ids[1] { 9 } else { r.revision }),
+                })
+                .collect()
+        };
+        let done = store
+            .record_acks_and_save(&batch, &ids, &mut then, t0)
+            .await
+            .unwrap();
+        // Only the devices with a saved state were read (the third has none).
+        assert_eq!(
+            seen.iter().map(|r| r.device.clone()).collect::<Vec<_>>(),
+            ids[..2].to_vec()
+        );
+        assert!(matches!(
+            done.acks[..],
+            [
+                Ok(AckOutcome::Applied {
+                    state: St::Accepted,
+                    ..
+                }),
+                Ok(AckOutcome::Applied {
+                    state: St::Accepted,
+                    ..
+                }),
+                Err(StoreError::Invalid { .. })
+            ]
+        ));
+        assert!(
+            matches!(done.saved[..], [Ok(2), Err(StoreError::Conflict { .. })]),
+            "{:?}",
+            done.saved
+        );
+        let first = store.outbox_load(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                first.state.as_str(),
+                first.messages.as_deref(),
+                first.next_wakeup_at
+            ),
+            ("{\"acked\":1}", Some("[\"m\"]"), None)
+        );
+        let second = store.outbox_load(&ids[1]).await.unwrap().unwrap();
+        assert_eq!(second.revision, 1);
+        for (target, state) in [(&targets[0], St::Accepted), (&targets[1], St::Accepted)] {
+            let AckTarget::Schedule { id, .. } = target else {
+                unreachable!()
+            };
+            assert_eq!(store.get_schedule(id, None).await.unwrap().state, state);
+        }
+        assert_eq!(
+            store
+                .get_schedule(&ScheduleId::new("day-2").unwrap(), None)
+                .await
+                .unwrap()
+                .state,
+            St::Delivered
         );
     }
 
@@ -1931,6 +2107,7 @@ conformance!(
     telemetry,
     outbox,
     batches,
+    acks_and_states_in_one_transaction,
     batched_acks_equal_one_by_one,
     series,
     models,

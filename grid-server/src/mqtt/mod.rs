@@ -209,7 +209,10 @@ pub struct TransportConfig {
     pub telemetry_batch: usize,
     /// The longest a sample waits for its batch.
     pub telemetry_flush: Duration,
-    /// Inbound messages processed concurrently.
+    /// Inbound messages processed concurrently (the event loop stops reading from the broker
+    /// while this many are in flight). Acks wait in it until their batch is recorded, so it
+    /// bounds the ack batches too: at 1,024 a 10,000-device publish was written in batches of
+    /// 24 acks on average, each paying a whole transaction.
     pub inbound_concurrency: usize,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
@@ -230,7 +233,7 @@ impl TransportConfig {
             claim_lease: Duration::from_secs(30),
             telemetry_batch: 1000,
             telemetry_flush: Duration::from_millis(200),
-            inbound_concurrency: 1024,
+            inbound_concurrency: 16_384,
             keep_alive: Duration::from_secs(30),
         }
     }

@@ -6,13 +6,13 @@ use super::{
     install_crypto_provider, random_hex,
 };
 use crate::store::{
-    AckOutcome, AckRecord, AckTarget, CommandFilter, CommandRecord, DeviceRecord, OutboxWrite,
-    ScheduleFilter, ScheduleRef, StatusReport, Store, StoreError,
+    AckOutcome, AckRecord, AckTarget, CommandFilter, CommandRecord, DeviceRecord, OutboxRecord,
+    OutboxWrite, ScheduleFilter, ScheduleRef, StatusReport, Store, StoreError,
 };
 use grid_core::{DeviceId, ExecutionState, LifecycleEvent, Schedule, TelemetrySample, Timestamp};
 use grid_proto::Codec;
 use grid_proto::topic::{Topic, decode_on_topic, server_subscription};
-use grid_proto::tracker::{Action, DeliveryKey, DeliveryTracker};
+use grid_proto::tracker::{Action, DeliveryKey, DeliveryTracker, DetachedState, TrackerState};
 use grid_proto::v1::{Ack, Body, Envelope, MessageId, ScheduleAssign};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
 use std::collections::{HashMap, HashSet};
@@ -30,6 +30,61 @@ const MAX_ACK_BATCH: usize = 512;
 
 /// Parallel ack writers on PostgreSQL.
 const ACK_WRITERS: usize = 4;
+
+/// Store connections left to the retry loop and the API when the inbound handlers are busy.
+const SPARE_CONNECTIONS: usize = 2;
+
+/// A device's delivery state an ack batch saves, and what follows once it is saved.
+struct PlannedSave<'a> {
+    /// The device's codec.
+    codec: Codec,
+    /// What to carry out once saved.
+    actions: Vec<Action>,
+    /// The device.
+    device: DeviceId,
+    /// Its acks in the batch, in arrival order (redone one by one if the save loses a race).
+    acks: Vec<&'a AckJob>,
+    /// Delivery latencies (s) of the acceptances among them.
+    latencies: Vec<f64>,
+    /// Bytes of state written.
+    state_bytes: usize,
+}
+
+/// What an ack batch does to delivery states ([`Inner::plan_ack_states`]).
+#[derive(Default)]
+struct AckPlan<'a> {
+    /// The states to save, in the order of `pending`.
+    writes: Vec<OutboxWrite>,
+    /// Per write, what follows once it is saved.
+    pending: Vec<PlannedSave<'a>>,
+    /// Devices whose state was not read (none saved, or locked by another writer): updated one
+    /// by one.
+    alone: Vec<(DeviceId, Vec<&'a AckJob>)>,
+    /// The acks (by address) that moved a schedule to accepted.
+    accepted: HashSet<usize>,
+}
+
+/// Where an ack batch's time went (logged at debug level by the ack writer).
+#[derive(Debug, Default)]
+struct AckBatchTimes {
+    /// Recording the acks and their lifecycle moves, reading the delivery states, applying the
+    /// acks to them and saving them (one transaction).
+    record: Duration,
+    /// Acks whose delivery state was updated one by one (races, missing states).
+    alone: usize,
+    /// The time those took.
+    rest: Duration,
+    /// Bytes of delivery state written in the batch.
+    state_bytes: usize,
+}
+
+/// The time since `*since`, restarting it.
+fn lap(since: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let d = now - *since;
+    *since = now;
+    d
+}
 
 /// An ack waiting for the batch writer; `done` fires once it is recorded (or refused).
 struct AckJob {
@@ -103,6 +158,11 @@ struct Inner {
     telemetry: mpsc::Sender<(DeviceId, TelemetrySample)>,
     /// One queue per ack writer; a device's acks always go to the same writer, in order.
     acks: Vec<mpsc::Sender<AckJob>>,
+    /// Store connections the inbound status and hello handlers may hold at once: the pool less
+    /// one per ack writer and [`SPARE_CONNECTIONS`], so a burst of status messages (every agent
+    /// sends one when it starts a schedule, right with its acks) does not leave the ack writers
+    /// waiting for a connection (measured: up to 170 ms per batch at 1,000 devices).
+    inbound_db: Semaphore,
     devices: Mutex<HashMap<DeviceId, Instant>>,
     /// `sent_at` of the newest hello processed per device (retained hellos come again on every
     /// re-subscription; older ones are skipped).
@@ -205,6 +265,8 @@ impl Transport {
             .unzip();
         let (subscribed, _) = watch::channel(false);
         let (shutdown, _) = watch::channel(false);
+        let pool = usize::try_from(store.pool_stats().max).unwrap_or(usize::MAX);
+        let inbound_db = Semaphore::new(pool.saturating_sub(writers + SPARE_CONNECTIONS).max(1));
         let inner = Arc::new(Inner {
             store,
             client,
@@ -215,6 +277,7 @@ impl Transport {
             counters: Counters::default(),
             telemetry: telemetry_tx,
             acks: ack_txs,
+            inbound_db,
             devices: Mutex::new(HashMap::new()),
             hellos: Mutex::new(HashMap::new()),
             _broker: broker,
@@ -405,21 +468,18 @@ impl TransportHandle {
                 continue;
             };
             let record = stored.get(id).copied();
-            let (mut tracker, revision) = match record {
-                Some(r) => match serde_json::from_str(&r.state) {
-                    Ok(state) => (
-                        DeliveryTracker::restore(inner.config.tracker.clone(), state),
-                        Some(r.revision),
-                    ),
+            let mut tracker = match record {
+                Some(r) => match saved_state(r) {
+                    Ok(state) => DeliveryTracker::restore(inner.config.tracker.clone(), state),
                     // Unreadable: the one-by-one path reports it per schedule.
                     Err(_) => {
                         redo.extend(mine);
                         continue;
                     }
                 },
-                None => (inner.new_tracker(device), None),
+                None => inner.new_tracker(device),
             };
-            let before = tracker.state().clone();
+            let before = tracker.state().detached();
             let mut actions = Vec::new();
             for &i in &mine {
                 let (schedule, correlation) = schedules[i];
@@ -431,17 +491,13 @@ impl TransportHandle {
                     outcome
                 }));
             }
-            if actions.is_empty() && tracker.state() == &before {
+            let after = tracker.state().detached();
+            if actions.is_empty() && after == before {
                 continue;
             }
-            match serde_json::to_string(tracker.state()) {
-                Ok(state) => {
-                    writes.push(OutboxWrite {
-                        device: id.clone(),
-                        state,
-                        next_wakeup_at: tracker.next_wakeup(),
-                        expected_revision: revision,
-                    });
+            match state_write(&tracker, after, record.map(|r| (r, &before))) {
+                Ok(write) => {
+                    writes.push(write);
                     pending.push((tracker.codec(), actions, mine));
                 }
                 Err(_) => redo.extend(mine),
@@ -616,27 +672,18 @@ impl Inner {
     {
         for _ in 0..SAVE_RETRIES {
             let stored = self.store.outbox_load(&device.id).await?;
-            let (mut tracker, revision) = match &stored {
-                Some(r) => (
-                    DeliveryTracker::restore(
-                        self.config.tracker.clone(),
-                        serde_json::from_str(&r.state)?,
-                    ),
-                    Some(r.revision),
-                ),
-                None => (self.new_tracker(device), None),
+            let mut tracker = match &stored {
+                Some(r) => DeliveryTracker::restore(self.config.tracker.clone(), saved_state(r)?),
+                None => self.new_tracker(device),
             };
-            let before = tracker.state().clone();
+            let before = tracker.state().detached();
             let actions = f(&mut tracker)?;
-            if !force_save && actions.is_empty() && tracker.state() == &before {
+            let after = tracker.state().detached();
+            if !force_save && actions.is_empty() && after == before {
                 return Ok(());
             }
-            let state = serde_json::to_string(tracker.state())?;
-            match self
-                .store
-                .outbox_save(&device.id, &state, tracker.next_wakeup(), revision, now)
-                .await
-            {
+            let write = state_write(&tracker, after, stored.as_ref().map(|r| (r, &before)))?;
+            match self.store.outbox_save(&write, now).await {
                 Ok(_) => {
                     self.execute(tracker.codec(), actions, now).await;
                     return Ok(());
@@ -878,6 +925,9 @@ impl Inner {
                     capabilities: status.capabilities.clone(),
                     clock_offset_ms: status.clock_offset_ms,
                 };
+                let Ok(_connection) = self.inbound_db.acquire().await else {
+                    return;
+                };
                 self.store
                     .record_status(&report)
                     .await
@@ -910,6 +960,9 @@ impl Inner {
                     tracing::debug!(device = %envelope.device, "skipped a retained hello already processed");
                     return;
                 }
+                let Ok(_connection) = self.inbound_db.acquire().await else {
+                    return;
+                };
                 self.on_hello(&envelope, now).await
             }
             Body::ScheduleAssign(_) | Body::Command(_) => {
@@ -954,11 +1007,15 @@ impl Inner {
         .await
     }
 
-    /// Records a batch of acks: every ack row and lifecycle move in one transaction, then every
-    /// device's tracker in one more; the per-ack path ([`Inner::on_ack`]) is the fallback for
-    /// whatever the batch could not settle (a database error, a race with another replica, a
-    /// device without a saved tracker).
-    async fn on_acks(&self, jobs: &[AckJob]) {
+    /// Records a batch of acks in one transaction: every ack row and lifecycle move, and every
+    /// device's delivery state (read and locked in it, saved guarded by the revision read). The
+    /// per-ack path
+    /// ([`Inner::on_ack`]) is the fallback for whatever the batch could not settle (a database
+    /// error, a race with another replica, a device without a saved tracker). Returns where the
+    /// time went (for the debug log).
+    async fn on_acks(&self, jobs: &[AckJob]) -> AckBatchTimes {
+        let mut times = AckBatchTimes::default();
+        let mut phase = Instant::now();
         let now = Timestamp::now();
         let mut records = Vec::with_capacity(jobs.len());
         let mut batched: Vec<&AckJob> = Vec::with_capacity(jobs.len());
@@ -972,10 +1029,43 @@ impl Inner {
             }
         }
         if records.is_empty() {
-            return;
+            return times;
         }
-        let results = match self.store.record_acks(&records).await {
-            Ok(r) => r,
+        let mut devices: Vec<DeviceId> = Vec::new();
+        let mut seen: HashSet<&DeviceId> = HashSet::new();
+        for job in &batched {
+            if seen.insert(&job.envelope.device) {
+                devices.push(job.envelope.device.clone());
+            }
+        }
+        // Made inside the store's transaction, once the acks' outcomes are known and the states
+        // are read (and locked).
+        let mut plan = AckPlan::default();
+        let mut then = |results: &[crate::store::StoreResult<AckOutcome>],
+                        stored: &[OutboxRecord]| {
+            let stored: HashMap<&DeviceId, &OutboxRecord> =
+                stored.iter().map(|r| (&r.device, r)).collect();
+            plan = self.plan_ack_states(&batched, results, &stored);
+            std::mem::take(&mut plan.writes)
+        };
+        let done = self
+            .store
+            .record_acks_and_save(&records, &devices, &mut then, now)
+            .await;
+        let AckPlan {
+            pending,
+            mut alone,
+            accepted,
+            writes: _,
+        } = plan;
+        let saved = match done {
+            Ok(done) => {
+                times.record = lap(&mut phase);
+                for (job, result) in batched.iter().zip(&done.acks) {
+                    self.count_ack(job, result);
+                }
+                done.saved
+            }
             Err(e) => {
                 tracing::warn!(acks = records.len(), error = %e, "writing an ack batch failed; writing them one by one");
                 for job in &batched {
@@ -984,115 +1074,25 @@ impl Inner {
                         tracing::warn!(device = %job.envelope.device, error = %e, "handling an ack failed");
                     }
                 }
-                return;
+                times.alone = batched.len();
+                return times;
             }
         };
-        // The trackers of the devices whose acks were recorded, in arrival order per device.
-        let mut per_device: Vec<(DeviceId, Vec<&AckJob>)> = Vec::new();
-        let mut device_index: HashMap<&DeviceId, usize> = HashMap::new();
-        // Acks that moved a schedule to accepted (by address): they feed the delivery-latency
-        // histogram.
-        let mut accepted: HashSet<usize> = HashSet::new();
-        for (job, result) in batched.iter().zip(results) {
+        for (result, p) in saved.into_iter().zip(pending) {
+            times.state_bytes += p.state_bytes;
             match result {
-                Ok(AckOutcome::Applied { state, .. }) => {
-                    bump(&self.counters.acks_applied);
-                    if state == ExecutionState::Accepted {
-                        accepted.insert(std::ptr::from_ref(*job).addr());
+                Ok(_) => {
+                    for seconds in p.latencies {
+                        crate::metrics::delivery_latency(seconds);
                     }
+                    self.execute(p.codec, p.actions, now).await;
                 }
-                Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
-                Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
-                Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
-                    bump(&self.counters.refused);
-                    tracing::warn!(device = %job.envelope.device, error = %e, "refused an ack");
-                    continue;
-                }
-                Err(e) => {
-                    bump(&self.counters.errors);
-                    tracing::warn!(device = %job.envelope.device, error = %e, "recording an ack failed");
-                    continue;
-                }
-            }
-            match device_index.get(&job.envelope.device) {
-                Some(&k) => per_device[k].1.push(job),
-                None => {
-                    device_index.insert(&job.envelope.device, per_device.len());
-                    per_device.push((job.envelope.device.clone(), vec![job]));
-                }
+                // Another replica saved it meanwhile: redo this device alone.
+                Err(_) => alone.push((p.device, p.acks)),
             }
         }
-        let devices: Vec<DeviceId> = per_device.iter().map(|(d, _)| d.clone()).collect();
-        let stored = match self.store.outbox_load_many(&devices).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "loading delivery states failed; updating them one by one");
-                Vec::new()
-            }
-        };
-        let mut writes = Vec::new();
-        let mut pending = Vec::new();
-        let mut alone = Vec::new();
-        let stored: HashMap<&DeviceId, _> = stored.iter().map(|r| (&r.device, r)).collect();
-        for (device, list) in &per_device {
-            let Some(record) = stored.get(device) else {
-                alone.push((device.clone(), list.clone()));
-                continue;
-            };
-            let state = match serde_json::from_str(&record.state) {
-                Ok(state) => state,
-                Err(e) => {
-                    bump(&self.counters.errors);
-                    tracing::warn!(%device, error = %e, "unreadable delivery state");
-                    continue;
-                }
-            };
-            let mut tracker = DeliveryTracker::restore(self.config.tracker.clone(), state);
-            let before = tracker.state().clone();
-            let mut actions = Vec::new();
-            for job in list {
-                if accepted.contains(&std::ptr::from_ref(*job).addr()) {
-                    observe_acceptance(&tracker, &job.envelope, job.received);
-                }
-                actions.extend(tracker.on_ack(job.received, &job.envelope));
-            }
-            // The acks themselves already moved the lifecycle in the store.
-            actions.retain(|a| match a {
-                Action::StateChanged { key, to, .. } => {
-                    !list.iter().any(|j| acks_state(&j.envelope, key, *to))
-                }
-                Action::Send(_) => true,
-            });
-            if actions.is_empty() && tracker.state() == &before {
-                continue;
-            }
-            let Ok(state) = serde_json::to_string(tracker.state()) else {
-                bump(&self.counters.errors);
-                continue;
-            };
-            writes.push(OutboxWrite {
-                device: device.clone(),
-                state,
-                next_wakeup_at: tracker.next_wakeup(),
-                expected_revision: Some(record.revision),
-            });
-            pending.push((tracker.codec(), actions, device.clone(), list.clone()));
-        }
-        match self.store.outbox_save_many(&writes, now).await {
-            Ok(saved) => {
-                for (result, (codec, actions, device, list)) in saved.into_iter().zip(pending) {
-                    match result {
-                        Ok(_) => self.execute(codec, actions, now).await,
-                        // Another replica saved it meanwhile: redo this device alone.
-                        Err(_) => alone.push((device, list)),
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "saving delivery states failed; saving them one by one");
-                alone.extend(pending.into_iter().map(|(_, _, d, l)| (d, l)));
-            }
-        }
+        times.alone = alone.iter().map(|(_, l)| l.len()).sum();
+        phase = Instant::now();
         for (device, list) in alone {
             let record = match self.active_device(&device).await {
                 Ok(r) => r,
@@ -1117,6 +1117,108 @@ impl Inner {
                 }
             }
         }
+        times.rest = lap(&mut phase);
+        times
+    }
+
+    /// Counts a batched ack's outcome (and logs a refusal or failure).
+    fn count_ack(&self, job: &AckJob, result: &crate::store::StoreResult<AckOutcome>) {
+        match result {
+            Ok(AckOutcome::Applied { .. }) => bump(&self.counters.acks_applied),
+            Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
+            Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
+            Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
+                bump(&self.counters.refused);
+                tracing::warn!(device = %job.envelope.device, error = %e, "refused an ack");
+            }
+            Err(e) => {
+                bump(&self.counters.errors);
+                tracing::warn!(device = %job.envelope.device, error = %e, "recording an ack failed");
+            }
+        }
+    }
+
+    /// What a batch of acks does to its devices' delivery states, given the acks' outcomes
+    /// (`results`, in `batched`'s order) and the states read (`stored`): each device's acks that
+    /// were recorded are applied to its tracker in arrival order. Pure apart from logging: the
+    /// caller saves the writes and carries out the rest once they are saved.
+    fn plan_ack_states<'a>(
+        &self,
+        batched: &[&'a AckJob],
+        results: &[crate::store::StoreResult<AckOutcome>],
+        stored: &HashMap<&DeviceId, &OutboxRecord>,
+    ) -> AckPlan<'a> {
+        let mut plan = AckPlan::default();
+        // The devices whose acks were recorded, each with its acks in arrival order.
+        let mut per_device: Vec<(DeviceId, Vec<&AckJob>)> = Vec::new();
+        let mut device_index: HashMap<&DeviceId, usize> = HashMap::new();
+        for (job, result) in batched.iter().zip(results) {
+            match result {
+                Ok(AckOutcome::Applied { state, .. }) => {
+                    if *state == ExecutionState::Accepted {
+                        plan.accepted.insert(std::ptr::from_ref(*job).addr());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            match device_index.get(&job.envelope.device) {
+                Some(&k) => per_device[k].1.push(job),
+                None => {
+                    device_index.insert(&job.envelope.device, per_device.len());
+                    per_device.push((job.envelope.device.clone(), vec![job]));
+                }
+            }
+        }
+        for (device, list) in per_device {
+            let Some(record) = stored.get(&device) else {
+                plan.alone.push((device, list));
+                continue;
+            };
+            let state = match saved_state(record) {
+                Ok(state) => state,
+                Err(e) => {
+                    bump(&self.counters.errors);
+                    tracing::warn!(%device, error = %e, "unreadable delivery state");
+                    continue;
+                }
+            };
+            let mut tracker = DeliveryTracker::restore(self.config.tracker.clone(), state);
+            let before = tracker.state().detached();
+            let mut actions = Vec::new();
+            let mut latencies = Vec::new();
+            for job in &list {
+                if plan.accepted.contains(&std::ptr::from_ref(*job).addr()) {
+                    latencies.extend(acceptance_latency(&tracker, &job.envelope, job.received));
+                }
+                actions.extend(tracker.on_ack(job.received, &job.envelope));
+            }
+            // The acks themselves already moved the lifecycle in the store.
+            actions.retain(|a| match a {
+                Action::StateChanged { key, to, .. } => {
+                    !list.iter().any(|j| acks_state(&j.envelope, key, *to))
+                }
+                Action::Send(_) => true,
+            });
+            let after = tracker.state().detached();
+            if actions.is_empty() && after == before {
+                continue;
+            }
+            let Ok(write) = state_write(&tracker, after, Some((*record, &before))) else {
+                bump(&self.counters.errors);
+                continue;
+            };
+            plan.pending.push(PlannedSave {
+                codec: tracker.codec(),
+                actions,
+                device,
+                acks: list,
+                latencies,
+                state_bytes: write.state.len() + write.messages.as_ref().map_or(0, String::len),
+            });
+            plan.writes.push(write);
+        }
+        plan
     }
 
     /// Notes a hello's `sent_at`; false for a retained hello no newer than one already processed
@@ -1397,6 +1499,44 @@ async fn retry_loop(inner: Arc<Inner>) {
 
 /// Writes telemetry in batches of up to `telemetry_batch` samples, at least every
 /// `telemetry_flush`.
+/// A delivery state as saved: detached with its messages apart, or whole (saved before the
+/// split).
+fn saved_state(record: &OutboxRecord) -> TransportResult<TrackerState> {
+    match &record.messages {
+        Some(messages) => Ok(TrackerState::attach(
+            serde_json::from_str(&record.state)?,
+            serde_json::from_str(messages)?,
+        )?),
+        None => Ok(serde_json::from_str(&record.state)?),
+    }
+}
+
+/// What to save of `tracker`'s state (`detached` is its detached part) over `saved` (the record
+/// it was read from and the detached state read): the detached part always, the messages only
+/// when the saved ones do not fit it any more (a new record, one saved whole, or other
+/// deliveries). Messages never change while tracked, so an ack rewrites a few hundred bytes.
+fn state_write(
+    tracker: &DeliveryTracker,
+    detached: DetachedState,
+    saved: Option<(&OutboxRecord, &DetachedState)>,
+) -> TransportResult<OutboxWrite> {
+    let kept = saved.is_some_and(|(record, read)| {
+        record.messages.is_some() && read.message_ids().eq(detached.message_ids())
+    });
+    let messages = if kept {
+        None
+    } else {
+        Some(serde_json::to_string(&tracker.state().messages())?)
+    };
+    Ok(OutboxWrite {
+        device: tracker.device().clone(),
+        state: serde_json::to_string(&detached)?,
+        messages,
+        next_wakeup_at: tracker.next_wakeup(),
+        expected_revision: saved.map(|(record, _)| record.revision),
+    })
+}
+
 /// The store's record of an inbound ack; `None` when it names no target.
 fn ack_record(envelope: &Envelope, received: Timestamp) -> Option<AckRecord> {
     let Body::Ack(ack) = &envelope.body else {
@@ -1424,22 +1564,33 @@ fn ack_record(envelope: &Envelope, received: Timestamp) -> Option<AckRecord> {
     })
 }
 
-/// Feeds the delivery-latency histogram with an acceptance the store applied: the time from the
-/// schedule version's first send to the ack's arrival. The tracked message's `sent_at` is the
-/// instant of the first send (the store records the same instant as `first_sent_at`; resends
-/// repeat the message unchanged).
+/// Feeds the delivery-latency histogram with an acceptance the store applied (see
+/// [`acceptance_latency`]).
 fn observe_acceptance(tracker: &DeliveryTracker, ack: &Envelope, received: Timestamp) {
+    if let Some(seconds) = acceptance_latency(tracker, ack, received) {
+        crate::metrics::delivery_latency(seconds);
+    }
+}
+
+/// The delivery latency of an acceptance, in seconds: the time from the schedule version's first
+/// send to the ack's arrival. The tracked message's `sent_at` is the instant of the first send
+/// (the store records the same instant as `first_sent_at`; resends repeat the message
+/// unchanged).
+fn acceptance_latency(
+    tracker: &DeliveryTracker,
+    ack: &Envelope,
+    received: Timestamp,
+) -> Option<f64> {
     let Body::Ack(Ack {
         schedule: Some(r), ..
     }) = &ack.body
     else {
-        return;
+        return None;
     };
     let key = DeliveryKey::Schedule(r.clone());
-    if let Some(d) = tracker.deliveries().iter().find(|d| d.key == key) {
-        let ms = received.as_millisecond() - d.message().sent_at.as_millisecond();
-        crate::metrics::delivery_latency(ms.max(0) as f64 / 1000.0);
-    }
+    let d = tracker.deliveries().iter().find(|d| d.key == key)?;
+    let ms = received.as_millisecond() - d.message().sent_at.as_millisecond();
+    Some(ms.max(0) as f64 / 1000.0)
 }
 
 /// Which of `n` ack writers takes a device's acks (stable per device, so its acks stay in order).
@@ -1490,11 +1641,15 @@ async fn ack_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<AckJob>) {
             .map(|j| now_ms - j.received.as_millisecond())
             .max()
             .unwrap_or(0);
-        inner.on_acks(&batch).await;
+        let times = inner.on_acks(&batch).await;
         tracing::debug!(
             acks = batch.len(),
             waited_ms,
             write_ms = started.elapsed().as_millis(),
+            record_and_save_ms = times.record.as_secs_f64() * 1e3,
+            alone = times.alone,
+            alone_ms = times.rest.as_secs_f64() * 1e3,
+            state_bytes = times.state_bytes,
             "ack batch written"
         );
         for job in batch {

@@ -15,6 +15,12 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::*;
 
+/// What [`Store::record_acks_and_save`] asks of its caller once the acks are recorded: the
+/// delivery states to save, given each ack's outcome and the states read.
+pub type AckStatesFn<'a> = dyn for<'r> FnMut(&'r [StoreResult<AckOutcome>], &'r [OutboxRecord]) -> Vec<OutboxWrite>
+    + Send
+    + 'a;
+
 use async_trait::async_trait;
 use grid_core::{
     DeviceId, FeederId, LifecycleEvent, PriceSeries, ScheduleId, ScheduleVersion, SiteId,
@@ -307,17 +313,11 @@ pub trait Store: Send + Sync + 'static {
     /// The saved delivery state of a device, if any.
     async fn outbox_load(&self, device: &DeviceId) -> StoreResult<Option<OutboxRecord>>;
 
-    /// Saves a device's delivery state if nobody saved it since `expected_revision` was read
-    /// (`None`: only if none is stored); returns the new revision, or [`StoreError::Conflict`]
-    /// when another writer got there first (reload, re-apply, retry). Clears any claim.
-    async fn outbox_save(
-        &self,
-        device: &DeviceId,
-        state: &str,
-        next_wakeup_at: Option<Timestamp>,
-        expected_revision: Option<u64>,
-        now: Timestamp,
-    ) -> StoreResult<u64>;
+    /// Saves a device's delivery state if nobody saved it since `write.expected_revision` was
+    /// read (`None`: only if none is stored); returns the new revision, or
+    /// [`StoreError::Conflict`] when another writer got there first (reload, re-apply, retry).
+    /// Clears any claim. The saved messages are replaced only when `write.messages` is set.
+    async fn outbox_save(&self, write: &OutboxWrite, now: Timestamp) -> StoreResult<u64>;
 
     /// The saved delivery states of several devices (those that have one), in one query where
     /// the backend allows it.
@@ -342,18 +342,32 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<StoreResult<u64>>> {
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
-            out.push(
-                self.outbox_save(
-                    &w.device,
-                    &w.state,
-                    w.next_wakeup_at,
-                    w.expected_revision,
-                    now,
-                )
-                .await,
-            );
+            out.push(self.outbox_save(w, now).await);
         }
         Ok(out)
+    }
+
+    /// Records a batch of acks like [`Store::record_acks`], reads the delivery states of
+    /// `devices` like [`Store::outbox_load_many`], and saves the states that `then` makes from
+    /// the acks' outcomes and the states read like [`Store::outbox_save_many`], in one
+    /// transaction where the backend allows it (one commit for the whole batch). On PostgreSQL
+    /// the states read stay locked until the commit, so no other writer (another replica, the
+    /// retry loop) changes one between its read and its save; a state another writer holds
+    /// locked at that moment is not read (not waited for), so `then` may get fewer states than
+    /// `devices`. The outer error means nothing was recorded or saved. Returns the acks'
+    /// outcomes and the saves' results.
+    async fn record_acks_and_save(
+        &self,
+        acks: &[AckRecord],
+        devices: &[DeviceId],
+        then: &mut AckStatesFn<'_>,
+        now: Timestamp,
+    ) -> StoreResult<AckBatchResult> {
+        let acks = self.record_acks(acks).await?;
+        let stored = self.outbox_load_many(devices).await?;
+        let writes = then(&acks, &stored);
+        let saved = self.outbox_save_many(&writes, now).await?;
+        Ok(AckBatchResult { acks, saved })
     }
 
     /// Claims up to `limit` devices whose delivery state is due at `now` (next wakeup ≤ now) and

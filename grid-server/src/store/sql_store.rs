@@ -35,6 +35,13 @@ const INSERT_CHUNK: usize = 1000;
 const BATCH_ROWS: usize = 500;
 
 /// The length checks of an ack's free-text fields.
+/// The outcomes of a batch of acks, one per ack (an ack left unprocessed is an error).
+fn finish_acks(out: Vec<Option<StoreResult<AckOutcome>>>) -> Vec<StoreResult<AckOutcome>> {
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::invalid("ack", "not processed"))))
+        .collect()
+}
+
 fn check_ack_text(ack: &AckRecord) -> StoreResult<()> {
     check_text("message_id", &ack.message_id, 128)?;
     check_opt_text("reason_code", ack.reason_code.as_deref(), 64)?;
@@ -292,6 +299,7 @@ fn outbox_from_row(row: &DbRow) -> StoreResult<OutboxRecord> {
     Ok(OutboxRecord {
         device: parse_id("outbox.device", col(row, "device_id")?)?,
         state: col(row, "state_json")?,
+        messages: col(row, "messages_json")?,
         next_wakeup_at: opt_ts(row, "next_wakeup_ms")?,
         revision: count_col(row, "revision")?,
         updated_at: ts(row, "updated_ms")?,
@@ -623,17 +631,17 @@ impl This {
     }
 
     /// Saves one device's delivery state through `exec` (see [`Store::outbox_save`]).
-    async fn outbox_write<'e, E>(
-        exec: E,
-        device: &DeviceId,
-        state: &str,
-        next_wakeup_at: Option<Timestamp>,
-        expected_revision: Option<u64>,
-        now: Timestamp,
-    ) -> StoreResult<u64>
+    async fn outbox_write<'e, E>(exec: E, write: &OutboxWrite, now: Timestamp) -> StoreResult<u64>
     where
         E: sqlx::Executor<'e, Database = Db>,
     {
+        let OutboxWrite {
+            device,
+            state,
+            messages,
+            next_wakeup_at,
+            expected_revision,
+        } = write;
         let wakeup = next_wakeup_at.map(ms);
         let stale = || {
             StoreError::conflict(
@@ -645,10 +653,12 @@ impl This {
         match expected_revision {
             None => {
                 let done = sql_exec!(
-                    "INSERT INTO outbox (device_id, state_json, next_wakeup_ms, revision, \
-                     updated_ms) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (device_id) DO NOTHING",
+                    "INSERT INTO outbox (device_id, state_json, messages_json, next_wakeup_ms, \
+                     revision, updated_ms) VALUES ($1, $2, $3, $4, 1, $5) \
+                     ON CONFLICT (device_id) DO NOTHING",
                     device.as_str(),
                     state,
+                    messages.as_deref(),
                     wakeup,
                     ms(now)
                 )
@@ -661,13 +671,16 @@ impl This {
                 }
             }
             Some(revision) => {
+                let revision = *revision;
                 let rev = i64::try_from(revision)
                     .map_err(|_| StoreError::invalid("revision", "out of range"))?;
                 let done = sql_exec!(
-                    "UPDATE outbox SET state_json = $1, next_wakeup_ms = $2, \
-                     revision = revision + 1, updated_ms = $3, claimed_by = NULL, \
-                     claimed_until_ms = NULL WHERE device_id = $4 AND revision = $5",
+                    "UPDATE outbox SET state_json = $1, \
+                     messages_json = COALESCE($2, messages_json), next_wakeup_ms = $3, \
+                     revision = revision + 1, updated_ms = $4, claimed_by = NULL, \
+                     claimed_until_ms = NULL WHERE device_id = $5 AND revision = $6",
                     state,
+                    messages.as_deref(),
                     wakeup,
                     ms(now),
                     device.as_str(),
@@ -907,6 +920,202 @@ impl This {
             }
         }
         Ok(())
+    }
+
+    /// The body of [`Store::record_acks`] inside `tx`, without committing: each ack's outcome,
+    /// and the indices of the acks that raced with another writer (not recorded; retry them).
+    #[allow(clippy::type_complexity)]
+    async fn record_acks_in(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        acks: &[AckRecord],
+    ) -> StoreResult<(Vec<Option<StoreResult<AckOutcome>>>, Vec<usize>)> {
+        let mut out: Vec<Option<StoreResult<AckOutcome>>> = (0..acks.len()).map(|_| None).collect();
+        // Acks of commands and `delivered` acks (which also count a publication) take the
+        // one-by-one path inside the batch's transaction; batches of schedule answers only (the
+        // bulk: accepted / executing / completed) go through multi-row statements.
+        let mut slow_targets: std::collections::HashSet<(String, i64)> = Default::default();
+        for (i, ack) in acks.iter().enumerate() {
+            if let Err(e) = check_ack_text(ack) {
+                out[i] = Some(Err(e));
+                continue;
+            }
+            if let AckTarget::Schedule { id, version } = &ack.target
+                && ack.state == ExecutionState::Delivered
+            {
+                slow_targets.insert((id.as_str().to_owned(), version_param(*version)?));
+            }
+        }
+        let mut fast = Vec::new();
+        let mut slow = Vec::new();
+        for (i, ack) in acks.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            match &ack.target {
+                AckTarget::Schedule { id, version }
+                    if !slow_targets
+                        .contains(&(id.as_str().to_owned(), version_param(*version)?)) =>
+                {
+                    fast.push(i)
+                }
+                _ => slow.push(i),
+            }
+        }
+        if !slow.is_empty() {
+            // Arrival order across targets matters when message ids repeat: a batch with any
+            // slow ack is taken one by one as a whole (rare: agents do not send `delivered`).
+            slow = (0..acks.len()).filter(|&i| out[i].is_none()).collect();
+            fast.clear();
+        }
+        let mut retry = Vec::new();
+        for i in slow {
+            match Self::record_ack_in(tx, &acks[i]).await {
+                Ok(Some(outcome)) => out[i] = Some(Ok(outcome)),
+                // Raced with another writer: retried on its own after the commit.
+                Ok(None) => retry.push(i),
+                Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
+                    out[i] = Some(Err(e))
+                }
+                // A database error aborts the transaction: nothing is recorded.
+                Err(e) => return Err(e),
+            }
+        }
+        if !fast.is_empty() {
+            Self::record_schedule_acks_in(tx, acks, &fast, &mut out, &mut retry).await?;
+        }
+        Ok((out, retry))
+    }
+
+    /// [`Store::record_ack`] inside `tx`: retried while other writers race on the target. A
+    /// database error is the outer error (the transaction is lost); a refusal or too many races
+    /// are the inner one.
+    async fn record_ack_retrying_in(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        ack: &AckRecord,
+    ) -> StoreResult<StoreResult<AckOutcome>> {
+        if let Err(e) = check_ack_text(ack) {
+            return Ok(Err(e));
+        }
+        for _ in 0..STATE_RETRIES {
+            match Self::record_ack_in(tx, ack).await {
+                Ok(Some(outcome)) => return Ok(Ok(outcome)),
+                Ok(None) => continue,
+                Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
+                    return Ok(Err(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Err(StoreError::conflict(
+            "ack",
+            &ack.message_id,
+            "target changed concurrently too often; retry",
+        )))
+    }
+
+    /// The body of [`Store::outbox_save_many`] inside `tx`, without committing.
+    async fn outbox_save_many_in(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        writes: &[OutboxWrite],
+        now: Timestamp,
+    ) -> StoreResult<Vec<StoreResult<u64>>> {
+        let now = ms(now);
+        let mut out: Vec<Option<StoreResult<u64>>> = (0..writes.len()).map(|_| None).collect();
+        let mut updates = Vec::new();
+        let mut inserts = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            match w.expected_revision {
+                None => inserts.push(i),
+                Some(r) => match i64::try_from(r) {
+                    Ok(r) => updates.push((i, r)),
+                    Err(_) => out[i] = Some(Err(StoreError::invalid("revision", "out of range"))),
+                },
+            }
+        }
+        // One lock order for every writer (by device id), so concurrent batches cannot deadlock.
+        updates.sort_by(|a, b| writes[a.0].device.as_str().cmp(writes[b.0].device.as_str()));
+        inserts.sort_by(|a, b| writes[*a].device.as_str().cmp(writes[*b].device.as_str()));
+        // Multi-row statements; a device whose row is missing or at another revision comes back
+        // without a RETURNING row: a conflict for that device alone.
+        for chunk in updates.chunks(BATCH_ROWS) {
+            let mut q = QueryBuilder::<Db>::new(
+                "UPDATE outbox SET state_json = v.column2, next_wakeup_ms = v.column3, \
+                 messages_json = COALESCE(v.column5, outbox.messages_json), \
+                 revision = revision + 1, claimed_by = NULL, claimed_until_ms = NULL, updated_ms = ",
+            );
+            q.push_bind(now).push(" FROM (VALUES ");
+            for (k, (i, rev)) in chunk.iter().enumerate() {
+                let w = &writes[*i];
+                if k > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .push_bind(w.device.as_str().to_owned())
+                    .push(", ")
+                    .push_bind(w.state.clone())
+                    .push(", CAST(")
+                    .push_bind(w.next_wakeup_at.map(ms))
+                    .push(" AS BIGINT), CAST(")
+                    .push_bind(*rev)
+                    .push(" AS BIGINT), CAST(")
+                    .push_bind(w.messages.clone())
+                    .push(" AS TEXT))");
+            }
+            q.push(
+                ") AS v WHERE outbox.device_id = v.column1 AND outbox.revision = v.column4 \
+                 RETURNING outbox.device_id, outbox.revision",
+            );
+            let index: std::collections::HashMap<&str, usize> = chunk
+                .iter()
+                .map(|(i, _)| (writes[*i].device.as_str(), *i))
+                .collect();
+            for row in q.build().fetch_all(&mut **tx).await? {
+                let device: String = col(&row, "device_id")?;
+                let revision: i64 = col(&row, "revision")?;
+                if let Some(i) = index.get(device.as_str()) {
+                    out[*i] = Some(Ok(u64::try_from(revision).unwrap_or_default()));
+                }
+            }
+        }
+        for chunk in inserts.chunks(BATCH_ROWS) {
+            let mut q = QueryBuilder::<Db>::new(
+                "INSERT INTO outbox (device_id, state_json, messages_json, next_wakeup_ms, \
+                 revision, updated_ms) ",
+            );
+            q.push_values(chunk, |mut b, i| {
+                let w = &writes[*i];
+                b.push_bind(w.device.as_str().to_owned())
+                    .push_bind(w.state.clone())
+                    .push_bind(w.messages.clone())
+                    .push_bind(w.next_wakeup_at.map(ms))
+                    .push_bind(1_i64)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (device_id) DO NOTHING RETURNING device_id");
+            let index: std::collections::HashMap<&str, usize> = chunk
+                .iter()
+                .map(|i| (writes[*i].device.as_str(), *i))
+                .collect();
+            for row in q.build().fetch_all(&mut **tx).await? {
+                let device: String = col(&row, "device_id")?;
+                if let Some(i) = index.get(device.as_str()) {
+                    out[*i] = Some(Ok(1));
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .zip(writes)
+            .map(|(r, w)| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::conflict(
+                        "outbox",
+                        &w.device,
+                        "the delivery state changed since it was read",
+                    ))
+                })
+            })
+            .collect())
     }
 
     /// The rows of `select_in` (a `SELECT … WHERE <device column> IN (` prefix) for the given
@@ -1824,69 +2033,74 @@ impl Store for This {
     }
 
     async fn record_acks(&self, acks: &[AckRecord]) -> StoreResult<Vec<StoreResult<AckOutcome>>> {
-        let mut out: Vec<Option<StoreResult<AckOutcome>>> = (0..acks.len()).map(|_| None).collect();
-        // Acks of commands and `delivered` acks (which also count a publication) take the
-        // one-by-one path inside the batch's transaction; batches of schedule answers only (the
-        // bulk: accepted / executing / completed) go through multi-row statements.
-        let mut slow_targets: std::collections::HashSet<(String, i64)> = Default::default();
-        for (i, ack) in acks.iter().enumerate() {
-            if let Err(e) = check_ack_text(ack) {
-                out[i] = Some(Err(e));
-                continue;
-            }
-            if let AckTarget::Schedule { id, version } = &ack.target
-                && ack.state == ExecutionState::Delivered
-            {
-                slow_targets.insert((id.as_str().to_owned(), version_param(*version)?));
-            }
-        }
-        let mut fast = Vec::new();
-        let mut slow = Vec::new();
-        for (i, ack) in acks.iter().enumerate() {
-            if out[i].is_some() {
-                continue;
-            }
-            match &ack.target {
-                AckTarget::Schedule { id, version }
-                    if !slow_targets
-                        .contains(&(id.as_str().to_owned(), version_param(*version)?)) =>
-                {
-                    fast.push(i)
-                }
-                _ => slow.push(i),
-            }
-        }
-        if !slow.is_empty() {
-            // Arrival order across targets matters when message ids repeat: a batch with any
-            // slow ack is taken one by one as a whole (rare: agents do not send `delivered`).
-            slow = (0..acks.len()).filter(|&i| out[i].is_none()).collect();
-            fast.clear();
-        }
-        let mut retry = Vec::new();
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        for i in slow {
-            match Self::record_ack_in(&mut tx, &acks[i]).await {
-                Ok(Some(outcome)) => out[i] = Some(Ok(outcome)),
-                // Raced with another writer: retried on its own after the commit.
-                Ok(None) => retry.push(i),
-                Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {
-                    out[i] = Some(Err(e))
-                }
-                // A database error aborts the transaction: nothing is recorded.
-                Err(e) => return Err(e),
-            }
-        }
-        if !fast.is_empty() {
-            Self::record_schedule_acks_in(&mut tx, acks, &fast, &mut out, &mut retry).await?;
-        }
+        let (mut out, retry) = Self::record_acks_in(&mut tx, acks).await?;
         tx.commit().await?;
         for i in retry {
             out[i] = Some(self.record_ack(&acks[i]).await);
         }
-        Ok(out
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(StoreError::invalid("ack", "not processed"))))
-            .collect())
+        Ok(finish_acks(out))
+    }
+
+    async fn record_acks_and_save(
+        &self,
+        acks: &[AckRecord],
+        devices: &[DeviceId],
+        then: &mut AckStatesFn<'_>,
+        now: Timestamp,
+    ) -> StoreResult<AckBatchResult> {
+        let started = std::time::Instant::now();
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let begun = started.elapsed();
+        let (mut out, retry) = Self::record_acks_in(&mut tx, acks).await?;
+        // Raced with another writer: retried in this transaction (each statement sees the rows
+        // committed since).
+        for i in retry {
+            out[i] = Some(Self::record_ack_retrying_in(&mut tx, &acks[i]).await?);
+        }
+        let acks = finish_acks(out);
+        let recorded = started.elapsed();
+        // The states, locked until the commit. A row another writer holds locked right now is
+        // skipped (its device's acks are left to the caller's one-by-one path): this batch never
+        // waits for a lock while holding others, so it cannot deadlock (measured: the retry
+        // loop's claim, which locks in wakeup order, deadlocked with a batch that waited).
+        // SQLite has no row locks and needs none: `BEGIN IMMEDIATE` holds the database.
+        let mut ids: Vec<&DeviceId> = devices.iter().collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        ids.dedup();
+        let mut stored = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Db>::new("SELECT * FROM outbox WHERE device_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str().to_owned());
+            }
+            q.push(") ORDER BY device_id");
+            if BACKEND == Backend::Postgres {
+                q.push(" FOR UPDATE SKIP LOCKED");
+            }
+            for row in q.build().fetch_all(&mut *tx).await? {
+                stored.push(outbox_from_row(&row)?);
+            }
+        }
+        let read = started.elapsed();
+        let writes = then(&acks, &stored);
+        let planned = started.elapsed();
+        let saved = Self::outbox_save_many_in(&mut tx, &writes, now).await?;
+        let written = started.elapsed();
+        tx.commit().await?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            acks = acks.len(),
+            begin_ms = ms(begun),
+            record_ms = ms(recorded - begun),
+            read_ms = ms(read - recorded),
+            plan_ms = ms(planned - read),
+            save_ms = ms(written - planned),
+            commit_ms = ms(started.elapsed() - written),
+            "ack batch transaction"
+        );
+        Ok(AckBatchResult { acks, saved })
     }
 
     async fn list_acks(&self, target: &AckTarget) -> StoreResult<Vec<AckRecord>> {
@@ -2060,23 +2274,8 @@ impl Store for This {
             .transpose()
     }
 
-    async fn outbox_save(
-        &self,
-        device: &DeviceId,
-        state: &str,
-        next_wakeup_at: Option<Timestamp>,
-        expected_revision: Option<u64>,
-        now: Timestamp,
-    ) -> StoreResult<u64> {
-        Self::outbox_write(
-            &self.pool,
-            device,
-            state,
-            next_wakeup_at,
-            expected_revision,
-            now,
-        )
-        .await
+    async fn outbox_save(&self, write: &OutboxWrite, now: Timestamp) -> StoreResult<u64> {
+        Self::outbox_write(&self.pool, write, now).await
     }
 
     async fn outbox_load_many(&self, devices: &[DeviceId]) -> StoreResult<Vec<OutboxRecord>> {
@@ -2092,100 +2291,10 @@ impl Store for This {
         writes: &[OutboxWrite],
         now: Timestamp,
     ) -> StoreResult<Vec<StoreResult<u64>>> {
-        let now = ms(now);
-        let mut out: Vec<Option<StoreResult<u64>>> = (0..writes.len()).map(|_| None).collect();
-        let mut updates = Vec::new();
-        let mut inserts = Vec::new();
-        for (i, w) in writes.iter().enumerate() {
-            match w.expected_revision {
-                None => inserts.push(i),
-                Some(r) => match i64::try_from(r) {
-                    Ok(r) => updates.push((i, r)),
-                    Err(_) => out[i] = Some(Err(StoreError::invalid("revision", "out of range"))),
-                },
-            }
-        }
-        // One lock order for every writer (by device id), so concurrent batches cannot deadlock.
-        updates.sort_by(|a, b| writes[a.0].device.as_str().cmp(writes[b.0].device.as_str()));
-        inserts.sort_by(|a, b| writes[*a].device.as_str().cmp(writes[*b].device.as_str()));
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        // Multi-row statements; a device whose row is missing or at another revision comes back
-        // without a RETURNING row: a conflict for that device alone.
-        for chunk in updates.chunks(BATCH_ROWS) {
-            let mut q = QueryBuilder::<Db>::new(
-                "UPDATE outbox SET state_json = v.column2, next_wakeup_ms = v.column3, \
-                 revision = revision + 1, claimed_by = NULL, claimed_until_ms = NULL, updated_ms = ",
-            );
-            q.push_bind(now).push(" FROM (VALUES ");
-            for (k, (i, rev)) in chunk.iter().enumerate() {
-                let w = &writes[*i];
-                if k > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(w.device.as_str().to_owned())
-                    .push(", ")
-                    .push_bind(w.state.clone())
-                    .push(", CAST(")
-                    .push_bind(w.next_wakeup_at.map(ms))
-                    .push(" AS BIGINT), CAST(")
-                    .push_bind(*rev)
-                    .push(" AS BIGINT))");
-            }
-            q.push(
-                ") AS v WHERE outbox.device_id = v.column1 AND outbox.revision = v.column4 \
-                 RETURNING outbox.device_id, outbox.revision",
-            );
-            let index: std::collections::HashMap<&str, usize> = chunk
-                .iter()
-                .map(|(i, _)| (writes[*i].device.as_str(), *i))
-                .collect();
-            for row in q.build().fetch_all(&mut *tx).await? {
-                let device: String = col(&row, "device_id")?;
-                let revision: i64 = col(&row, "revision")?;
-                if let Some(i) = index.get(device.as_str()) {
-                    out[*i] = Some(Ok(u64::try_from(revision).unwrap_or_default()));
-                }
-            }
-        }
-        for chunk in inserts.chunks(BATCH_ROWS) {
-            let mut q = QueryBuilder::<Db>::new(
-                "INSERT INTO outbox (device_id, state_json, next_wakeup_ms, revision, updated_ms) ",
-            );
-            q.push_values(chunk, |mut b, i| {
-                let w = &writes[*i];
-                b.push_bind(w.device.as_str().to_owned())
-                    .push_bind(w.state.clone())
-                    .push_bind(w.next_wakeup_at.map(ms))
-                    .push_bind(1_i64)
-                    .push_bind(now);
-            });
-            q.push(" ON CONFLICT (device_id) DO NOTHING RETURNING device_id");
-            let index: std::collections::HashMap<&str, usize> = chunk
-                .iter()
-                .map(|i| (writes[*i].device.as_str(), *i))
-                .collect();
-            for row in q.build().fetch_all(&mut *tx).await? {
-                let device: String = col(&row, "device_id")?;
-                if let Some(i) = index.get(device.as_str()) {
-                    out[*i] = Some(Ok(1));
-                }
-            }
-        }
+        let out = Self::outbox_save_many_in(&mut tx, writes, now).await?;
         tx.commit().await?;
-        Ok(out
-            .into_iter()
-            .zip(writes)
-            .map(|(r, w)| {
-                r.unwrap_or_else(|| {
-                    Err(StoreError::conflict(
-                        "outbox",
-                        &w.device,
-                        "the delivery state changed since it was read",
-                    ))
-                })
-            })
-            .collect())
+        Ok(out)
     }
 
     async fn outbox_claim_due(

@@ -594,12 +594,19 @@ pub struct TelemetryBucket {
 /// The persisted delivery state of one device: grid-proto's `TrackerState` (the device's
 /// `DeliveryTracker`, with every pending message) as opaque JSON, so a restarted server, or
 /// another replica, resumes its retries. Saves are optimistic: each carries the revision it read.
+///
+/// The state is saved in two parts (grid-proto's `DetachedState` in `state`, its
+/// `TrackedMessages` in `messages`) so that an ack rewrites a few hundred bytes instead of every
+/// message; a record saved before that split has the whole state in `state` and no `messages`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxRecord {
     /// The device.
     pub device: DeviceId,
-    /// The serialized tracker state.
+    /// The serialized tracker state: without its messages when `messages` is set, whole when not.
     pub state: String,
+    /// The serialized messages of the state, if saved apart from it.
+    #[serde(default)]
+    pub messages: Option<String>,
     /// When the tracker next needs a poll (a resend or an expiry); `None` when idle.
     pub next_wakeup_at: Option<Timestamp>,
     /// Incremented by every save; pass it back to [`Store::outbox_save`](super::Store::outbox_save).
@@ -608,17 +615,32 @@ pub struct OutboxRecord {
     pub updated_at: Timestamp,
 }
 
-/// One device's delivery state to save with [`Store::outbox_save_many`](super::Store::outbox_save_many).
+/// One device's delivery state to save with [`Store::outbox_save`](super::Store::outbox_save) or
+/// [`Store::outbox_save_many`](super::Store::outbox_save_many).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxWrite {
     /// The device.
     pub device: DeviceId,
-    /// The serialized tracker state.
+    /// The serialized tracker state (see [`OutboxRecord::state`]).
     pub state: String,
+    /// The serialized messages: `Some` replaces the saved ones, `None` keeps them (none for a new
+    /// record). Messages never change while their deliveries are tracked, so an ack that only
+    /// moves a delivery passes `None`.
+    pub messages: Option<String>,
     /// When the tracker next needs a poll; `None` when idle.
     pub next_wakeup_at: Option<Timestamp>,
     /// The revision it was read at (`None`: only if none is stored).
     pub expected_revision: Option<u64>,
+}
+
+/// What [`Store::record_acks_and_save`](super::Store::record_acks_and_save) did.
+#[derive(Debug)]
+pub struct AckBatchResult {
+    /// Each ack's outcome, in order (as [`Store::record_acks`](super::Store::record_acks)).
+    pub acks: Vec<StoreResult<AckOutcome>>,
+    /// Each write's result, in order (as
+    /// [`Store::outbox_save_many`](super::Store::outbox_save_many)).
+    pub saved: Vec<StoreResult<u64>>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ pub fn with_database(url: &str, name: &str) -> Result<String> {
 }
 
 impl BenchDb {
-    /// Creates `grid_load_<pid>_<millis>` on the server of `admin_url`. With `async_commit`,
+    /// Creates `grid_load_<pid>_<millis>_<run>` on the server of `admin_url`. With `async_commit`,
     /// the database does not wait for the WAL flush at commit (`synchronous_commit = off`: a
     /// profiling switch, not a production setting).
     pub async fn create(admin_url: &str, async_commit: bool) -> Result<Self> {
@@ -42,7 +42,11 @@ impl BenchDb {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let name = format!("grid_load_{}_{}", std::process::id(), millis);
+        // A counter too: two runs in one process (the load smoke tests run in parallel) may
+        // start in the same millisecond.
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("grid_load_{}_{}_{run}", std::process::id(), millis);
         let url = with_database(admin_url, &name)?;
         let mut conn = PgConnection::connect(admin_url)
             .await

@@ -163,9 +163,12 @@ pub async fn bench(args: &LoadArgs) -> Result<Value> {
     if args.devices == 0 {
         bail!("--devices must be at least 1");
     }
-    let dir = std::env::temp_dir().join(format!("grid-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let port = broker::free_port()?;
+    // One directory per run, not per process: two benchmarks in one process (the load smoke
+    // tests run in parallel) shared the broker's config file, so one broker listened on the
+    // other's port and the other run waited for a broker that never came.
+    let dir = std::env::temp_dir().join(format!("grid-load-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut mosquitto = broker::Broker::start(&args.mosquitto, &dir, port).await?;
     let database = db::BenchDb::create(&args.database_url, args.pg_async_commit).await?;
     let result = bench_with(args, &dir, &mut mosquitto, &database).await;
@@ -624,6 +627,7 @@ async fn bench_fleet(
         Duration::from_secs(120),
         n as i64,
         PgCount::SeenSince(hello_from),
+        || true,
     )
     .await
     .context("waiting for the server to record every agent's hello")?;
@@ -694,12 +698,15 @@ async fn bench_fleet(
     })
     .await;
     let publish_calls = t0.elapsed();
+    // The server counts an applied ack after its commit; every acceptance is one, so the
+    // PostgreSQL count cannot reach `n` before the counter does.
     let recorded = wait_pg(
         pg,
         t0,
         Duration::from_secs(120),
         n as i64,
         PgCount::Accepted,
+        || transport.stats().acks_applied >= n as u64,
     )
     .await;
     let after = Probe::take(broker_pid, &fleet.pids());
@@ -791,6 +798,7 @@ async fn bench_fleet(
             Duration::from_secs(120),
             n as i64,
             PgCount::SeenSince(from),
+            || true,
         )
         .await?;
         summary["setup"]["restart_without_jitter_connect_all_s"] = json!(secs(connected));
@@ -819,13 +827,16 @@ enum PgCount {
     Accepted,
 }
 
-/// Polls the count every 10 ms until it reaches `target`; the time since `since`.
+/// Polls the count every 10 ms until it reaches `target`; the time since `since`. While
+/// `ready()` says the target cannot have been reached yet, the polls are 100 ms apart: each is a
+/// scan that grows with the fleet, a load on the PostgreSQL being measured.
 async fn wait_pg(
     pg: &sqlx::PgPool,
     since: Instant,
     timeout: Duration,
     target: i64,
     what: PgCount,
+    ready: impl Fn() -> bool,
 ) -> Result<Duration> {
     loop {
         let c = match what {
@@ -838,7 +849,11 @@ async fn wait_pg(
         if since.elapsed() > timeout {
             bail!("only {c} of {target} after {timeout:?}");
         }
+        let slow = Instant::now() + Duration::from_millis(100);
         tokio::time::sleep(Duration::from_millis(10)).await;
+        while !ready() && Instant::now() < slow {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 }
 
@@ -872,6 +887,7 @@ async fn storm(
         Duration::from_secs(300),
         n as i64,
         PgCount::SeenSince(kill_ms),
+        || true,
     )
     .await
     .context("waiting for the server to record every hello after the storm")?;
