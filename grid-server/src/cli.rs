@@ -99,6 +99,16 @@ pub struct Cli {
     )]
     pub mqtt_claim_lease_ms: Option<u64>,
 
+    /// Inbound device messages processed at once (it also bounds the ack batches)
+    /// [default: 16384].
+    #[arg(
+        long,
+        env = "GRID_MQTT_INBOUND_CONCURRENCY",
+        global = true,
+        value_name = "N"
+    )]
+    pub mqtt_inbound_concurrency: Option<usize>,
+
     /// JWT algorithm: HS256, RS256 or EdDSA [default: HS256].
     #[arg(long, env = "GRID_JWT_ALGORITHM", global = true, value_name = "ALG")]
     pub jwt_algorithm: Option<JwtAlgorithm>,
@@ -236,6 +246,9 @@ impl Cli {
         if let Some(v) = self.mqtt_claim_lease_ms {
             c.mqtt.claim_lease_ms = v;
         }
+        if let Some(v) = self.mqtt_inbound_concurrency {
+            c.mqtt.inbound_concurrency = v;
+        }
         if let Some(v) = self.jwt_algorithm {
             c.auth.algorithm = v;
         }
@@ -365,6 +378,7 @@ mod tests {
             ),
             ("mqtt_retry_interval_ms", "GRID_MQTT_RETRY_INTERVAL_MS"),
             ("mqtt_claim_lease_ms", "GRID_MQTT_CLAIM_LEASE_MS"),
+            ("mqtt_inbound_concurrency", "GRID_MQTT_INBOUND_CONCURRENCY"),
             ("mqtt_share_group", "GRID_MQTT_SHARE_GROUP"),
         ] {
             let arg = command
@@ -394,6 +408,8 @@ mod tests {
             "50",
             "--mqtt-share-group",
             "fleet-2",
+            "--mqtt-inbound-concurrency",
+            "2048",
         ])
         .unwrap();
         let c = cli.config().unwrap();
@@ -409,6 +425,7 @@ mod tests {
             })
         );
         assert_eq!(t.claim_lease, std::time::Duration::from_secs(2));
+        assert_eq!(t.inbound_concurrency, 2048);
         assert_eq!(t.share_group.as_deref(), Some("fleet-2"));
         assert_eq!(t.retry_interval, std::time::Duration::from_millis(50));
         assert_eq!(
@@ -429,6 +446,7 @@ mod tests {
             (d.claim_lease, d.retry_interval, d.tracker),
             (own.claim_lease, own.retry_interval, own.tracker)
         );
+        assert_eq!(d.inbound_concurrency, own.inbound_concurrency);
 
         // Half a client identity, a certificate without a CA, or TLS files on a plaintext URL
         // are refused, naming the key.
@@ -461,6 +479,10 @@ mod tests {
             ),
             (vec!["--mqtt-ca", "ca.crt"], "mqtt.ca_file"),
             (vec!["--mqtt-claim-lease-ms", "0"], "mqtt.claim_lease_ms"),
+            (
+                vec!["--mqtt-inbound-concurrency", "0"],
+                "mqtt.inbound_concurrency",
+            ),
             (vec!["--mqtt-share-group", "a/b"], "mqtt.share_group"),
             (
                 vec![

@@ -112,6 +112,14 @@ pub struct MqttConfig {
     pub retry_backoff_base_ms: u64,
     /// The longest wait between resends, milliseconds.
     pub retry_backoff_max_ms: u64,
+    /// Inbound device messages processed at once; the server stops reading from the broker while
+    /// this many are in flight, and it bounds the size of the ack batches written together.
+    #[serde(default = "default_inbound_concurrency")]
+    pub inbound_concurrency: usize,
+}
+
+fn default_inbound_concurrency() -> usize {
+    16_384
 }
 
 impl MqttConfig {
@@ -343,6 +351,12 @@ impl Config {
             return invalid(
                 "mqtt.claim_lease_ms",
                 "the claim lease and the retry interval must be > 0",
+            );
+        }
+        if !(1..=1_000_000).contains(&m.inbound_concurrency) {
+            return invalid(
+                "mqtt.inbound_concurrency",
+                "must be in 1..=1000000 (GRID_MQTT_INBOUND_CONCURRENCY)",
             );
         }
         if m.retry_backoff_base_ms == 0 || m.retry_backoff_base_ms > m.retry_backoff_max_ms {

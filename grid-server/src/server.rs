@@ -172,6 +172,7 @@ pub fn transport_config(config: &Config) -> Result<TransportConfig, ServeError> 
     t.retry_interval = Duration::from_millis(m.retry_interval_ms);
     t.tracker.backoff_base_ms = m.retry_backoff_base_ms;
     t.tracker.backoff_max_ms = m.retry_backoff_max_ms;
+    t.inbound_concurrency = m.inbound_concurrency;
     Ok(t)
 }
 
