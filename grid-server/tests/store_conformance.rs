@@ -1337,11 +1337,10 @@ mod suite {
         assert_eq!(store.outbox_load(&ids[0]).await.unwrap(), None);
     }
 
-    /// The batch methods behave exactly like their one-at-a-time counterparts.
-    pub async fn batches(store: S) {
-        use ExecutionState as St;
-        let ids = fleet(&*store, "s", "bat", 3).await;
-        let t0 = t("2026-11-27T00:00:00Z");
+    /// Three devices, each with a delivered schedule `day-<i>` version 1 (stored at `t0`), and the
+    /// ack targets of those schedules.
+    async fn three_delivered(store: &S, t0: Timestamp) -> (Vec<DeviceId>, Vec<AckTarget>) {
+        let ids = fleet(&**store, "s", "bat", 3).await;
         let mut targets = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let name = format!("day-{i}");
@@ -1359,6 +1358,14 @@ mod suite {
                 version: ScheduleVersion(1),
             });
         }
+        (ids, targets)
+    }
+
+    /// The batch methods behave exactly like their one-at-a-time counterparts.
+    pub async fn batches(store: S) {
+        use ExecutionState as St;
+        let t0 = t("2026-11-27T00:00:00Z");
+        let (ids, targets) = three_delivered(&store, t0).await;
         let at = "2026-11-27T00:00:02Z";
         let batch = vec![
             ack("b-0", &ids[0], targets[0].clone(), St::Accepted, at),
@@ -1509,25 +1516,8 @@ mod suite {
     /// alone); a refused ack leaves the rest of the batch standing.
     pub async fn acks_and_states_in_one_transaction(store: S) {
         use ExecutionState as St;
-        let ids = fleet(&*store, "s", "bat", 3).await;
         let t0 = t("2026-11-27T00:00:00Z");
-        let mut targets = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            let name = format!("day-{i}");
-            store
-                .create_schedule(&new_schedule(&name, id, 1, "2026-11-27T00:00:00Z"), t0)
-                .await
-                .unwrap();
-            let sid = ScheduleId::new(&name).unwrap();
-            store
-                .apply_schedule_event(&sid, ScheduleVersion(1), LifecycleEvent::Deliver, t0, None)
-                .await
-                .unwrap();
-            targets.push(AckTarget::Schedule {
-                id: sid,
-                version: ScheduleVersion(1),
-            });
-        }
+        let (ids, targets) = three_delivered(&store, t0).await;
         for id in &ids[..2] {
             let write = OutboxWrite {
                 device: id.clone(),
