@@ -464,22 +464,22 @@ pub mod sunspec {
                     continue;
                 }
             };
-            // A meter at a unit of its own is looked up once per connection (retried every poll
-            // until it is found; until then there is no meter reading).
-            let mut meter_found = meter_unit_id.is_none();
             loop {
                 let reading = client.read_state().await.map_err(|e| e.kind());
                 let mut failed = reading.as_ref().is_err_and(|k| k.is_transient());
                 store(&shared, |l| l.battery = Some((Instant::now(), reading)));
                 if read_meter {
-                    let mut lookup = Ok(());
-                    if let Some(unit) = meter_unit_id.filter(|_| !meter_found) {
-                        lookup = client.use_meter_at(unit).await.map_err(|e| {
-                            warn_once(&format!("no SunSpec meter at unit {unit}"), &e);
-                            e.kind()
-                        });
-                        meter_found = lookup.is_ok();
-                    }
+                    // A meter at a unit of its own is looked up on the first poll of a connection
+                    // and on every poll until it is found; until then there is no meter reading.
+                    let lookup = match meter_unit_id {
+                        Some(unit) if client.meter_model().map(|(u, _)| u) != Some(unit) => {
+                            client.use_meter_at(unit).await.map_err(|e| {
+                                warn_once(&format!("no SunSpec meter at unit {unit}"), &e);
+                                e.kind()
+                            })
+                        }
+                        _ => Ok(()),
+                    };
                     let meter = match lookup {
                         // Never the inverter's own meter in place of the configured one.
                         Err(kind) => Err(kind),

@@ -114,12 +114,7 @@ pub struct MqttConfig {
     pub retry_backoff_max_ms: u64,
     /// Inbound device messages processed at once; the server stops reading from the broker while
     /// this many are in flight, and it bounds the size of the ack batches written together.
-    #[serde(default = "default_inbound_concurrency")]
     pub inbound_concurrency: usize,
-}
-
-fn default_inbound_concurrency() -> usize {
-    16_384
 }
 
 impl MqttConfig {
