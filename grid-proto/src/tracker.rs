@@ -2,6 +2,11 @@
 //! command sent to one device through grid-core's lifecycle ([`ExecutionState`]), resends what
 //! is not acknowledged with exponential backoff and full jitter, gives up at `valid_until`,
 //! supersedes older versions and answers a device's `hello` with exactly what it is missing.
+//! A lifecycle ack lost on the way (the server, or its subscription, was away when the device
+//! sent it) is recovered by asking the device again with the same message, which it answers with
+//! its current state: for every unfinished delivery on [`DeliveryTracker::resync`] (the server
+//! calls it whenever its subscription is new), and for one the device acknowledged before the
+//! tracker concludes on its own that it ended ([`TrackerConfig::confirm_window_ms`]).
 //!
 //! It is sans-IO: every method takes the current time and returns [`Action`]s (messages to
 //! publish, state changes to record). Its state ([`TrackerState`]) is serde-serialisable, so the
@@ -51,6 +56,17 @@ pub struct TrackerConfig {
     pub completion_grace_ms: u64,
     /// How many finished deliveries are kept (oldest forgotten first).
     pub max_finished: usize,
+    /// Before the tracker concludes on its own that a delivery the device acknowledged ended
+    /// (an `accepted` one at its `valid_until` expires, an `executing` one past its deadline and
+    /// grace is recorded as completed), it asks the device once by sending the message again and
+    /// waits this long for the answer, in milliseconds: the device's own `executing`,
+    /// `completed` or `failed` ack may have been lost while the server was away.
+    #[serde(default = "default_confirm_window_ms")]
+    pub confirm_window_ms: u64,
+}
+
+fn default_confirm_window_ms() -> u64 {
+    30_000
 }
 
 impl Default for TrackerConfig {
@@ -60,6 +76,7 @@ impl Default for TrackerConfig {
             backoff_max_ms: 300_000,
             completion_grace_ms: 600_000,
             max_finished: 64,
+            confirm_window_ms: default_confirm_window_ms(),
         }
     }
 }
@@ -116,6 +133,10 @@ pub struct Delivery {
     pub valid_until: Timestamp,
     /// When it can no longer be running on the device.
     pub execution_deadline: Timestamp,
+    /// When the device was last asked where it stands ([`DeliveryTracker::resync`], or the
+    /// question before the tracker concludes on its own; see [`TrackerConfig::confirm_window_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_at: Option<Timestamp>,
     message: Stored,
 }
 
@@ -185,6 +206,8 @@ struct DetachedDelivery {
     next_attempt_at: Option<Timestamp>,
     valid_until: Timestamp,
     execution_deadline: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    asked_at: Option<Timestamp>,
     message_id: MessageId,
 }
 
@@ -236,6 +259,7 @@ impl TrackerState {
                     next_attempt_at: d.next_attempt_at,
                     valid_until: d.valid_until,
                     execution_deadline: d.execution_deadline,
+                    asked_at: d.asked_at,
                     message_id: d.message.0.id.clone(),
                 })
                 .collect(),
@@ -280,6 +304,7 @@ impl TrackerState {
                 next_attempt_at: d.next_attempt_at,
                 valid_until: d.valid_until,
                 execution_deadline: d.execution_deadline,
+                asked_at: d.asked_at,
                 message,
             });
         }
@@ -373,21 +398,41 @@ impl DeliveryTracker {
 
     /// The earliest instant at which [`DeliveryTracker::poll`] has something to do.
     pub fn next_wakeup(&self) -> Option<Timestamp> {
-        let grace = self.config.completion_grace_ms;
         self.state
             .deliveries
             .iter()
             .filter(|d| !d.state.is_terminal())
-            .flat_map(|d| {
-                let end = if d.state == ExecutionState::Executing {
-                    add_ms(d.execution_deadline, grace)
-                } else {
-                    d.valid_until
-                };
-                [d.next_attempt_at, Some(end)]
-            })
+            .flat_map(|d| [d.next_attempt_at, Some(self.end_step_at(d))])
             .flatten()
             .min()
+    }
+
+    /// When the tracker next acts on its own on `d` (not a resend): a delivery the device never
+    /// acknowledged expires at its `valid_until`; one it acknowledged is asked about at its end
+    /// (`valid_until`, or the execution deadline plus grace once executing) and concluded a
+    /// confirmation window after the question.
+    fn end_step_at(&self, d: &Delivery) -> Timestamp {
+        let end = self.end_of(d);
+        match d.asked_at {
+            Some(asked) if Self::confirmable(d.state) && asked >= end => {
+                add_ms(asked, self.config.confirm_window_ms)
+            }
+            _ => end,
+        }
+    }
+
+    /// When `d` ends if the device says nothing more.
+    fn end_of(&self, d: &Delivery) -> Timestamp {
+        if d.state == ExecutionState::Executing {
+            add_ms(d.execution_deadline, self.config.completion_grace_ms)
+        } else {
+            d.valid_until
+        }
+    }
+
+    /// Whether the device acknowledged `state`, so that it is asked before the tracker concludes.
+    fn confirmable(state: ExecutionState) -> bool {
+        matches!(state, ExecutionState::Accepted | ExecutionState::Executing)
     }
 
     /// Tracks a new schedule version (a `schedule_assign` message for this device, signed if the
@@ -552,15 +597,64 @@ impl DeliveryTracker {
         actions
     }
 
-    /// Advances time: expires what was not started by its `valid_until`, records executions
-    /// past their deadline (plus grace) as completed, and resends what is due.
+    /// Asks the device again where every delivery stands that it may have answered without the
+    /// answer arriving (the server was away, or its subscription was, when the device sent it):
+    /// sends the stored message of each unfinished delivery that was sent before (`delivered`,
+    /// `accepted`, `executing`). The device answers a message it has seen, and a schedule version
+    /// it holds or has finished, with its current state, so a lost `executing`, `completed` or
+    /// `failed` ack arrives again. Resend timers are not touched; nothing changes state here.
+    ///
+    /// ```
+    /// use grid_proto::{tracker::*, v1::*};
+    /// use grid_core::{DeviceId, ExecutionState, Timestamp};
+    /// let device = DeviceId::new("bat-1")?;
+    /// let now: Timestamp = "2026-11-27T00:00:00Z".parse()?;
+    /// let mut tracker = DeliveryTracker::new(device.clone(), TrackerConfig::default(), 1);
+    /// let command = Envelope::new(MessageId::new("c-1")?, device.clone(), now,
+    ///     Body::Command(Command { valid_until: "2026-11-27T00:05:00Z".parse()?, action: CommandAction::Idle }));
+    /// tracker.command(now, command)?;
+    /// let ack = Envelope::new(MessageId::new("a-1")?, device, now,
+    ///     Body::Ack(Ack::for_message(MessageId::new("c-1")?, ExecutionState::Executing)));
+    /// tracker.on_ack(now, &ack);
+    /// // Executing: no resend is due, but a resync asks again.
+    /// assert!(tracker.poll(now).is_empty());
+    /// assert!(matches!(&tracker.resync(now)[..], [Action::Send(m)] if m.id.as_str() == "c-1"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn resync(&mut self, now: Timestamp) -> Vec<Action> {
+        use ExecutionState as S;
+        let mut actions = Vec::new();
+        for d in &mut self.state.deliveries {
+            if matches!(d.state, S::Delivered | S::Accepted | S::Executing) {
+                d.asked_at = Some(now);
+                actions.push(Action::Send(d.message.0.clone()));
+            }
+        }
+        actions.extend(self.poll(now));
+        actions
+    }
+
+    /// Whether [`DeliveryTracker::resync`] would ask the device anything.
+    pub fn needs_resync(&self) -> bool {
+        use ExecutionState as S;
+        self.state
+            .deliveries
+            .iter()
+            .any(|d| matches!(d.state, S::Delivered | S::Accepted | S::Executing))
+    }
+
+    /// Advances time: expires what was not acknowledged by its `valid_until`, asks the device
+    /// about what it acknowledged once that ends (see [`TrackerConfig::confirm_window_ms`]) and,
+    /// without an answer, expires what was not started and records executions past their
+    /// deadline (plus grace) as completed; resends what is due.
     pub fn poll(&mut self, now: Timestamp) -> Vec<Action> {
         use ExecutionState as S;
         let mut actions = Vec::new();
         for i in 0..self.state.deliveries.len() {
             let d = &self.state.deliveries[i];
+            let end = self.end_of(d);
             match d.state {
-                S::Queued | S::Delivered | S::Accepted if now >= d.valid_until => {
+                S::Queued | S::Delivered if now >= d.valid_until => {
                     self.transition(
                         i,
                         LifecycleEvent::Expire,
@@ -569,16 +663,32 @@ impl DeliveryTracker {
                         &mut actions,
                     );
                 }
-                S::Executing
-                    if now >= add_ms(d.execution_deadline, self.config.completion_grace_ms) =>
-                {
-                    self.transition(
-                        i,
-                        LifecycleEvent::Complete,
-                        None,
-                        Some("assumed: no final report from the device".into()),
-                        &mut actions,
-                    );
+                S::Accepted | S::Executing if now >= end => {
+                    let asked = d.asked_at.filter(|&asked| asked >= end);
+                    match asked {
+                        None => {
+                            let d = &mut self.state.deliveries[i];
+                            d.asked_at = Some(now);
+                            actions.push(Action::Send(d.message.0.clone()));
+                        }
+                        Some(asked) if now >= add_ms(asked, self.config.confirm_window_ms) => {
+                            let (event, reason, detail) = if d.state == S::Accepted {
+                                (
+                                    LifecycleEvent::Expire,
+                                    Some(ReasonCode::Expired),
+                                    "not started before valid_until (the device did not answer)",
+                                )
+                            } else {
+                                (
+                                    LifecycleEvent::Complete,
+                                    None,
+                                    "assumed: no final report from the device",
+                                )
+                            };
+                            self.transition(i, event, reason, Some(detail.into()), &mut actions);
+                        }
+                        Some(_) => {}
+                    }
                 }
                 S::Queued | S::Delivered if d.next_attempt_at.is_none_or(|t| t <= now) => {
                     self.send(i, now, &mut actions);
@@ -615,6 +725,7 @@ impl DeliveryTracker {
             next_attempt_at: Some(now),
             valid_until,
             execution_deadline,
+            asked_at: None,
             message: Stored(message),
         });
     }

@@ -6,8 +6,14 @@
 //! * no accepted schedule version is started (executed) twice on the agent;
 //! * for each schedule id, the agent never starts a version older than one it started before;
 //! * at every server poll, a delivery whose `valid_until` has passed is terminal, or executing
-//!   and still within its execution deadline plus the completion grace;
-//! * at the end, once the clocks pass every deadline, every delivery is terminal on both sides.
+//!   and still within its execution deadline plus the completion grace, or one the device
+//!   acknowledged that the tracker asked about at (or after) its end and whose confirmation
+//!   window is still open;
+//! * at the end, once the clocks pass every deadline (and the confirmation window, over a
+//!   lossless network), every delivery is terminal on both sides.
+//!
+//! The server also resyncs at random ([`DeliveryTracker::resync`]), as it does whenever its
+//! subscription is new.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use grid_core::{DeviceId, ExecutionState, ScheduleId, ScheduleVersion, Timestamp};
@@ -21,12 +27,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 const T0: i64 = 1_795_000_000 / 900 * 900;
 const GRACE_MS: u64 = 600_000;
+const CONFIRM_MS: u64 = 30_000;
 
 #[derive(Debug, Clone)]
 enum Op {
     Assign { sid: u8, start_off: i64, slots: u32 },
     Command { kind: u8, sid: u8, secs: u32 },
     ServerPoll,
+    ServerResync,
     AgentPoll,
     DeliverDown { idx: usize, dup: bool },
     DeliverUp { idx: usize, dup: bool },
@@ -44,6 +52,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..3, 0i64..6, 1u32..8).prop_map(|(sid, start_off, slots)| Op::Assign { sid, start_off, slots }),
         1 => (0u8..3, 0u8..3, 60u32..1800).prop_map(|(kind, sid, secs)| Op::Command { kind, sid, secs }),
         2 => Just(Op::ServerPoll),
+        1 => Just(Op::ServerResync),
         2 => Just(Op::AgentPoll),
         5 => (any::<usize>(), any::<bool>()).prop_map(|(idx, dup)| Op::DeliverDown { idx, dup }),
         5 => (any::<usize>(), any::<bool>()).prop_map(|(idx, dup)| Op::DeliverUp { idx, dup }),
@@ -93,6 +102,7 @@ impl World {
                 device.clone(),
                 TrackerConfig {
                     completion_grace_ms: GRACE_MS,
+                    confirm_window_ms: CONFIRM_MS,
                     ..TrackerConfig::default()
                 },
                 seed,
@@ -157,23 +167,31 @@ impl World {
 
     fn check_server_deadlines(&self) -> Result<(), TestCaseError> {
         let now = at(self.server_now);
+        let ms = |t: Timestamp, ms: u64| {
+            t.checked_add(jiff::SignedDuration::from_millis(ms as i64))
+                .unwrap()
+        };
         for d in self.tracker.deliveries() {
             if now >= d.valid_until && !d.state.is_terminal() {
-                prop_assert_eq!(
-                    d.state,
-                    ExecutionState::Executing,
-                    "{:?} past valid_until",
-                    d.key
-                );
-                let limit = d
-                    .execution_deadline
-                    .checked_add(jiff::SignedDuration::from_millis(GRACE_MS as i64))
-                    .unwrap();
-                prop_assert!(
-                    now < limit,
-                    "{:?} executing past its deadline and grace",
-                    d.key
-                );
+                let end = match d.state {
+                    ExecutionState::Executing => ms(d.execution_deadline, GRACE_MS),
+                    ExecutionState::Accepted => d.valid_until,
+                    other => {
+                        prop_assert!(false, "{:?} {:?} past valid_until", d.key, other);
+                        unreachable!()
+                    }
+                };
+                if now >= end {
+                    // Asked at or after its end, and the answer may still come.
+                    let asked = d.asked_at.filter(|&a| a >= end);
+                    prop_assert!(
+                        asked.is_some_and(|a| now < ms(a, CONFIRM_MS)),
+                        "{:?} {:?} past its end (asked {:?})",
+                        d.key,
+                        d.state,
+                        d.asked_at
+                    );
+                }
             }
         }
         Ok(())
@@ -250,6 +268,11 @@ impl World {
                 self.server_actions(actions);
                 self.check_server_deadlines()?;
             }
+            Op::ServerResync => {
+                let actions = self.tracker.resync(at(self.server_now));
+                self.server_actions(actions);
+                self.check_server_deadlines()?;
+            }
             Op::AgentPoll => {
                 let actions = self.inbox.poll(at(self.agent_now));
                 self.agent_actions(actions)?;
@@ -308,6 +331,7 @@ impl World {
                 self.tracker = DeliveryTracker::restore(
                     TrackerConfig {
                         completion_grace_ms: GRACE_MS,
+                        confirm_window_ms: CONFIRM_MS,
                         ..TrackerConfig::default()
                     },
                     state,
@@ -333,6 +357,11 @@ impl World {
         self.agent_now = self.agent_now.max(end);
         let a = self.inbox.poll(at(self.agent_now));
         self.agent_actions(a)?;
+        let s = self.tracker.poll(at(self.server_now));
+        self.server_actions(s);
+        // The tracker asked about what the device acknowledged; its answers arrive in the window.
+        deliver_all(self)?;
+        self.server_now += (CONFIRM_MS / 1000) as i64;
         let s = self.tracker.poll(at(self.server_now));
         self.server_actions(s);
         for d in self.tracker.deliveries() {

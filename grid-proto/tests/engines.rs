@@ -237,12 +237,158 @@ fn executions_without_a_final_report_are_closed_after_the_grace_period() {
         now,
         &ack_msg(Ack::for_schedule(r.clone(), None, S::Executing)),
     );
-    // valid_until 13:00, grace 10 min.
-    assert!(changes(&t.poll(ts("2026-11-27T13:09:59Z"))).is_empty());
-    let closed = t.poll(ts("2026-11-27T13:10:00Z"));
+    // valid_until 13:00, grace 10 min: then the device is asked once (the same message) and
+    // the execution closed when the confirmation window (30 s) passes without an answer.
+    assert!(t.poll(ts("2026-11-27T13:09:59Z")).is_empty());
+    let asked = t.poll(ts("2026-11-27T13:10:00Z"));
+    assert_eq!(sends(&asked), ["m1"]);
+    assert!(changes(&asked).is_empty());
+    assert_eq!(t.next_wakeup(), Some(ts("2026-11-27T13:10:30Z")));
+    assert!(t.poll(ts("2026-11-27T13:10:29Z")).is_empty(), "asked once");
+    let closed = t.poll(ts("2026-11-27T13:10:30Z"));
     assert_eq!(changes(&closed), [(S::Executing, S::Completed)]);
     assert!(
         matches!(&closed[0], Action::StateChanged { detail: Some(d), .. } if d.starts_with("assumed"))
+    );
+}
+
+/// The device's answers to `msgs` as acks the tracker can take.
+fn answers(out: &[InboxAction]) -> Vec<Envelope> {
+    out.iter()
+        .filter_map(|a| match a {
+            InboxAction::Send(
+                e @ Envelope {
+                    body: Body::Ack(_), ..
+                },
+            ) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_resync_recovers_lifecycle_acks_that_were_lost_on_the_way() {
+    let mut t = tracker();
+    let mut i = inbox();
+    let r = sref("day", 1);
+    let key = DeliveryKey::Schedule(r.clone());
+    let sent = t
+        .assign(ts("2026-11-27T11:50:00Z"), assign_msg("m1", "day", 1))
+        .unwrap();
+    assert_eq!(sends(&sent), ["m1"]);
+    let accepted = deliver(
+        &mut i,
+        "2026-11-27T11:50:00Z",
+        &assign_msg("m1", "day", 1),
+        Codec::Json,
+    );
+    for ack in answers(&accepted) {
+        t.on_ack(ts("2026-11-27T11:50:01Z"), &ack);
+    }
+    assert_eq!(t.state_of(&key), Some(S::Accepted));
+    // Nothing to ask while nothing was sent.
+    assert!(tracker().resync(ts("2026-11-27T11:50:01Z")).is_empty());
+    assert!(!tracker().needs_resync());
+    assert!(t.needs_resync());
+    // The device starts and finishes; both acks are lost (no subscriber at the time).
+    assert_eq!(
+        acks(&i.poll(ts("2026-11-27T12:00:00Z"))),
+        [(S::Executing, None)]
+    );
+    assert_eq!(
+        acks(&i.poll(ts("2026-11-27T13:00:00Z"))),
+        [(S::Completed, None)]
+    );
+    // Enough other messages that the device's dedup memory (4 ids) forgot "m1": the schedule
+    // version itself is still answered from its history.
+    for n in 0..5 {
+        deliver(
+            &mut i,
+            "2026-11-27T13:00:01Z",
+            &command_msg(&format!("x{n}"), CommandAction::Idle),
+            Codec::Json,
+        );
+    }
+    let asked = t.resync(ts("2026-11-27T13:00:02Z"));
+    assert_eq!(sends(&asked), ["m1"], "the stored message, same id");
+    assert!(changes(&asked).is_empty(), "a resync changes no state");
+    let Action::Send(again) = &asked[0] else {
+        unreachable!()
+    };
+    let out = deliver(&mut i, "2026-11-27T13:00:03Z", again, Codec::Json);
+    assert_eq!(acks(&out), [(S::Completed, None)]);
+    for ack in answers(&out) {
+        t.on_ack(ts("2026-11-27T13:00:04Z"), &ack);
+    }
+    assert_eq!(t.state_of(&key), Some(S::Completed));
+    assert!(!t.needs_resync());
+    assert!(sends(&t.resync(ts("2026-11-27T13:00:05Z"))).is_empty());
+}
+
+#[test]
+fn an_accepted_schedule_is_asked_about_before_it_expires_and_the_answer_wins() {
+    let mut t = tracker();
+    let mut i = inbox();
+    let key = DeliveryKey::Schedule(sref("day", 1));
+    t.assign(ts("2026-11-27T11:50:00Z"), assign_msg("m1", "day", 1))
+        .unwrap();
+    let out = deliver(
+        &mut i,
+        "2026-11-27T11:50:00Z",
+        &assign_msg("m1", "day", 1),
+        Codec::Json,
+    );
+    for ack in answers(&out) {
+        t.on_ack(ts("2026-11-27T11:50:01Z"), &ack);
+    }
+    // The device runs the day; its `executing` and `completed` acks are lost.
+    i.poll(ts("2026-11-27T12:00:00Z"));
+    i.poll(ts("2026-11-27T13:00:00Z"));
+    // At valid_until the tracker asks instead of expiring it.
+    let asked = t.poll(ts("2026-11-27T13:00:00Z"));
+    assert_eq!(sends(&asked), ["m1"]);
+    assert_eq!(t.state_of(&key), Some(S::Accepted));
+    let Action::Send(again) = &asked[0] else {
+        unreachable!()
+    };
+    let out = deliver(&mut i, "2026-11-27T13:00:05Z", again, Codec::Json);
+    for ack in answers(&out) {
+        t.on_ack(ts("2026-11-27T13:00:06Z"), &ack);
+    }
+    assert_eq!(t.state_of(&key), Some(S::Completed));
+    // Unanswered, it expires after the window, with the reason saying so.
+    let mut t = tracker();
+    t.assign(ts("2026-11-27T11:50:00Z"), assign_msg("m1", "day", 1))
+        .unwrap();
+    t.on_ack(
+        ts("2026-11-27T11:50:01Z"),
+        &ack_msg(Ack::for_schedule(sref("day", 1), None, S::Accepted)),
+    );
+    assert_eq!(sends(&t.poll(ts("2026-11-27T13:00:00Z"))), ["m1"]);
+    let expired = t.poll(ts("2026-11-27T13:00:30Z"));
+    assert_eq!(changes(&expired), [(S::Accepted, S::Expired)]);
+    assert!(
+        matches!(&expired[0], Action::StateChanged { detail: Some(d), .. } if d.contains("did not answer"))
+    );
+    // A state saved while asking resumes with the question pending (no second question).
+    let mut t = tracker();
+    t.assign(ts("2026-11-27T11:50:00Z"), assign_msg("m1", "day", 1))
+        .unwrap();
+    t.on_ack(
+        ts("2026-11-27T11:50:01Z"),
+        &ack_msg(Ack::for_schedule(sref("day", 1), None, S::Accepted)),
+    );
+    t.poll(ts("2026-11-27T13:00:00Z"));
+    let saved = serde_json::to_string(&t.state().detached()).unwrap();
+    let detached: DetachedState = serde_json::from_str(&saved).unwrap();
+    let mut t = DeliveryTracker::restore(
+        TrackerConfig::default(),
+        TrackerState::attach(detached, t.state().messages()).unwrap(),
+    );
+    assert!(t.poll(ts("2026-11-27T13:00:10Z")).is_empty());
+    assert_eq!(
+        changes(&t.poll(ts("2026-11-27T13:00:30Z"))),
+        [(S::Accepted, S::Expired)]
     );
 }
 
