@@ -4,9 +4,10 @@
 //! supersedes older versions and answers a device's `hello` with exactly what it is missing.
 //! A lifecycle ack lost on the way (the server, or its subscription, was away when the device
 //! sent it) is recovered by asking the device again with the same message, which it answers with
-//! its current state: for every unfinished delivery on [`DeliveryTracker::resync`] (the server
-//! calls it whenever its subscription is new), and for one the device acknowledged before the
-//! tracker concludes on its own that it ended ([`TrackerConfig::confirm_window_ms`]).
+//! its current state: on [`DeliveryTracker::resync`] for every delivery whose next report is
+//! overdue (the server calls it whenever its subscription is new), and for one the device
+//! acknowledged before the tracker concludes on its own that it ended
+//! ([`TrackerConfig::confirm_window_ms`]).
 //!
 //! It is sans-IO: every method takes the current time and returns [`Action`]s (messages to
 //! publish, state changes to record). Its state ([`TrackerState`]) is serde-serialisable, so the
@@ -597,12 +598,16 @@ impl DeliveryTracker {
         actions
     }
 
-    /// Asks the device again where every delivery stands that it may have answered without the
-    /// answer arriving (the server was away, or its subscription was, when the device sent it):
-    /// sends the stored message of each unfinished delivery that was sent before (`delivered`,
-    /// `accepted`, `executing`). The device answers a message it has seen, and a schedule version
-    /// it holds or has finished, with its current state, so a lost `executing`, `completed` or
-    /// `failed` ack arrives again. Resend timers are not touched; nothing changes state here.
+    /// Asks the device again about every delivery whose next step it should have reported by
+    /// `now` without the report having arrived (the server, or its subscription, was away when
+    /// the device sent it): an `accepted` schedule whose horizon has started (or an `accepted`
+    /// command), and an `executing` delivery whose execution deadline has passed. It sends their
+    /// stored messages again; the device answers a message it has seen, and a schedule version it
+    /// holds or has finished, with its current state, so a lost `executing`, `completed` or
+    /// `failed` ack arrives again. Resend timers are not touched and nothing changes state here
+    /// (apart from what [`DeliveryTracker::poll`] does at `now`). The server calls it whenever
+    /// its subscription is new. A `failed` ack lost before the deadline is recovered by the
+    /// question before the tracker concludes (see [`TrackerConfig::confirm_window_ms`]).
     ///
     /// ```
     /// use grid_proto::{tracker::*, v1::*};
@@ -616,16 +621,17 @@ impl DeliveryTracker {
     /// let ack = Envelope::new(MessageId::new("a-1")?, device, now,
     ///     Body::Ack(Ack::for_message(MessageId::new("c-1")?, ExecutionState::Executing)));
     /// tracker.on_ack(now, &ack);
-    /// // Executing: no resend is due, but a resync asks again.
-    /// assert!(tracker.poll(now).is_empty());
-    /// assert!(matches!(&tracker.resync(now)[..], [Action::Send(m)] if m.id.as_str() == "c-1"));
+    /// // Executing until 00:05: nothing overdue yet.
+    /// assert!(tracker.resync(now).is_empty());
+    /// // Past its deadline without a final report: asked again (same message).
+    /// let later: Timestamp = "2026-11-27T00:05:01Z".parse()?;
+    /// assert!(matches!(&tracker.resync(later)[..], [Action::Send(m)] if m.id.as_str() == "c-1"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn resync(&mut self, now: Timestamp) -> Vec<Action> {
-        use ExecutionState as S;
         let mut actions = Vec::new();
         for d in &mut self.state.deliveries {
-            if matches!(d.state, S::Delivered | S::Accepted | S::Executing) {
+            if Self::overdue(d, now) {
                 d.asked_at = Some(now);
                 actions.push(Action::Send(d.message.0.clone()));
             }
@@ -634,13 +640,21 @@ impl DeliveryTracker {
         actions
     }
 
-    /// Whether [`DeliveryTracker::resync`] would ask the device anything.
-    pub fn needs_resync(&self) -> bool {
-        use ExecutionState as S;
-        self.state
-            .deliveries
-            .iter()
-            .any(|d| matches!(d.state, S::Delivered | S::Accepted | S::Executing))
+    /// Whether [`DeliveryTracker::resync`] at `now` would ask the device anything.
+    pub fn needs_resync(&self, now: Timestamp) -> bool {
+        self.state.deliveries.iter().any(|d| Self::overdue(d, now))
+    }
+
+    /// Whether the device should have reported `d`'s next step by `now`.
+    fn overdue(d: &Delivery, now: Timestamp) -> bool {
+        match d.state {
+            ExecutionState::Accepted => match &d.message.0.body {
+                Body::ScheduleAssign(a) => a.horizon.start <= now,
+                _ => true,
+            },
+            ExecutionState::Executing => d.execution_deadline <= now,
+            _ => false,
+        }
     }
 
     /// Advances time: expires what was not acknowledged by its `valid_until`, asks the device

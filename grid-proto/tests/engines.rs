@@ -286,10 +286,10 @@ fn a_resync_recovers_lifecycle_acks_that_were_lost_on_the_way() {
         t.on_ack(ts("2026-11-27T11:50:01Z"), &ack);
     }
     assert_eq!(t.state_of(&key), Some(S::Accepted));
-    // Nothing to ask while nothing was sent.
-    assert!(tracker().resync(ts("2026-11-27T11:50:01Z")).is_empty());
-    assert!(!tracker().needs_resync());
-    assert!(t.needs_resync());
+    // Nothing to ask while nothing is overdue: the horizon starts at 12:00.
+    assert!(t.resync(ts("2026-11-27T11:59:59Z")).is_empty());
+    assert!(!t.needs_resync(ts("2026-11-27T11:59:59Z")));
+    assert!(t.needs_resync(ts("2026-11-27T12:00:00Z")));
     // The device starts and finishes; both acks are lost (no subscriber at the time).
     assert_eq!(
         acks(&i.poll(ts("2026-11-27T12:00:00Z"))),
@@ -321,7 +321,7 @@ fn a_resync_recovers_lifecycle_acks_that_were_lost_on_the_way() {
         t.on_ack(ts("2026-11-27T13:00:04Z"), &ack);
     }
     assert_eq!(t.state_of(&key), Some(S::Completed));
-    assert!(!t.needs_resync());
+    assert!(!t.needs_resync(ts("2026-11-27T13:00:05Z")));
     assert!(sends(&t.resync(ts("2026-11-27T13:00:05Z"))).is_empty());
 }
 
