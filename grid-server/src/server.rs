@@ -91,6 +91,7 @@ impl Dispatch for MqttDispatch {
             (crate::metrics::ACKS, "applied", s.acks_applied),
             (crate::metrics::ACKS, "duplicate", s.acks_duplicate),
             (crate::metrics::ACKS, "ignored", s.acks_ignored),
+            (crate::metrics::MQTT_OUT, "resync", s.resync_asked),
             (
                 crate::metrics::MQTT_IN,
                 "telemetry_samples",

@@ -46,6 +46,7 @@ impl Env {
         c.retry_interval = Duration::from_millis(50);
         c.claim_lease = Duration::from_secs(2);
         c.telemetry_flush = Duration::from_millis(50);
+        c.resync_delay = Duration::from_millis(300);
         c
     }
 
@@ -379,6 +380,83 @@ mod scenarios {
 
     /// A delivery published while the device is away survives a restart of the transport: the
     /// new instance finds it in the outbox and resends it until the device acks.
+    /// Reports a device sent while the server was away (no subscription: the broker dropped
+    /// them) are asked for again once the server subscribes; devices with nothing overdue are
+    /// left alone.
+    pub async fn reports_lost_while_the_server_was_away_are_asked_for_again(env: Env) {
+        let ids = env.devices(2).await;
+        let (first, task) = env.start().await;
+        let mut dev = env.device(&ids[0]).await;
+        let mut later_dev = env.device(&ids[1]).await;
+        // Device 0's day has started; device 1's starts tomorrow.
+        let (now_id, later_id) = (sched_id(&env, 0), sched_id(&env, 1));
+        let started = env
+            .store
+            .create_schedule(&live_schedule(&now_id, &ids[0], 1), Timestamp::now())
+            .await
+            .unwrap();
+        let tomorrow = grid_core::time::floor_to_slot(Timestamp::now(), SlotLength::HOUR)
+            .unwrap()
+            .checked_add(jiff::SignedDuration::from_hours(24))
+            .unwrap();
+        let later = env
+            .store
+            .create_schedule(
+                &NewSchedule {
+                    schedule: schedule(&later_id, &ids[1], 1, &tomorrow.to_string()),
+                    correlation_id: None,
+                },
+                Timestamp::now(),
+            )
+            .await
+            .unwrap();
+        first.distribute(&started.schedule, None).await.unwrap();
+        first.distribute(&later.schedule, None).await.unwrap();
+        let msg = dev.recv(WAIT).await.expect("schedule delivered");
+        dev.send(&dev.ack_for(&msg, ExecutionState::Accepted)).await;
+        let later_msg = later_dev.recv(WAIT).await.expect("schedule delivered");
+        later_dev
+            .send(&later_dev.ack_for(&later_msg, ExecutionState::Accepted))
+            .await;
+        for id in [&now_id, &later_id] {
+            assert!(
+                eventually(WAIT, || async { env.state(id).await == ExecutionState::Accepted })
+                    .await,
+                "{id} accepted"
+            );
+        }
+        first.shutdown();
+        task.await.unwrap();
+
+        // The device starts and finishes while the server is away: both reports are lost.
+        dev.send(&dev.ack_for(&msg, ExecutionState::Executing)).await;
+        dev.send(&dev.ack_for(&msg, ExecutionState::Failed)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(env.state(&now_id).await, ExecutionState::Accepted);
+
+        let (second, task) = env.start().await;
+        let again = dev.recv(WAIT).await.expect("asked again after the resync delay");
+        assert_eq!(again.id, msg.id, "the same message, so the device answers its state");
+        dev.send(&dev.ack_for(&again, ExecutionState::Failed)).await;
+        assert!(
+            eventually(WAIT, || async { env.state(&now_id).await == ExecutionState::Failed })
+                .await,
+            "the device's own outcome is recorded"
+        );
+        assert!(
+            eventually(WAIT, || async { second.stats().resyncs >= 1 }).await,
+            "a resync ran"
+        );
+        assert_eq!(second.stats().resync_asked, 1, "only the overdue delivery");
+        assert!(
+            later_dev.recv(Duration::from_millis(500)).await.is_none(),
+            "nothing overdue on device 1: not asked"
+        );
+        assert_eq!(env.state(&later_id).await, ExecutionState::Accepted);
+        second.shutdown();
+        task.await.unwrap();
+    }
+
     pub async fn outbox_survives_restart(env: Env) {
         let ids = env.devices(2).await;
         let id = sched_id(&env, 0);
@@ -730,6 +808,7 @@ mqtt_scenarios!(
     duplicate_acks_are_idempotent,
     device_id_mismatch_is_refused,
     outbox_survives_restart,
+    reports_lost_while_the_server_was_away_are_asked_for_again,
     hello_status_telemetry_commands,
     two_replicas_one_stopped_mid_distribution,
 );

@@ -1259,6 +1259,29 @@ mod suite {
             .await
             .unwrap();
         assert_eq!(store.outbox_pending().await.unwrap(), 2);
+        // The pages a resync walks: devices with a wakeup, in id order, after a cursor.
+        let open = |after: Option<usize>, limit: u32| {
+            let store = store.clone();
+            let after = after.map(|i| ids[i].clone());
+            async move {
+                store
+                    .outbox_open_devices(after.as_ref(), limit)
+                    .await
+                    .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+            }
+        };
+        let (first, second) = (ids[0].to_string(), ids[1].to_string());
+        let mut both = vec![first.clone(), second.clone()];
+        both.sort();
+        assert_eq!(open(None, 10).await.unwrap(), both);
+        assert_eq!(open(None, 1).await.unwrap(), both[..1]);
+        let after_first = if first < second { 0 } else { 1 };
+        assert_eq!(open(Some(after_first), 10).await.unwrap(), both[1..]);
+        assert!(open(Some(1 - after_first), 10).await.unwrap().is_empty());
+        assert!(matches!(
+            open(None, 0).await,
+            Err(StoreError::Invalid { field: "limit", .. })
+        ));
 
         // Claims: nothing due yet; then both, earliest first; a second replica gets none.
         let lease = Duration::from_secs(30);

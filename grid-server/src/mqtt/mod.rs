@@ -216,6 +216,12 @@ pub struct TransportConfig {
     pub inbound_concurrency: usize,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
+    /// How long after each new subscription (the first, and every one after a reconnect) the
+    /// server waits before it asks the devices whose reports are overdue where their deliveries
+    /// stand (see `DeliveryTracker::resync`): what devices sent while the server had no
+    /// subscription was dropped by the broker. The wait lets the acks and hellos of a reconnect
+    /// storm arrive first.
+    pub resync_delay: Duration,
 }
 
 impl TransportConfig {
@@ -235,6 +241,7 @@ impl TransportConfig {
             telemetry_flush: Duration::from_millis(200),
             inbound_concurrency: 16_384,
             keep_alive: Duration::from_secs(30),
+            resync_delay: Duration::from_secs(5),
         }
     }
 

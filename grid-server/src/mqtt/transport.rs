@@ -116,6 +116,11 @@ pub struct TransportStats {
     pub telemetry_samples: u64,
     /// Publish, store or encoding failures.
     pub errors: u64,
+    /// Resync sweeps finished (one after every new subscription; see
+    /// [`TransportConfig::resync_delay`]).
+    pub resyncs: u64,
+    /// Deliveries the resync sweeps asked their devices about again.
+    pub resync_asked: u64,
 }
 
 #[derive(Default)]
@@ -128,6 +133,8 @@ struct Counters {
     acks_ignored: AtomicU64,
     telemetry_samples: AtomicU64,
     errors: AtomicU64,
+    resyncs: AtomicU64,
+    resync_asked: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -294,6 +301,7 @@ impl Transport {
             .collect();
         let reconcile = tokio::spawn(reconcile_on_start(handle.clone()));
         let orphans = tokio::spawn(resume_orphans(handle.clone()));
+        let resyncs = tokio::spawn(resync_on_subscribe(inner.clone()));
         let task = tokio::spawn(async move {
             let named = [
                 ("events", events),
@@ -301,6 +309,7 @@ impl Transport {
                 ("telemetry", writer),
                 ("reconcile", reconcile),
                 ("orphans", orphans),
+                ("resync", resyncs),
             ];
             for (name, task) in named
                 .into_iter()
@@ -368,6 +377,8 @@ impl TransportHandle {
             acks_ignored: get(&c.acks_ignored),
             telemetry_samples: get(&c.telemetry_samples),
             errors: get(&c.errors),
+            resyncs: get(&c.resyncs),
+            resync_asked: get(&c.resync_asked),
         }
     }
 
@@ -1731,6 +1742,132 @@ async fn reconcile_on_start(handle: TransportHandle) {
     if resumed > 0 {
         tracing::info!(resumed, "resumed queued deliveries");
     }
+}
+
+/// After every new subscription (the first, and each after a reconnect: the server's session is
+/// clean, so whatever devices sent while it had no subscription was dropped by the broker), and
+/// once [`TransportConfig::resync_delay`] has passed with the subscription still up, asks every
+/// device whose report is overdue where its deliveries stand ([`DeliveryTracker::resync`]): a
+/// lost `executing`, `completed` or `failed` ack arrives again. With several replicas each one's
+/// subscription triggers a sweep; the answers are idempotent.
+async fn resync_on_subscribe(inner: Arc<Inner>) {
+    let mut subscribed = inner.subscribed.subscribe();
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        // Wait for a subscription that is new to this loop.
+        let up = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = subscribed.wait_for(|s| *s) => r.is_ok(),
+        };
+        if !up {
+            return;
+        }
+        let lost = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(inner.config.resync_delay) => false,
+            // Lost again before the delay: the next subscription starts over.
+            r = subscribed.wait_for(|s| !*s) => r.is_ok(),
+        };
+        if !lost {
+            let asked = resync_sweep(&inner).await;
+            bump(&inner.counters.resyncs);
+            if asked > 0 {
+                tracing::info!(asked, "asked devices again about overdue deliveries");
+            }
+        }
+        // Wait for the subscription to go away before looking for the next one.
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = subscribed.wait_for(|s| !*s) => if r.is_err() { return },
+        }
+    }
+}
+
+/// Devices read per page by a resync sweep.
+const RESYNC_PAGE: u32 = 500;
+
+/// One resync: walks the devices with unfinished deliveries in pages and resyncs the trackers
+/// with something overdue (at most 32 at once). Returns how many deliveries were asked about.
+async fn resync_sweep(inner: &Arc<Inner>) -> u64 {
+    let now = Timestamp::now();
+    let asked = Arc::new(AtomicU64::new(0));
+    let mut after: Option<DeviceId> = None;
+    loop {
+        if inner.now_stopping() {
+            break;
+        }
+        let page = match inner
+            .store
+            .outbox_open_devices(after.as_ref(), RESYNC_PAGE)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                bump(&inner.counters.errors);
+                tracing::warn!(error = %e, "resync: listing devices failed");
+                break;
+            }
+        };
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        let records = match inner.store.outbox_load_many(&page).await {
+            Ok(r) => r,
+            Err(e) => {
+                bump(&inner.counters.errors);
+                tracing::warn!(error = %e, "resync: loading delivery states failed");
+                break;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for record in records {
+            let overdue = saved_state(&record).is_ok_and(|state| {
+                DeliveryTracker::restore(inner.config.tracker.clone(), state).needs_resync(now)
+            });
+            if !overdue {
+                continue;
+            }
+            let (inner, asked) = (inner.clone(), asked.clone());
+            tasks.spawn(async move {
+                let device = match inner.active_device(&record.device).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::debug!(device = %record.device, error = %e, "resync: skipped");
+                        return;
+                    }
+                };
+                let result = inner
+                    .with_tracker(&device, now, false, |tracker| {
+                        let actions = tracker.resync(now);
+                        let sends = actions
+                            .iter()
+                            .filter(|a| matches!(a, Action::Send(_)))
+                            .count();
+                        asked.fetch_add(sends as u64, Ordering::Relaxed);
+                        Ok(actions)
+                    })
+                    .await;
+                if let Err(e) = result {
+                    bump(&inner.counters.errors);
+                    tracing::warn!(device = %device.id, error = %e, "resync failed");
+                }
+            });
+            while tasks.len() >= 32 {
+                tasks.join_next().await;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        if page.len() < RESYNC_PAGE as usize {
+            break;
+        }
+        after = Some(last);
+    }
+    let asked = asked.load(Ordering::Relaxed);
+    inner
+        .counters
+        .resync_asked
+        .fetch_add(asked, Ordering::Relaxed);
+    asked
 }
 
 /// While running: every claim lease, hand schedules and commands that are still queued a lease

@@ -384,6 +384,15 @@ pub trait Store: Send + Sync + 'static {
     /// How many devices have a pending wakeup.
     async fn outbox_pending(&self) -> StoreResult<u64>;
 
+    /// The devices whose delivery state holds unfinished deliveries (a pending wakeup), in
+    /// device-id order, at most `limit` of them after `after` (exclusive; `None`: from the
+    /// first): the pages a resync walks.
+    async fn outbox_open_devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: u32,
+    ) -> StoreResult<Vec<DeviceId>>;
+
     // --- forecast models ----------------------------------------------------------------------
 
     /// Stores a new version of a model (numbered after the newest of its name); with `activate`

@@ -2337,6 +2337,25 @@ impl Store for This {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn outbox_open_devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: u32,
+    ) -> StoreResult<Vec<DeviceId>> {
+        let limit = check_limit(limit)?;
+        // Every device id is longer than the empty string.
+        let after = after.map_or("", DeviceId::as_str);
+        let ids: Vec<String> = sql_scalar!(
+            "SELECT device_id FROM outbox WHERE next_wakeup_ms IS NOT NULL AND device_id > $1 \
+             ORDER BY device_id LIMIT $2",
+            after,
+            i64::from(limit)
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        ids.into_iter().map(|id| parse_id("device", id)).collect()
+    }
+
     // --- forecast models ----------------------------------------------------------------------
 
     async fn put_model(&self, new: &NewModel, now: Timestamp) -> StoreResult<ModelInfo> {
