@@ -14,7 +14,9 @@ mod mqtt_support;
 
 use grid_core::*;
 use grid_proto::tracker::{DeliveryTracker, TrackerConfig};
-use grid_proto::v1::{Body, Envelope, Hello, MessageId, Sample, ScheduleAssign, Status, Telemetry};
+use grid_proto::v1::{
+    Body, Envelope, Hello, MessageId, ReasonCode, Sample, ScheduleAssign, Status, Telemetry,
+};
 use grid_server::mqtt::*;
 use grid_server::store::*;
 use mqtt_support::*;
@@ -420,27 +422,47 @@ mod scenarios {
             .await;
         for id in [&now_id, &later_id] {
             assert!(
-                eventually(WAIT, || async { env.state(id).await == ExecutionState::Accepted })
-                    .await,
+                eventually(WAIT, || async {
+                    env.state(id).await == ExecutionState::Accepted
+                })
+                .await,
                 "{id} accepted"
             );
         }
         first.shutdown();
         task.await.unwrap();
 
-        // The device starts and finishes while the server is away: both reports are lost.
-        dev.send(&dev.ack_for(&msg, ExecutionState::Executing)).await;
-        dev.send(&dev.ack_for(&msg, ExecutionState::Failed)).await;
+        // The device starts and fails while the server is away: both reports are lost.
+        let failed = |dev: &FakeDevice, msg: &Envelope| {
+            let mut ack = dev.ack_for(msg, ExecutionState::Failed);
+            if let Body::Ack(a) = &mut ack.body {
+                *a = a
+                    .clone()
+                    .with_reason(ReasonCode::SafetyLimit, "inverter fault");
+            }
+            ack
+        };
+        dev.send(&dev.ack_for(&msg, ExecutionState::Executing))
+            .await;
+        dev.send(&failed(&dev, &msg)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(env.state(&now_id).await, ExecutionState::Accepted);
 
         let (second, task) = env.start().await;
-        let again = dev.recv(WAIT).await.expect("asked again after the resync delay");
-        assert_eq!(again.id, msg.id, "the same message, so the device answers its state");
-        dev.send(&dev.ack_for(&again, ExecutionState::Failed)).await;
+        let again = dev
+            .recv(WAIT)
+            .await
+            .expect("asked again after the resync delay");
+        assert_eq!(
+            again.id, msg.id,
+            "the same message, so the device answers its state"
+        );
+        dev.send(&failed(&dev, &again)).await;
         assert!(
-            eventually(WAIT, || async { env.state(&now_id).await == ExecutionState::Failed })
-                .await,
+            eventually(WAIT, || async {
+                env.state(&now_id).await == ExecutionState::Failed
+            })
+            .await,
             "the device's own outcome is recorded"
         );
         assert!(
