@@ -489,6 +489,37 @@ impl This {
         Ok(())
     }
 
+    /// Inserts a new schedule version (state `queued`); a stored copy of it is a conflict.
+    async fn insert_schedule<'e, E>(
+        exec: E,
+        new: &NewSchedule,
+        version: i64,
+        parts: &str,
+        now: Timestamp,
+    ) -> StoreResult<ScheduleRecord>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let schedule = &new.schedule;
+        let id = schedule.id();
+        let row = sql!(
+            "INSERT INTO schedules (schedule_id, version, device_id, parts_json, state, \
+             correlation_id, expires_ms, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7) RETURNING *",
+            id.as_str(),
+            version,
+            schedule.device().as_str(),
+            parts,
+            new.correlation_id.as_deref(),
+            ms(schedule.expires_at()),
+            ms(now)
+        )
+        .fetch_one(exec)
+        .await
+        .map_err(unique("schedule", format!("{id} {}", schedule.version())))?;
+        schedule_from_row(&row)
+    }
+
     /// Removes one recorded ack again (its target moved under a concurrent writer).
     async fn delete_ack<'e, E>(exec: E, device: &DeviceId, message_id: &str) -> StoreResult<()>
     where
@@ -1577,7 +1608,25 @@ impl Store for This {
     }
 
     async fn device_status(&self, id: &DeviceId) -> StoreResult<DeviceStatus> {
-        let row = Self::device_row(&self.pool, id).await?;
+        // One round trip on the API's hottest read: the device row, its newest schedule (by the
+        // `schedules_device_created` index) and its newest sample (by the telemetry key). The
+        // subqueries name the device by the parameter, not by correlation, so each runs once and
+        // its result drives a primary-key lookup.
+        let row = sql!(
+            "SELECT d.*, s.schedule_id AS latest_schedule_id, s.version AS latest_version, \
+             s.state AS latest_state, t.at_ms, t.soc, t.power_kw, t.voltage_v, t.current_a, \
+             t.temperature_c, t.alarms FROM devices d \
+             LEFT JOIN schedules s ON (s.schedule_id, s.version) = \
+             (SELECT schedule_id, version FROM schedules WHERE device_id = $1 \
+             ORDER BY created_ms DESC, version DESC LIMIT 1) \
+             LEFT JOIN telemetry t ON t.device_id = $1 AND t.at_ms = \
+             (SELECT MAX(at_ms) FROM telemetry WHERE device_id = $1) \
+             WHERE d.id = $1",
+            id.as_str()
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("device", id))?;
         let reported_schedule = match (
             opt_id::<ScheduleId>(
                 "device.reported_schedule_id",
@@ -1591,22 +1640,18 @@ impl Store for This {
             }),
             _ => None,
         };
-        let latest = sql!(
-            "SELECT schedule_id, version, state FROM schedules WHERE device_id = $1 \
-             ORDER BY created_ms DESC, version DESC LIMIT 1",
-            id.as_str()
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        let latest_schedule = latest
-            .map(|r| {
-                Ok::<_, StoreError>(ScheduleStateRef {
-                    id: parse_id("schedule.id", col(&r, "schedule_id")?)?,
-                    version: version_col(&r, "version")?,
-                    state: state_col(&r, "state")?,
-                })
-            })
-            .transpose()?;
+        let latest_schedule = match col::<Option<String>>(&row, "latest_schedule_id")? {
+            Some(schedule) => Some(ScheduleStateRef {
+                id: parse_id("schedule.id", schedule)?,
+                version: version_col(&row, "latest_version")?,
+                state: state_col(&row, "latest_state")?,
+            }),
+            None => None,
+        };
+        let last_telemetry = match col::<Option<i64>>(&row, "at_ms")? {
+            Some(_) => Some(sample_from_row(&row)?),
+            None => None,
+        };
         Ok(DeviceStatus {
             device: id.clone(),
             online: col(&row, "online")?,
@@ -1620,7 +1665,7 @@ impl Store for This {
             clock_offset_ms: col(&row, "clock_offset_ms")?,
             reported_schedule,
             latest_schedule,
-            last_telemetry: self.last_telemetry(id).await?,
+            last_telemetry,
         })
     }
 
@@ -1645,33 +1690,52 @@ impl Store for This {
         let id = schedule.id();
         let version = version_param(schedule.version())?;
         let parts = to_json("schedule", schedule)?;
-        let mut tx = self.pool.begin_with(BEGIN).await?;
-        Self::device_in_service(&mut *tx, schedule.device()).await?;
-        let newest = sql!(
-            "SELECT version, device_id FROM schedules WHERE schedule_id = $1 \
-             ORDER BY version DESC LIMIT 1",
+        // The device's state and the id's newest stored version in one read. READ COMMITTED
+        // gives each statement its own snapshot, so reading inside the transaction below would
+        // guard nothing more; the primary key still refuses a second copy of a version.
+        let check = sql!(
+            "SELECT d.decommissioned_ms, s.version AS newest_version, s.device_id AS newest_owner \
+             FROM devices d LEFT JOIN schedules s ON s.schedule_id = $2 AND s.version = \
+             (SELECT MAX(version) FROM schedules WHERE schedule_id = $2) WHERE d.id = $1",
+            schedule.device().as_str(),
             id.as_str()
         )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = newest {
-            let owner: String = col(&row, "device_id")?;
-            if owner != schedule.device().as_str() {
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("device", schedule.device()))?;
+        if col::<Option<i64>>(&check, "decommissioned_ms")?.is_some() {
+            return Err(StoreError::conflict(
+                "device",
+                schedule.device(),
+                "decommissioned",
+            ));
+        }
+        let superseding = match col::<Option<String>>(&check, "newest_owner")? {
+            None => false,
+            Some(owner) if owner != schedule.device().as_str() => {
                 return Err(StoreError::conflict(
                     "schedule",
                     id,
                     format!("the id belongs to device {owner}"),
                 ));
             }
-            let stored = version_col(&row, "version")?;
-            if stored >= schedule.version() {
-                return Err(StoreError::conflict(
-                    "schedule",
-                    format!("{id} {}", schedule.version()),
-                    format!("version must exceed the stored {stored}"),
-                ));
+            Some(_) => {
+                let stored = version_col(&check, "newest_version")?;
+                if stored >= schedule.version() {
+                    return Err(StoreError::conflict(
+                        "schedule",
+                        format!("{id} {}", schedule.version()),
+                        format!("version must exceed the stored {stored}"),
+                    ));
+                }
+                true
             }
+        };
+        if !superseding {
+            // A new id: nothing to supersede, one statement.
+            return Self::insert_schedule(&self.pool, new, version, &parts, now).await;
         }
+        let mut tx = self.pool.begin_with(BEGIN).await?;
         sql_exec!(
             "UPDATE schedules SET state = 'superseded', updated_ms = $1 \
              WHERE schedule_id = $2 AND state IN ('queued','delivered','accepted','executing')",
@@ -1680,22 +1744,7 @@ impl Store for This {
         )
         .execute(&mut *tx)
         .await?;
-        let row = sql!(
-            "INSERT INTO schedules (schedule_id, version, device_id, parts_json, state, \
-             correlation_id, expires_ms, created_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7) RETURNING *",
-            id.as_str(),
-            version,
-            schedule.device().as_str(),
-            parts,
-            new.correlation_id.as_deref(),
-            ms(schedule.expires_at()),
-            ms(now)
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unique("schedule", format!("{id} {}", schedule.version())))?;
-        let record = schedule_from_row(&row)?;
+        let record = Self::insert_schedule(&mut *tx, new, version, &parts, now).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -1829,7 +1878,14 @@ impl Store for This {
             versions.push(version_param(*v)?);
         }
         let at = ms(at);
-        let mut tx = self.pool.begin_with(BEGIN).await?;
+        // One chunk is one statement, atomic by itself: no transaction (the REST API's path,
+        // one schedule at a time).
+        let single = sends.len() <= BATCH_ROWS;
+        let mut tx = if single {
+            None
+        } else {
+            Some(self.pool.begin_with(BEGIN).await?)
+        };
         let mut n = 0;
         // One multi-row UPDATE per chunk (PostgreSQL and SQLite ≥ 3.33 both take UPDATE … FROM
         // and name VALUES columns column1, column2, …).
@@ -1856,9 +1912,15 @@ impl Store for This {
                 ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
                  AND schedules.state IN ('queued', 'delivered')",
             );
-            n += q.build().execute(&mut *tx).await?.rows_affected();
+            let done = match tx.as_mut() {
+                Some(tx) => q.build().execute(&mut **tx).await?,
+                None => q.build().execute(&self.pool).await?,
+            };
+            n += done.rows_affected();
         }
-        tx.commit().await?;
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
         Ok(n)
     }
 
@@ -1924,11 +1986,12 @@ impl Store for This {
         check_text("id", &new.id, 128)?;
         check_opt_text("correlation_id", new.correlation_id.as_deref(), 128)?;
         let command = to_json("command", &new.command)?;
-        let mut tx = self.pool.begin_with(BEGIN).await?;
-        Self::device_in_service(&mut *tx, &new.device).await?;
+        // One statement on the hot path: the row is only inserted for a device in service.
         let row = sql!(
             "INSERT INTO commands (id, device_id, command_json, state, correlation_id, \
-             expires_ms, created_ms, updated_ms) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6) \
+             expires_ms, created_ms, updated_ms) SELECT $1, id, $3, 'queued', $4, \
+             CAST($5 AS BIGINT), CAST($6 AS BIGINT), CAST($6 AS BIGINT) FROM devices \
+             WHERE id = $2 AND decommissioned_ms IS NULL \
              ON CONFLICT (id) DO NOTHING RETURNING *",
             &new.id,
             new.device.as_str(),
@@ -1937,12 +2000,17 @@ impl Store for This {
             ms(new.expires_at),
             ms(now)
         )
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::conflict("command", &new.id, "already exists"))?;
-        let record = command_from_row(&row)?;
-        tx.commit().await?;
-        Ok(record)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => command_from_row(&row),
+            None => {
+                // Nothing inserted: an unknown or decommissioned device says so, else the id
+                // was taken.
+                Self::device_in_service(&self.pool, &new.device).await?;
+                Err(StoreError::conflict("command", &new.id, "already exists"))
+            }
+        }
     }
 
     async fn get_command(&self, id: &str) -> StoreResult<CommandRecord> {
