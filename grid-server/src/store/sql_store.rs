@@ -773,7 +773,7 @@ impl This {
         }
         // 1. Every target's state and owner.
         let mut stored: HashMap<Key, (ExecutionState, String)> = HashMap::new();
-        for row in schedule_states(&mut **tx, &keys).await? {
+        for row in schedule_states(tx, &keys).await? {
             let key: Key = (col(&row, "schedule_id")?, col(&row, "version")?);
             stored.insert(key, (state_col(&row, "state")?, col(&row, "device_id")?));
         }
@@ -817,7 +817,7 @@ impl This {
                 received_ms: ms(a.received_at),
             });
         }
-        for row in insert_schedule_acks(&mut **tx, &rows).await? {
+        for row in insert_schedule_acks(tx, &rows).await? {
             inserted.insert((col(&row, "device_id")?, col(&row, "message_id")?));
         }
         // 3. The lifecycles, in arrival order (exactly the one-by-one rules).
@@ -904,7 +904,7 @@ impl This {
                 original: w.original.as_str(),
             })
             .collect();
-        for row in update_schedule_states(&mut **tx, &rows).await? {
+        for row in update_schedule_states(tx, &rows).await? {
             updated.insert((col(&row, "schedule_id")?, col(&row, "version")?));
         }
         // 5. Raced: take this batch's acks of that schedule back and redo them one by one.
@@ -1052,7 +1052,7 @@ impl This {
             .iter()
             .map(|(i, _)| (writes[*i].device.as_str(), *i))
             .collect();
-        for row in update_outbox_rows(&mut **tx, &rows, now).await? {
+        for row in update_outbox_rows(tx, &rows, now).await? {
             let device: String = col(&row, "device_id")?;
             let revision: i64 = col(&row, "revision")?;
             if let Some(i) = index.get(device.as_str()) {
@@ -1072,7 +1072,7 @@ impl This {
             .iter()
             .map(|i| (writes[*i].device.as_str(), *i))
             .collect();
-        for row in insert_outbox_rows(&mut **tx, &rows, now).await? {
+        for row in insert_outbox_rows(tx, &rows, now).await? {
             let device: String = col(&row, "device_id")?;
             if let Some(i) = index.get(device.as_str()) {
                 out[*i] = Some(Ok(1));
@@ -1810,7 +1810,7 @@ impl Store for This {
             .zip(versions)
             .map(|((id, _), v)| (id.as_str(), v))
             .collect();
-        let n = mark_schedules_sent(&mut *tx, &keys, at).await?;
+        let n = mark_schedules_sent(&mut tx, &keys, at).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -2022,7 +2022,7 @@ impl Store for This {
         ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         ids.dedup();
         let ids: Vec<&str> = ids.into_iter().map(DeviceId::as_str).collect();
-        let stored = outbox_rows_locked(&mut *tx, &ids)
+        let stored = outbox_rows_locked(&mut tx, &ids)
             .await?
             .iter()
             .map(outbox_from_row)
