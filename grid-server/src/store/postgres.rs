@@ -28,12 +28,21 @@
 //! is keyed by the SQL text, so one crate cannot hold checked data for the same text against two
 //! databases. `tests/store_conformance.rs` runs every store operation on both backends.
 //!
+//! Fixed texts run with `sqlx::query`, unchecked (the conformance suite covers them): the
+//! multi-row statements of the ack and delivery paths, defined below and called by the shared
+//! code (SQLite builds `VALUES` lists for the same functions instead). Each binds one array per
+//! column (`UNNEST($1::text[], …)`, `= ANY($1)`), so one text serves every batch size and
+//! PostgreSQL parses and plans it once per connection: the schedule-target read
+//! (`schedule_states`), the ack insert (`insert_schedule_acks`) and the lifecycle update
+//! (`update_schedule_states`) of `record_acks`; the sent marks of `record_schedule_sends`
+//! (`mark_schedules_sent`); the outbox reads of `outbox_load_many` and `record_acks_and_save`
+//! (`outbox_rows`, `outbox_rows_locked`, the latter `FOR UPDATE SKIP LOCKED`) and the outbox
+//! update and insert of `outbox_save_many` (`update_outbox_rows`, `insert_outbox_rows`).
+//! The macros cannot check them against both backends from one text, and SQLite has no arrays.
+//!
 //! Built at run time with [`sqlx::QueryBuilder`], hence unchecked on both backends (the
 //! conformance suite covers them): the multi-row `INSERT … VALUES (…), (…)` of `put_prices`,
-//! `put_series`, `insert_telemetry`, the schedule acks of `record_acks` and the new rows of
-//! `outbox_save_many`; the multi-row `UPDATE … FROM (VALUES …)` of `record_schedule_sends`,
-//! `record_acks` and `outbox_save_many`, and the `JOIN (VALUES …)` read of `record_acks` (their
-//! row counts vary per call); the `IN (…)` lists of `get_devices` and `outbox_load_many`; the
+//! `put_series` and `insert_telemetry`; the `IN (…)` list of `get_devices`; the
 //! optional filters of `list_sites`, `list_devices`, `list_schedules`, `list_commands`,
 //! `list_models` and `delivery_stats` and the scope-dependent join of `telemetry_buckets`.
 
@@ -141,6 +150,179 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+// --- multi-row statements (see the module doc; SQLite's are in `sqlite.rs`) ------------------
+
+/// Every `(schedule_id, version)` target's `schedule_id`, `version`, `state` and `device_id`.
+async fn schedule_states(conn: &mut Conn, keys: &[(String, i64)]) -> StoreResult<Vec<DbRow>> {
+    let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+    let versions: Vec<i64> = keys.iter().map(|(_, v)| *v).collect();
+    Ok(sqlx::query(
+        "SELECT s.schedule_id, s.version, s.state, s.device_id FROM schedules s \
+         JOIN UNNEST($1::text[], $2::bigint[]) AS v(id, ver) \
+         ON s.schedule_id = v.id AND s.version = v.ver",
+    )
+    .bind(ids)
+    .bind(versions)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Inserts schedule acks in the given order (their `seq`); returns the `device_id` and
+/// `message_id` of each row inserted (a known message id is skipped).
+async fn insert_schedule_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResult<Vec<DbRow>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query(
+        "INSERT INTO acks (message_id, device_id, target_kind, target_id, target_version, \
+         state, reason_code, reason, sent_ms, received_ms) \
+         SELECT m, d, 'schedule', t, v, st, rc, r, sent, recv FROM UNNEST($1::text[], \
+         $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], \
+         $8::bigint[], $9::bigint[]) WITH ORDINALITY AS a(m, d, t, v, st, rc, r, sent, recv, n) \
+         ORDER BY n ON CONFLICT (device_id, message_id) DO NOTHING \
+         RETURNING device_id, message_id",
+    )
+    .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.device_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.target_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.target_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reason_code).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.sent_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.received_ms).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Applies lifecycle moves to schedules still in their `original` state; returns the
+/// `schedule_id` and `version` of each schedule moved.
+async fn update_schedule_states(
+    conn: &mut Conn,
+    rows: &[ScheduleMove<'_>],
+) -> StoreResult<Vec<DbRow>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query(
+        "UPDATE schedules SET state = v.st, reason = COALESCE(v.reason, schedules.reason), \
+         updated_ms = v.updated, answered_ms = COALESCE(schedules.answered_ms, v.answered) \
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], \
+         $6::bigint[], $7::text[]) AS v(id, ver, st, reason, updated, answered, original) \
+         WHERE schedules.schedule_id = v.id AND schedules.version = v.ver \
+         AND schedules.state = v.original RETURNING schedules.schedule_id, schedules.version",
+    )
+    .bind(rows.iter().map(|r| r.schedule_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.answered_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.original).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Marks the `(schedule_id, version)` schedules still queued or delivered as sent at `at_ms`;
+/// returns how many were.
+async fn mark_schedules_sent(
+    conn: &mut Conn,
+    keys: &[(&str, i64)],
+    at_ms: i64,
+) -> StoreResult<u64> {
+    let ids: Vec<&str> = keys.iter().map(|(id, _)| *id).collect();
+    let versions: Vec<i64> = keys.iter().map(|(_, v)| *v).collect();
+    Ok(sqlx::query(
+        "UPDATE schedules SET state = 'delivered', updated_ms = $1, \
+         first_sent_ms = COALESCE(first_sent_ms, $1), last_sent_ms = $1, \
+         attempts = attempts + 1 FROM UNNEST($2::text[], $3::bigint[]) AS v(id, ver) \
+         WHERE schedules.schedule_id = v.id AND schedules.version = v.ver \
+         AND schedules.state IN ('queued', 'delivered')",
+    )
+    .bind(at_ms)
+    .bind(ids)
+    .bind(versions)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// The outbox rows of the given devices.
+async fn outbox_rows(conn: &mut Conn, devices: &[&str]) -> StoreResult<Vec<DbRow>> {
+    Ok(
+        sqlx::query("SELECT * FROM outbox WHERE device_id = ANY($1)")
+            .bind(devices)
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// The outbox rows of the given devices, by device id, locked until the transaction ends; a row
+/// another transaction holds locked is skipped.
+async fn outbox_rows_locked(conn: &mut Conn, devices: &[&str]) -> StoreResult<Vec<DbRow>> {
+    Ok(sqlx::query(
+        "SELECT * FROM outbox WHERE device_id = ANY($1) ORDER BY device_id \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(devices)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Saves delivery states over the rows still at the expected revision (clearing any claim);
+/// returns the `device_id` and new `revision` of each row saved.
+async fn update_outbox_rows(
+    conn: &mut Conn,
+    rows: &[OutboxUpdate<'_>],
+    now_ms: i64,
+) -> StoreResult<Vec<DbRow>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query(
+        "UPDATE outbox SET state_json = v.st, next_wakeup_ms = v.wake, \
+         messages_json = COALESCE(v.msgs, outbox.messages_json), \
+         revision = outbox.revision + 1, claimed_by = NULL, claimed_until_ms = NULL, \
+         updated_ms = $1 FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+         $6::text[]) AS v(dev, st, wake, rev, msgs) \
+         WHERE outbox.device_id = v.dev AND outbox.revision = v.rev \
+         RETURNING outbox.device_id, outbox.revision",
+    )
+    .bind(now_ms)
+    .bind(rows.iter().map(|r| r.device_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.state_json).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.next_wakeup_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.revision).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.messages_json).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Inserts new delivery state rows (revision 1); returns the `device_id` of each row inserted
+/// (a device that has one already is skipped).
+async fn insert_outbox_rows(
+    conn: &mut Conn,
+    rows: &[OutboxInsert<'_>],
+    now_ms: i64,
+) -> StoreResult<Vec<DbRow>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query(
+        "INSERT INTO outbox (device_id, state_json, messages_json, next_wakeup_ms, revision, \
+         updated_ms) SELECT dev, st, msgs, wake, 1, $1 FROM UNNEST($2::text[], $3::text[], \
+         $4::text[], $5::bigint[]) AS v(dev, st, msgs, wake) \
+         ON CONFLICT (device_id) DO NOTHING RETURNING device_id",
+    )
+    .bind(now_ms)
+    .bind(rows.iter().map(|r| r.device_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.state_json).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.messages_json).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.next_wakeup_ms).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?)
 }
 
 include!("sql_series.rs");

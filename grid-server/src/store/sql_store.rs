@@ -1,6 +1,8 @@
 // The SQL shared by the PostgreSQL and SQLite stores, included into `postgres.rs` and `sqlite.rs`
 // (each defines `Db`, `This`, `BACKEND`, `BEGIN` and the statement macros `sql!`, `sql_exec!`,
-// `sql_scalar!` and `acks_by_target!` first). Both schemas keep instants as BIGINT milliseconds
+// `sql_scalar!` and `acks_by_target!` first, and the multi-row statements below as functions of
+// the same names and signatures: PostgreSQL binds one array per column into a fixed text,
+// SQLite builds `VALUES (…), (…)` lists). Both schemas keep instants as BIGINT milliseconds
 // and JSON as TEXT, and both databases accept `$N` placeholders, `ON CONFLICT` upserts and
 // `RETURNING`, so one text serves both. Every static statement goes through those macros, which
 // check it at compile time against the PostgreSQL schema (see the `postgres` module doc); the
@@ -19,6 +21,53 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 type DbRow = <Db as sqlx::Database>::Row;
+type Conn = <Db as sqlx::Database>::Connection;
+
+// The rows of the multi-row statements, which each backend writes its own way (see the module
+// docs of `postgres` and `sqlite`): `schedule_states`, `insert_schedule_acks`,
+// `update_schedule_states`, `mark_schedules_sent`, `outbox_rows`, `outbox_rows_locked`,
+// `update_outbox_rows` and `insert_outbox_rows`.
+
+/// A schedule ack to insert (`target_kind` is `schedule`).
+struct AckRow<'a> {
+    message_id: &'a str,
+    device_id: &'a str,
+    target_id: &'a str,
+    target_version: i64,
+    state: &'static str,
+    reason_code: Option<&'a str>,
+    reason: Option<&'a str>,
+    sent_ms: i64,
+    received_ms: i64,
+}
+
+/// A schedule's lifecycle move, applied only if its state is still `original`.
+struct ScheduleMove<'a> {
+    schedule_id: &'a str,
+    version: i64,
+    state: &'static str,
+    reason: Option<&'a str>,
+    updated_ms: i64,
+    answered_ms: Option<i64>,
+    original: &'static str,
+}
+
+/// A delivery state saved over the row at `revision` (messages kept when `None`).
+struct OutboxUpdate<'a> {
+    device_id: &'a str,
+    state_json: &'a str,
+    next_wakeup_ms: Option<i64>,
+    revision: i64,
+    messages_json: Option<&'a str>,
+}
+
+/// A new delivery state row (revision 1).
+struct OutboxInsert<'a> {
+    device_id: &'a str,
+    state_json: &'a str,
+    messages_json: Option<&'a str>,
+    next_wakeup_ms: Option<i64>,
+}
 
 /// The non-terminal lifecycle states, as an SQL list; the queries spell it out literally (they
 /// must be `&'static str`), and a test checks this copy against grid-core.
@@ -30,9 +79,6 @@ const STATE_RETRIES: usize = 8;
 
 /// The most rows one multi-row INSERT carries (keeps under both databases' bind limits).
 const INSERT_CHUNK: usize = 1000;
-
-/// The most rows one multi-row UPDATE … FROM (VALUES …) carries (4 binds a row at most).
-const BATCH_ROWS: usize = 500;
 
 /// The length checks of an ack's free-text fields.
 /// The outcomes of a batch of acks, one per ack (an ack left unprocessed is an error).
@@ -758,25 +804,9 @@ impl This {
         }
         // 1. Every target's state and owner.
         let mut stored: HashMap<Key, (ExecutionState, String)> = HashMap::new();
-        for chunk in keys.chunks(BATCH_ROWS) {
-            let mut q = QueryBuilder::<Db>::new(
-                "SELECT s.schedule_id, s.version, s.state, s.device_id FROM schedules s JOIN (VALUES ",
-            );
-            for (n, (id, v)) in chunk.iter().enumerate() {
-                if n > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(id.clone())
-                    .push(", CAST(")
-                    .push_bind(*v)
-                    .push(" AS BIGINT))");
-            }
-            q.push(") AS v ON s.schedule_id = v.column1 AND s.version = v.column2");
-            for row in q.build().fetch_all(&mut **tx).await? {
-                let key: Key = (col(&row, "schedule_id")?, col(&row, "version")?);
-                stored.insert(key, (state_col(&row, "state")?, col(&row, "device_id")?));
-            }
+        for row in schedule_states(tx, &keys).await? {
+            let key: Key = (col(&row, "schedule_id")?, col(&row, "version")?);
+            stored.insert(key, (state_col(&row, "state")?, col(&row, "device_id")?));
         }
         // 2. Unknown targets and other devices' schedules are refused; the rest is inserted.
         let mut candidates = Vec::new();
@@ -800,37 +830,26 @@ impl This {
             }
         }
         let mut inserted: std::collections::HashSet<(String, String)> = Default::default();
-        for chunk in candidates.chunks(INSERT_CHUNK / 10) {
-            let mut q = QueryBuilder::<Db>::new(
-                "INSERT INTO acks (message_id, device_id, target_kind, target_id, target_version, \
-                 state, reason_code, reason, sent_ms, received_ms) ",
-            );
-            q.push_values(chunk, |mut b, &i| {
-                let a = &acks[i];
-                let (id, v) = match &a.target {
-                    AckTarget::Schedule { id, version } => (
-                        id.as_str().to_owned(),
-                        i64::try_from(version.0).unwrap_or(i64::MAX),
-                    ),
-                    AckTarget::Command { id } => (id.clone(), 0),
-                };
-                b.push_bind(a.message_id.clone())
-                    .push_bind(a.device.as_str().to_owned())
-                    .push_bind("schedule")
-                    .push_bind(id)
-                    .push_bind(v)
-                    .push_bind(a.state.as_str())
-                    .push_bind(a.reason_code.clone())
-                    .push_bind(a.reason.clone())
-                    .push_bind(ms(a.sent_at))
-                    .push_bind(ms(a.received_at));
+        let mut rows = Vec::with_capacity(candidates.len());
+        for &i in &candidates {
+            let a = &acks[i];
+            let AckTarget::Schedule { id, version } = &a.target else {
+                continue;
+            };
+            rows.push(AckRow {
+                message_id: &a.message_id,
+                device_id: a.device.as_str(),
+                target_id: id.as_str(),
+                target_version: version_param(*version)?,
+                state: a.state.as_str(),
+                reason_code: a.reason_code.as_deref(),
+                reason: a.reason.as_deref(),
+                sent_ms: ms(a.sent_at),
+                received_ms: ms(a.received_at),
             });
-            q.push(
-                " ON CONFLICT (device_id, message_id) DO NOTHING RETURNING device_id, message_id",
-            );
-            for row in q.build().fetch_all(&mut **tx).await? {
-                inserted.insert((col(&row, "device_id")?, col(&row, "message_id")?));
-            }
+        }
+        for row in insert_schedule_acks(tx, &rows).await? {
+            inserted.insert((col(&row, "device_id")?, col(&row, "message_id")?));
         }
         // 3. The lifecycles, in arrival order (exactly the one-by-one rules).
         struct Walk {
@@ -904,38 +923,20 @@ impl This {
         // One lock order for every writer.
         moved.sort_by(|a, b| a.0.cmp(&b.0));
         let mut updated: std::collections::HashSet<Key> = Default::default();
-        for chunk in moved.chunks(BATCH_ROWS) {
-            let mut q = QueryBuilder::<Db>::new(
-                "UPDATE schedules SET state = v.column3, reason = COALESCE(v.column4, reason), \
-                 updated_ms = v.column5, answered_ms = COALESCE(answered_ms, v.column6) FROM (VALUES ",
-            );
-            for (n, ((id, v), w)) in chunk.iter().map(|x| (&x.0, &x.1)).enumerate() {
-                if n > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(id.clone())
-                    .push(", CAST(")
-                    .push_bind(*v)
-                    .push(" AS BIGINT), ")
-                    .push_bind(w.current.as_str())
-                    .push(", ")
-                    .push_bind(w.reason.clone())
-                    .push(", CAST(")
-                    .push_bind(w.updated_ms)
-                    .push(" AS BIGINT), CAST(")
-                    .push_bind(w.answered_ms)
-                    .push(" AS BIGINT), ")
-                    .push_bind(w.original.as_str())
-                    .push(")");
-            }
-            q.push(
-                ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
-                 AND schedules.state = v.column7 RETURNING schedules.schedule_id, schedules.version",
-            );
-            for row in q.build().fetch_all(&mut **tx).await? {
-                updated.insert((col(&row, "schedule_id")?, col(&row, "version")?));
-            }
+        let rows: Vec<ScheduleMove<'_>> = moved
+            .iter()
+            .map(|&((id, version), w)| ScheduleMove {
+                schedule_id: id,
+                version: *version,
+                state: w.current.as_str(),
+                reason: w.reason.as_deref(),
+                updated_ms: w.updated_ms,
+                answered_ms: w.answered_ms,
+                original: w.original.as_str(),
+            })
+            .collect();
+        for row in update_schedule_states(tx, &rows).await? {
+            updated.insert((col(&row, "schedule_id")?, col(&row, "version")?));
         }
         // 5. Raced: take this batch's acks of that schedule back and redo them one by one.
         for (key, w) in moved {
@@ -1068,70 +1069,44 @@ impl This {
         inserts.sort_by(|a, b| writes[*a].device.as_str().cmp(writes[*b].device.as_str()));
         // Multi-row statements; a device whose row is missing or at another revision comes back
         // without a RETURNING row: a conflict for that device alone.
-        for chunk in updates.chunks(BATCH_ROWS) {
-            let mut q = QueryBuilder::<Db>::new(
-                "UPDATE outbox SET state_json = v.column2, next_wakeup_ms = v.column3, \
-                 messages_json = COALESCE(v.column5, outbox.messages_json), \
-                 revision = revision + 1, claimed_by = NULL, claimed_until_ms = NULL, updated_ms = ",
-            );
-            q.push_bind(now).push(" FROM (VALUES ");
-            for (k, (i, rev)) in chunk.iter().enumerate() {
-                let w = &writes[*i];
-                if k > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(w.device.as_str().to_owned())
-                    .push(", ")
-                    .push_bind(w.state.clone())
-                    .push(", CAST(")
-                    .push_bind(w.next_wakeup_at.map(ms))
-                    .push(" AS BIGINT), CAST(")
-                    .push_bind(*rev)
-                    .push(" AS BIGINT), CAST(")
-                    .push_bind(w.messages.clone())
-                    .push(" AS TEXT))");
-            }
-            q.push(
-                ") AS v WHERE outbox.device_id = v.column1 AND outbox.revision = v.column4 \
-                 RETURNING outbox.device_id, outbox.revision",
-            );
-            let index: std::collections::HashMap<&str, usize> = chunk
-                .iter()
-                .map(|(i, _)| (writes[*i].device.as_str(), *i))
-                .collect();
-            for row in q.build().fetch_all(&mut **tx).await? {
-                let device: String = col(&row, "device_id")?;
-                let revision: i64 = col(&row, "revision")?;
-                if let Some(i) = index.get(device.as_str()) {
-                    out[*i] = Some(Ok(u64::try_from(revision).unwrap_or_default()));
-                }
+        let rows: Vec<OutboxUpdate<'_>> = updates
+            .iter()
+            .map(|&(i, revision)| OutboxUpdate {
+                device_id: writes[i].device.as_str(),
+                state_json: &writes[i].state,
+                next_wakeup_ms: writes[i].next_wakeup_at.map(ms),
+                revision,
+                messages_json: writes[i].messages.as_deref(),
+            })
+            .collect();
+        let index: HashMap<&str, usize> = updates
+            .iter()
+            .map(|(i, _)| (writes[*i].device.as_str(), *i))
+            .collect();
+        for row in update_outbox_rows(tx, &rows, now).await? {
+            let device: String = col(&row, "device_id")?;
+            let revision: i64 = col(&row, "revision")?;
+            if let Some(i) = index.get(device.as_str()) {
+                out[*i] = Some(Ok(u64::try_from(revision).unwrap_or_default()));
             }
         }
-        for chunk in inserts.chunks(BATCH_ROWS) {
-            let mut q = QueryBuilder::<Db>::new(
-                "INSERT INTO outbox (device_id, state_json, messages_json, next_wakeup_ms, \
-                 revision, updated_ms) ",
-            );
-            q.push_values(chunk, |mut b, i| {
-                let w = &writes[*i];
-                b.push_bind(w.device.as_str().to_owned())
-                    .push_bind(w.state.clone())
-                    .push_bind(w.messages.clone())
-                    .push_bind(w.next_wakeup_at.map(ms))
-                    .push_bind(1_i64)
-                    .push_bind(now);
-            });
-            q.push(" ON CONFLICT (device_id) DO NOTHING RETURNING device_id");
-            let index: std::collections::HashMap<&str, usize> = chunk
-                .iter()
-                .map(|i| (writes[*i].device.as_str(), *i))
-                .collect();
-            for row in q.build().fetch_all(&mut **tx).await? {
-                let device: String = col(&row, "device_id")?;
-                if let Some(i) = index.get(device.as_str()) {
-                    out[*i] = Some(Ok(1));
-                }
+        let rows: Vec<OutboxInsert<'_>> = inserts
+            .iter()
+            .map(|&i| OutboxInsert {
+                device_id: writes[i].device.as_str(),
+                state_json: &writes[i].state,
+                messages_json: writes[i].messages.as_deref(),
+                next_wakeup_ms: writes[i].next_wakeup_at.map(ms),
+            })
+            .collect();
+        let index: HashMap<&str, usize> = inserts
+            .iter()
+            .map(|i| (writes[*i].device.as_str(), *i))
+            .collect();
+        for row in insert_outbox_rows(tx, &rows, now).await? {
+            let device: String = col(&row, "device_id")?;
+            if let Some(i) = index.get(device.as_str()) {
+                out[*i] = Some(Ok(1));
             }
         }
         Ok(out
@@ -1878,49 +1853,22 @@ impl Store for This {
             versions.push(version_param(*v)?);
         }
         let at = ms(at);
+        let keys: Vec<(&str, i64)> = sends
+            .iter()
+            .zip(versions)
+            .map(|((id, _), v)| (id.as_str(), v))
+            .collect();
         // One chunk is one statement, atomic by itself: no transaction (the REST API's path,
         // one schedule at a time).
-        let single = sends.len() <= BATCH_ROWS;
-        let mut tx = if single {
-            None
+        let n = if keys.len() <= BATCH_ROWS {
+            let mut conn = self.pool.acquire().await?;
+            mark_schedules_sent(&mut conn, &keys, at).await?
         } else {
-            Some(self.pool.begin_with(BEGIN).await?)
-        };
-        let mut n = 0;
-        // One multi-row UPDATE per chunk (PostgreSQL and SQLite ≥ 3.33 both take UPDATE … FROM
-        // and name VALUES columns column1, column2, …).
-        for (chunk, vs) in sends.chunks(BATCH_ROWS).zip(versions.chunks(BATCH_ROWS)) {
-            let mut q =
-                QueryBuilder::<Db>::new("UPDATE schedules SET state = 'delivered', updated_ms = ");
-            q.push_bind(at)
-                .push(", first_sent_ms = COALESCE(first_sent_ms, ")
-                .push_bind(at)
-                .push("), last_sent_ms = ")
-                .push_bind(at)
-                .push(", attempts = attempts + 1 FROM (VALUES ");
-            for (i, ((id, _), v)) in chunk.iter().zip(vs).enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.push("(")
-                    .push_bind(id.as_str().to_owned())
-                    .push(", CAST(")
-                    .push_bind(*v)
-                    .push(" AS BIGINT))");
-            }
-            q.push(
-                ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
-                 AND schedules.state IN ('queued', 'delivered')",
-            );
-            let done = match tx.as_mut() {
-                Some(tx) => q.build().execute(&mut **tx).await?,
-                None => q.build().execute(&self.pool).await?,
-            };
-            n += done.rows_affected();
-        }
-        if let Some(tx) = tx {
+            let mut tx = self.pool.begin_with(BEGIN).await?;
+            let n = mark_schedules_sent(&mut tx, &keys, at).await?;
             tx.commit().await?;
-        }
+            n
+        };
         Ok(n)
     }
 
@@ -2136,21 +2084,12 @@ impl Store for This {
         let mut ids: Vec<&DeviceId> = devices.iter().collect();
         ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         ids.dedup();
-        let mut stored = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            let mut q = QueryBuilder::<Db>::new("SELECT * FROM outbox WHERE device_id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_str().to_owned());
-            }
-            q.push(") ORDER BY device_id");
-            if BACKEND == Backend::Postgres {
-                q.push(" FOR UPDATE SKIP LOCKED");
-            }
-            for row in q.build().fetch_all(&mut *tx).await? {
-                stored.push(outbox_from_row(&row)?);
-            }
-        }
+        let ids: Vec<&str> = ids.into_iter().map(DeviceId::as_str).collect();
+        let stored = outbox_rows_locked(&mut tx, &ids)
+            .await?
+            .iter()
+            .map(outbox_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
         let read = started.elapsed();
         let writes = then(&acks, &stored);
         let planned = started.elapsed();
@@ -2347,7 +2286,9 @@ impl Store for This {
     }
 
     async fn outbox_load_many(&self, devices: &[DeviceId]) -> StoreResult<Vec<OutboxRecord>> {
-        self.rows_by_device("SELECT * FROM outbox WHERE device_id IN (", devices)
+        let ids: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
+        let mut conn = self.pool.acquire().await?;
+        outbox_rows(&mut conn, &ids)
             .await?
             .iter()
             .map(outbox_from_row)

@@ -2,6 +2,10 @@
 //! created if missing, the migrations in `migrations/sqlite`, and the SQL shared with PostgreSQL
 //! (`sql_store.rs`). Write transactions start with `BEGIN IMMEDIATE`, so concurrent writers wait
 //! on the busy timeout instead of failing on lock upgrade.
+//!
+//! SQLite binds no arrays: the multi-row statements the shared code calls (PostgreSQL's take one
+//! array per column, see the `postgres` module doc) are built here with [`sqlx::QueryBuilder`]
+//! as `VALUES (…), (…)` and `IN (…)` lists, in chunks under SQLite's bind limit.
 
 use crate::store::{Backend, StoreResult};
 use sqlx::sqlite::{
@@ -83,6 +87,228 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+// --- multi-row statements (see the module doc; PostgreSQL's are in `postgres.rs`) -------------
+
+/// The most rows one multi-row statement carries (at most 10 binds a row: under SQLite's
+/// 32,766 binds).
+const BATCH_ROWS: usize = 500;
+
+/// Every `(schedule_id, version)` target's `schedule_id`, `version`, `state` and `device_id`.
+async fn schedule_states(conn: &mut Conn, keys: &[(String, i64)]) -> StoreResult<Vec<DbRow>> {
+    let mut rows = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new(
+            "SELECT s.schedule_id, s.version, s.state, s.device_id FROM schedules s JOIN (VALUES ",
+        );
+        for (n, (id, v)) in chunk.iter().enumerate() {
+            if n > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .push_bind(id.clone())
+                .push(", CAST(")
+                .push_bind(*v)
+                .push(" AS BIGINT))");
+        }
+        q.push(") AS v ON s.schedule_id = v.column1 AND s.version = v.column2");
+        rows.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
+}
+
+/// Inserts schedule acks in the given order (their `rowid`); returns the `device_id` and
+/// `message_id` of each row inserted (a known message id is skipped).
+async fn insert_schedule_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResult<Vec<DbRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new(
+            "INSERT INTO acks (message_id, device_id, target_kind, target_id, target_version, \
+             state, reason_code, reason, sent_ms, received_ms) ",
+        );
+        q.push_values(chunk, |mut b, a| {
+            b.push_bind(a.message_id.to_owned())
+                .push_bind(a.device_id.to_owned())
+                .push_bind("schedule")
+                .push_bind(a.target_id.to_owned())
+                .push_bind(a.target_version)
+                .push_bind(a.state)
+                .push_bind(a.reason_code.map(str::to_owned))
+                .push_bind(a.reason.map(str::to_owned))
+                .push_bind(a.sent_ms)
+                .push_bind(a.received_ms);
+        });
+        q.push(" ON CONFLICT (device_id, message_id) DO NOTHING RETURNING device_id, message_id");
+        out.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+/// Applies lifecycle moves to schedules still in their `original` state; returns the
+/// `schedule_id` and `version` of each schedule moved.
+async fn update_schedule_states(
+    conn: &mut Conn,
+    rows: &[ScheduleMove<'_>],
+) -> StoreResult<Vec<DbRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new(
+            "UPDATE schedules SET state = v.column3, reason = COALESCE(v.column4, reason), \
+             updated_ms = v.column5, answered_ms = COALESCE(answered_ms, v.column6) FROM (VALUES ",
+        );
+        for (n, r) in chunk.iter().enumerate() {
+            if n > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .push_bind(r.schedule_id.to_owned())
+                .push(", CAST(")
+                .push_bind(r.version)
+                .push(" AS BIGINT), ")
+                .push_bind(r.state)
+                .push(", ")
+                .push_bind(r.reason.map(str::to_owned))
+                .push(", CAST(")
+                .push_bind(r.updated_ms)
+                .push(" AS BIGINT), CAST(")
+                .push_bind(r.answered_ms)
+                .push(" AS BIGINT), ")
+                .push_bind(r.original)
+                .push(")");
+        }
+        q.push(
+            ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
+             AND schedules.state = v.column7 RETURNING schedules.schedule_id, schedules.version",
+        );
+        out.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+/// Marks the `(schedule_id, version)` schedules still queued or delivered as sent at `at_ms`;
+/// returns how many were.
+async fn mark_schedules_sent(
+    conn: &mut Conn,
+    keys: &[(&str, i64)],
+    at_ms: i64,
+) -> StoreResult<u64> {
+    let mut n = 0;
+    // SQLite ≥ 3.33 takes UPDATE … FROM and names VALUES columns column1, column2, ….
+    for chunk in keys.chunks(BATCH_ROWS) {
+        let mut q =
+            QueryBuilder::<Db>::new("UPDATE schedules SET state = 'delivered', updated_ms = ");
+        q.push_bind(at_ms)
+            .push(", first_sent_ms = COALESCE(first_sent_ms, ")
+            .push_bind(at_ms)
+            .push("), last_sent_ms = ")
+            .push_bind(at_ms)
+            .push(", attempts = attempts + 1 FROM (VALUES ");
+        for (i, (id, v)) in chunk.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .push_bind((*id).to_owned())
+                .push(", CAST(")
+                .push_bind(*v)
+                .push(" AS BIGINT))");
+        }
+        q.push(
+            ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
+             AND schedules.state IN ('queued', 'delivered')",
+        );
+        n += q.build().execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+/// The outbox rows of the given devices.
+async fn outbox_rows(conn: &mut Conn, devices: &[&str]) -> StoreResult<Vec<DbRow>> {
+    let mut rows = Vec::with_capacity(devices.len());
+    for chunk in devices.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new("SELECT * FROM outbox WHERE device_id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind((*id).to_owned());
+        }
+        q.push(") ORDER BY device_id");
+        rows.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
+}
+
+/// The outbox rows of the given devices, by device id. SQLite has no row locks and needs none:
+/// the caller's `BEGIN IMMEDIATE` holds the database until it ends.
+async fn outbox_rows_locked(conn: &mut Conn, devices: &[&str]) -> StoreResult<Vec<DbRow>> {
+    outbox_rows(conn, devices).await
+}
+
+/// Saves delivery states over the rows still at the expected revision (clearing any claim);
+/// returns the `device_id` and new `revision` of each row saved.
+async fn update_outbox_rows(
+    conn: &mut Conn,
+    rows: &[OutboxUpdate<'_>],
+    now_ms: i64,
+) -> StoreResult<Vec<DbRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new(
+            "UPDATE outbox SET state_json = v.column2, next_wakeup_ms = v.column3, \
+             messages_json = COALESCE(v.column5, outbox.messages_json), \
+             revision = revision + 1, claimed_by = NULL, claimed_until_ms = NULL, updated_ms = ",
+        );
+        q.push_bind(now_ms).push(" FROM (VALUES ");
+        for (k, r) in chunk.iter().enumerate() {
+            if k > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .push_bind(r.device_id.to_owned())
+                .push(", ")
+                .push_bind(r.state_json.to_owned())
+                .push(", CAST(")
+                .push_bind(r.next_wakeup_ms)
+                .push(" AS BIGINT), CAST(")
+                .push_bind(r.revision)
+                .push(" AS BIGINT), CAST(")
+                .push_bind(r.messages_json.map(str::to_owned))
+                .push(" AS TEXT))");
+        }
+        q.push(
+            ") AS v WHERE outbox.device_id = v.column1 AND outbox.revision = v.column4 \
+             RETURNING outbox.device_id, outbox.revision",
+        );
+        out.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+/// Inserts new delivery state rows (revision 1); returns the `device_id` of each row inserted
+/// (a device that has one already is skipped).
+async fn insert_outbox_rows(
+    conn: &mut Conn,
+    rows: &[OutboxInsert<'_>],
+    now_ms: i64,
+) -> StoreResult<Vec<DbRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new(
+            "INSERT INTO outbox (device_id, state_json, messages_json, next_wakeup_ms, \
+             revision, updated_ms) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.device_id.to_owned())
+                .push_bind(r.state_json.to_owned())
+                .push_bind(r.messages_json.map(str::to_owned))
+                .push_bind(r.next_wakeup_ms)
+                .push_bind(1_i64)
+                .push_bind(now_ms);
+        });
+        q.push(" ON CONFLICT (device_id) DO NOTHING RETURNING device_id");
+        out.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
 }
 
 include!("sql_series.rs");
