@@ -601,7 +601,9 @@ impl DeliveryTracker {
     /// Asks the device again about every delivery whose next step it should have reported by
     /// `now` without the report having arrived (the server, or its subscription, was away when
     /// the device sent it): an `accepted` schedule whose horizon has started (or an `accepted`
-    /// command), and an `executing` delivery whose execution deadline has passed. It sends their
+    /// command), and an `executing` delivery whose execution deadline has passed, each by more
+    /// than [`TrackerConfig::confirm_window_ms`] (a report sent a moment ago may still be on
+    /// its way). It sends their
     /// stored messages again; the device answers a message it has seen, and a schedule version it
     /// holds or has finished, with its current state, so a lost `executing`, `completed` or
     /// `failed` ack arrives again. Resend timers are not touched and nothing changes state here
@@ -623,15 +625,17 @@ impl DeliveryTracker {
     /// tracker.on_ack(now, &ack);
     /// // Executing until 00:05: nothing overdue yet.
     /// assert!(tracker.resync(now).is_empty());
-    /// // Past its deadline without a final report: asked again (same message).
-    /// let later: Timestamp = "2026-11-27T00:05:01Z".parse()?;
+    /// // Past its deadline (and the 30 s confirmation window) without a final report: asked
+    /// // again (same message).
+    /// let later: Timestamp = "2026-11-27T00:05:31Z".parse()?;
     /// assert!(matches!(&tracker.resync(later)[..], [Action::Send(m)] if m.id.as_str() == "c-1"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn resync(&mut self, now: Timestamp) -> Vec<Action> {
         let mut actions = Vec::new();
+        let slack = self.config.confirm_window_ms;
         for d in &mut self.state.deliveries {
-            if Self::overdue(d, now) {
+            if Self::overdue(d, now, slack) {
                 d.asked_at = Some(now);
                 actions.push(Action::Send(d.message.0.clone()));
             }
@@ -642,19 +646,26 @@ impl DeliveryTracker {
 
     /// Whether [`DeliveryTracker::resync`] at `now` would ask the device anything.
     pub fn needs_resync(&self, now: Timestamp) -> bool {
-        self.state.deliveries.iter().any(|d| Self::overdue(d, now))
+        let slack = self.config.confirm_window_ms;
+        self.state
+            .deliveries
+            .iter()
+            .any(|d| Self::overdue(d, now, slack))
     }
 
-    /// Whether the device should have reported `d`'s next step by `now`.
-    fn overdue(d: &Delivery, now: Timestamp) -> bool {
-        match d.state {
+    /// Whether the device should have reported `d`'s next step more than `slack_ms` before
+    /// `now`.
+    fn overdue(d: &Delivery, now: Timestamp, slack_ms: u64) -> bool {
+        let due = match d.state {
             ExecutionState::Accepted => match &d.message.0.body {
-                Body::ScheduleAssign(a) => a.horizon.start <= now,
-                _ => true,
+                Body::ScheduleAssign(a) => a.horizon.start,
+                // A command runs (or completes) as soon as it is accepted.
+                _ => d.message.0.sent_at,
             },
-            ExecutionState::Executing => d.execution_deadline <= now,
-            _ => false,
-        }
+            ExecutionState::Executing => d.execution_deadline,
+            _ => return false,
+        };
+        add_ms(due, slack_ms) <= now
     }
 
     /// Advances time: expires what was not acknowledged by its `valid_until`, asks the device

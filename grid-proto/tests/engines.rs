@@ -289,7 +289,9 @@ fn a_resync_recovers_lifecycle_acks_that_were_lost_on_the_way() {
     // Nothing to ask while nothing is overdue: the horizon starts at 12:00.
     assert!(t.resync(ts("2026-11-27T11:59:59Z")).is_empty());
     assert!(!t.needs_resync(ts("2026-11-27T11:59:59Z")));
-    assert!(t.needs_resync(ts("2026-11-27T12:00:00Z")));
+    // Overdue once the start is more than the confirmation window (30 s) ago.
+    assert!(!t.needs_resync(ts("2026-11-27T12:00:29Z")));
+    assert!(t.needs_resync(ts("2026-11-27T12:00:30Z")));
     // The device starts and finishes; both acks are lost (no subscriber at the time).
     assert_eq!(
         acks(&i.poll(ts("2026-11-27T12:00:00Z"))),

@@ -48,7 +48,8 @@ impl Env {
         c.retry_interval = Duration::from_millis(50);
         c.claim_lease = Duration::from_secs(2);
         c.telemetry_flush = Duration::from_millis(50);
-        c.resync_delay = Duration::from_millis(300);
+        // The fake devices never report `executing`: only the resync scenario resyncs.
+        c.resync_delay = Duration::from_secs(3600);
         c
     }
 
@@ -392,20 +393,31 @@ mod scenarios {
         let mut later_dev = env.device(&ids[1]).await;
         // Device 0's day has started; device 1's starts tomorrow.
         let (now_id, later_id) = (sched_id(&env, 0), sched_id(&env, 1));
+        // (Started an hour ago, so its `executing` report is overdue by far more than the 30 s
+        // a report may take.)
+        let hour = grid_core::time::floor_to_slot(Timestamp::now(), SlotLength::HOUR).unwrap();
+        let at = |hours: i64| {
+            hour.checked_add(jiff::SignedDuration::from_hours(hours))
+                .unwrap()
+                .to_string()
+        };
         let started = env
             .store
-            .create_schedule(&live_schedule(&now_id, &ids[0], 1), Timestamp::now())
+            .create_schedule(
+                &NewSchedule {
+                    schedule: schedule(&now_id, &ids[0], 1, &at(-1)),
+                    correlation_id: None,
+                },
+                Timestamp::now(),
+            )
             .await
             .unwrap();
-        let tomorrow = grid_core::time::floor_to_slot(Timestamp::now(), SlotLength::HOUR)
-            .unwrap()
-            .checked_add(jiff::SignedDuration::from_hours(24))
-            .unwrap();
+        let tomorrow = at(24);
         let later = env
             .store
             .create_schedule(
                 &NewSchedule {
-                    schedule: schedule(&later_id, &ids[1], 1, &tomorrow.to_string()),
+                    schedule: schedule(&later_id, &ids[1], 1, &tomorrow),
                     correlation_id: None,
                 },
                 Timestamp::now(),
@@ -448,7 +460,10 @@ mod scenarios {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(env.state(&now_id).await, ExecutionState::Accepted);
 
-        let (second, task) = env.start().await;
+        let mut config = env.config();
+        config.resync_delay = Duration::from_millis(300);
+        let (second, task) = Transport::start(config, env.store.clone()).await.unwrap();
+        assert!(second.wait_ready(WAIT).await, "transport subscribed");
         let again = dev
             .recv(WAIT)
             .await

@@ -1845,20 +1845,26 @@ async fn resync_sweep(inner: &Arc<Inner>) -> u64 {
                         return;
                     }
                 };
+                // The closure runs again on a revision conflict: count the attempt that was saved.
+                let mut sends = 0;
                 let result = inner
                     .with_tracker(&device, now, false, |tracker| {
                         let actions = tracker.resync(now);
-                        let sends = actions
+                        sends = actions
                             .iter()
                             .filter(|a| matches!(a, Action::Send(_)))
                             .count();
-                        asked.fetch_add(sends as u64, Ordering::Relaxed);
                         Ok(actions)
                     })
                     .await;
-                if let Err(e) = result {
-                    bump(&inner.counters.errors);
-                    tracing::warn!(device = %device.id, error = %e, "resync failed");
+                match result {
+                    Ok(()) => {
+                        asked.fetch_add(sends as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        bump(&inner.counters.errors);
+                        tracing::warn!(device = %device.id, error = %e, "resync failed");
+                    }
                 }
             });
             while tasks.len() >= 32 {

@@ -98,6 +98,9 @@ macro_rules! acks_by_target {
     };
 }
 
+/// The most rows one multi-row statement of the shared code takes: any number (array binds).
+const ROWS_PER_STATEMENT: Option<usize> = None;
+
 /// How long a pooled connection may sit idle before it is pinged again before use.
 const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -1860,7 +1860,7 @@ impl Store for This {
             .collect();
         // One chunk is one statement, atomic by itself: no transaction (the REST API's path,
         // one schedule at a time).
-        let n = if keys.len() <= BATCH_ROWS {
+        let n = if ROWS_PER_STATEMENT.is_none_or(|max| keys.len() <= max) {
             let mut conn = self.pool.acquire().await?;
             mark_schedules_sent(&mut conn, &keys, at).await?
         } else {

@@ -94,6 +94,8 @@ impl SqliteStore {
 /// The most rows one multi-row statement carries (at most 10 binds a row: under SQLite's
 /// 32,766 binds).
 const BATCH_ROWS: usize = 500;
+/// The most rows one multi-row statement of the shared code takes (one chunk of `VALUES`).
+const ROWS_PER_STATEMENT: Option<usize> = Some(BATCH_ROWS);
 
 /// Every `(schedule_id, version)` target's `schedule_id`, `version`, `state` and `device_id`.
 async fn schedule_states(conn: &mut Conn, keys: &[(String, i64)]) -> StoreResult<Vec<DbRow>> {
