@@ -252,7 +252,7 @@ fn executions_without_a_final_report_are_closed_after_the_grace_period() {
     );
 }
 
-/// The device's answers to `msgs` as acks the tracker can take.
+/// The acks among an inbox's actions, as the tracker receives them.
 fn answers(out: &[InboxAction]) -> Vec<Envelope> {
     out.iter()
         .filter_map(|a| match a {
@@ -266,26 +266,35 @@ fn answers(out: &[InboxAction]) -> Vec<Envelope> {
         .collect()
 }
 
-#[test]
-fn a_resync_recovers_lifecycle_acks_that_were_lost_on_the_way() {
+/// A tracker and an inbox after `day`@1 (12:00–13:00, message `m1`) was sent at 11:50 and the
+/// device's acceptance arrived.
+fn accepted_day() -> (DeliveryTracker, Inbox) {
     let mut t = tracker();
     let mut i = inbox();
-    let r = sref("day", 1);
-    let key = DeliveryKey::Schedule(r.clone());
     let sent = t
         .assign(ts("2026-11-27T11:50:00Z"), assign_msg("m1", "day", 1))
         .unwrap();
     assert_eq!(sends(&sent), ["m1"]);
-    let accepted = deliver(
+    let out = deliver(
         &mut i,
         "2026-11-27T11:50:00Z",
         &assign_msg("m1", "day", 1),
         Codec::Json,
     );
-    for ack in answers(&accepted) {
+    for ack in answers(&out) {
         t.on_ack(ts("2026-11-27T11:50:01Z"), &ack);
     }
-    assert_eq!(t.state_of(&key), Some(S::Accepted));
+    assert_eq!(
+        t.state_of(&DeliveryKey::Schedule(sref("day", 1))),
+        Some(S::Accepted)
+    );
+    (t, i)
+}
+
+#[test]
+fn a_resync_recovers_lifecycle_acks_that_were_lost_on_the_way() {
+    let (mut t, mut i) = accepted_day();
+    let key = DeliveryKey::Schedule(sref("day", 1));
     // Nothing to ask while nothing is overdue: the horizon starts at 12:00.
     assert!(t.resync(ts("2026-11-27T11:59:59Z")).is_empty());
     assert!(!t.needs_resync(ts("2026-11-27T11:59:59Z")));
@@ -329,20 +338,8 @@ fn a_resync_recovers_lifecycle_acks_that_were_lost_on_the_way() {
 
 #[test]
 fn an_accepted_schedule_is_asked_about_before_it_expires_and_the_answer_wins() {
-    let mut t = tracker();
-    let mut i = inbox();
+    let (mut t, mut i) = accepted_day();
     let key = DeliveryKey::Schedule(sref("day", 1));
-    t.assign(ts("2026-11-27T11:50:00Z"), assign_msg("m1", "day", 1))
-        .unwrap();
-    let out = deliver(
-        &mut i,
-        "2026-11-27T11:50:00Z",
-        &assign_msg("m1", "day", 1),
-        Codec::Json,
-    );
-    for ack in answers(&out) {
-        t.on_ack(ts("2026-11-27T11:50:01Z"), &ack);
-    }
     // The device runs the day; its `executing` and `completed` acks are lost.
     i.poll(ts("2026-11-27T12:00:00Z"));
     i.poll(ts("2026-11-27T13:00:00Z"));
@@ -359,13 +356,7 @@ fn an_accepted_schedule_is_asked_about_before_it_expires_and_the_answer_wins() {
     }
     assert_eq!(t.state_of(&key), Some(S::Completed));
     // Unanswered, it expires after the window, with the reason saying so.
-    let mut t = tracker();
-    t.assign(ts("2026-11-27T11:50:00Z"), assign_msg("m1", "day", 1))
-        .unwrap();
-    t.on_ack(
-        ts("2026-11-27T11:50:01Z"),
-        &ack_msg(Ack::for_schedule(sref("day", 1), None, S::Accepted)),
-    );
+    let (mut t, _) = accepted_day();
     assert_eq!(sends(&t.poll(ts("2026-11-27T13:00:00Z"))), ["m1"]);
     let expired = t.poll(ts("2026-11-27T13:00:30Z"));
     assert_eq!(changes(&expired), [(S::Accepted, S::Expired)]);
@@ -373,13 +364,7 @@ fn an_accepted_schedule_is_asked_about_before_it_expires_and_the_answer_wins() {
         matches!(&expired[0], Action::StateChanged { detail: Some(d), .. } if d.contains("did not answer"))
     );
     // A state saved while asking resumes with the question pending (no second question).
-    let mut t = tracker();
-    t.assign(ts("2026-11-27T11:50:00Z"), assign_msg("m1", "day", 1))
-        .unwrap();
-    t.on_ack(
-        ts("2026-11-27T11:50:01Z"),
-        &ack_msg(Ack::for_schedule(sref("day", 1), None, S::Accepted)),
-    );
+    let (mut t, _) = accepted_day();
     t.poll(ts("2026-11-27T13:00:00Z"));
     let saved = serde_json::to_string(&t.state().detached()).unwrap();
     let detached: DetachedState = serde_json::from_str(&saved).unwrap();
