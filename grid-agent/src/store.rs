@@ -6,6 +6,11 @@
 //! the fleet demo runs hundreds of agents in one process on one shared pool
 //! ([`Store::migrate`] once, then [`Store::shared`] per agent).
 //!
+//! For simulated fleets of thousands of agents in one process, [`StoreLocation::Volatile`] keeps
+//! one device's tables in plain collections instead (same operations and ordering, each call
+//! atomic, nothing survives the process): SQLite's per-statement round trip to its worker thread
+//! is what such a fleet spends most of its CPU on.
+//!
 //! [`Store::open`] checks the file's integrity first; a corrupt file (or one that is not a
 //! database at all) is renamed aside with a timestamp and a fresh store is created, so a damaged
 //! SD card never makes the agent crash-loop. The caller learns about it in [`OpenReport`] and
@@ -19,13 +24,18 @@ use sqlx::{Row, SqliteConnection};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod volatile;
+
 /// Where a store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// A SQLite file (created if missing; WAL journal).
     File(PathBuf),
-    /// A private in-memory database (lost when the store is dropped).
+    /// A private in-memory SQLite database (lost when the store is dropped).
     Memory,
+    /// No SQLite: the tables in plain collections of this process, for simulated fleets (see
+    /// the [module docs](self)). Clones of the store share them; nothing survives the process.
+    Volatile,
 }
 
 /// What [`Store::open`] found.
@@ -119,11 +129,18 @@ pub struct OutboxRow {
 /// The local store of one agent (see the [module docs](self)).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    backend: Backend,
     device: String,
     telemetry_max: u32,
     /// Whether [`Store::close`] closes the pool (not when it is shared with other agents).
     owns_pool: bool,
+}
+
+/// Where a [`Store`]'s tables live.
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Volatile(volatile::Volatile),
 }
 
 impl Store {
@@ -137,6 +154,15 @@ impl Store {
     ) -> Result<(Store, OpenReport)> {
         let mut report = OpenReport::default();
         let pool = match location {
+            StoreLocation::Volatile => {
+                let store = Store {
+                    backend: Backend::Volatile(volatile::Volatile::default()),
+                    device: device.to_string(),
+                    telemetry_max: telemetry_max.max(1),
+                    owns_pool: true,
+                };
+                return Ok((store, report));
+            }
             StoreLocation::Memory => memory_pool().await?,
             StoreLocation::File(path) => match open_checked(path).await {
                 Ok(pool) => pool,
@@ -164,27 +190,35 @@ impl Store {
     /// [`Store::close`] leaves the pool open.
     pub fn shared(pool: SqlitePool, device: &str, telemetry_max: u32) -> Store {
         Store {
-            pool,
+            backend: Backend::Sqlite(pool),
             device: device.to_string(),
             telemetry_max: telemetry_max.max(1),
             owns_pool: false,
         }
     }
 
-    /// The pool (to share it with more agents).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The SQLite pool (to share it with more agents); `None` for a
+    /// [`StoreLocation::Volatile`] store.
+    pub fn pool(&self) -> Option<&SqlitePool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => Some(pool),
+            Backend::Volatile(_) => None,
+        }
     }
 
     /// Everything the engine needs to resume.
     pub async fn load(&self) -> Result<Snapshot> {
+        let pool = match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Volatile(v) => return Ok(v.load()),
+        };
         let d = self.device.as_str();
         let rows = sqlx::query(
             "SELECT schedule_id, version, correlation_id, state, assign FROM schedules
              WHERE device = ? AND state IN ('accepted', 'executing') ORDER BY rowid",
         )
         .bind(d)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         let mut schedules = Vec::with_capacity(rows.len());
         for r in rows {
@@ -199,12 +233,12 @@ impl Store {
         let inbox_state: Option<String> =
             sqlx::query_scalar("SELECT state FROM inbox_state WHERE device = ?")
                 .bind(d)
-                .fetch_optional(&self.pool)
+                .fetch_optional(pool)
                 .await?;
         let command: Option<String> =
             sqlx::query_scalar("SELECT record FROM active_command WHERE device = ?")
                 .bind(d)
-                .fetch_optional(&self.pool)
+                .fetch_optional(pool)
                 .await?;
         Ok(Snapshot {
             schedules,
@@ -216,7 +250,11 @@ impl Store {
 
     /// Commits `ops` in one transaction.
     pub async fn apply(&self, ops: &[StoreOp]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let pool = match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Volatile(v) => return v.apply(ops),
+        };
+        let mut tx = pool.begin().await?;
         for op in ops {
             self.apply_one(&mut tx, op).await?;
         }
@@ -299,8 +337,14 @@ impl Store {
         topic: &str,
         payload: &[u8],
     ) -> Result<(i64, u64)> {
+        let pool = match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Volatile(v) => {
+                return Ok(v.outbox_push(kind, topic, payload, self.telemetry_max));
+            }
+        };
         let d = self.device.as_str();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = pool.begin().await?;
         let id =
             sqlx::query("INSERT INTO outbox (device, kind, topic, payload) VALUES (?, ?, ?, ?)")
                 .bind(d)
@@ -345,12 +389,16 @@ impl Store {
 
     /// The oldest `limit` outbox rows, in sending order.
     pub async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        let pool = match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Volatile(v) => return Ok(v.outbox_pending(limit)),
+        };
         let rows = sqlx::query(
             "SELECT id, topic, payload FROM outbox WHERE device = ? ORDER BY id LIMIT ?",
         )
         .bind(&self.device)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         rows.into_iter()
             .map(|r| {
@@ -365,48 +413,67 @@ impl Store {
 
     /// Whether the outbox still holds the row `id` (it may have been dropped as telemetry overflow).
     pub async fn outbox_contains(&self, id: i64) -> Result<bool> {
+        let pool = match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Volatile(v) => return Ok(v.outbox_contains(id)),
+        };
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE id = ? AND device = ?")
             .bind(id)
             .bind(&self.device)
-            .fetch_one(&self.pool)
+            .fetch_one(pool)
             .await?;
         Ok(n > 0)
     }
 
     /// Removes an outbox row once the broker acknowledged it.
     pub async fn outbox_remove(&self, id: i64) -> Result<()> {
+        let pool = match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Volatile(v) => {
+                v.outbox_remove(id);
+                return Ok(());
+            }
+        };
         sqlx::query("DELETE FROM outbox WHERE id = ? AND device = ?")
             .bind(id)
             .bind(&self.device)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
         Ok(())
     }
 
     /// The number of rows in the outbox.
     pub async fn outbox_len(&self) -> Result<u64> {
+        let pool = match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Volatile(v) => return Ok(v.outbox_len()),
+        };
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE device = ?")
             .bind(&self.device)
-            .fetch_one(&self.pool)
+            .fetch_one(pool)
             .await?;
         to_u64(n)
     }
 
     /// A counter's value (0 if never set).
     pub async fn counter(&self, name: &str) -> Result<u64> {
+        let pool = match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Volatile(v) => return Ok(v.counter(name)),
+        };
         let v: Option<i64> =
             sqlx::query_scalar("SELECT value FROM counters WHERE device = ? AND name = ?")
                 .bind(&self.device)
                 .bind(name)
-                .fetch_optional(&self.pool)
+                .fetch_optional(pool)
                 .await?;
         to_u64(v.unwrap_or(0))
     }
 
     /// Closes the pool (checkpointing the WAL), unless it is shared ([`Store::shared`]).
     pub async fn close(&self) {
-        if self.owns_pool {
-            self.pool.close().await;
+        if let (true, Backend::Sqlite(pool)) = (self.owns_pool, &self.backend) {
+            pool.close().await;
         }
     }
 }
@@ -554,15 +621,20 @@ mod tests {
         assert_eq!(snap.inbox_state.as_deref(), Some("{\"a\":2}"));
         assert_eq!(snap.command.as_deref(), Some("{\"x\":1}"));
         // Another device on the same file sees nothing of bat-1.
-        let other = Store::shared(store.pool().clone(), "bat-2", 10);
+        let pool = store.pool().expect("a SQLite store").clone();
+        let other = Store::shared(pool, "bat-2", 10);
         assert_eq!(other.load().await.unwrap(), Snapshot::default());
     }
 
     #[tokio::test]
     async fn telemetry_is_bounded_oldest_first_and_acks_are_never_dropped() {
-        let (store, _) = Store::open(&StoreLocation::Memory, "bat-1", 3)
-            .await
-            .unwrap();
+        for location in [StoreLocation::Memory, StoreLocation::Volatile] {
+            telemetry_bound(&location).await;
+        }
+    }
+
+    async fn telemetry_bound(location: &StoreLocation) {
+        let (store, _) = Store::open(location, "bat-1", 3).await.unwrap();
         store
             .outbox_push(OutboxKind::Ack, "a", b"ack-0")
             .await
@@ -638,5 +710,85 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let (_store, report) = Store::open(&loc, "bat-1", 3).await.unwrap();
         assert!(report.moved_corrupt_file_to.is_some(), "{report:?}");
+    }
+
+    /// One store operation of the equivalence test.
+    #[derive(Debug, Clone)]
+    enum Call {
+        Apply(Vec<StoreOp>),
+        Push(bool, u8),
+        /// Removes the outbox row at this position among the pending ones.
+        Remove(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = StoreOp> {
+        use proptest::prelude::*;
+        let id = prop::sample::select(vec!["a", "b"]);
+        let state = prop::sample::select(vec!["accepted", "executing", "completed", "superseded"]);
+        prop_oneof![
+            (id.clone(), 1u64..4, state.clone())
+                .prop_map(|(i, v, s)| StoreOp::PutSchedule(record(i, v, s))),
+            (id, 1u64..4, state).prop_map(|(i, v, s)| StoreOp::SetScheduleState {
+                schedule_id: i.into(),
+                version: v,
+                state: s.into(),
+            }),
+            (0u8..3).prop_map(|n| StoreOp::SetInboxState(format!("{{\"n\":{n}}}"))),
+            proptest::option::of(0u8..3)
+                .prop_map(|n| StoreOp::SetCommand(n.map(|n| format!("{{\"c\":{n}}}")))),
+        ]
+    }
+
+    fn call() -> impl proptest::strategy::Strategy<Value = Call> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::collection::vec(op(), 1..4).prop_map(Call::Apply),
+            (any::<bool>(), any::<u8>()).prop_map(|(ack, n)| Call::Push(ack, n)),
+            (0usize..4).prop_map(Call::Remove),
+        ]
+    }
+
+    /// What a store shows from outside (outbox ids differ between backends: SQLite's are
+    /// shared by every device on the database; their order is what counts).
+    async fn observed(store: &Store) -> (Snapshot, Vec<(String, Vec<u8>)>, u64, u64) {
+        let pending = store.outbox_pending(100).await.unwrap();
+        (
+            store.load().await.unwrap(),
+            pending.into_iter().map(|r| (r.topic, r.payload)).collect(),
+            store.outbox_len().await.unwrap(),
+            store.counter("telemetry_dropped").await.unwrap(),
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The volatile backend behaves as the SQLite one on any sequence of operations.
+        #[test]
+        fn the_volatile_backend_matches_sqlite(calls in proptest::collection::vec(call(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (sqlite, _) = Store::open(&StoreLocation::Memory, "bat-1", 3).await.unwrap();
+                let (volatile, _) = Store::open(&StoreLocation::Volatile, "bat-1", 3).await.unwrap();
+                for call in &calls {
+                    for store in [&sqlite, &volatile] {
+                        match call {
+                            Call::Apply(ops) => store.apply(ops).await.unwrap(),
+                            Call::Push(ack, n) => {
+                                let kind = if *ack { OutboxKind::Ack } else { OutboxKind::Telemetry };
+                                store.outbox_push(kind, "t", &[*n]).await.unwrap();
+                            }
+                            Call::Remove(at) => {
+                                let pending = store.outbox_pending(100).await.unwrap();
+                                if let Some(row) = pending.get(*at) {
+                                    store.outbox_remove(row.id).await.unwrap();
+                                    assert!(!store.outbox_contains(row.id).await.unwrap());
+                                }
+                            }
+                        }
+                    }
+                    assert_eq!(observed(&sqlite).await, observed(&volatile).await, "after {call:?}");
+                }
+            });
+        }
     }
 }

@@ -17,7 +17,7 @@ async fn many_agents_share_one_process_one_store_and_one_fast_clock() {
     let (seed, _) = Store::open(&StoreLocation::Memory, "seed", 10)
         .await
         .unwrap();
-    let pool = seed.pool().clone();
+    let pool = seed.pool().expect("a SQLite store").clone();
     let start: Timestamp = "2026-11-27T00:00:00Z".parse().unwrap();
     // One simulated minute per real second.
     let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(start, 60.0));

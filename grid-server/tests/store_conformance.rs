@@ -466,6 +466,63 @@ mod suite {
         ));
     }
 
+    /// A batch of status reports is what the same reports one by one give, in order; an unknown
+    /// device fails alone.
+    pub async fn status_batches(store: S) {
+        let ids = fleet(&*store, "s", "bat", 3).await;
+        let report = |i: usize, at: &str, online: bool, version: &str| StatusReport {
+            device: ids[i].clone(),
+            online,
+            at: t(at),
+            agent_version: Some(version.into()),
+            firmware_version: None,
+            active_schedule: None,
+            capabilities: vec![],
+            clock_offset_ms: None,
+        };
+        let ghost = StatusReport {
+            device: DeviceId::new("ghost").unwrap(),
+            ..report(0, "2026-11-27T00:00:00Z", true, "x")
+        };
+        let batch = [
+            report(2, "2026-11-27T00:01:00Z", true, "2.1"),
+            report(0, "2026-11-27T00:01:00Z", true, "0.1"),
+            ghost,
+            // Newer, then older for the same device: the older is ignored.
+            report(1, "2026-11-27T00:03:00Z", false, "1.3"),
+            report(1, "2026-11-27T00:02:00Z", true, "1.2"),
+            report(0, "2026-11-27T00:02:00Z", true, "0.2"),
+        ];
+        let results = store.record_statuses(&batch).await.unwrap();
+        assert_eq!(results.len(), batch.len());
+        let applied: Vec<Option<bool>> = results.iter().map(|r| r.as_ref().ok().copied()).collect();
+        assert_eq!(
+            applied,
+            [
+                Some(true),
+                Some(true),
+                None,
+                Some(true),
+                Some(false),
+                Some(true)
+            ]
+        );
+        assert!(matches!(results[2], Err(StoreError::NotFound { .. })));
+        let st = |i: usize| {
+            let store = store.clone();
+            let id = ids[i].clone();
+            async move { store.device_status(&id).await.unwrap() }
+        };
+        assert_eq!(st(0).await.agent_version.as_deref(), Some("0.2"));
+        assert_eq!(st(0).await.status_at, Some(t("2026-11-27T00:02:00Z")));
+        let one = st(1).await;
+        assert!(!one.online, "the newest report (offline) stands");
+        assert_eq!(one.status_at, Some(t("2026-11-27T00:03:00Z")));
+        assert!(st(2).await.online);
+        assert_eq!(store.count_online().await.unwrap(), 2);
+        assert!(store.record_statuses(&[]).await.unwrap().is_empty());
+    }
+
     pub async fn schedules(store: S) {
         let ids = fleet(&*store, "s", "bat", 2).await;
         let t0 = t("2026-11-27T00:00:00Z");
@@ -2113,6 +2170,7 @@ conformance!(
     prices,
     devices,
     status,
+    status_batches,
     schedules,
     commands,
     acks,

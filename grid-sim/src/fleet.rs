@@ -171,7 +171,10 @@ pub async fn start_agents(homes: &[Home], settings: &FleetSettings) -> Result<Ve
     )
     .await
     .with_context(|| format!("opening the agents' store {}", db.display()))?;
-    let pool = seed_store.pool().clone();
+    let pool = seed_store
+        .pool()
+        .context("a SQLite file store has a pool")?
+        .clone();
     let mut agents = Vec::with_capacity(homes.len());
     for home in homes {
         agents.push(start_one(home, settings, pool.clone()).await?);

@@ -93,6 +93,15 @@ struct AckJob {
     done: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A status report waiting for the status writer; `done` fires once it is recorded (or refused).
+struct StatusJob {
+    report: StatusReport,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The most status reports one commit records.
+const MAX_STATUS_BATCH: usize = 512;
+
 /// How long a positive "device is registered" answer is cached.
 const DEVICE_CACHE_TTL: Duration = Duration::from_secs(30);
 
@@ -165,6 +174,9 @@ struct Inner {
     telemetry: mpsc::Sender<(DeviceId, TelemetrySample)>,
     /// One queue per ack writer; a device's acks always go to the same writer, in order.
     acks: Vec<mpsc::Sender<AckJob>>,
+    /// The status writer's queue: every agent reports a status when it starts a schedule, so
+    /// status reports come in bursts with the acks and are committed in batches too.
+    statuses: mpsc::Sender<StatusJob>,
     /// Store connections the inbound status and hello handlers may hold at once: the pool less
     /// one per ack writer and [`SPARE_CONNECTIONS`], so a burst of status messages (every agent
     /// sends one when it starts a schedule, right with its acks) does not leave the ack writers
@@ -270,6 +282,7 @@ impl Transport {
         let (ack_txs, ack_rxs): (Vec<_>, Vec<_>) = (0..writers)
             .map(|_| mpsc::channel::<AckJob>(MAX_ACK_BATCH * 4))
             .unzip();
+        let (status_tx, status_rx) = mpsc::channel::<StatusJob>(MAX_STATUS_BATCH * 4);
         let (subscribed, _) = watch::channel(false);
         let (shutdown, _) = watch::channel(false);
         let pool = usize::try_from(store.pool_stats().max).unwrap_or(usize::MAX);
@@ -284,6 +297,7 @@ impl Transport {
             counters: Counters::default(),
             telemetry: telemetry_tx,
             acks: ack_txs,
+            statuses: status_tx,
             inbound_db,
             devices: Mutex::new(HashMap::new()),
             hellos: Mutex::new(HashMap::new()),
@@ -295,6 +309,7 @@ impl Transport {
         let events = tokio::spawn(event_loop(inner.clone(), eventloop));
         let retries = tokio::spawn(retry_loop(inner.clone()));
         let writer = tokio::spawn(telemetry_writer(inner.clone(), telemetry_rx));
+        let status_writer = tokio::spawn(status_writer(inner.clone(), status_rx));
         let ack_writers: Vec<_> = ack_rxs
             .into_iter()
             .map(|rx| tokio::spawn(ack_writer(inner.clone(), rx)))
@@ -307,6 +322,7 @@ impl Transport {
                 ("events", events),
                 ("retries", retries),
                 ("telemetry", writer),
+                ("statuses", status_writer),
                 ("reconcile", reconcile),
                 ("orphans", orphans),
                 ("resync", resyncs),
@@ -945,14 +961,21 @@ impl Inner {
                     capabilities: status.capabilities.clone(),
                     clock_offset_ms: status.clock_offset_ms,
                 };
-                let Ok(_connection) = self.inbound_db.acquire().await else {
-                    return;
-                };
-                self.store
-                    .record_status(&report)
-                    .await
-                    .map(|_| ())
-                    .map_err(Into::into)
+                // Recorded in a batch; the PUBACK waits until this one is.
+                let (done, recorded) = tokio::sync::oneshot::channel();
+                match self.statuses.send(StatusJob { report, done }).await {
+                    Ok(()) => {
+                        let _ = recorded.await;
+                        return;
+                    }
+                    // The writer is gone (shutting down): record it directly.
+                    Err(mpsc::error::SendError(job)) => self
+                        .store
+                        .record_status(&job.report)
+                        .await
+                        .map(|_| ())
+                        .map_err(Into::into),
+                }
             }
             Body::Telemetry(t) => {
                 for s in &t.samples {
@@ -1713,6 +1736,63 @@ async fn telemetry_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<(DeviceId, T
             }
         }
         flush(&inner, &mut batch).await;
+    }
+}
+
+/// Records status reports in batches (one commit each), holding one of the inbound handlers'
+/// connections while it writes.
+async fn status_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<StatusJob>) {
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        let first = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            job = rx.recv() => job,
+        };
+        let Some(first) = first else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_STATUS_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        record_statuses(&inner, batch).await;
+    }
+    // Whatever is still queued is written before the transport stops.
+    rx.close();
+    let mut rest = Vec::new();
+    while let Some(job) = rx.recv().await {
+        rest.push(job);
+    }
+    if !rest.is_empty() {
+        record_statuses(&inner, rest).await;
+    }
+}
+
+async fn record_statuses(inner: &Inner, batch: Vec<StatusJob>) {
+    let reports: Vec<StatusReport> = batch.iter().map(|j| j.report.clone()).collect();
+    let results = {
+        let _connection = inner.inbound_db.acquire().await;
+        match inner.store.record_statuses(&reports).await {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(reports = reports.len(), error = %e, "writing a status batch failed; writing them one by one");
+                let mut results = Vec::with_capacity(reports.len());
+                for report in &reports {
+                    results.push(inner.store.record_status(report).await);
+                }
+                results
+            }
+        }
+    };
+    for (job, result) in batch.into_iter().zip(results) {
+        if let Err(e) = result {
+            bump(&inner.counters.errors);
+            tracing::warn!(device = %job.report.device, kind = "status", error = %e, "handling an inbound message failed");
+        }
+        let _ = job.done.send(());
     }
 }
 

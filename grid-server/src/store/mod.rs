@@ -175,6 +175,21 @@ pub trait Store: Send + Sync + 'static {
     /// the stored one are ignored; returns whether this one was applied.
     async fn record_status(&self, status: &StatusReport) -> StoreResult<bool>;
 
+    /// Records many `Status` messages at once (one commit), as [`Store::record_status`] would one
+    /// after the other in the given order; each report gets its own outcome (a report of an
+    /// unknown device is that report's [`StoreError::NotFound`]). The outer error means none was
+    /// recorded.
+    async fn record_statuses(
+        &self,
+        reports: &[StatusReport],
+    ) -> StoreResult<Vec<StoreResult<bool>>> {
+        let mut out = Vec::with_capacity(reports.len());
+        for report in reports {
+            out.push(self.record_status(report).await);
+        }
+        Ok(out)
+    }
+
     /// A device's live status: online flag, last status fields, newest schedule and its state,
     /// last telemetry sample.
     async fn device_status(&self, id: &DeviceId) -> StoreResult<DeviceStatus>;

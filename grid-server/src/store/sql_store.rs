@@ -517,6 +517,51 @@ impl This {
             .ok_or_else(|| StoreError::not_found("device", id))
     }
 
+    /// Applies one status report on `conn` (see [`Store::record_status`]).
+    async fn apply_status(conn: &mut Conn, status: &StatusReport) -> StoreResult<bool> {
+        for v in [&status.agent_version, &status.firmware_version] {
+            check_opt_text("version", v.as_deref(), 100)?;
+        }
+        let capabilities = to_json("capabilities", &status.capabilities)?;
+        let (sched_id, sched_version) = match &status.active_schedule {
+            Some(s) => (Some(s.id.as_str()), Some(version_param(s.version)?)),
+            None => (None, None),
+        };
+        let done = if status.online {
+            sql_exec!(
+                "UPDATE devices SET online = TRUE, status_ms = $1, agent_version = $2, \
+                 firmware_version = $3, capabilities_json = $4, clock_offset_ms = $5, \
+                 reported_schedule_id = $6, reported_schedule_version = $7 \
+                 WHERE id = $8 AND (status_ms IS NULL OR status_ms <= $1)",
+                ms(status.at),
+                status.agent_version.as_deref(),
+                status.firmware_version.as_deref(),
+                capabilities,
+                status.clock_offset_ms,
+                sched_id,
+                sched_version,
+                status.device.as_str()
+            )
+            .execute(&mut *conn)
+            .await?
+        } else {
+            // An offline report (often the broker's last will) keeps the last known details.
+            sql_exec!(
+                "UPDATE devices SET online = FALSE, status_ms = $1 \
+                 WHERE id = $2 AND (status_ms IS NULL OR status_ms <= $1)",
+                ms(status.at),
+                status.device.as_str()
+            )
+            .execute(&mut *conn)
+            .await?
+        };
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        Self::device_row(&mut *conn, &status.device).await?;
+        Ok(false)
+    }
+
     /// Succeeds when the device exists and is not decommissioned (new work may be queued for it).
     async fn device_in_service<'e, E>(exec: E, id: &DeviceId) -> StoreResult<()>
     where
@@ -1539,47 +1584,32 @@ impl Store for This {
     }
 
     async fn record_status(&self, status: &StatusReport) -> StoreResult<bool> {
-        for v in [&status.agent_version, &status.firmware_version] {
-            check_opt_text("version", v.as_deref(), 100)?;
+        let mut conn = self.pool.acquire().await?;
+        Self::apply_status(&mut conn, status).await
+    }
+
+    async fn record_statuses(
+        &self,
+        reports: &[StatusReport],
+    ) -> StoreResult<Vec<StoreResult<bool>>> {
+        // Rows are locked in device order (a stable sort: one device's reports keep their order),
+        // so two batches never wait on each other in a cycle.
+        let mut order: Vec<usize> = (0..reports.len()).collect();
+        order.sort_by(|&a, &b| reports[a].device.as_str().cmp(reports[b].device.as_str()));
+        let mut out: Vec<Option<StoreResult<bool>>> = reports.iter().map(|_| None).collect();
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        for i in order {
+            match Self::apply_status(&mut tx, &reports[i]).await {
+                // A database error ends the transaction: nothing of the batch is recorded.
+                Err(StoreError::Backend(e)) => return Err(e.into()),
+                result => out[i] = Some(result),
+            }
         }
-        let capabilities = to_json("capabilities", &status.capabilities)?;
-        let (sched_id, sched_version) = match &status.active_schedule {
-            Some(s) => (Some(s.id.as_str()), Some(version_param(s.version)?)),
-            None => (None, None),
-        };
-        let done = if status.online {
-            sql_exec!(
-                "UPDATE devices SET online = TRUE, status_ms = $1, agent_version = $2, \
-                 firmware_version = $3, capabilities_json = $4, clock_offset_ms = $5, \
-                 reported_schedule_id = $6, reported_schedule_version = $7 \
-                 WHERE id = $8 AND (status_ms IS NULL OR status_ms <= $1)",
-                ms(status.at),
-                status.agent_version.as_deref(),
-                status.firmware_version.as_deref(),
-                capabilities,
-                status.clock_offset_ms,
-                sched_id,
-                sched_version,
-                status.device.as_str()
-            )
-            .execute(&self.pool)
-            .await?
-        } else {
-            // An offline report (often the broker's last will) keeps the last known details.
-            sql_exec!(
-                "UPDATE devices SET online = FALSE, status_ms = $1 \
-                 WHERE id = $2 AND (status_ms IS NULL OR status_ms <= $1)",
-                ms(status.at),
-                status.device.as_str()
-            )
-            .execute(&self.pool)
-            .await?
-        };
-        if done.rows_affected() == 1 {
-            return Ok(true);
-        }
-        self.get_device(&status.device).await?;
-        Ok(false)
+        tx.commit().await?;
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::invalid("status", "not applied"))))
+            .collect())
     }
 
     async fn device_status(&self, id: &DeviceId) -> StoreResult<DeviceStatus> {

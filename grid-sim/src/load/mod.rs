@@ -1,7 +1,7 @@
 //! The scale benchmark (`grid-sim load`): the reference server against a fresh PostgreSQL database
 //! and the benchmark's own Mosquitto (the project's tuned configuration on a free port), N
-//! simulated agents (real grid-agent engines and shells, ack after commit, stores in in-memory
-//! SQLite shards) in worker processes, one day's schedule published to every device, and the
+//! simulated agents (real grid-agent engines and shells, ack after commit, volatile stores by
+//! default, `--agent-store sqlite` for the real agent's SQLite store) in worker processes, one day's schedule published to every device, and the
 //! measurements of issue #8: time until every device's acceptance is recorded (p50/p99/max), acks
 //! in PostgreSQL, lost or duplicated executions, server/broker/PostgreSQL/agent CPU and memory, a
 //! reconnect storm with jitter on and off, and an API load test with wrk.
@@ -64,7 +64,11 @@ pub struct LoadArgs {
     /// Worker processes for the agents (0 = in this process); default: 1 per 8,000 devices.
     #[arg(long)]
     pub agent_procs: Option<usize>,
-    /// In-memory SQLite shards per worker for the agents' stores.
+    /// Where the agents keep their stores: `volatile` (no SQLite; the issue allows simulated
+    /// agents an in-memory store) or `sqlite` (the real agent's store, on in-memory SQLite shards).
+    #[arg(long, value_enum, default_value_t = worker::AgentStore::Volatile)]
+    pub agent_store: worker::AgentStore,
+    /// In-memory SQLite shards per worker for the agents' stores (`--agent-store sqlite`).
     #[arg(long, default_value_t = 8)]
     pub shards: usize,
     /// Bound of the agents' random connect / first reconnect delay (ms) ("jitter on").
@@ -121,6 +125,7 @@ impl LoadArgs {
             database_url: database_url.to_owned(),
             mosquitto: "mosquitto".into(),
             agent_procs: None,
+            agent_store: worker::AgentStore::Volatile,
             shards: 8,
             jitter_ms: 2000,
             tick_ms: 5000,
@@ -572,6 +577,7 @@ async fn bench_server(
             port: mosquitto.port,
             first,
             count: last - first,
+            store: args.agent_store,
             shards: args.shards,
             reconnect_min_ms: args.jitter_ms,
             tick_ms: args.tick_ms,
@@ -598,6 +604,7 @@ async fn bench_server(
     pg.close().await;
     outcome?;
     summary["agent_processes"] = json!(procs);
+    summary["agent_store"] = json!(args.agent_store.as_str());
     Ok(summary)
 }
 

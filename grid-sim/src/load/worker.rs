@@ -1,6 +1,6 @@
 //! A load worker: a slice of the simulated fleet (real grid-agent engines and shells, each with its
-//! own MQTT connection, a `SimBattery` behind the agent's safety layer and a store on a shared
-//! in-memory SQLite shard), driven by JSON lines so the orchestrator can run it in a child process
+//! own MQTT connection, a `SimBattery` behind the agent's safety layer and a volatile store, or
+//! one on a shared in-memory SQLite shard: [`AgentStore`]), driven by JSON lines so the orchestrator can run it in a child process
 //! (to spread file descriptors and measure agent CPU apart from the server) or in-process.
 
 use anyhow::{Context, Result};
@@ -34,7 +34,9 @@ pub struct WorkerSpec {
     pub first: usize,
     /// How many devices.
     pub count: usize,
-    /// In-memory SQLite shards the agents' stores are spread over.
+    /// Where the agents' stores live.
+    pub store: AgentStore,
+    /// In-memory SQLite shards the agents' stores are spread over ([`AgentStore::Sqlite`]).
     pub shards: usize,
     /// Bound of the agents' random connect and first reconnect delay (ms); 0 = no jitter.
     pub reconnect_min_ms: u64,
@@ -42,6 +44,28 @@ pub struct WorkerSpec {
     pub tick_ms: u64,
     /// Time between telemetry batches (s).
     pub telemetry_s: u64,
+}
+
+/// Where the simulated agents keep their stores. Either way every agent goes through the same
+/// engine and commits before it acks; only the storage differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStore {
+    /// One volatile store per agent (grid-agent's `StoreLocation::Volatile`: no SQLite, so no
+    /// round trip to a SQLite worker thread per statement).
+    Volatile,
+    /// The real agent's SQLite store, on in-memory databases shared by many agents (shards).
+    Sqlite,
+}
+
+impl AgentStore {
+    /// The name the CLI and the summary use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStore::Volatile => "volatile",
+            AgentStore::Sqlite => "sqlite",
+        }
+    }
 }
 
 /// A request from the orchestrator (one JSON line).
@@ -139,7 +163,10 @@ struct Running {
 
 struct Fleet {
     spec: WorkerSpec,
+    /// The SQLite shards ([`AgentStore::Sqlite`]).
     pools: Vec<sqlx::SqlitePool>,
+    /// Each agent's store, kept across restarts ([`AgentStore::Volatile`]).
+    stores: Vec<Store>,
     agents: Vec<Running>,
     marks: Vec<u64>,
 }
@@ -147,15 +174,33 @@ struct Fleet {
 impl Fleet {
     async fn open(spec: WorkerSpec) -> Result<Self> {
         let mut pools = Vec::new();
-        for _ in 0..spec.shards.max(1) {
-            let (store, _) = Store::open(&StoreLocation::Memory, "shard", 100)
-                .await
-                .context("opening an in-memory agent store shard")?;
-            pools.push(store.pool().clone());
+        let mut stores = Vec::new();
+        match spec.store {
+            AgentStore::Sqlite => {
+                for _ in 0..spec.shards.max(1) {
+                    let (store, _) = Store::open(&StoreLocation::Memory, "shard", 100)
+                        .await
+                        .context("opening an in-memory agent store shard")?;
+                    pools.push(
+                        store
+                            .pool()
+                            .context("an in-memory SQLite store has a pool")?
+                            .clone(),
+                    );
+                }
+            }
+            AgentStore::Volatile => {
+                for k in 0..spec.count {
+                    let name = device_name(spec.first + k);
+                    let (store, _) = Store::open(&StoreLocation::Volatile, &name, 100).await?;
+                    stores.push(store);
+                }
+            }
         }
         Ok(Self {
             spec,
             pools,
+            stores,
             agents: Vec::new(),
             marks: Vec::new(),
         })
@@ -216,10 +261,17 @@ impl Fleet {
             metrics_listen: None,
             pause_after_receive: None,
         };
-        let pool = self.pools[k % self.pools.len()].clone();
+        let store = match (
+            self.stores.get(k),
+            self.pools.get(k % self.pools.len().max(1)),
+        ) {
+            (Some(store), _) => store.clone(),
+            (None, Some(pool)) => Store::shared(pool.clone(), &name, 100),
+            (None, None) => anyhow::bail!("no store for agent {name}"),
+        };
         let agent = Agent {
             options,
-            store: Store::shared(pool, &name, 100),
+            store,
             open_report: OpenReport::default(),
             hardware: Arc::new(Mutex::new(hardware)),
             clock: Arc::new(SystemClock),
