@@ -3,6 +3,7 @@
 //! (does not skip) when either service is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may unwrap
 
+use grid_sim::load::worker::AgentStore;
 use grid_sim::load::{LoadArgs, bench};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,6 +18,7 @@ async fn fifty_devices_are_accepted_recorded_and_executed_once() {
     args.api_rate = 200;
     args.api_seconds = 2;
     let s = bench(&args).await.expect("the benchmark runs");
+    assert_eq!(s["agent_store"], "volatile", "the default: {s:#}");
     let p = &s["publish"];
     assert_eq!(p["schedules_recorded_accepted"], 50, "{s:#}");
     assert_eq!(p["accepted_devices"], 50, "acks table: {s:#}");
@@ -52,6 +54,34 @@ async fn fifty_devices_are_accepted_recorded_and_executed_once() {
     if api["p99_ms"].is_number() {
         assert_eq!(api["http_errors"], 0, "{s:#}");
     }
+}
+
+/// The same publish with the real agent's SQLite store (in-memory shards) instead of the
+/// volatile one: every device accepted, recorded and executed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs DATABASE_URL (PostgreSQL) and the mosquitto binary"]
+async fn agents_on_sqlite_stores_are_accepted_recorded_and_executed_once() {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL must name a PostgreSQL server");
+    let mut args = LoadArgs::new(50, &url);
+    args.agent_procs = Some(0);
+    args.agent_store = AgentStore::Sqlite;
+    args.shards = 2;
+    args.jitter_ms = 300;
+    args.tick_ms = 1000;
+    args.skip_storm = true;
+    args.skip_api = true;
+    let s = bench(&args).await.expect("the benchmark runs");
+    assert_eq!(s["agent_store"], "sqlite", "{s:#}");
+    let p = &s["publish"];
+    assert_eq!(p["schedules_recorded_accepted"], 50, "{s:#}");
+    assert_eq!(p["accepted_devices"], 50, "acks table: {s:#}");
+    let e = &s["executions"];
+    assert_eq!(
+        (e["lost"].as_u64(), e["duplicated"].as_u64()),
+        (Some(0), Some(0)),
+        "{s:#}"
+    );
+    assert_eq!(e["agents_started_once"], 50, "{s:#}");
 }
 
 /// The benchmark at any size with in-process agents (`GRID_LOAD_DEVICES`, default 1000), printing

@@ -516,6 +516,7 @@ async fn bench_server(
     });
 
     // --- Registration (through the Store) -------------------------------------------------
+    progress(&format!("registering {n} devices"));
     let t = Instant::now();
     let now = Timestamp::now();
     let site = SiteId::new("load-site")?;
@@ -560,6 +561,11 @@ async fn bench_server(
 
     // --- Agents -----------------------------------------------------------------------------
     let procs = args.agent_procs.unwrap_or(n.div_ceil(8000));
+    progress(&format!(
+        "starting {n} agents ({} stores, {} worker process(es)), waiting for every connect and hello",
+        args.agent_store.as_str(),
+        procs
+    ));
     let exe = match (&args.worker_exe, procs) {
         (_, 0) => None,
         (Some(e), _) => Some(e.clone()),
@@ -671,6 +677,9 @@ async fn bench_fleet(
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // --- Publish -----------------------------------------------------------------------------
+    progress(&format!(
+        "publishing {n} schedules, waiting until every acceptance is recorded"
+    ));
     let broker_pid = mosquitto.pid();
     let before = Probe::take(broker_pid, &fleet.pids());
     let t0_ms = now_ms();
@@ -758,6 +767,7 @@ async fn bench_fleet(
     });
 
     // --- Executions (agents' counters; they refresh on the agents' tick) ----------------------
+    progress("counting executions (one agent tick)");
     tokio::time::sleep(Duration::from_millis(args.tick_ms + 1500)).await;
     let metrics = fleet.metrics().await?;
     let started_once = metrics.started.get("1").copied().unwrap_or(0);
@@ -785,6 +795,7 @@ async fn bench_fleet(
 
     // --- Reconnect storms ---------------------------------------------------------------------
     if !args.skip_storm {
+        progress("reconnect storm with jitter, then without");
         let mut storms = Vec::new();
         storms.push(storm(args.jitter_ms, mosquitto, pg, fleet, n).await?);
         // Restart the agents without jitter (their stores survive), then storm again.
@@ -817,12 +828,21 @@ async fn bench_fleet(
 
     // --- API load test ------------------------------------------------------------------------
     if !args.skip_api {
+        progress(&format!(
+            "API load: {} requests/s for {} s",
+            args.api_rate, args.api_seconds
+        ));
         summary["api"] = match api_test(args, dir, server, start, mosquitto.pid(), fleet).await {
             Ok(v) => v,
             Err(e) => json!({ "error": format!("{e:#}") }),
         };
     }
     Ok(())
+}
+
+/// One line of progress on stderr (the summary goes to stdout).
+fn progress(what: &str) {
+    eprintln!("grid-sim load: {what}");
 }
 
 /// What [`wait_pg`] counts.
