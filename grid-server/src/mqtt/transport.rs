@@ -1662,21 +1662,7 @@ fn acks_state(envelope: &Envelope, key: &DeliveryKey, to: ExecutionState) -> boo
 /// written goes into the next (no artificial delay, so a lone ack is written at once).
 async fn ack_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<AckJob>) {
     let mut stop = inner.shutdown.subscribe();
-    loop {
-        let first = tokio::select! {
-            _ = stop.wait_for(|s| *s) => None,
-            job = rx.recv() => job,
-        };
-        let Some(first) = first else {
-            break;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_ACK_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx, &mut stop, MAX_ACK_BATCH).await {
         let started = Instant::now();
         let now_ms = Timestamp::now().as_millisecond();
         let waited_ms = batch
@@ -1699,15 +1685,42 @@ async fn ack_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<AckJob>) {
             let _ = job.done.send(());
         }
     }
-    // Whatever is still queued is written before the transport stops.
-    rx.close();
-    let mut rest = Vec::new();
-    while let Some(job) = rx.recv().await {
-        rest.push(job);
-    }
+    let rest = queued_at_stop(&mut rx).await;
     if !rest.is_empty() {
         inner.on_acks(&rest).await;
     }
+}
+
+/// A batch writer's next batch: waits for one item (`None` once the transport stops), then takes
+/// whatever else has queued up meanwhile, up to `max` (no artificial delay: a lone item goes at
+/// once).
+async fn next_batch<T>(
+    rx: &mut mpsc::Receiver<T>,
+    stop: &mut watch::Receiver<bool>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let first = tokio::select! {
+        _ = stop.wait_for(|s| *s) => None,
+        item = rx.recv() => item,
+    }?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// What is still queued when the transport stops (a batch writer writes it before it ends).
+async fn queued_at_stop<T>(rx: &mut mpsc::Receiver<T>) -> Vec<T> {
+    rx.close();
+    let mut rest = Vec::new();
+    while let Some(item) = rx.recv().await {
+        rest.push(item);
+    }
+    rest
 }
 
 async fn telemetry_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<(DeviceId, TelemetrySample)>) {
@@ -1743,29 +1756,10 @@ async fn telemetry_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<(DeviceId, T
 /// connections while it writes.
 async fn status_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<StatusJob>) {
     let mut stop = inner.shutdown.subscribe();
-    loop {
-        let first = tokio::select! {
-            _ = stop.wait_for(|s| *s) => None,
-            job = rx.recv() => job,
-        };
-        let Some(first) = first else {
-            break;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_STATUS_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx, &mut stop, MAX_STATUS_BATCH).await {
         record_statuses(&inner, batch).await;
     }
-    // Whatever is still queued is written before the transport stops.
-    rx.close();
-    let mut rest = Vec::new();
-    while let Some(job) = rx.recv().await {
-        rest.push(job);
-    }
+    let rest = queued_at_stop(&mut rx).await;
     if !rest.is_empty() {
         record_statuses(&inner, rest).await;
     }
