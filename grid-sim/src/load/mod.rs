@@ -677,12 +677,13 @@ async fn bench_fleet(
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // --- Publish -----------------------------------------------------------------------------
-    progress(&format!(
-        "publishing {n} schedules, waiting until every acceptance is recorded"
-    ));
     let broker_pid = mosquitto.pid();
     let before = Probe::take(broker_pid, &fleet.pids());
     let t0_ms = now_ms();
+    // The instant lets a broker-side probe (`mosquitto_sub -F %U`) line its times up with ours.
+    progress(&format!(
+        "publishing {n} schedules at {t0_ms} (Unix ms), waiting until every acceptance is recorded"
+    ));
     let t0 = Instant::now();
     let transport = server.transport.clone();
     let batch = args.publish_batch.max(1);
