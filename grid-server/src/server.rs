@@ -213,6 +213,13 @@ pub async fn serve(config: Config) -> Result<RunningServer, ServeError> {
     );
     let app = api::router(state);
     let (shutdown, mut rx) = watch::channel(false);
+    // Answers go out at once: with Nagle's algorithm on, a response written in more than one
+    // piece could wait for the client's delayed ACK (up to 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on an API connection");
+        }
+    });
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
