@@ -1,10 +1,11 @@
 //! The scale benchmark (`grid-sim load`): the reference server against a fresh PostgreSQL database
 //! and the benchmark's own Mosquitto (the project's tuned configuration on a free port), N
 //! simulated agents (real grid-agent engines and shells, ack after commit, volatile stores by
-//! default, `--agent-store sqlite` for the real agent's SQLite store) in worker processes, one day's schedule published to every device, and the
-//! measurements of issue #8: time until every device's acceptance is recorded (p50/p99/max), acks
-//! in PostgreSQL, lost or duplicated executions, server/broker/PostgreSQL/agent CPU and memory, a
-//! reconnect storm with jitter on and off, and an API load test with wrk.
+//! default, `--agent-store sqlite` for the real agent's SQLite store) in worker processes, one
+//! day's schedule published to every device, and the measurements of issue #8: time until every
+//! device's acceptance is recorded (p50/p99/max), acks in PostgreSQL, lost or duplicated
+//! executions, server/broker/PostgreSQL/agent CPU and memory, a reconnect storm with jitter on and
+//! off, and an API load test with wrk.
 //!
 //! ```text
 //! cargo run --release -p grid-sim -- load --devices 10000

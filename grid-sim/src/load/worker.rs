@@ -1,7 +1,8 @@
 //! A load worker: a slice of the simulated fleet (real grid-agent engines and shells, each with its
 //! own MQTT connection, a `SimBattery` behind the agent's safety layer and a volatile store, or
-//! one on a shared in-memory SQLite shard: [`AgentStore`]), driven by JSON lines so the orchestrator can run it in a child process
-//! (to spread file descriptors and measure agent CPU apart from the server) or in-process.
+//! one on a shared in-memory SQLite shard: [`AgentStore`]), driven by JSON lines so the
+//! orchestrator can run it in a child process (to spread file descriptors and measure agent CPU
+//! apart from the server) or in-process.
 
 use anyhow::{Context, Result};
 use grid_agent::EngineConfig;
@@ -163,9 +164,7 @@ struct Running {
 
 struct Fleet {
     spec: WorkerSpec,
-    /// The SQLite shards ([`AgentStore::Sqlite`]).
-    pools: Vec<sqlx::SqlitePool>,
-    /// Each agent's store, kept across restarts ([`AgentStore::Volatile`]).
+    /// Each agent's store (by index in the slice), kept across restarts.
     stores: Vec<Store>,
     agents: Vec<Running>,
     marks: Vec<u64>,
@@ -174,32 +173,30 @@ struct Fleet {
 impl Fleet {
     async fn open(spec: WorkerSpec) -> Result<Self> {
         let mut pools = Vec::new();
-        let mut stores = Vec::new();
-        match spec.store {
-            AgentStore::Sqlite => {
-                for _ in 0..spec.shards.max(1) {
-                    let (store, _) = Store::open(&StoreLocation::Memory, "shard", 100)
-                        .await
-                        .context("opening an in-memory agent store shard")?;
-                    pools.push(
-                        store
-                            .pool()
-                            .context("an in-memory SQLite store has a pool")?
-                            .clone(),
-                    );
-                }
+        if spec.store == AgentStore::Sqlite {
+            for _ in 0..spec.shards.max(1) {
+                let (store, _) = Store::open(&StoreLocation::Memory, "shard", 100)
+                    .await
+                    .context("opening an in-memory agent store shard")?;
+                pools.push(
+                    store
+                        .pool()
+                        .context("an in-memory SQLite store has a pool")?
+                        .clone(),
+                );
             }
-            AgentStore::Volatile => {
-                for k in 0..spec.count {
-                    let name = device_name(spec.first + k);
-                    let (store, _) = Store::open(&StoreLocation::Volatile, &name, 100).await?;
-                    stores.push(store);
-                }
-            }
+        }
+        let mut stores = Vec::with_capacity(spec.count);
+        for k in 0..spec.count {
+            let name = device_name(spec.first + k);
+            let store = match spec.store {
+                AgentStore::Sqlite => Store::shared(pools[k % pools.len()].clone(), &name, 100),
+                AgentStore::Volatile => Store::open(&StoreLocation::Volatile, &name, 100).await?.0,
+            };
+            stores.push(store);
         }
         Ok(Self {
             spec,
-            pools,
             stores,
             agents: Vec::new(),
             marks: Vec::new(),
@@ -261,14 +258,11 @@ impl Fleet {
             metrics_listen: None,
             pause_after_receive: None,
         };
-        let store = match (
-            self.stores.get(k),
-            self.pools.get(k % self.pools.len().max(1)),
-        ) {
-            (Some(store), _) => store.clone(),
-            (None, Some(pool)) => Store::shared(pool.clone(), &name, 100),
-            (None, None) => anyhow::bail!("no store for agent {name}"),
-        };
+        let store = self
+            .stores
+            .get(k)
+            .with_context(|| format!("no store for agent {name}"))?
+            .clone();
         let agent = Agent {
             options,
             store,
