@@ -102,10 +102,11 @@ fn unacknowledged_messages_are_resent_with_growing_bounded_jittered_backoff_unti
         now = next;
     }
     assert!(gaps.len() >= 5, "{gaps:?}");
-    // Full jitter under a doubling cap: attempt n waits at most 5 s * 2^(n-1), and at least 0.5 s.
+    // Equal jitter under a doubling cap: attempt n waits between half of and all of
+    // min(5 min, 5 s * 2^(n-1)).
     for (n, gap) in gaps.iter().enumerate() {
-        let cap = 5_000i64 << n.min(10);
-        assert!((500..=cap.min(300_000)).contains(gap), "gap {n}: {gap} ms");
+        let cap = (5_000i64 << n.min(10)).min(300_000);
+        assert!((cap / 2..=cap).contains(gap), "gap {n}: {gap} ms");
     }
     assert_eq!(
         t.state_of(&DeliveryKey::Command { id: mid("c1") }),

@@ -161,6 +161,7 @@ mod scenarios {
             "no resend after accept"
         );
         assert_eq!(t.stats().acks_applied, 1);
+        assert_eq!(t.stats().acceptances, 1);
         t.shutdown();
         task.await.unwrap();
     }
@@ -232,7 +233,11 @@ mod scenarios {
             );
         }
         assert!(
-            eventually(WAIT, || async { t.stats().acks_applied == n as u64 }).await,
+            eventually(WAIT, || async {
+                let s = t.stats();
+                (s.acks_applied, s.acceptances) == (n as u64, n as u64)
+            })
+            .await,
             "{:?}",
             t.stats()
         );

@@ -117,6 +117,10 @@ pub struct TransportStats {
     pub refused: u64,
     /// Acks that moved a lifecycle.
     pub acks_applied: u64,
+    /// Of `acks_applied`, those that recorded a device taking a delivery: moved it from `queued`
+    /// or `delivered` to `accepted`, or straight on to `executing` or `completed` (an `executing`
+    /// ack handled before its `accepted`). Counted after the commit.
+    pub acceptances: u64,
     /// Duplicate acks (no change).
     pub acks_duplicate: u64,
     /// Acks the lifecycle ignored (stale or out of order).
@@ -138,12 +142,20 @@ struct Counters {
     messages_out: AtomicU64,
     refused: AtomicU64,
     acks_applied: AtomicU64,
+    acceptances: AtomicU64,
     acks_duplicate: AtomicU64,
     acks_ignored: AtomicU64,
     telemetry_samples: AtomicU64,
     errors: AtomicU64,
     resyncs: AtomicU64,
     resync_asked: AtomicU64,
+}
+
+/// Whether a lifecycle move records the device taking the delivery (see
+/// [`TransportStats::acceptances`]).
+fn takes_delivery(from: ExecutionState, to: ExecutionState) -> bool {
+    use ExecutionState as S;
+    matches!(from, S::Queued | S::Delivered) && matches!(to, S::Accepted | S::Executing | S::Completed)
 }
 
 fn bump(c: &AtomicU64) {
@@ -389,6 +401,7 @@ impl TransportHandle {
             messages_out: get(&c.messages_out),
             refused: get(&c.refused),
             acks_applied: get(&c.acks_applied),
+            acceptances: get(&c.acceptances),
             acks_duplicate: get(&c.acks_duplicate),
             acks_ignored: get(&c.acks_ignored),
             telemetry_samples: get(&c.telemetry_samples),
@@ -1026,9 +1039,12 @@ impl Inner {
         };
         let mut accepted = false;
         match self.store.record_ack(&record).await {
-            Ok(AckOutcome::Applied { state, .. }) => {
+            Ok(AckOutcome::Applied { from, state }) => {
                 bump(&self.counters.acks_applied);
                 accepted = state == ExecutionState::Accepted;
+                if takes_delivery(from, state) {
+                    bump(&self.counters.acceptances);
+                }
             }
             Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
             Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
@@ -1167,7 +1183,12 @@ impl Inner {
     /// Counts a batched ack's outcome (and logs a refusal or failure).
     fn count_ack(&self, job: &AckJob, result: &crate::store::StoreResult<AckOutcome>) {
         match result {
-            Ok(AckOutcome::Applied { .. }) => bump(&self.counters.acks_applied),
+            Ok(AckOutcome::Applied { from, state }) => {
+                bump(&self.counters.acks_applied);
+                if takes_delivery(*from, *state) {
+                    bump(&self.counters.acceptances);
+                }
+            }
             Ok(AckOutcome::Duplicate { .. }) => bump(&self.counters.acks_duplicate),
             Ok(AckOutcome::Ignored { .. }) => bump(&self.counters.acks_ignored),
             Err(e @ (StoreError::NotFound { .. } | StoreError::Invalid { .. })) => {

@@ -716,15 +716,15 @@ async fn bench_fleet(
     })
     .await;
     let publish_calls = t0.elapsed();
-    // The server counts an applied ack after its commit; every acceptance is one, so the
-    // PostgreSQL count cannot reach `n` before the counter does.
+    // The server counts an acceptance after its commit, so the PostgreSQL count cannot reach `n`
+    // before the counter does: PostgreSQL is asked (a scan of the schedules) only then.
     let recorded = wait_pg(
         pg,
         t0,
         Duration::from_secs(120),
         n as i64,
         PgCount::Accepted,
-        || transport.stats().acks_applied >= n as u64,
+        || transport.stats().acceptances >= n as u64,
     )
     .await;
     let after = Probe::take(broker_pid, &fleet.pids());
@@ -857,7 +857,7 @@ enum PgCount {
 }
 
 /// Polls the count every 10 ms until it reaches `target`; the time since `since`. While
-/// `ready()` says the target cannot have been reached yet, the polls are 100 ms apart: each is a
+/// `ready()` says the target cannot have been reached yet, the polls are 500 ms apart: each is a
 /// scan that grows with the fleet, a load on the PostgreSQL being measured.
 async fn wait_pg(
     pg: &sqlx::PgPool,
@@ -878,7 +878,7 @@ async fn wait_pg(
         if since.elapsed() > timeout {
             bail!("only {c} of {target} after {timeout:?}");
         }
-        let slow = Instant::now() + Duration::from_millis(100);
+        let slow = Instant::now() + Duration::from_millis(500);
         tokio::time::sleep(Duration::from_millis(10)).await;
         while !ready() && Instant::now() < slow {
             tokio::time::sleep(Duration::from_millis(2)).await;
