@@ -65,6 +65,141 @@ struct In<B> {
     sig: Option<Signature>,
 }
 
+/// The wire map read in one pass, for messages in the encoder's field order (`v` and `kind`
+/// before `body`): the body is read straight into its type. `None` when the message is anything
+/// else (another order, a duplicate or missing field, an unknown version or kind); the caller then
+/// decodes it field by field, which gives the canonical result or error.
+struct InOnePass(Option<Envelope>);
+
+impl<'de> Deserialize<'de> for InOnePass {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(OnePassVisitor)
+    }
+}
+
+struct OnePassVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OnePassVisitor {
+    type Value = InOnePass;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a grid message map")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<InOnePass, A::Error> {
+        use serde::de::IgnoredAny;
+        let mut v: Option<u64> = None;
+        let mut kind: Option<BodyKind> = None;
+        let mut id: Option<MessageId> = None;
+        let mut device: Option<DeviceId> = None;
+        let mut sent_at: Option<Timestamp> = None;
+        let mut correlation_id: Option<Option<String>> = None;
+        let mut sig: Option<Option<Signature>> = None;
+        let mut body: Option<Body> = None;
+        let mut usual = true;
+        // Reads a field once; a repeated one sends the message down the field-by-field path.
+        fn once<'de, A: serde::de::MapAccess<'de>, T: Deserialize<'de>>(
+            map: &mut A,
+            slot: &mut Option<T>,
+            usual: &mut bool,
+        ) -> std::result::Result<(), A::Error> {
+            if slot.is_some() {
+                *usual = false;
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                *slot = Some(map.next_value()?);
+            }
+            Ok(())
+        }
+        while let Some(key) = map.next_key::<WireField>()? {
+            match key {
+                WireField::V => once(&mut map, &mut v, &mut usual)?,
+                WireField::Kind => {
+                    let mut read: Option<KnownKind> = None;
+                    once(&mut map, &mut read, &mut usual)?;
+                    match read {
+                        Some(KnownKind(Some(k))) if kind.is_none() => kind = Some(k),
+                        _ => usual = false,
+                    }
+                }
+                WireField::Id => once(&mut map, &mut id, &mut usual)?,
+                WireField::Device => once(&mut map, &mut device, &mut usual)?,
+                WireField::SentAt => once(&mut map, &mut sent_at, &mut usual)?,
+                WireField::CorrelationId => once(&mut map, &mut correlation_id, &mut usual)?,
+                WireField::Sig => once(&mut map, &mut sig, &mut usual)?,
+                WireField::Body => match kind {
+                    Some(k) if usual && body.is_none() && v == Some(PROTOCOL_VERSION) => {
+                        body = Some(match k {
+                            BodyKind::ScheduleAssign => Body::ScheduleAssign(map.next_value()?),
+                            BodyKind::Command => Body::Command(map.next_value()?),
+                            BodyKind::Ack => Body::Ack(map.next_value()?),
+                            BodyKind::Telemetry => Body::Telemetry(map.next_value()?),
+                            BodyKind::Status => Body::Status(map.next_value()?),
+                            BodyKind::Hello => Body::Hello(map.next_value()?),
+                        })
+                    }
+                    _ => {
+                        usual = false;
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                },
+                WireField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(InOnePass(match (usual, id, device, sent_at, body) {
+            (true, Some(id), Some(device), Some(sent_at), Some(body)) => Some(Envelope {
+                id,
+                device,
+                sent_at,
+                correlation_id: correlation_id.flatten(),
+                signature: sig.flatten(),
+                body,
+            }),
+            _ => None,
+        }))
+    }
+}
+
+/// A key of the wire map (read without allocating).
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum WireField {
+    V,
+    Kind,
+    Id,
+    Device,
+    SentAt,
+    CorrelationId,
+    Sig,
+    Body,
+    #[serde(other)]
+    Other,
+}
+
+/// The `kind` of the wire map: a known body kind, or `None` (read without allocating).
+struct KnownKind(Option<BodyKind>);
+
+impl<'de> Deserialize<'de> for KnownKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct KindVisitor;
+        impl serde::de::Visitor<'_> for KindVisitor {
+            type Value = KnownKind;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message kind")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<KnownKind, E> {
+                Ok(KnownKind(BodyKind::parse(v)))
+            }
+        }
+        d.deserialize_str(KindVisitor)
+    }
+}
+
 #[derive(Deserialize)]
 struct ProbeVersion {
     v: u64,
@@ -210,6 +345,12 @@ impl Codec {
                 codec: self,
                 detail: "empty payload".into(),
             });
+        }
+        // One pass for the encoder's own field order; anything else (or any error) is decoded
+        // again field by field below, which gives the canonical result or error.
+        if let Ok(InOnePass(Some(envelope))) = self.parse_slice(bytes) {
+            envelope.validate()?;
+            return Ok(envelope);
         }
         let ProbeVersion { v } = self.parse_slice(bytes)?;
         if v != PROTOCOL_VERSION {

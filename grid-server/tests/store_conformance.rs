@@ -521,6 +521,63 @@ mod suite {
         assert!(st(2).await.online);
         assert_eq!(store.count_online().await.unwrap(), 2);
         assert!(store.record_statuses(&[]).await.unwrap().is_empty());
+
+        // Each device once (the stores' multi-row path): a stale report is not applied, an
+        // unknown device and an invalid report fail alone, the rest is applied in full.
+        let detailed = StatusReport {
+            firmware_version: Some("fw-9".into()),
+            active_schedule: Some(ScheduleRef {
+                id: ScheduleId::new("day").unwrap(),
+                version: ScheduleVersion(7),
+            }),
+            capabilities: vec!["cbor".into()],
+            clock_offset_ms: Some(-42),
+            ..report(2, "2026-11-27T00:04:00Z", true, "2.4")
+        };
+        let batch = [
+            report(0, "2026-11-27T00:01:30Z", true, "0.stale"),
+            detailed,
+            StatusReport {
+                device: DeviceId::new("ghost").unwrap(),
+                ..report(0, "2026-11-27T00:04:00Z", true, "x")
+            },
+            report(1, "2026-11-27T00:04:00Z", true, &"v".repeat(101)),
+        ];
+        let results = store.record_statuses(&batch).await.unwrap();
+        assert!(matches!(results[0], Ok(false)), "{:?}", results[0]);
+        assert!(matches!(results[1], Ok(true)), "{:?}", results[1]);
+        assert!(matches!(results[2], Err(StoreError::NotFound { .. })));
+        assert!(matches!(results[3], Err(StoreError::Invalid { .. })));
+        assert_eq!(st(0).await.agent_version.as_deref(), Some("0.2"));
+        let two = st(2).await;
+        assert_eq!(two.firmware_version.as_deref(), Some("fw-9"));
+        assert_eq!(two.capabilities, ["cbor"]);
+        assert_eq!(two.clock_offset_ms, Some(-42));
+        assert_eq!(
+            two.reported_schedule
+                .map(|r| (r.id.as_str().to_owned(), r.version)),
+            Some(("day".to_owned(), ScheduleVersion(7)))
+        );
+        assert!(!st(1).await.online, "the invalid report changed nothing");
+        // An offline report keeps the last known details; an online one replaces them.
+        let results = store
+            .record_statuses(&[
+                report(2, "2026-11-27T00:05:00Z", false, "ignored"),
+                report(1, "2026-11-27T00:05:00Z", true, "1.5"),
+            ])
+            .await
+            .unwrap();
+        assert!(results.iter().all(|r| matches!(r, Ok(true))), "{results:?}");
+        let two = st(2).await;
+        assert!(!two.online);
+        assert_eq!(two.status_at, Some(t("2026-11-27T00:05:00Z")));
+        assert_eq!(two.agent_version.as_deref(), Some("2.4"));
+        assert_eq!(two.firmware_version.as_deref(), Some("fw-9"));
+        assert_eq!(two.clock_offset_ms, Some(-42));
+        let one = st(1).await;
+        assert!(one.online);
+        assert_eq!(one.agent_version.as_deref(), Some("1.5"));
+        assert_eq!(store.count_online().await.unwrap(), 2);
     }
 
     pub async fn schedules(store: S) {

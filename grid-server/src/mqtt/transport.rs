@@ -155,7 +155,8 @@ struct Counters {
 /// [`TransportStats::acceptances`]).
 fn takes_delivery(from: ExecutionState, to: ExecutionState) -> bool {
     use ExecutionState as S;
-    matches!(from, S::Queued | S::Delivered) && matches!(to, S::Accepted | S::Executing | S::Completed)
+    matches!(from, S::Queued | S::Delivered)
+        && matches!(to, S::Accepted | S::Executing | S::Completed)
 }
 
 fn bump(c: &AtomicU64) {

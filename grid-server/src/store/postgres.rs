@@ -36,8 +36,9 @@
 //! (`schedule_states`), the ack insert (`insert_schedule_acks`) and the lifecycle update
 //! (`update_schedule_states`) of `record_acks`; the sent marks of `record_schedule_sends`
 //! (`mark_schedules_sent`); the outbox reads of `outbox_load_many` and `record_acks_and_save`
-//! (`outbox_rows`, `outbox_rows_locked`, the latter `FOR UPDATE SKIP LOCKED`) and the outbox
-//! update and insert of `outbox_save_many` (`update_outbox_rows`, `insert_outbox_rows`).
+//! (`outbox_rows`, `outbox_rows_locked`, the latter `FOR UPDATE SKIP LOCKED`), the outbox
+//! update and insert of `outbox_save_many` (`update_outbox_rows`, `insert_outbox_rows`) and the
+//! device update of `record_statuses` (`update_device_statuses`).
 //! The macros cannot check them against both backends from one text, and SQLite has no arrays.
 //!
 //! Built at run time with [`sqlx::QueryBuilder`], hence unchecked on both backends (the
@@ -224,6 +225,48 @@ async fn update_schedule_states(
     .bind(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.answered_ms).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.original).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Applies status reports (each device at most once) to devices with no newer status; returns
+/// the `id` of each device updated.
+async fn update_device_statuses(
+    conn: &mut Conn,
+    rows: &[StatusRow<'_>],
+) -> StoreResult<Vec<DbRow>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query(
+        "UPDATE devices SET online = v.online, status_ms = v.at, \
+         agent_version = CASE WHEN v.online THEN v.agent ELSE devices.agent_version END, \
+         firmware_version = CASE WHEN v.online THEN v.firmware ELSE devices.firmware_version END, \
+         capabilities_json = CASE WHEN v.online THEN v.caps ELSE devices.capabilities_json END, \
+         clock_offset_ms = CASE WHEN v.online THEN v.clock ELSE devices.clock_offset_ms END, \
+         reported_schedule_id = CASE WHEN v.online THEN v.sid \
+         ELSE devices.reported_schedule_id END, \
+         reported_schedule_version = CASE WHEN v.online THEN v.sver \
+         ELSE devices.reported_schedule_version END \
+         FROM UNNEST($1::text[], $2::bool[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+         $7::bigint[], $8::text[], $9::bigint[]) \
+         AS v(id, online, at, agent, firmware, caps, clock, sid, sver) \
+         WHERE devices.id = v.id AND (devices.status_ms IS NULL OR devices.status_ms <= v.at) \
+         RETURNING devices.id",
+    )
+    .bind(rows.iter().map(|r| r.device_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.online).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.at_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.agent_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.firmware_version).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.capabilities_json.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.clock_offset_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.schedule_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.schedule_version).collect::<Vec<_>>())
     .fetch_all(conn)
     .await?)
 }

@@ -26,7 +26,21 @@ type Conn = <Db as sqlx::Database>::Connection;
 // The rows of the multi-row statements, which each backend writes its own way (see the module
 // docs of `postgres` and `sqlite`): `schedule_states`, `insert_schedule_acks`,
 // `update_schedule_states`, `mark_schedules_sent`, `outbox_rows`, `outbox_rows_locked`,
-// `update_outbox_rows` and `insert_outbox_rows`.
+// `update_outbox_rows`, `insert_outbox_rows` and `update_device_statuses`.
+
+/// A device's status report, applied only if no newer one is recorded. An offline report
+/// (`online` false) sets only `online` and `status_ms` and keeps the last known details.
+struct StatusRow<'a> {
+    device_id: &'a str,
+    online: bool,
+    at_ms: i64,
+    agent_version: Option<&'a str>,
+    firmware_version: Option<&'a str>,
+    capabilities_json: String,
+    clock_offset_ms: Option<i64>,
+    schedule_id: Option<&'a str>,
+    schedule_version: Option<i64>,
+}
 
 /// A schedule ack to insert (`target_kind` is `schedule`).
 struct AckRow<'a> {
@@ -517,16 +531,36 @@ impl This {
             .ok_or_else(|| StoreError::not_found("device", id))
     }
 
-    /// Applies one status report on `conn` (see [`Store::record_status`]).
-    async fn apply_status(conn: &mut Conn, status: &StatusReport) -> StoreResult<bool> {
+    /// A status report as a row of `update_device_statuses`, or why it is refused.
+    fn status_row(status: &StatusReport) -> StoreResult<StatusRow<'_>> {
         for v in [&status.agent_version, &status.firmware_version] {
             check_opt_text("version", v.as_deref(), 100)?;
         }
-        let capabilities = to_json("capabilities", &status.capabilities)?;
-        let (sched_id, sched_version) = match &status.active_schedule {
+        let (schedule_id, schedule_version) = match &status.active_schedule {
             Some(s) => (Some(s.id.as_str()), Some(version_param(s.version)?)),
             None => (None, None),
         };
+        Ok(StatusRow {
+            device_id: status.device.as_str(),
+            online: status.online,
+            at_ms: ms(status.at),
+            agent_version: status.agent_version.as_deref(),
+            firmware_version: status.firmware_version.as_deref(),
+            capabilities_json: to_json("capabilities", &status.capabilities)?,
+            clock_offset_ms: status.clock_offset_ms,
+            schedule_id,
+            schedule_version,
+        })
+    }
+
+    /// Applies one status report on `conn` (see [`Store::record_status`]).
+    async fn apply_status(conn: &mut Conn, status: &StatusReport) -> StoreResult<bool> {
+        let StatusRow {
+            capabilities_json: capabilities,
+            schedule_id: sched_id,
+            schedule_version: sched_version,
+            ..
+        } = Self::status_row(status)?;
         let done = if status.online {
             sql_exec!(
                 "UPDATE devices SET online = TRUE, status_ms = $1, agent_version = $2, \
@@ -1597,12 +1631,46 @@ impl Store for This {
         let mut order: Vec<usize> = (0..reports.len()).collect();
         order.sort_by(|&a, &b| reports[a].device.as_str().cmp(reports[b].device.as_str()));
         let mut out: Vec<Option<StoreResult<bool>>> = reports.iter().map(|_| None).collect();
+        let mut rows = Vec::with_capacity(reports.len());
+        let mut indices = Vec::with_capacity(reports.len());
+        for &i in &order {
+            match Self::status_row(&reports[i]) {
+                Ok(row) => {
+                    rows.push(row);
+                    indices.push(i);
+                }
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        for i in order {
-            match Self::apply_status(&mut tx, &reports[i]).await {
-                // A database error ends the transaction: nothing of the batch is recorded.
-                Err(StoreError::Backend(e)) => return Err(e.into()),
-                result => out[i] = Some(result),
+        let once = rows.windows(2).all(|w| w[0].device_id != w[1].device_id);
+        if once {
+            // The usual batch (each device once): one multi-row statement; a report not applied
+            // is stale, or names an unknown device.
+            let mut applied: std::collections::HashSet<String> = Default::default();
+            for row in update_device_statuses(&mut tx, &rows).await? {
+                applied.insert(col(&row, "id")?);
+            }
+            for i in indices {
+                let device = &reports[i].device;
+                out[i] = Some(if applied.contains(device.as_str()) {
+                    Ok(true)
+                } else {
+                    match Self::device_row(&mut *tx, device).await {
+                        Ok(_) => Ok(false),
+                        Err(StoreError::Backend(e)) => return Err(e.into()),
+                        Err(e) => Err(e),
+                    }
+                });
+            }
+        } else {
+            // A device with several reports: one by one, in their order.
+            for i in indices {
+                match Self::apply_status(&mut tx, &reports[i]).await {
+                    // A database error ends the transaction: nothing of the batch is recorded.
+                    Err(StoreError::Backend(e)) => return Err(e.into()),
+                    result => out[i] = Some(result),
+                }
             }
         }
         tx.commit().await?;

@@ -188,6 +188,59 @@ async fn update_schedule_states(
     Ok(out)
 }
 
+/// Applies status reports (each device at most once) to devices with no newer status; returns
+/// the `id` of each device updated.
+async fn update_device_statuses(
+    conn: &mut Conn,
+    rows: &[StatusRow<'_>],
+) -> StoreResult<Vec<DbRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new(
+            "UPDATE devices SET online = v.column2, status_ms = v.column3, \
+             agent_version = CASE WHEN v.column2 THEN v.column4 ELSE agent_version END, \
+             firmware_version = CASE WHEN v.column2 THEN v.column5 ELSE firmware_version END, \
+             capabilities_json = CASE WHEN v.column2 THEN v.column6 ELSE capabilities_json END, \
+             clock_offset_ms = CASE WHEN v.column2 THEN v.column7 ELSE clock_offset_ms END, \
+             reported_schedule_id = CASE WHEN v.column2 THEN v.column8 \
+             ELSE reported_schedule_id END, \
+             reported_schedule_version = CASE WHEN v.column2 THEN v.column9 \
+             ELSE reported_schedule_version END FROM (VALUES ",
+        );
+        for (n, r) in chunk.iter().enumerate() {
+            if n > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .push_bind(r.device_id.to_owned())
+                .push(", ")
+                .push_bind(r.online)
+                .push(", CAST(")
+                .push_bind(r.at_ms)
+                .push(" AS BIGINT), ")
+                .push_bind(r.agent_version.map(str::to_owned))
+                .push(", ")
+                .push_bind(r.firmware_version.map(str::to_owned))
+                .push(", ")
+                .push_bind(r.capabilities_json.clone())
+                .push(", CAST(")
+                .push_bind(r.clock_offset_ms)
+                .push(" AS BIGINT), ")
+                .push_bind(r.schedule_id.map(str::to_owned))
+                .push(", CAST(")
+                .push_bind(r.schedule_version)
+                .push(" AS BIGINT))");
+        }
+        q.push(
+            ") AS v WHERE devices.id = v.column1 \
+             AND (devices.status_ms IS NULL OR devices.status_ms <= v.column3) \
+             RETURNING devices.id",
+        );
+        out.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
 /// Marks the `(schedule_id, version)` schedules still queued or delivered as sent at `at_ms`;
 /// returns how many were.
 async fn mark_schedules_sent(
