@@ -1856,8 +1856,34 @@ async fn reconcile_on_start(handle: TransportHandle) {
 /// lost `executing`, `completed` or `failed` ack arrives again. With several replicas each one's
 /// subscription triggers a sweep; the answers are idempotent.
 async fn resync_on_subscribe(inner: Arc<Inner>) {
-    let mut subscribed = inner.subscribed.subscribe();
-    let mut stop = inner.shutdown.subscribe();
+    let subscribed = inner.subscribed.subscribe();
+    let stop = inner.shutdown.subscribe();
+    let delay = inner.config.resync_delay;
+    resync_loop(subscribed, stop, delay, || {
+        let inner = inner.clone();
+        async move {
+            let asked = resync_sweep(&inner).await;
+            bump(&inner.counters.resyncs);
+            if asked > 0 {
+                tracing::info!(asked, "asked devices again about overdue deliveries");
+            }
+        }
+    })
+    .await;
+}
+
+/// The schedule of [`resync_on_subscribe`]: one `sweep` per subscription that lasts `delay`,
+/// until `stop`. A subscription lost and made again while a sweep runs gets a sweep of its own
+/// (the broker may have dropped device reports during that outage too).
+async fn resync_loop<F, Fut>(
+    mut subscribed: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    delay: Duration,
+    mut sweep: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         // Wait for a subscription that is new to this loop.
         let up = tokio::select! {
@@ -1869,15 +1895,16 @@ async fn resync_on_subscribe(inner: Arc<Inner>) {
         }
         let lost = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(inner.config.resync_delay) => false,
+            _ = tokio::time::sleep(delay) => false,
             // Lost again before the delay: the next subscription starts over.
             r = subscribed.wait_for(|s| !*s) => r.is_ok(),
         };
         if !lost {
-            let asked = resync_sweep(&inner).await;
-            bump(&inner.counters.resyncs);
-            if asked > 0 {
-                tracing::info!(asked, "asked devices again about overdue deliveries");
+            sweep().await;
+            // The subscription changed while the sweep ran (lost, and perhaps made again): start
+            // over, so a new one is swept too.
+            if subscribed.has_changed().unwrap_or(false) {
+                continue;
             }
         }
         // Wait for the subscription to go away before looking for the next one.
@@ -2078,4 +2105,64 @@ async fn resume_queued(handle: &TransportHandle, created_before: Option<Timestam
         }
     }
     resumed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reconnect while a resync sweep runs (the subscription lost and made again before the
+    /// sweep ends) gets a sweep of its own; a steady subscription gets one, a later one another.
+    #[tokio::test]
+    async fn a_subscription_made_during_a_sweep_gets_its_own_sweep() {
+        let (subscribed, subscribed_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let subscribed = Arc::new(subscribed);
+        let sweeps = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let subscribed = subscribed.clone();
+            let sweeps = sweeps.clone();
+            resync_loop(
+                subscribed_rx,
+                stop_rx,
+                Duration::from_millis(20),
+                move || {
+                    let subscribed = subscribed.clone();
+                    let sweeps = sweeps.clone();
+                    async move {
+                        if sweeps.fetch_add(1, Ordering::SeqCst) == 0 {
+                            subscribed.send_replace(false);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            subscribed.send_replace(true);
+                        }
+                    }
+                },
+            )
+        });
+        let settle = || tokio::time::sleep(Duration::from_millis(300));
+        subscribed.send_replace(true);
+        settle().await;
+        assert_eq!(
+            sweeps.load(Ordering::SeqCst),
+            2,
+            "the second subscription was swept"
+        );
+        settle().await;
+        assert_eq!(
+            sweeps.load(Ordering::SeqCst),
+            2,
+            "a steady subscription is swept once"
+        );
+        subscribed.send_replace(false);
+        settle().await;
+        subscribed.send_replace(true);
+        settle().await;
+        assert_eq!(
+            sweeps.load(Ordering::SeqCst),
+            3,
+            "a later subscription is swept"
+        );
+        stop.send_replace(true);
+        task.await.unwrap();
+    }
 }
