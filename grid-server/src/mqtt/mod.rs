@@ -14,6 +14,7 @@
 //! store (with a lease, so replicas do not double up) and resends with backoff and jitter.
 
 mod broker;
+mod saved_states;
 mod transport;
 
 pub use broker::EmbeddedBroker;

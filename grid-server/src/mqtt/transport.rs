@@ -1,6 +1,7 @@
 //! The tokio shell around grid-proto's sans-IO `DeliveryTracker`: the MQTT event loop, inbound
 //! message handling, the retry loop over the persisted outbox, and the telemetry batch writer.
 
+use super::saved_states::{SAVED_STATES_BUDGET, SavedStates};
 use super::{
     BrokerConfig, EmbeddedBroker, TransportConfig, TransportError, TransportResult,
     install_crypto_provider, random_hex,
@@ -48,6 +49,11 @@ struct PlannedSave<'a> {
     latencies: Vec<f64>,
     /// Bytes of state written.
     state_bytes: usize,
+    /// The state saved (kept in [`Inner::saved`] once it is), its detached JSON and the bytes
+    /// of JSON it takes in the outbox with its messages.
+    state: TrackerState,
+    detached_json: String,
+    saved_bytes: usize,
 }
 
 /// What an ack batch does to delivery states ([`Inner::plan_ack_states`]).
@@ -199,6 +205,8 @@ struct Inner {
     /// `sent_at` of the newest hello processed per device (retained hellos come again on every
     /// re-subscription; older ones are skipped).
     hellos: Mutex<HashMap<DeviceId, Timestamp>>,
+    /// The delivery states this server saved, parsed (restores skip parsing their messages).
+    saved: SavedStates,
     _broker: Option<EmbeddedBroker>,
 }
 
@@ -314,6 +322,7 @@ impl Transport {
             inbound_db,
             devices: Mutex::new(HashMap::new()),
             hellos: Mutex::new(HashMap::new()),
+            saved: SavedStates::new(SAVED_STATES_BUDGET),
             _broker: broker,
         });
         let handle = TransportHandle {
@@ -510,7 +519,7 @@ impl TransportHandle {
             };
             let record = stored.get(id).copied();
             let mut tracker = match record {
-                Some(r) => match saved_state(r) {
+                Some(r) => match inner.restore_state(r) {
                     Ok(state) => DeliveryTracker::restore(inner.config.tracker.clone(), state),
                     // Unreadable: the one-by-one path reports it per schedule.
                     Err(_) => {
@@ -538,25 +547,34 @@ impl TransportHandle {
             }
             match state_write(&tracker, after, record.map(|r| (r, &before))) {
                 Ok(write) => {
-                    writes.push(write);
-                    pending.push((tracker.codec(), actions, mine));
+                    writes.push((write, record));
+                    pending.push((tracker.codec(), actions, mine, tracker.state().clone()));
                 }
                 Err(_) => redo.extend(mine),
             }
         }
         let mut batch = Vec::new();
+        let (writes, records): (Vec<OutboxWrite>, Vec<Option<&OutboxRecord>>) =
+            writes.into_iter().unzip();
         match inner.store.outbox_save_many(&writes, now).await {
             Ok(saved) => {
-                for (result, (codec, actions, mine)) in saved.into_iter().zip(pending) {
+                let done = saved
+                    .into_iter()
+                    .zip(pending)
+                    .zip(writes.iter().zip(records));
+                for ((result, (codec, actions, mine, state)), (write, record)) in done {
                     match result {
-                        Ok(_) => batch.push((codec, actions)),
+                        Ok(_) => {
+                            inner.note_saved(write, record, state);
+                            batch.push((codec, actions));
+                        }
                         Err(_) => redo.extend(mine),
                     }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "saving a distribution batch failed; distributing one by one");
-                redo.extend(pending.into_iter().flat_map(|(_, _, mine)| mine));
+                redo.extend(pending.into_iter().flat_map(|(_, _, mine, _)| mine));
             }
         }
         inner.execute_many(batch, now).await;
@@ -723,7 +741,9 @@ impl Inner {
         for _ in 0..SAVE_RETRIES {
             let stored = self.store.outbox_load(&device.id).await?;
             let mut tracker = match &stored {
-                Some(r) => DeliveryTracker::restore(self.config.tracker.clone(), saved_state(r)?),
+                Some(r) => {
+                    DeliveryTracker::restore(self.config.tracker.clone(), self.restore_state(r)?)
+                }
                 None => self.new_tracker(device),
             };
             let before = tracker.state().detached();
@@ -735,6 +755,7 @@ impl Inner {
             let write = state_write(&tracker, after, stored.as_ref().map(|r| (r, &before)))?;
             match self.store.outbox_save(&write, now).await {
                 Ok(_) => {
+                    self.note_saved(&write, stored.as_ref(), tracker.state().clone());
                     self.execute(tracker.codec(), actions, now).await;
                     return Ok(());
                 }
@@ -769,6 +790,29 @@ impl Inner {
             version: schedule.version(),
         });
         Ok((key, envelope))
+    }
+
+    /// The delivery state `record` holds: the one this server saved as it, or parsed.
+    fn restore_state(&self, record: &OutboxRecord) -> TransportResult<TrackerState> {
+        if record.messages.is_some()
+            && let Some(state) = self.saved.get(&record.device, &record.state)
+        {
+            return Ok(state);
+        }
+        saved_state(record)
+    }
+
+    /// Keeps `state`, just saved by `write` over `read` (the record it was read from), for the
+    /// next [`Inner::restore_state`].
+    fn note_saved(&self, write: &OutboxWrite, read: Option<&OutboxRecord>, state: TrackerState) {
+        let messages = match &write.messages {
+            Some(m) => m.len(),
+            None => read
+                .and_then(|r| r.messages.as_ref())
+                .map_or(0, String::len),
+        };
+        self.saved
+            .put(&write.state, state, write.state.len() + messages);
     }
 
     fn new_tracker(&self, device: &DeviceRecord) -> DeliveryTracker {
@@ -1145,6 +1189,7 @@ impl Inner {
                     for seconds in p.latencies {
                         crate::metrics::delivery_latency(seconds);
                     }
+                    self.saved.put(&p.detached_json, p.state, p.saved_bytes);
                     self.execute(p.codec, p.actions, now).await;
                 }
                 // Another replica saved it meanwhile: redo this device alone.
@@ -1240,7 +1285,7 @@ impl Inner {
                 plan.alone.push((device, list));
                 continue;
             };
-            let state = match saved_state(record) {
+            let state = match self.restore_state(record) {
                 Ok(state) => state,
                 Err(e) => {
                     bump(&self.counters.errors);
@@ -1280,6 +1325,14 @@ impl Inner {
                 acks: list,
                 latencies,
                 state_bytes: write.state.len() + write.messages.as_ref().map_or(0, String::len),
+                state: tracker.state().clone(),
+                detached_json: write.state.clone(),
+                saved_bytes: write.state.len()
+                    + write
+                        .messages
+                        .as_ref()
+                        .or(record.messages.as_ref())
+                        .map_or(0, String::len),
             });
             plan.writes.push(write);
         }
@@ -1562,8 +1615,6 @@ async fn retry_loop(inner: Arc<Inner>) {
     }
 }
 
-/// Writes telemetry in batches of up to `telemetry_batch` samples, at least every
-/// `telemetry_flush`.
 /// A delivery state as saved: detached with its messages apart, or whole (saved before the
 /// split).
 fn saved_state(record: &OutboxRecord) -> TransportResult<TrackerState> {
@@ -1745,6 +1796,8 @@ async fn queued_at_stop<T>(rx: &mut mpsc::Receiver<T>) -> Vec<T> {
     rest
 }
 
+/// Writes telemetry in batches of up to `telemetry_batch` samples, at least every
+/// `telemetry_flush`.
 async fn telemetry_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<(DeviceId, TelemetrySample)>) {
     let mut stop = inner.shutdown.subscribe();
     let max = inner.config.telemetry_batch.max(1);
@@ -1953,7 +2006,7 @@ async fn resync_sweep(inner: &Arc<Inner>) -> u64 {
         };
         let mut tasks = tokio::task::JoinSet::new();
         for record in records {
-            let overdue = saved_state(&record).is_ok_and(|state| {
+            let overdue = inner.restore_state(&record).is_ok_and(|state| {
                 DeliveryTracker::restore(inner.config.tracker.clone(), state).needs_resync(now)
             });
             if !overdue {
