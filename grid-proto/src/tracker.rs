@@ -373,6 +373,11 @@ impl DeliveryTracker {
         &self.state
     }
 
+    /// The state, consuming the tracker (to keep it without a copy once it is persisted).
+    pub fn into_state(self) -> TrackerState {
+        self.state
+    }
+
     /// The device.
     pub fn device(&self) -> &DeviceId {
         &self.state.device

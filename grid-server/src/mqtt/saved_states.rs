@@ -5,7 +5,7 @@
 //! hundred bytes of JSON) and the tracked messages (each a whole `schedule_assign`, kilobytes of
 //! JSON). Parsing the messages was 12 % of the server's CPU during a 10,000-device publish. A
 //! restore whose stored detached state is byte for byte the one this cache holds for the device
-//! takes the cached state instead: the detached state names every message by its id, ids are
+//! takes the cached state out instead (the save that follows puts the new one back): the detached state names every message by its id, ids are
 //! random and never reused, and a tracked message never changes, so equal detached states have
 //! equal messages. Anything else (another replica saved since, the row was deleted and made
 //! again, a state saved before the split) is parsed as before. The cache is bounded by the
@@ -49,11 +49,17 @@ impl SavedStates {
         }
     }
 
-    /// The state saved for `device` as `detached_json`, if this is what the cache holds.
-    pub(crate) fn get(&self, device: &DeviceId, detached_json: &str) -> Option<TrackerState> {
-        let entries = self.inner.lock().ok()?;
-        let entry = entries.by_device.get(device)?;
-        (entry.detached_json == detached_json).then(|| entry.state.clone())
+    /// Takes out the state saved for `device` as `detached_json`, if this is what the cache
+    /// holds (no copy: the caller puts back what it saves next; a restore that is not followed by
+    /// a save parses the next time).
+    pub(crate) fn take(&self, device: &DeviceId, detached_json: &str) -> Option<TrackerState> {
+        let mut entries = self.inner.lock().ok()?;
+        if entries.by_device.get(device)?.detached_json != detached_json {
+            return None;
+        }
+        let entry = entries.by_device.remove(device)?;
+        entries.bytes -= entry.bytes;
+        Some(entry.state)
     }
 
     /// Notes that `state` was saved for its device as `detached_json`, `bytes` of JSON in all
@@ -112,19 +118,24 @@ mod tests {
     fn a_state_is_given_back_only_for_the_detached_json_it_was_saved_as() {
         let cache = SavedStates::new(1_000);
         let a = state("bat-a");
-        assert!(cache.get(&a.device, "{}").is_none(), "empty");
-        cache.put("{\"r\":1}", a.clone(), 100);
-        assert_eq!(cache.get(&a.device, "{\"r\":1}"), Some(a.clone()));
-        assert!(cache.get(&a.device, "{\"r\":2}").is_none(), "saved since");
+        let (one, two) = (r#"{"r":1}"#, r#"{"r":2}"#);
+        assert!(cache.take(&a.device, one).is_none(), "empty");
+        cache.put(one, a.clone(), 100);
+        assert!(cache.take(&a.device, two).is_none(), "saved since");
         assert!(
-            cache.get(&state("bat-b").device, "{\"r\":1}").is_none(),
+            cache.take(&state("bat-b").device, one).is_none(),
             "another device"
         );
+        assert_eq!(cache.usage(), (1, 100), "a miss keeps the entry");
+        assert_eq!(cache.take(&a.device, one), Some(a.clone()));
+        assert_eq!(cache.usage(), (0, 0), "taken out");
+        assert!(cache.take(&a.device, one).is_none());
         // A newer save replaces the entry.
-        cache.put("{\"r\":2}", a.clone(), 120);
-        assert!(cache.get(&a.device, "{\"r\":1}").is_none());
-        assert_eq!(cache.get(&a.device, "{\"r\":2}"), Some(a));
+        cache.put(one, a.clone(), 100);
+        cache.put(two, a.clone(), 120);
+        assert!(cache.take(&a.device, one).is_none());
         assert_eq!(cache.usage(), (1, 120));
+        assert_eq!(cache.take(&a.device, two), Some(a));
     }
 
     #[test]
@@ -136,8 +147,8 @@ mod tests {
             assert!(bytes <= 1_000 && n <= 3, "{n} states, {bytes} bytes");
         }
         // The newest is always kept; one larger than the budget is not.
-        assert!(cache.get(&state("bat-49").device, "{}").is_some());
+        assert!(cache.take(&state("bat-49").device, "{}").is_some());
         cache.put("{}", state("huge"), 1_001);
-        assert!(cache.get(&state("huge").device, "{}").is_none());
+        assert!(cache.take(&state("huge").device, "{}").is_none());
     }
 }

@@ -543,12 +543,15 @@ impl TransportHandle {
             }
             let after = tracker.state().detached();
             if actions.is_empty() && after == before {
+                if let Some(r) = record {
+                    inner.keep_unchanged(r, tracker.into_state());
+                }
                 continue;
             }
             match state_write(&tracker, after, record.map(|r| (r, &before))) {
                 Ok(write) => {
                     writes.push((write, record));
-                    pending.push((tracker.codec(), actions, mine, tracker.state().clone()));
+                    pending.push((tracker.codec(), actions, mine, tracker.into_state()));
                 }
                 Err(_) => redo.extend(mine),
             }
@@ -750,13 +753,17 @@ impl Inner {
             let actions = f(&mut tracker)?;
             let after = tracker.state().detached();
             if !force_save && actions.is_empty() && after == before {
+                if let Some(r) = &stored {
+                    self.keep_unchanged(r, tracker.into_state());
+                }
                 return Ok(());
             }
             let write = state_write(&tracker, after, stored.as_ref().map(|r| (r, &before)))?;
             match self.store.outbox_save(&write, now).await {
                 Ok(_) => {
-                    self.note_saved(&write, stored.as_ref(), tracker.state().clone());
-                    self.execute(tracker.codec(), actions, now).await;
+                    let codec = tracker.codec();
+                    self.note_saved(&write, stored.as_ref(), tracker.into_state());
+                    self.execute(codec, actions, now).await;
                     return Ok(());
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -792,10 +799,11 @@ impl Inner {
         Ok((key, envelope))
     }
 
-    /// The delivery state `record` holds: the one this server saved as it, or parsed.
+    /// The delivery state `record` holds: the one this server saved as it (taken out of
+    /// [`Inner::saved`]; the save that follows puts the next one back), or parsed.
     fn restore_state(&self, record: &OutboxRecord) -> TransportResult<TrackerState> {
         if record.messages.is_some()
-            && let Some(state) = self.saved.get(&record.device, &record.state)
+            && let Some(state) = self.saved.take(&record.device, &record.state)
         {
             return Ok(state);
         }
@@ -813,6 +821,14 @@ impl Inner {
         };
         self.saved
             .put(&write.state, state, write.state.len() + messages);
+    }
+
+    /// Puts back `state`, restored from `record` and left as it was (nothing to save).
+    fn keep_unchanged(&self, record: &OutboxRecord, state: TrackerState) {
+        if let Some(messages) = &record.messages {
+            self.saved
+                .put(&record.state, state, record.state.len() + messages.len());
+        }
     }
 
     fn new_tracker(&self, device: &DeviceRecord) -> DeliveryTracker {
@@ -1312,6 +1328,7 @@ impl Inner {
             });
             let after = tracker.state().detached();
             if actions.is_empty() && after == before {
+                self.keep_unchanged(record, tracker.into_state());
                 continue;
             }
             let Ok(write) = state_write(&tracker, after, Some((*record, &before))) else {
@@ -1325,7 +1342,7 @@ impl Inner {
                 acks: list,
                 latencies,
                 state_bytes: write.state.len() + write.messages.as_ref().map_or(0, String::len),
-                state: tracker.state().clone(),
+                state: tracker.into_state(),
                 detached_json: write.state.clone(),
                 saved_bytes: write.state.len()
                     + write
@@ -2006,7 +2023,7 @@ async fn resync_sweep(inner: &Arc<Inner>) -> u64 {
         };
         let mut tasks = tokio::task::JoinSet::new();
         for record in records {
-            let overdue = inner.restore_state(&record).is_ok_and(|state| {
+            let overdue = saved_state(&record).is_ok_and(|state| {
                 DeliveryTracker::restore(inner.config.tracker.clone(), state).needs_resync(now)
             });
             if !overdue {
