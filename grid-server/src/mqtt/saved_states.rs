@@ -9,7 +9,8 @@
 //! random and never reused, and a tracked message never changes, so equal detached states have
 //! equal messages. Anything else (another replica saved since, the row was deleted and made
 //! again, a state saved before the split) is parsed as before. The cache is bounded by the
-//! saved size of its states; past the bound, entries are dropped (any, not the oldest).
+//! saved size of its states; past the bound, a quarter of it is dropped (any entries, not the
+//! oldest).
 
 use grid_core::DeviceId;
 use grid_proto::tracker::TrackerState;
@@ -74,13 +75,19 @@ impl SavedStates {
         if bytes > self.budget {
             return;
         }
-        while entries.bytes + bytes > self.budget {
-            let Some(victim) = entries.by_device.keys().next().cloned() else {
-                break;
-            };
-            if let Some(old) = entries.by_device.remove(&victim) {
-                entries.bytes -= old.bytes;
-            }
+        if entries.bytes + bytes > self.budget {
+            // One pass drops entries (in the map's order) down to three quarters of the budget,
+            // so the cost of evicting is spread over many insertions.
+            let target = (self.budget / 4 * 3).saturating_sub(bytes);
+            let mut held = entries.bytes;
+            entries.by_device.retain(|_, e| {
+                if held <= target {
+                    return true;
+                }
+                held -= e.bytes;
+                false
+            });
+            entries.bytes = held;
         }
         entries.bytes += bytes;
         entries.by_device.insert(
