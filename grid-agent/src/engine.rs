@@ -47,7 +47,7 @@ use grid_core::{
     BatterySpec, DeviceId, ExecutionState, Power, Schedule, ScheduleParts, SocTrajectory,
     TelemetrySample, Timestamp,
 };
-use grid_proto::inbox::{Inbox, InboxAction, InboxConfig, InboxState};
+use grid_proto::inbox::{DetachedInboxState, Inbox, InboxAction, InboxConfig, InboxState};
 use grid_proto::signature::VerifyingKey;
 use grid_proto::topic::{Topic, TopicKind};
 use grid_proto::v1::{
@@ -416,7 +416,7 @@ impl Engine {
     pub fn restore(&mut self, snapshot: Snapshot) -> Vec<Action> {
         let mut out = Vec::new();
         if let Some(json) = snapshot.inbox_state {
-            match serde_json::from_str::<InboxState>(&json) {
+            match restore_inbox_state(&json, &snapshot.schedules) {
                 Ok(state) => {
                     self.inbox = Inbox::restore(
                         self.config.device.clone(),
@@ -777,7 +777,8 @@ impl Engine {
         }
         let held: BTreeSet<ScheduleRef> = self.inbox.held().map(|(r, _)| r).collect();
         self.correlations.retain(|r, _| held.contains(r));
-        match serde_json::to_string(self.inbox.state()) {
+        // Without the held schedules' bodies: they are stored as schedule records when accepted.
+        match serde_json::to_string(&self.inbox.state().detached()) {
             Ok(json) => ops.push(StoreOp::SetInboxState(json)),
             Err(e) => rest.push(log(
                 LogLevel::Error,
@@ -1251,6 +1252,22 @@ fn encode(env: &Envelope, correlation: Option<String>) -> Option<Outgoing> {
     })
 }
 
+/// The inbox state saved as `json`: detached (the held schedules' bodies taken from their
+/// stored records), or whole (as agents before the split saved it).
+fn restore_inbox_state(json: &str, schedules: &[ScheduleRecord]) -> Result<InboxState, String> {
+    if let Ok(whole) = serde_json::from_str::<InboxState>(json) {
+        return Ok(whole);
+    }
+    let detached: DetachedInboxState = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    InboxState::attach(detached, |r| {
+        schedules
+            .iter()
+            .find(|s| s.schedule_id == r.schedule_id.as_str() && s.version == r.version.0)
+            .and_then(|s| serde_json::from_slice(&s.assign).ok())
+    })
+    .map_err(|e| e.to_string())
+}
+
 fn log(level: LogLevel, message: String, correlation_id: Option<String>) -> Action {
     Action::Log {
         level,
@@ -1692,23 +1709,53 @@ mod tests {
         let mut e = engine();
         let p = schedule("m1", "day", 1, &[2.0, 2.0], 0);
         let out = e.handle(t(1), msg("schedule", &p, 1));
-        let state = out
+        let ops: Vec<&StoreOp> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Persist(ops) => Some(ops),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let state = ops
             .iter()
             .rev()
-            .find_map(|a| match a {
-                Action::Persist(ops) => ops.iter().find_map(|o| match o {
-                    StoreOp::SetInboxState(s) => Some(s.clone()),
-                    _ => None,
-                }),
+            .find_map(|o| match o {
+                StoreOp::SetInboxState(s) => Some(s.clone()),
                 _ => None,
             })
             .expect("inbox state persisted");
-        let mut e2 = engine();
-        let logs = e2.restore(Snapshot {
-            inbox_state: Some(state),
+        // Saved without the schedule's body, which is stored as its record.
+        assert!(!state.contains("setpoints_kw"), "{state}");
+        let schedules: Vec<ScheduleRecord> = ops
+            .iter()
+            .filter_map(|o| match o {
+                StoreOp::PutSchedule(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(schedules.len(), 1);
+        // Without the record the state cannot be put together: logged, not guessed.
+        let logs = engine().restore(Snapshot {
+            inbox_state: Some(state.clone()),
+            ..Snapshot::default()
+        });
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        // A whole state (as agents before the split saved it) still restores.
+        let whole = serde_json::to_string(e.inbox.state()).unwrap();
+        let logs = engine().restore(Snapshot {
+            inbox_state: Some(whole),
             ..Snapshot::default()
         });
         assert!(logs.is_empty(), "{logs:?}");
+        let mut e2 = engine();
+        let logs = e2.restore(Snapshot {
+            inbox_state: Some(state),
+            schedules,
+            ..Snapshot::default()
+        });
+        assert!(logs.is_empty(), "{logs:?}");
+        assert_eq!(e2.inbox.state(), e.inbox.state());
         let out = e2.handle(t(2), Event::Tick);
         assert!(
             acks(&out).is_empty(),

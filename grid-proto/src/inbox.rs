@@ -152,6 +152,96 @@ pub struct InboxState {
     seq: u64,
 }
 
+/// An [`InboxState`] without the bodies of the held schedules, which the agent stores apart (as
+/// schedule records) when it accepts them: what changes on every message and every start is
+/// then a few hundred bytes, not a copy of every held schedule (kilobytes each).
+/// [`InboxState::detached`] takes a state apart; [`InboxState::attach`] puts it together again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetachedInboxState {
+    seen: VecDeque<(MessageId, Seen)>,
+    held: Vec<DetachedHeld>,
+    history: VecDeque<(ScheduleRef, ExecutionState)>,
+    latest: BTreeMap<ScheduleId, ScheduleVersion>,
+    running: Option<Running>,
+    last_contact: Option<Timestamp>,
+    seq: u64,
+}
+
+/// A [`HeldSchedule`] with its `schedule_assign` body replaced by its reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct DetachedHeld {
+    schedule: ScheduleRef,
+    message_id: MessageId,
+    state: ExecutionState,
+    accepted_seq: u64,
+}
+
+impl DetachedInboxState {
+    /// The held schedules whose bodies [`InboxState::attach`] needs.
+    pub fn held(&self) -> impl Iterator<Item = &ScheduleRef> {
+        self.held.iter().map(|h| &h.schedule)
+    }
+}
+
+impl InboxState {
+    /// The state without the held schedules' bodies (see [`DetachedInboxState`]).
+    pub fn detached(&self) -> DetachedInboxState {
+        DetachedInboxState {
+            seen: self.seen.clone(),
+            held: self
+                .held
+                .iter()
+                .map(|h| DetachedHeld {
+                    schedule: h.assign.schedule_ref(),
+                    message_id: h.message_id.clone(),
+                    state: h.state,
+                    accepted_seq: h.accepted_seq,
+                })
+                .collect(),
+            history: self.history.clone(),
+            latest: self.latest.clone(),
+            running: self.running.clone(),
+            last_contact: self.last_contact,
+            seq: self.seq,
+        }
+    }
+
+    /// Puts a detached state together again with the bodies of its held schedules (`body`
+    /// gives the stored `schedule_assign` of a reference). [`Error::Engine`] names the first
+    /// held schedule without a body, or with a body for another schedule or version.
+    pub fn attach(
+        detached: DetachedInboxState,
+        mut body: impl FnMut(&ScheduleRef) -> Option<ScheduleAssign>,
+    ) -> Result<Self, Error> {
+        let mut held = Vec::with_capacity(detached.held.len());
+        for h in detached.held {
+            let assign = body(&h.schedule)
+                .filter(|a| a.schedule_ref() == h.schedule)
+                .ok_or_else(|| {
+                    Error::Engine(format!(
+                        "the saved inbox state holds schedule {} {} but its body is not stored",
+                        h.schedule.schedule_id, h.schedule.version
+                    ))
+                })?;
+            held.push(HeldSchedule {
+                assign,
+                message_id: h.message_id,
+                state: h.state,
+                accepted_seq: h.accepted_seq,
+            });
+        }
+        Ok(Self {
+            seen: detached.seen,
+            held,
+            history: detached.history,
+            latest: detached.latest,
+            running: detached.running,
+            last_contact: detached.last_contact,
+            seq: detached.seq,
+        })
+    }
+}
+
 /// The agent's inbox (see the [module docs](self)).
 #[derive(Debug, Clone)]
 pub struct Inbox {

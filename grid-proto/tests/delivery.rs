@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use grid_core::{DeviceId, ExecutionState, ScheduleId, ScheduleVersion, Timestamp};
-use grid_proto::inbox::{Inbox, InboxAction, InboxConfig, InboxState};
+use grid_proto::inbox::{DetachedInboxState, Inbox, InboxAction, InboxConfig, InboxState};
 use grid_proto::topic::Topic;
 use grid_proto::tracker::{Action, DeliveryTracker, TrackerConfig, TrackerState};
 use grid_proto::v1::*;
@@ -81,6 +81,8 @@ struct World {
     started: BTreeSet<(String, u64)>,
     newest_started: BTreeMap<String, u64>,
     deadlines: Vec<Timestamp>,
+    /// Every schedule body sent, as the agent stores them apart from its inbox state.
+    bodies: BTreeMap<(String, u64), ScheduleAssign>,
 }
 
 fn at(s: i64) -> Timestamp {
@@ -120,6 +122,7 @@ impl World {
             started: BTreeSet::new(),
             newest_started: BTreeMap::new(),
             deadlines: Vec::new(),
+            bodies: BTreeMap::new(),
         }
     }
 
@@ -224,6 +227,8 @@ impl World {
                     reversion_timeout_s: 0,
                 };
                 self.deadlines.push(at(end));
+                self.bodies
+                    .insert((format!("s{sid}"), version), assign.clone());
                 let id = self.id("m");
                 let mut msg = Envelope::new(
                     id,
@@ -338,8 +343,17 @@ impl World {
                 );
             }
             Op::RestartAgent => {
-                let saved = serde_json::to_string(self.inbox.state()).unwrap();
-                let state: InboxState = serde_json::from_str(&saved).unwrap();
+                // Saved as the agent saves it: the detached state, the bodies apart.
+                let saved = serde_json::to_string(&self.inbox.state().detached()).unwrap();
+                let detached: DetachedInboxState = serde_json::from_str(&saved).unwrap();
+                let bodies = &self.bodies;
+                let state = InboxState::attach(detached, |r| {
+                    bodies
+                        .get(&(r.schedule_id.to_string(), r.version.0))
+                        .cloned()
+                })
+                .unwrap();
+                prop_assert_eq!(&state, self.inbox.state());
                 self.inbox = Inbox::restore(self.device.clone(), self.inbox_config.clone(), state);
                 let actions = self.inbox.on_connect(at(self.agent_now));
                 self.agent_actions(actions)?;

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use grid_core::{ExecutionState as S, ScheduleId, ScheduleVersion};
-use grid_proto::inbox::{Inbox, InboxAction, InboxConfig};
+use grid_proto::inbox::{DetachedInboxState, Inbox, InboxAction, InboxConfig, InboxState};
 use grid_proto::topic::Topic;
 use grid_proto::tracker::{
     Action, DeliveryKey, DeliveryTracker, DetachedState, TrackerConfig, TrackerState,
@@ -550,6 +550,51 @@ fn the_inbox_keeps_only_newer_versions_and_rejects_expired_ones() {
         Codec::Json,
     );
     assert!(acks(&out).contains(&(S::Expired, Some(ReasonCode::Expired))));
+}
+
+#[test]
+fn a_detached_inbox_state_and_the_stored_bodies_make_the_same_inbox_again() {
+    let mut i = inbox();
+    let day = assign_msg("m1", "day", 1);
+    deliver(&mut i, "2026-11-27T11:50:00Z", &day, Codec::Json);
+    let night = assign_msg("m2", "night", 3);
+    deliver(&mut i, "2026-11-27T11:51:00Z", &night, Codec::Json);
+    i.poll(ts("2026-11-27T12:00:00Z"));
+    let body = |m: &Envelope| match &m.body {
+        Body::ScheduleAssign(a) => a.clone(),
+        _ => unreachable!(),
+    };
+    let bodies = [body(&day), body(&night)];
+    let whole = serde_json::to_string(i.state()).unwrap();
+    let detached = serde_json::to_string(&i.state().detached()).unwrap();
+    // The part saved on every message holds no schedule body.
+    assert!(whole.contains("setpoints_kw"), "{whole}");
+    assert!(!detached.contains("setpoints_kw"), "{detached}");
+    let detached: DetachedInboxState = serde_json::from_str(&detached).unwrap();
+    // Night took over from day (superseded, no longer held).
+    assert_eq!(
+        detached.held().cloned().collect::<Vec<_>>(),
+        i.held().map(|(r, _)| r).collect::<Vec<_>>()
+    );
+    assert_eq!(detached.held().count(), 1);
+    let find = |r: &ScheduleRef| bodies.iter().find(|a| &a.schedule_ref() == r).cloned();
+    let state = InboxState::attach(detached.clone(), find).unwrap();
+    assert_eq!(&state, i.state());
+    // A body missing, or one of another version, is a typed error.
+    let missing = InboxState::attach(detached.clone(), |r| {
+        find(r).filter(|a| a.schedule_id.as_str() == "day")
+    });
+    assert!(
+        matches!(missing, Err(grid_proto::Error::Engine(ref m)) if m.contains("night v3")),
+        "{missing:?}"
+    );
+    let other = InboxState::attach(detached, |r| {
+        find(r).map(|mut a| {
+            a.version = ScheduleVersion(a.version.0 + 1);
+            a
+        })
+    });
+    assert!(matches!(other, Err(grid_proto::Error::Engine(_))));
 }
 
 #[test]
