@@ -138,13 +138,21 @@ pub struct Delivery {
     /// question before the tracker concludes on its own; see [`TrackerConfig::confirm_window_ms`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asked_at: Option<Timestamp>,
-    message: Stored,
+    /// The message (re)sent for it; dropped once the delivery is finished (never sent again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<Stored>,
 }
 
 impl Delivery {
-    /// The message (re)sent for it.
-    pub fn message(&self) -> &Envelope {
-        &self.message.0
+    /// The message (re)sent for it, while it is not finished (a finished delivery keeps only
+    /// its key and state).
+    pub fn message(&self) -> Option<&Envelope> {
+        self.message.as_ref().map(|m| &m.0)
+    }
+
+    /// The message's id, while the delivery keeps its message.
+    fn message_id(&self) -> Option<&MessageId> {
+        self.message.as_ref().map(|m| &m.0.id)
     }
 }
 
@@ -198,7 +206,7 @@ pub struct DetachedState {
     latest: BTreeMap<grid_core::ScheduleId, ScheduleVersion>,
 }
 
-/// A [`Delivery`] with its message replaced by the message's id.
+/// A [`Delivery`] with its message replaced by the message's id (none once finished).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct DetachedDelivery {
     key: DeliveryKey,
@@ -209,11 +217,14 @@ struct DetachedDelivery {
     execution_deadline: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     asked_at: Option<Timestamp>,
-    message_id: MessageId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message_id: Option<MessageId>,
 }
 
-/// The messages of a [`TrackerState`], one per delivery in the deliveries' order (each
-/// serialised as its JSON wire form, like inside a whole state).
+/// The messages of a [`TrackerState`], one per unfinished delivery in the deliveries' order
+/// (each serialised as its JSON wire form, like inside a whole state). Lists saved before
+/// finished deliveries dropped their messages hold one per delivery; [`TrackerState::attach`]
+/// takes both.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TrackedMessages(Vec<Stored>);
@@ -236,10 +247,12 @@ impl DetachedState {
         &self.device
     }
 
-    /// The ids of the messages [`TrackerState::attach`] needs, in order. Messages never change
-    /// once tracked, so two detached states with the same ids take the same messages.
+    /// The ids of the messages the state names, in order: those [`TrackerState::attach`]
+    /// takes (the unfinished deliveries', and in a state saved before finished deliveries
+    /// dropped their messages, theirs too). Messages never change once tracked, so two detached
+    /// states with the same ids take the same messages.
     pub fn message_ids(&self) -> impl Iterator<Item = &MessageId> {
-        self.deliveries.iter().map(|d| &d.message_id)
+        self.deliveries.iter().filter_map(|d| d.message_id.as_ref())
     }
 }
 
@@ -261,7 +274,7 @@ impl TrackerState {
                     valid_until: d.valid_until,
                     execution_deadline: d.execution_deadline,
                     asked_at: d.asked_at,
-                    message_id: d.message.0.id.clone(),
+                    message_id: d.message_id().cloned(),
                 })
                 .collect(),
             latest: self.latest.clone(),
@@ -271,33 +284,52 @@ impl TrackerState {
     /// The ids of the tracked messages, in the deliveries' order (what
     /// [`DetachedState::message_ids`] of [`TrackerState::detached`] gives).
     pub fn message_ids(&self) -> impl Iterator<Item = &MessageId> {
-        self.deliveries.iter().map(|d| &d.message.0.id)
+        self.deliveries.iter().filter_map(Delivery::message_id)
     }
 
-    /// The messages kept for resending, one per delivery (see [`DetachedState`]).
+    /// The messages kept for resending, one per unfinished delivery (see [`DetachedState`]).
     pub fn messages(&self) -> TrackedMessages {
-        TrackedMessages(self.deliveries.iter().map(|d| d.message.clone()).collect())
+        TrackedMessages(
+            self.deliveries
+                .iter()
+                .filter_map(|d| d.message.clone())
+                .collect(),
+        )
     }
 
     /// Puts a detached state and its messages together again. [`Error::Engine`] when the
-    /// messages are not the ones the state names (a different count, or another id at a place).
+    /// messages are not the ones the state names (one missing or left over, or another id at a
+    /// place). A list saved with the messages of finished deliveries too is taken, and those
+    /// messages dropped.
     pub fn attach(detached: DetachedState, messages: TrackedMessages) -> Result<Self> {
-        if detached.deliveries.len() != messages.0.len() {
-            return Err(Error::Engine(format!(
-                "the saved delivery state of {} names {} messages but {} were saved",
-                detached.device,
-                detached.deliveries.len(),
-                messages.0.len()
-            )));
-        }
-        let mut deliveries = Vec::with_capacity(messages.0.len());
-        for (d, message) in detached.deliveries.into_iter().zip(messages.0) {
-            if message.0.id != d.message_id {
-                return Err(Error::Engine(format!(
-                    "the saved delivery state of {} names message {} where {} was saved",
-                    detached.device, d.message_id, message.0.id
-                )));
-            }
+        let device = detached.device;
+        let wrong =
+            |what: String| Error::Engine(format!("the saved delivery state of {device} {what}"));
+        let mut messages = messages.0.into_iter().peekable();
+        let mut deliveries = Vec::with_capacity(detached.deliveries.len());
+        for d in detached.deliveries {
+            let finished = d.state.is_terminal();
+            let message = match &d.message_id {
+                // An old list may still hold a finished delivery's message: skip it.
+                Some(id) if finished => {
+                    if messages.peek().is_some_and(|m| &m.0.id == id) {
+                        messages.next();
+                    }
+                    None
+                }
+                Some(id) => match messages.next() {
+                    Some(m) if &m.0.id == id => Some(m),
+                    Some(m) => {
+                        return Err(wrong(format!(
+                            "names message {id} where {} was saved",
+                            m.0.id
+                        )));
+                    }
+                    None => return Err(wrong(format!("names message {id}, which was not saved"))),
+                },
+                None if finished => None,
+                None => return Err(wrong("has an unfinished delivery without a message".into())),
+            };
             deliveries.push(Delivery {
                 key: d.key,
                 state: d.state,
@@ -309,8 +341,14 @@ impl TrackerState {
                 message,
             });
         }
+        if let Some(m) = messages.next() {
+            return Err(wrong(format!(
+                "names no message {}, which was saved",
+                m.0.id
+            )));
+        }
         Ok(Self {
-            device: detached.device,
+            device,
             codec: detached.codec,
             rng: detached.rng,
             deliveries,
@@ -555,7 +593,7 @@ impl DeliveryTracker {
             // the message id.
             DeliveryKey::Schedule(r) => match &ack.schedule {
                 Some(s) => s == r,
-                None => ack.ref_id.as_ref() == Some(&d.message.0.id),
+                None => ack.ref_id.is_some() && ack.ref_id.as_ref() == d.message_id(),
             },
             DeliveryKey::Command { id } => {
                 ack.schedule.is_none() && ack.ref_id.as_ref() == Some(id)
@@ -640,9 +678,11 @@ impl DeliveryTracker {
         let mut actions = Vec::new();
         let slack = self.config.confirm_window_ms;
         for d in &mut self.state.deliveries {
-            if Self::overdue(d, now, slack) {
+            if Self::overdue(d, now, slack)
+                && let Some(message) = &d.message
+            {
+                actions.push(Action::Send(message.0.clone()));
                 d.asked_at = Some(now);
-                actions.push(Action::Send(d.message.0.clone()));
             }
         }
         actions.extend(self.poll(now));
@@ -662,10 +702,14 @@ impl DeliveryTracker {
     /// `now`.
     fn overdue(d: &Delivery, now: Timestamp, slack_ms: u64) -> bool {
         let due = match d.state {
-            ExecutionState::Accepted => match &d.message.0.body {
-                Body::ScheduleAssign(a) => a.horizon.start,
+            ExecutionState::Accepted => match d.message() {
+                Some(Envelope {
+                    body: Body::ScheduleAssign(a),
+                    ..
+                }) => a.horizon.start,
                 // A command runs (or completes) as soon as it is accepted.
-                _ => d.message.0.sent_at,
+                Some(m) => m.sent_at,
+                None => return false,
             },
             ExecutionState::Executing => d.execution_deadline,
             _ => return false,
@@ -699,7 +743,9 @@ impl DeliveryTracker {
                         None => {
                             let d = &mut self.state.deliveries[i];
                             d.asked_at = Some(now);
-                            actions.push(Action::Send(d.message.0.clone()));
+                            if let Some(message) = &d.message {
+                                actions.push(Action::Send(message.0.clone()));
+                            }
                         }
                         Some(asked) if now >= add_ms(asked, self.config.confirm_window_ms) => {
                             let (event, reason, detail) = if d.state == S::Accepted {
@@ -756,7 +802,7 @@ impl DeliveryTracker {
             valid_until,
             execution_deadline,
             asked_at: None,
-            message: Stored(message),
+            message: Some(Stored(message)),
         });
     }
 
@@ -766,7 +812,9 @@ impl DeliveryTracker {
         let d = &mut self.state.deliveries[i];
         d.attempts = attempts;
         d.next_attempt_at = Some(add_ms(now, delay));
-        actions.push(Action::Send(d.message.0.clone()));
+        if let Some(message) = &d.message {
+            actions.push(Action::Send(message.0.clone()));
+        }
         if matches!(d.state, ExecutionState::Queued) {
             self.transition(i, LifecycleEvent::Deliver, None, None, actions);
         }
@@ -814,6 +862,10 @@ impl DeliveryTracker {
         d.state = to;
         if !matches!(to, ExecutionState::Queued | ExecutionState::Delivered) {
             d.next_attempt_at = None;
+        }
+        if to.is_terminal() {
+            // Never sent again: its key and state are enough for late acks.
+            d.message = None;
         }
         actions.push(Action::StateChanged {
             key: d.key.clone(),

@@ -396,7 +396,13 @@ fn the_tracker_state_survives_a_json_round_trip_and_resumes() {
     let at = t.next_wakeup().unwrap();
     assert_eq!(restored.poll(at), t.poll(at));
     // The stored message keeps its signature.
-    assert!(restored.deliveries()[0].message().signature.is_some());
+    assert!(
+        restored.deliveries()[0]
+            .message()
+            .unwrap()
+            .signature
+            .is_some()
+    );
 }
 
 #[test]
@@ -421,7 +427,13 @@ fn a_detached_state_and_its_messages_make_the_same_tracker_again() {
     assert_eq!(restored, t);
     let at = t.next_wakeup().unwrap();
     assert_eq!(restored.poll(at), t.poll(at));
-    assert!(restored.deliveries()[0].message().signature.is_some());
+    assert!(
+        restored.deliveries()[0]
+            .message()
+            .unwrap()
+            .signature
+            .is_some()
+    );
 
     // An ack changes the detached part only: the messages stay valid for the new state.
     let ack = ack_msg(Ack::for_schedule(
@@ -443,6 +455,49 @@ fn a_detached_state_and_its_messages_make_the_same_tracker_again() {
     other.assign(now, assign_msg("m2", "day", 1)).unwrap();
     let wrong = TrackerState::attach(t.state().detached(), other.state().messages());
     assert!(matches!(wrong, Err(grid_proto::Error::Engine(_))));
+
+    // A finished delivery drops its message (never sent again): the saved messages shrink, and
+    // a list saved before (still holding it) is taken too.
+    let old_list = t.state().messages();
+    let done = ack_msg(Ack::for_schedule(
+        sref("day", 1),
+        Some(mid("m1")),
+        S::Completed,
+    ));
+    t.on_ack(
+        at,
+        &ack_msg(Ack::for_schedule(
+            sref("day", 1),
+            Some(mid("m1")),
+            S::Executing,
+        )),
+    );
+    assert_eq!(
+        changes(&t.on_ack(at, &done)),
+        [(S::Executing, S::Completed)]
+    );
+    assert!(t.deliveries()[0].message().is_none());
+    assert_eq!(t.state().messages().len(), old_list.len() - 1);
+    assert!(t.state().message_ids().all(|id| id.as_str() == "c1"));
+    let detached = t.state().detached();
+    assert!(detached.message_ids().eq(t.state().message_ids()));
+    let state = TrackerState::attach(detached.clone(), t.state().messages()).unwrap();
+    assert_eq!(&state, t.state());
+    // As the code before saved it: the finished delivery still names its message, which the
+    // list holds.
+    let mut before = serde_json::to_value(&detached).unwrap();
+    before["deliveries"][0]["message_id"] = "m1".into();
+    let before: DetachedState = serde_json::from_value(before).unwrap();
+    // Its ids differ from the state's now, so a save rewrites the messages.
+    assert_eq!(before.message_ids().count(), 2);
+    assert!(!before.message_ids().eq(detached.message_ids()));
+    let state = TrackerState::attach(before, old_list).unwrap();
+    assert_eq!(&state, t.state());
+    // An unfinished delivery's message missing is refused.
+    let missing = TrackerState::attach(detached, other.state().messages());
+    assert!(matches!(missing, Err(grid_proto::Error::Engine(_))));
+    // A late ack for the finished delivery changes nothing.
+    assert!(t.on_ack(at, &done).is_empty());
 }
 
 fn inbox() -> Inbox {
@@ -766,7 +821,7 @@ fn a_schedule_too_large_for_json_but_fine_in_cbor_survives_the_saved_state() {
         TrackerConfig::default(),
         serde_json::from_str(&saved).unwrap(),
     );
-    assert_eq!(restored.deliveries()[0].message(), &msg);
+    assert_eq!(restored.deliveries()[0].message(), Some(&msg));
 }
 
 #[test]

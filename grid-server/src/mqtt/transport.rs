@@ -1722,7 +1722,7 @@ fn acceptance_latency(
     };
     let key = DeliveryKey::Schedule(r.clone());
     let d = tracker.deliveries().iter().find(|d| d.key == key)?;
-    let ms = received.as_millisecond() - d.message().sent_at.as_millisecond();
+    let ms = received.as_millisecond() - d.message()?.sent_at.as_millisecond();
     Some(ms.max(0) as f64 / 1000.0)
 }
 
