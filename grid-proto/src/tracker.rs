@@ -55,7 +55,7 @@ pub struct TrackerConfig {
     /// duration for `set_power`) the tracker waits for the device's final report before it
     /// records the execution as completed.
     pub completion_grace_ms: u64,
-    /// How many finished deliveries are kept (oldest forgotten first).
+    /// How many finished deliveries are kept, without their messages (oldest forgotten first).
     pub max_finished: usize,
     /// Before the tracker concludes on its own that a delivery the device acknowledged ended
     /// (an `accepted` one at its `valid_until` expires, an `executing` one past its deadline and
@@ -195,7 +195,7 @@ pub struct TrackerState {
 
 /// A [`TrackerState`] without its messages: the part that changes on every ack and resend (a few
 /// hundred bytes), saved apart from the messages (often kilobytes each), which only change when a
-/// delivery is added or forgotten. [`TrackerState::detached`] and [`TrackerState::messages`] take
+/// delivery is added or finishes. [`TrackerState::detached`] and [`TrackerState::messages`] take
 /// a state apart; [`TrackerState::attach`] puts it together again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetachedState {
