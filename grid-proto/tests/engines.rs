@@ -399,9 +399,7 @@ fn the_tracker_state_survives_a_json_round_trip_and_resumes() {
     assert!(
         restored.deliveries()[0]
             .message()
-            .unwrap()
-            .signature
-            .is_some()
+            .is_some_and(|m| m.signature.is_some())
     );
 }
 
@@ -430,9 +428,7 @@ fn a_detached_state_and_its_messages_make_the_same_tracker_again() {
     assert!(
         restored.deliveries()[0]
             .message()
-            .unwrap()
-            .signature
-            .is_some()
+            .is_some_and(|m| m.signature.is_some())
     );
 
     // An ack changes the detached part only: the messages stay valid for the new state.

@@ -813,14 +813,8 @@ impl Inner {
     /// Keeps `state`, just saved by `write` over `read` (the record it was read from), for the
     /// next [`Inner::restore_state`].
     fn note_saved(&self, write: &OutboxWrite, read: Option<&OutboxRecord>, state: TrackerState) {
-        let messages = match &write.messages {
-            Some(m) => m.len(),
-            None => read
-                .and_then(|r| r.messages.as_ref())
-                .map_or(0, String::len),
-        };
         self.saved
-            .put(&write.state, state, write.state.len() + messages);
+            .put(&write.state, state, saved_bytes(write, read));
     }
 
     /// Puts back `state`, restored from `record` and left as it was (nothing to save).
@@ -1344,12 +1338,7 @@ impl Inner {
                 state_bytes: write.state.len() + write.messages.as_ref().map_or(0, String::len),
                 state: tracker.into_state(),
                 detached_json: write.state.clone(),
-                saved_bytes: write.state.len()
-                    + write
-                        .messages
-                        .as_ref()
-                        .or(record.messages.as_ref())
-                        .map_or(0, String::len),
+                saved_bytes: saved_bytes(&write, Some(record)),
             });
             plan.writes.push(write);
         }
@@ -1668,6 +1657,17 @@ fn state_write(
         next_wakeup_at: tracker.next_wakeup(),
         expected_revision: saved.map(|(record, _)| record.revision),
     })
+}
+
+/// The bytes of JSON the outbox holds for a device once `write` is saved over `read` (the
+/// record it was read from): its detached state, and its messages or the ones it keeps.
+fn saved_bytes(write: &OutboxWrite, read: Option<&OutboxRecord>) -> usize {
+    let messages = write
+        .messages
+        .as_ref()
+        .or(read.and_then(|r| r.messages.as_ref()))
+        .map_or(0, String::len);
+    write.state.len() + messages
 }
 
 /// The store's record of an inbound ack; `None` when it names no target.
