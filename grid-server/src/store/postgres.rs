@@ -254,7 +254,7 @@ async fn update_device_statuses(
          WHERE devices.id = v.id AND (devices.status_ms IS NULL OR devices.status_ms <= v.at) \
          RETURNING devices.id",
     )
-    .bind(rows.iter().map(|r| r.device_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.device.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.online).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.at_ms).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.agent_version).collect::<Vec<_>>())

@@ -31,7 +31,7 @@ type Conn = <Db as sqlx::Database>::Connection;
 /// A device's status report, applied only if no newer one is recorded. An offline report
 /// (`online` false) sets only `online` and `status_ms` and keeps the last known details.
 struct StatusRow<'a> {
-    device_id: &'a str,
+    device: &'a DeviceId,
     online: bool,
     at_ms: i64,
     agent_version: Option<&'a str>,
@@ -541,7 +541,7 @@ impl This {
             None => (None, None),
         };
         Ok(StatusRow {
-            device_id: status.device.as_str(),
+            device: &status.device,
             online: status.online,
             at_ms: ms(status.at),
             agent_version: status.agent_version.as_deref(),
@@ -553,27 +553,22 @@ impl This {
         })
     }
 
-    /// Applies one status report on `conn` (see [`Store::record_status`]).
-    async fn apply_status(conn: &mut Conn, status: &StatusReport) -> StoreResult<bool> {
-        let StatusRow {
-            capabilities_json: capabilities,
-            schedule_id: sched_id,
-            schedule_version: sched_version,
-            ..
-        } = Self::status_row(status)?;
+    /// Applies one status report, checked by [`This::status_row`], on `conn` (see
+    /// [`Store::record_status`]).
+    async fn apply_status(conn: &mut Conn, status: &StatusRow<'_>) -> StoreResult<bool> {
         let done = if status.online {
             sql_exec!(
                 "UPDATE devices SET online = TRUE, status_ms = $1, agent_version = $2, \
                  firmware_version = $3, capabilities_json = $4, clock_offset_ms = $5, \
                  reported_schedule_id = $6, reported_schedule_version = $7 \
                  WHERE id = $8 AND (status_ms IS NULL OR status_ms <= $1)",
-                ms(status.at),
-                status.agent_version.as_deref(),
-                status.firmware_version.as_deref(),
-                capabilities,
+                status.at_ms,
+                status.agent_version,
+                status.firmware_version,
+                &status.capabilities_json,
                 status.clock_offset_ms,
-                sched_id,
-                sched_version,
+                status.schedule_id,
+                status.schedule_version,
                 status.device.as_str()
             )
             .execute(&mut *conn)
@@ -583,7 +578,7 @@ impl This {
             sql_exec!(
                 "UPDATE devices SET online = FALSE, status_ms = $1 \
                  WHERE id = $2 AND (status_ms IS NULL OR status_ms <= $1)",
-                ms(status.at),
+                status.at_ms,
                 status.device.as_str()
             )
             .execute(&mut *conn)
@@ -592,7 +587,7 @@ impl This {
         if done.rows_affected() == 1 {
             return Ok(true);
         }
-        Self::device_row(&mut *conn, &status.device).await?;
+        Self::device_row(&mut *conn, status.device).await?;
         Ok(false)
     }
 
@@ -1619,7 +1614,7 @@ impl Store for This {
 
     async fn record_status(&self, status: &StatusReport) -> StoreResult<bool> {
         let mut conn = self.pool.acquire().await?;
-        Self::apply_status(&mut conn, status).await
+        Self::apply_status(&mut conn, &Self::status_row(status)?).await
     }
 
     async fn record_statuses(
@@ -1643,7 +1638,7 @@ impl Store for This {
             }
         }
         let mut tx = self.pool.begin_with(BEGIN).await?;
-        let once = rows.windows(2).all(|w| w[0].device_id != w[1].device_id);
+        let once = rows.windows(2).all(|w| w[0].device != w[1].device);
         if once {
             // The usual batch (each device once): one multi-row statement; a report not applied
             // is stale, or names an unknown device.
@@ -1665,8 +1660,8 @@ impl Store for This {
             }
         } else {
             // A device with several reports: one by one, in their order.
-            for i in indices {
-                match Self::apply_status(&mut tx, &reports[i]).await {
+            for (row, &i) in rows.iter().zip(&indices) {
+                match Self::apply_status(&mut tx, row).await {
                     // A database error ends the transaction: nothing of the batch is recorded.
                     Err(StoreError::Backend(e)) => return Err(e.into()),
                     result => out[i] = Some(result),

@@ -212,7 +212,7 @@ async fn update_device_statuses(
                 q.push(", ");
             }
             q.push("(")
-                .push_bind(r.device_id.to_owned())
+                .push_bind(r.device.as_str().to_owned())
                 .push(", ")
                 .push_bind(r.online)
                 .push(", CAST(")
