@@ -1253,12 +1253,12 @@ fn encode(env: &Envelope, correlation: Option<String>) -> Option<Outgoing> {
 }
 
 /// The inbox state saved as `json`: detached (the held schedules' bodies taken from their
-/// stored records), or whole (as agents before the split saved it).
+/// stored records), or else whole (as agents before the split saved it).
 fn restore_inbox_state(json: &str, schedules: &[ScheduleRecord]) -> Result<InboxState, String> {
-    if let Ok(whole) = serde_json::from_str::<InboxState>(json) {
-        return Ok(whole);
-    }
-    let detached: DetachedInboxState = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let detached = match serde_json::from_str::<DetachedInboxState>(json) {
+        Ok(detached) => detached,
+        Err(e) => return serde_json::from_str(json).map_err(|_| e.to_string()),
+    };
     InboxState::attach(detached, |r| {
         schedules
             .iter()
