@@ -1408,12 +1408,10 @@ mod tests {
             .position(|a| *a == Action::AckDelivery(DeliveryTag(7)))
             .unwrap();
         assert!(persist < puback, "PUBACK only after the commit");
+        // It started on arrival: `executing` alone (acceptance implied).
         assert_eq!(
             acks(&out),
-            [
-                (Some("m1".into()), ExecutionState::Accepted, None),
-                (Some("m1".into()), ExecutionState::Executing, None)
-            ]
+            [(Some("m1".into()), ExecutionState::Executing, None)]
         );
         assert_eq!(setpoint(&out), Some(2.0));
         let ack_pos = out
@@ -1467,7 +1465,7 @@ mod tests {
                 Some(ReasonCode::Superseded)
             )
         );
-        assert_eq!(a[1], (Some("m4".into()), ExecutionState::Accepted, None));
+        assert_eq!(a[1], (Some("m4".into()), ExecutionState::Executing, None));
         assert_eq!(setpoint(&out), Some(0.5));
     }
 
@@ -1511,12 +1509,10 @@ mod tests {
                 1,
             ),
         );
+        // It started on arrival: `executing` alone (acceptance implied).
         assert_eq!(
             acks(&out),
-            [
-                (Some("m1".into()), ExecutionState::Accepted, None),
-                (Some("m1".into()), ExecutionState::Executing, None)
-            ]
+            [(Some("m1".into()), ExecutionState::Executing, None)]
         );
         assert_eq!(setpoint(&out), Some(5.0));
     }

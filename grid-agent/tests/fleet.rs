@@ -57,13 +57,10 @@ async fn many_agents_share_one_process_one_store_and_one_fast_clock() {
             .filter(|a| a.ref_id.as_ref() == Some(&msg.id))
             .map(|a| a.state)
             .collect();
+        // Started on arrival: `executing` (acceptance implied), then `completed`.
         assert_eq!(
             states,
-            [
-                ExecutionState::Accepted,
-                ExecutionState::Executing,
-                ExecutionState::Completed
-            ]
+            [ExecutionState::Executing, ExecutionState::Completed]
         );
         assert_eq!(agent.applied_kw(), 0.0, "idle after the end ({kw} kW plan)");
     }

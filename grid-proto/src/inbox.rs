@@ -13,7 +13,8 @@
 //! `valid_until` has not passed, the one with the latest horizon start (ties: the one accepted
 //! last). When a schedule takes over, the one it replaces is superseded. Each held version starts
 //! (`executing`) at most once, and an accepted version is never accepted again, even after a
-//! restart from the persisted [`InboxState`].
+//! restart from the persisted [`InboxState`]. A version that comes into force on arrival is
+//! answered `executing` alone (it implies acceptance), not `accepted` then `executing`.
 //!
 //! ```
 //! use grid_proto::{Codec, inbox::*, topic::Topic, v1::*};
@@ -429,8 +430,11 @@ impl Inbox {
             return self.reack(now, &envelope.id, &seen);
         }
         let mut out = Vec::new();
+        let mut accepted = None;
         match envelope.body {
-            Body::ScheduleAssign(assign) => self.on_assign(now, envelope.id, assign, &mut out),
+            Body::ScheduleAssign(assign) => {
+                accepted = self.on_assign(now, envelope.id, assign, &mut out);
+            }
             Body::Command(command) => self.on_command(now, envelope.id, command, &mut out),
             other => out.push(InboxAction::Discarded(Error::WrongTopic {
                 kind: other.kind().as_str(),
@@ -438,16 +442,28 @@ impl Inbox {
             })),
         }
         out.extend(self.poll(now));
+        // A version accepted and started in this one step is answered `executing` alone (which
+        // implies acceptance); otherwise with `accepted`, after whatever the step ended or started.
+        if let Some((r, id)) = accepted
+            && self.schedule_state(&r) == Some(ExecutionState::Accepted)
+        {
+            out.push(self.ack(
+                now,
+                Ack::for_schedule(r, Some(id), ExecutionState::Accepted),
+            ));
+        }
         out
     }
 
+    /// Applies a `schedule_assign`; returns the version and message id when it was accepted
+    /// (stored), whose `accepted` ack the caller sends unless the version started at once.
     fn on_assign(
         &mut self,
         now: Timestamp,
         id: MessageId,
         assign: ScheduleAssign,
         out: &mut Vec<InboxAction>,
-    ) {
+    ) -> Option<(ScheduleRef, MessageId)> {
         let r = assign.schedule_ref();
         if let Some(&latest) = self.state.latest.get(&r.schedule_id)
             && r.version <= latest
@@ -471,7 +487,7 @@ impl Inbox {
                         );
                     out.push(self.ack(now, ack));
                 }
-                return;
+                return None;
             }
         }
         if now >= assign.valid_until {
@@ -481,7 +497,7 @@ impl Inbox {
             let ack = Ack::for_schedule(r, Some(id), ExecutionState::Expired)
                 .with_reason(ReasonCode::Expired, "valid_until has passed");
             out.push(self.ack(now, ack));
-            return;
+            return None;
         }
         let replaces = self
             .state
@@ -499,7 +515,7 @@ impl Inbox {
             let ack = Ack::for_schedule(r, Some(id), ExecutionState::Rejected)
                 .with_reason(ReasonCode::Capacity, "the device holds too many schedules");
             out.push(self.ack(now, ack));
-            return;
+            return None;
         }
         if let Some(i) = replaces {
             let old = self.state.held.remove(i);
@@ -521,10 +537,7 @@ impl Inbox {
         });
         self.remember(id.clone(), Seen::Schedule(r.clone()));
         out.push(InboxAction::Store(assign));
-        out.push(self.ack(
-            now,
-            Ack::for_schedule(r, Some(id), ExecutionState::Accepted),
-        ));
+        Some((r, id))
     }
 
     fn on_command(

@@ -693,6 +693,63 @@ fn the_inbox_starts_once_completes_at_valid_until_and_reverts_without_contact() 
 }
 
 #[test]
+fn a_schedule_that_starts_on_arrival_is_answered_executing_alone() {
+    // The horizon starts at 12:00: delivered at 12:05, it is stored, started and acked once.
+    let mut i = inbox();
+    let out = deliver(
+        &mut i,
+        "2026-11-27T12:05:00Z",
+        &assign_msg("m1", "day", 1),
+        Codec::Json,
+    );
+    assert!(matches!(out[0], InboxAction::Store(_)));
+    assert!(out.iter().any(|a| matches!(a, InboxAction::Start(_))));
+    assert_eq!(acks(&out), [(S::Executing, None)]);
+    assert!(
+        i.poll(ts("2026-11-27T12:06:00Z")).is_empty(),
+        "started once"
+    );
+    // Sent again: answered with that state, not `accepted`.
+    let again = deliver(
+        &mut i,
+        "2026-11-27T12:07:00Z",
+        &assign_msg("m1", "day", 1),
+        Codec::Json,
+    );
+    assert_eq!(acks(&again), [(S::Executing, None)]);
+    // A newer version delivered after its start supersedes the old one and starts at once.
+    let out = deliver(
+        &mut i,
+        "2026-11-27T12:08:00Z",
+        &assign_msg("m2", "day", 2),
+        Codec::Json,
+    );
+    assert_eq!(
+        acks(&out),
+        [
+            (S::Superseded, Some(ReasonCode::Superseded)),
+            (S::Executing, None)
+        ]
+    );
+    // The server's tracker takes `executing` from `delivered` as the acceptance.
+    let mut t = tracker();
+    let sent = ts("2026-11-27T12:05:00Z");
+    t.assign(sent, assign_msg("m3", "day", 3)).unwrap();
+    let mut j = inbox();
+    let out = deliver(
+        &mut j,
+        "2026-11-27T12:05:00Z",
+        &assign_msg("m3", "day", 3),
+        Codec::Json,
+    );
+    let ack = answers(&out).pop().unwrap();
+    assert_eq!(
+        changes(&t.on_ack(sent, &ack)),
+        [(S::Delivered, S::Executing)]
+    );
+}
+
+#[test]
 fn the_inbox_runs_commands_and_cancels_schedules() {
     let mut i = inbox();
     let at = "2026-11-27T11:50:00Z";

@@ -13,7 +13,7 @@ mod support;
 mod mqtt_support;
 
 use api_support::{TestApp, site_and_device};
-use grid_core::{DeviceId, SlotLength, Timestamp};
+use grid_core::{DeviceId, ExecutionState, SlotLength, Timestamp};
 use grid_server::auth::Role;
 use mqtt_support::{FakeDevice, eventually};
 use std::time::Duration;
@@ -26,21 +26,26 @@ fn sample(exposition: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// Both ways a device takes a schedule are one observation each: `accepted`, and `executing`
+/// alone (a device that accepts and starts a schedule in one step). One test, as the metrics
+/// recorder is process-wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_schedule_feeds_the_delivery_latency_histogram() {
+    delivery_latency_observed(ExecutionState::Accepted).await;
+    delivery_latency_observed(ExecutionState::Executing).await;
+}
+
+async fn delivery_latency_observed(answer: ExecutionState) {
     let app = TestApp::sqlite().await;
     let admin = app.token(Role::Admin);
     site_and_device(&app, &admin, "site-m", "bat-m", None).await;
     let metrics = app.json("GET", "/metrics", None, None).await.text();
-    assert_eq!(
-        sample(&metrics, "grid_delivery_latency_seconds_count").unwrap_or(0.0),
-        0.0,
-        "no delivery yet:\n{metrics}"
-    );
+    let count_before = sample(&metrics, "grid_delivery_latency_seconds_count").unwrap_or(0.0);
+    let sum_before = sample(&metrics, "grid_delivery_latency_seconds_sum").unwrap_or(0.0);
 
     let port = app.config.mqtt.listen.port();
     let device = FakeDevice::connect("127.0.0.1", port, &DeviceId::new("bat-m").unwrap()).await;
-    let agent = device.auto_ack();
+    let agent = device.auto_ack_schedules_with(answer);
     let start = grid_core::time::floor_to_slot(Timestamp::now(), SlotLength::HOUR).unwrap();
     let r = app
         .json(
@@ -58,7 +63,7 @@ async fn an_accepted_schedule_feeds_the_delivery_latency_histogram() {
         let r = app
             .json("GET", "/api/v1/schedules/sched-m", Some(&admin), None)
             .await;
-        r.json()["state"] == "accepted"
+        r.json()["state"] == answer.as_str()
     })
     .await;
     assert!(accepted, "the device accepted its schedule");
@@ -69,18 +74,23 @@ async fn an_accepted_schedule_feeds_the_delivery_latency_histogram() {
 
     let metrics = app.json("GET", "/metrics", None, None).await.text();
     let count = sample(&metrics, "grid_delivery_latency_seconds_count");
-    assert_eq!(count, Some(1.0), "one acceptance observed:\n{metrics}");
+    assert_eq!(
+        count,
+        Some(count_before + 1.0),
+        "one acceptance observed:\n{metrics}"
+    );
     // The observation is the store record's first send → answer.
     let at = |k: &str| -> Timestamp { record[k].as_str().unwrap().parse().unwrap() };
     let expected =
         (at("answered_at").as_millisecond() - at("first_sent_at").as_millisecond()) as f64 / 1000.0;
-    let sum = sample(&metrics, "grid_delivery_latency_seconds_sum").unwrap();
+    let sum = sample(&metrics, "grid_delivery_latency_seconds_sum").unwrap() - sum_before;
     assert!(
         (sum - expected).abs() <= 0.002,
         "latency {sum} s, the record says {expected} s ({record})"
     );
-    assert!(
-        metrics.contains("grid_delivery_latency_seconds_bucket{le=\"10\"} 1"),
+    assert_eq!(
+        sample(&metrics, "grid_delivery_latency_seconds_bucket{le=\"10\"}"),
+        Some(count_before + 1.0),
         "{metrics}"
     );
     agent.abort();

@@ -257,10 +257,7 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
                 .seen
                 .lock()
                 .map_err(|_| anyhow::anyhow!("observer poisoned"))?;
-            (
-                seen.count(ExecutionState::Accepted),
-                seen.count(ExecutionState::Executing),
-            )
+            (seen.accepted.len(), seen.count(ExecutionState::Executing))
         };
         let fleet_kw: f64 = agents.iter().map(|a| a.snapshot().applied_kw).sum();
         let online = agents

@@ -1,5 +1,5 @@
 //! An independent MQTT observer: it subscribes to every device's schedule downlink and acks, and
-//! measures delivery from the broker's side (publish seen → "accepted" ack seen), without
+//! measures delivery from the broker's side (publish seen → acceptance ack seen), without
 //! trusting the server's or the agents' own bookkeeping.
 
 use anyhow::{Context, Result};
@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 pub struct Observed {
     /// First time each device's schedule downlink was seen, by (device, schedule id, version).
     pub published: HashMap<(String, String, u64), Instant>,
-    /// First "accepted" ack per (device, schedule id, version).
+    /// First ack recording acceptance per (device, schedule id, version): `accepted`, or
+    /// `executing` / `completed` from a device that started the version on arrival.
     pub accepted: HashMap<(String, String, u64), Instant>,
     /// Acks seen per state name (duplicates included).
     pub acks_by_state: HashMap<&'static str, u64>,
@@ -28,7 +29,7 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// Publish-to-accepted latencies in milliseconds.
+    /// Publish-to-acceptance latencies in milliseconds.
     pub fn latencies_ms(&self) -> Vec<f64> {
         self.accepted
             .iter()
@@ -134,7 +135,12 @@ fn record(sink: &Mutex<Observed>, topic: &str, payload: &[u8]) {
                     .distinct_acks
                     .entry((key.0.clone(), key.1.clone(), key.2, state))
                     .or_insert(0) += 1;
-                if ack.state == ExecutionState::Accepted {
+                if matches!(
+                    ack.state,
+                    ExecutionState::Accepted
+                        | ExecutionState::Executing
+                        | ExecutionState::Completed
+                ) {
                     seen.accepted.entry(key).or_insert(now);
                 }
             }

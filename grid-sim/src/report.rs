@@ -3,7 +3,8 @@
 use serde::Serialize;
 use std::fmt::Write as _;
 
-/// Delivery latency percentiles, milliseconds from publish to the device's "accepted" ack.
+/// Delivery latency percentiles, milliseconds from publish to the device's acceptance ack
+/// (`accepted`, or `executing` for a schedule that started on arrival).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Latency {
     /// Median.

@@ -66,7 +66,7 @@ struct AckPlan<'a> {
     /// Devices whose state was not read (none saved, or locked by another writer): updated one
     /// by one.
     alone: Vec<(DeviceId, Vec<&'a AckJob>)>,
-    /// The acks (by address) that moved a schedule to accepted.
+    /// The acks (by address) that recorded a schedule's acceptance ([`takes_delivery`]).
     accepted: HashSet<usize>,
 }
 
@@ -124,8 +124,9 @@ pub struct TransportStats {
     /// Acks that moved a lifecycle.
     pub acks_applied: u64,
     /// Of `acks_applied`, those that recorded a device taking a delivery: moved it from `queued`
-    /// or `delivered` to `accepted`, or straight on to `executing` or `completed` (an `executing`
-    /// ack handled before its `accepted`). Counted after the commit.
+    /// or `delivered` to `accepted`, or straight on to `executing` or `completed` (a schedule
+    /// that started on arrival, answered `executing` alone, or an `executing` ack handled before
+    /// its `accepted`). Counted after the commit.
     pub acceptances: u64,
     /// Duplicate acks (no change).
     pub acks_duplicate: u64,
@@ -1096,8 +1097,8 @@ impl Inner {
         match self.store.record_ack(&record).await {
             Ok(AckOutcome::Applied { from, state }) => {
                 bump(&self.counters.acks_applied);
-                accepted = state == ExecutionState::Accepted;
-                if takes_delivery(from, state) {
+                accepted = takes_delivery(from, state);
+                if accepted {
                     bump(&self.counters.acceptances);
                 }
             }
@@ -1274,8 +1275,8 @@ impl Inner {
         let mut device_index: HashMap<&DeviceId, usize> = HashMap::new();
         for (job, result) in batched.iter().zip(results) {
             match result {
-                Ok(AckOutcome::Applied { state, .. }) => {
-                    if *state == ExecutionState::Accepted {
+                Ok(AckOutcome::Applied { from, state }) => {
+                    if takes_delivery(*from, *state) {
                         plan.accepted.insert(std::ptr::from_ref(*job).addr());
                     }
                 }

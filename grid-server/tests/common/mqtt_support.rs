@@ -153,11 +153,20 @@ impl FakeDevice {
 
     /// Plays a simple agent until dropped: accepts every schedule, completes every command, and
     /// answers duplicates again (acks are at-least-once).
-    pub fn auto_ack(mut self) -> tokio::task::JoinHandle<()> {
+    pub fn auto_ack(self) -> tokio::task::JoinHandle<()> {
+        self.auto_ack_schedules_with(ExecutionState::Accepted)
+    }
+
+    /// As [`FakeDevice::auto_ack`], answering schedules with `state` (`executing`: a device that
+    /// accepts and starts a schedule in one step).
+    pub fn auto_ack_schedules_with(
+        mut self,
+        schedule_state: ExecutionState,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             while let Some(msg) = self.recv(Duration::from_secs(3600)).await {
                 let state = match msg.body {
-                    Body::ScheduleAssign(_) => ExecutionState::Accepted,
+                    Body::ScheduleAssign(_) => schedule_state,
                     _ => ExecutionState::Completed,
                 };
                 let ack = self.ack_for(&msg, state);

@@ -133,15 +133,21 @@ pub async fn schedule_times(
         .collect()
 }
 
-/// Per device: the first time (ms since the epoch) the server sent the schedule, the agent's ack
-/// envelope time, and the server's receipt time of the `accepted` ack.
+/// The acks that record a device's acceptance of a schedule: `accepted`, or `executing` /
+/// `completed` for a version the device answered without an `accepted` (it started on arrival).
+const ACCEPTANCE_ACK: &str = "(a.state = 'accepted' OR (a.state IN ('executing', 'completed') AND NOT EXISTS \
+     (SELECT 1 FROM acks b WHERE b.target_kind = 'schedule' AND b.target_id = a.target_id \
+      AND b.target_version = a.target_version AND b.state = 'accepted')))";
+
+/// Per device: the first time (ms since the epoch) the server sent the schedule, the agent's
+/// acceptance ack's envelope time, and the server's receipt time of it ([`ACCEPTANCE_ACK`]).
 pub async fn accept_times(pool: &PgPool, prefix: &str) -> Result<Vec<(Option<i64>, i64, i64)>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT s.first_sent_ms AS sent, MIN(a.sent_ms) AS acked, MIN(a.received_ms) AS received \
          FROM acks a JOIN schedules s ON s.schedule_id = a.target_id AND s.version = a.target_version \
-         WHERE a.target_kind = 'schedule' AND a.state = 'accepted' AND a.target_id LIKE $1 \
-         GROUP BY a.device_id, s.first_sent_ms",
-    )
+         WHERE a.target_kind = 'schedule' AND {ACCEPTANCE_ACK} AND a.target_id LIKE $1 \
+         GROUP BY a.device_id, s.first_sent_ms"
+    )))
     .bind(format!("{prefix}%"))
     .fetch_all(pool)
     .await?;
@@ -154,6 +160,18 @@ pub async fn accept_times(pool: &PgPool, prefix: &str) -> Result<Vec<(Option<i64
             ))
         })
         .collect()
+}
+
+/// Acceptance acks ([`ACCEPTANCE_ACK`]) for schedules with the prefix: (rows, distinct devices).
+pub async fn acceptance_acks(pool: &PgPool, prefix: &str) -> Result<(i64, i64)> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT a.device_id) AS d FROM acks a \
+         WHERE a.target_kind = 'schedule' AND {ACCEPTANCE_ACK} AND a.target_id LIKE $1"
+    )))
+    .bind(format!("{prefix}%"))
+    .fetch_one(pool)
+    .await?;
+    Ok((row.try_get("n")?, row.try_get("d")?))
 }
 
 /// Acks with `state` for schedules with the prefix: (rows, distinct devices).

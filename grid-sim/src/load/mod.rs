@@ -738,7 +738,7 @@ async fn bench_fleet(
         agent_ack.push((a - t0_ms) as f64);
         received.push((r - t0_ms) as f64);
     }
-    let (accepted_rows, accepted_devices) = db::ack_rows(pg, SCHEDULE_PREFIX, "accepted").await?;
+    let (accepted_rows, accepted_devices) = db::acceptance_acks(pg, SCHEDULE_PREFIX).await?;
     let mut answered = Vec::new();
     let mut first_send = Vec::new();
     for (s, a) in db::schedule_times(pg, SCHEDULE_PREFIX).await? {
