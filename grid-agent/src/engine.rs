@@ -359,6 +359,10 @@ pub struct Engine {
     track: Option<SlotTrack>,
     seq: u64,
     last_status: Option<Timestamp>,
+    /// The schedule in force as the server was last told it, by a status or by an `executing` or
+    /// terminal ack: a changed setpoint source sends a status only when this differs from what
+    /// is in force (a schedule's start is reported by its `executing` ack, not twice).
+    reported_active: Option<ScheduleRef>,
     safe_mode: bool,
     metrics: EngineMetrics,
     trusted_floor: Timestamp,
@@ -405,6 +409,7 @@ impl Engine {
             track: None,
             seq: 0,
             last_status: None,
+            reported_active: None,
             safe_mode: false,
             metrics: EngineMetrics::default(),
             trusted_floor: TRUSTED_CLOCK_FLOOR.parse().unwrap_or(Timestamp::UNIX_EPOCH),
@@ -667,6 +672,7 @@ impl Engine {
                             continue; // it is answered `rejected` below instead
                         }
                         self.metrics.acks += 1;
+                        self.note_reported(ack);
                         if ack.state == ExecutionState::Rejected {
                             self.metrics.rejected += 1;
                             rest.push(log(
@@ -955,7 +961,10 @@ impl Engine {
                     _ => None,
                 };
                 out.push(log(LogLevel::Info, message, corr));
-                self.status(now, out);
+                let active = self.inbox.active(now).map(ScheduleAssign::schedule_ref);
+                if active != self.reported_active {
+                    self.status(now, out);
+                }
             }
             self.metrics.setpoint_kw = power.kw();
             self.metrics.fallback_active = matches!(source, SetpointSource::Fallback(_));
@@ -1204,8 +1213,22 @@ impl Engine {
         self.last_status = Some(now);
         let Some(id) = self.next_id() else { return };
         let env = self.inbox.status(now, true, id);
+        if let Body::Status(st) = &env.body {
+            self.reported_active.clone_from(&st.active);
+        }
         if let Some(p) = encode(&env, None) {
             out.push(Action::Publish(p));
+        }
+    }
+
+    /// Follows what an ack tells the server about the schedule in force: `executing` names it,
+    /// a terminal state of that schedule ends it.
+    fn note_reported(&mut self, ack: &Ack) {
+        let Some(r) = &ack.schedule else { return };
+        if ack.state == ExecutionState::Executing {
+            self.reported_active = Some(r.clone());
+        } else if ack.state.is_terminal() && self.reported_active.as_ref() == Some(r) {
+            self.reported_active = None;
         }
     }
 
@@ -1378,6 +1401,22 @@ mod tests {
             .collect()
     }
 
+    /// The `active` of every status published, in order.
+    fn statuses(actions: &[Action]) -> Vec<Option<String>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish(p) if p.topic.ends_with("/up/status") => {
+                    match grid_proto::decode(&p.payload).unwrap().body {
+                        Body::Status(s) => Some(s.active.map(|r| r.schedule_id.to_string())),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn setpoint(actions: &[Action]) -> Option<f64> {
         actions.iter().rev().find_map(|a| match a {
             Action::SetPower { power, .. } => Some(power.kw()),
@@ -1428,6 +1467,39 @@ mod tests {
         );
         assert_eq!(setpoint(&out), Some(0.0));
         assert!(e.held().is_empty());
+    }
+
+    #[test]
+    fn the_schedule_in_force_is_reported_by_its_acks_and_a_status_only_on_connect() {
+        let mut e = engine();
+        assert_eq!(statuses(&e.handle(t(0), Event::Connected)), [None]);
+        let p = schedule("m1", "day", 1, &[2.0, -1.0, 0.5], 0);
+        let out = e.handle(t(1), msg("schedule", &p, 1));
+        // `executing` says the schedule came into force: no status repeats it.
+        assert_eq!(
+            acks(&out),
+            [(Some("m1".into()), ExecutionState::Executing, None)]
+        );
+        assert_eq!(setpoint(&out), Some(2.0));
+        assert!(statuses(&out).is_empty(), "{out:?}");
+        // A new slot of the same schedule changes nothing the server is told.
+        let out = e.handle(t(61), Event::Tick);
+        assert_eq!(setpoint(&out), Some(-1.0));
+        assert!(statuses(&out).is_empty());
+        // A reconnect: the status names the schedule in force.
+        e.handle(t(70), Event::Disconnected);
+        assert_eq!(
+            statuses(&e.handle(t(71), Event::Connected)),
+            [Some("day".to_string())]
+        );
+        // Its end is the `completed` ack's to say.
+        let out = e.handle(t(180), Event::Tick);
+        assert_eq!(
+            acks(&out),
+            [(Some("m1".into()), ExecutionState::Completed, None)]
+        );
+        assert_eq!(setpoint(&out), Some(0.0));
+        assert!(statuses(&out).is_empty());
     }
 
     #[test]

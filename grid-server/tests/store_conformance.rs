@@ -902,6 +902,170 @@ mod suite {
         }
     }
 
+    /// A device's schedule in force follows its `executing` acks and the terminal ack that ends
+    /// that schedule, one by one and in batches, and whichever of a status and an ack is newer
+    /// wins (statuses and acks are handled apart, possibly out of order).
+    pub async fn schedule_in_force_from_acks(store: S) {
+        use ExecutionState as S;
+        let ids = fleet(&*store, "s", "bat", 2).await;
+        let t0 = t("2026-11-27T00:00:00Z");
+        let target = |name: &str| AckTarget::Schedule {
+            id: ScheduleId::new(name).unwrap(),
+            version: ScheduleVersion(1),
+        };
+        let sref = |name: &str| ScheduleRef {
+            id: ScheduleId::new(name).unwrap(),
+            version: ScheduleVersion(1),
+        };
+        for (n, d) in ids.iter().enumerate() {
+            for name in ["a", "b", "c"] {
+                let id = format!("{name}{n}");
+                store
+                    .create_schedule(&new_schedule(&id, d, 1, "2026-11-27T00:00:00Z"), t0)
+                    .await
+                    .unwrap();
+                store
+                    .apply_schedule_event(
+                        &ScheduleId::new(&id).unwrap(),
+                        ScheduleVersion(1),
+                        LifecycleEvent::Deliver,
+                        t0,
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let status =
+            |d: &DeviceId, at: &str, active: Option<ScheduleRef>, version: &str| StatusReport {
+                device: d.clone(),
+                online: true,
+                at: t(at),
+                agent_version: Some(version.into()),
+                firmware_version: None,
+                active_schedule: active,
+                capabilities: vec![],
+                clock_offset_ms: None,
+            };
+        let in_force = |d: DeviceId| {
+            let store = store.clone();
+            async move { store.device_status(&d).await.unwrap().reported_schedule }
+        };
+
+        // One by one.
+        let d = &ids[0];
+        assert!(
+            store
+                .record_status(&status(d, "2026-11-27T00:00:30Z", None, "v1"))
+                .await
+                .unwrap()
+        );
+        let started = ack("x-1", d, target("a0"), S::Executing, "2026-11-27T00:01:00Z");
+        store.record_ack(&started).await.unwrap();
+        assert_eq!(
+            in_force(d.clone()).await,
+            Some(sref("a0")),
+            "executing names it"
+        );
+        // A status sent before that ack but handled after it: its other details apply, its
+        // schedule in force does not.
+        assert!(
+            store
+                .record_status(&status(d, "2026-11-27T00:00:45Z", None, "v2"))
+                .await
+                .unwrap()
+        );
+        let st = store.device_status(d).await.unwrap();
+        assert_eq!(
+            (st.reported_schedule, st.agent_version.as_deref()),
+            (Some(sref("a0")), Some("v2"))
+        );
+        let b_started = ack("x-2", d, target("b0"), S::Executing, "2026-11-27T00:02:00Z");
+        let a_ended = ack(
+            "x-3",
+            d,
+            target("a0"),
+            S::Superseded,
+            "2026-11-27T00:02:00Z",
+        );
+        store.record_ack(&b_started).await.unwrap();
+        store.record_ack(&a_ended).await.unwrap();
+        assert_eq!(
+            in_force(d.clone()).await,
+            Some(sref("b0")),
+            "another schedule's end leaves it"
+        );
+        store
+            .record_ack(&ack(
+                "x-4",
+                d,
+                target("b0"),
+                S::Completed,
+                "2026-11-27T00:03:00Z",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(in_force(d.clone()).await, None, "its own end clears it");
+        assert!(
+            store
+                .record_status(&status(d, "2026-11-27T00:04:00Z", Some(sref("b0")), "v2"))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            in_force(d.clone()).await,
+            Some(sref("b0")),
+            "a newer status wins"
+        );
+
+        // In batches, in arrival order within the batch.
+        let d = &ids[1];
+        let batch = [
+            ack("y-1", d, target("a1"), S::Executing, "2026-11-27T00:01:00Z"),
+            ack("y-2", d, target("b1"), S::Executing, "2026-11-27T00:02:00Z"),
+            ack(
+                "y-3",
+                d,
+                target("a1"),
+                S::Superseded,
+                "2026-11-27T00:02:00Z",
+            ),
+        ];
+        for r in store.record_acks(&batch).await.unwrap() {
+            assert!(matches!(r, Ok(AckOutcome::Applied { .. })), "{r:?}");
+        }
+        assert_eq!(in_force(d.clone()).await, Some(sref("b1")));
+        store
+            .record_acks(&[ack(
+                "y-4",
+                d,
+                target("b1"),
+                S::Completed,
+                "2026-11-27T00:03:00Z",
+            )])
+            .await
+            .unwrap();
+        assert_eq!(in_force(d.clone()).await, None);
+        // An older ack than the recorded report changes nothing.
+        assert!(
+            store
+                .record_status(&status(d, "2026-11-27T00:05:00Z", Some(sref("a1")), "v1"))
+                .await
+                .unwrap()
+        );
+        store
+            .record_acks(&[ack(
+                "y-5",
+                d,
+                target("c1"),
+                S::Executing,
+                "2026-11-27T00:04:00Z",
+            )])
+            .await
+            .unwrap();
+        assert_eq!(in_force(d.clone()).await, Some(sref("a1")));
+    }
+
     pub async fn acks(store: S) {
         let ids = fleet(&*store, "s", "bat", 2).await;
         let t0 = t("2026-11-27T00:00:00Z");
@@ -2228,6 +2392,7 @@ conformance!(
     devices,
     status,
     status_batches,
+    schedule_in_force_from_acks,
     schedules,
     commands,
     acks,

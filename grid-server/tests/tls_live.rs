@@ -311,13 +311,16 @@ async fn server_and_agent_exchange_a_schedule_over_mutual_tls() {
     );
     assert!(
         eventually(WAIT, || async {
-            acks_of(&db, &rec.schedule)
-                .await
-                .iter()
-                .any(|a| a.state == ExecutionState::Accepted && a.device == device)
+            acks_of(&db, &rec.schedule).await.iter().any(|a| {
+                // The horizon has started: accepted and started at once, acked `executing`.
+                matches!(
+                    a.state,
+                    ExecutionState::Accepted | ExecutionState::Executing
+                ) && a.device == device
+            })
         })
         .await,
-        "the server recorded the agent's `accepted`: {:?} / {}",
+        "the server recorded the agent's acceptance: {:?} / {}",
         acks_of(&db, &rec.schedule).await,
         broker.log()
     );

@@ -269,7 +269,8 @@ pub struct DeviceStatusBody {
     pub capabilities: Vec<String>,
     /// Device clock minus server clock (ms).
     pub clock_offset_ms: Option<i64>,
-    /// The schedule the device reports executing.
+    /// The schedule the device reports executing (by its last status, or by a later `executing`
+    /// ack; none once that schedule's terminal ack arrived).
     pub reported_schedule: Option<ScheduleStateBody>,
     /// The newest schedule the server holds for it.
     pub latest_schedule: Option<ScheduleStateBody>,

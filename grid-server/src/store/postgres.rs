@@ -229,6 +229,49 @@ async fn update_schedule_states(
     .await?)
 }
 
+/// Applies what acks said about devices' schedules in force (each device at most once, in device
+/// order) where no newer report is recorded.
+async fn report_schedules_in_force(conn: &mut Conn, rows: &[InForceRow<'_>]) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE devices SET reported_schedule_id = v.sid, reported_schedule_version = v.sver, \
+         reported_schedule_ms = v.at \
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], \
+         $6::bigint[]) AS v(id, at, sid, sver, gid, gver) \
+         WHERE devices.id = v.id \
+         AND (devices.reported_schedule_ms IS NULL OR devices.reported_schedule_ms <= v.at) \
+         AND (v.gid IS NULL OR (devices.reported_schedule_id = v.gid \
+         AND devices.reported_schedule_version = v.gver))",
+    )
+    .bind(rows.iter().map(|r| r.device).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.at_ms).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.schedule.map(|s| s.0))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.schedule.map(|s| s.1))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.only_if.map(|s| s.0))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.only_if.map(|s| s.1))
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Applies status reports (each device at most once) to devices with no newer status; returns
 /// the `id` of each device updated.
 async fn update_device_statuses(
@@ -244,10 +287,13 @@ async fn update_device_statuses(
          firmware_version = CASE WHEN v.online THEN v.firmware ELSE devices.firmware_version END, \
          capabilities_json = CASE WHEN v.online THEN v.caps ELSE devices.capabilities_json END, \
          clock_offset_ms = CASE WHEN v.online THEN v.clock ELSE devices.clock_offset_ms END, \
-         reported_schedule_id = CASE WHEN v.online THEN v.sid \
-         ELSE devices.reported_schedule_id END, \
-         reported_schedule_version = CASE WHEN v.online THEN v.sver \
-         ELSE devices.reported_schedule_version END \
+         reported_schedule_id = CASE WHEN v.online AND (devices.reported_schedule_ms IS NULL \
+         OR devices.reported_schedule_ms <= v.at) THEN v.sid ELSE devices.reported_schedule_id END, \
+         reported_schedule_version = CASE WHEN v.online AND (devices.reported_schedule_ms IS NULL \
+         OR devices.reported_schedule_ms <= v.at) THEN v.sver \
+         ELSE devices.reported_schedule_version END, \
+         reported_schedule_ms = CASE WHEN v.online AND (devices.reported_schedule_ms IS NULL \
+         OR devices.reported_schedule_ms <= v.at) THEN v.at ELSE devices.reported_schedule_ms END \
          FROM UNNEST($1::text[], $2::bool[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
          $7::bigint[], $8::text[], $9::bigint[]) \
          AS v(id, online, at, agent, firmware, caps, clock, sid, sver) \

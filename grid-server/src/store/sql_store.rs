@@ -26,7 +26,8 @@ type Conn = <Db as sqlx::Database>::Connection;
 // The rows of the multi-row statements, which each backend writes its own way (see the module
 // docs of `postgres` and `sqlite`): `schedule_states`, `insert_schedule_acks`,
 // `update_schedule_states`, `mark_schedules_sent`, `outbox_rows`, `outbox_rows_locked`,
-// `update_outbox_rows`, `insert_outbox_rows` and `update_device_statuses`.
+// `update_outbox_rows`, `insert_outbox_rows`, `update_device_statuses` and
+// `report_schedules_in_force`.
 
 /// A device's status report, applied only if no newer one is recorded. An offline report
 /// (`online` false) sets only `online` and `status_ms` and keeps the last known details.
@@ -40,6 +41,60 @@ struct StatusRow<'a> {
     clock_offset_ms: Option<i64>,
     schedule_id: Option<&'a str>,
     schedule_version: Option<i64>,
+}
+
+/// What a device's acks say about its schedule in force (`devices.reported_schedule_*`), applied
+/// only if no newer report is recorded (`at_ms`: when the ack arrived, the clock of status
+/// reports too): `schedule` (none: nothing in force) replaces the reported one, provided it is
+/// `only_if` when that is given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct InForceRow<'a> {
+    device: &'a str,
+    at_ms: i64,
+    schedule: Option<(&'a str, i64)>,
+    only_if: Option<(&'a str, i64)>,
+}
+
+/// Folds one applied lifecycle move of `device`'s `schedule` into what its acks (in arrival
+/// order) have said so far about its schedule in force: an `executing` move names the schedule;
+/// a terminal move of a schedule that was executing ends it (if it is still the one reported);
+/// other moves say nothing.
+fn in_force_after<'a>(
+    said: Option<InForceRow<'a>>,
+    device: &'a str,
+    schedule: (&'a str, i64),
+    from: ExecutionState,
+    to: ExecutionState,
+    at_ms: i64,
+) -> Option<InForceRow<'a>> {
+    if to == ExecutionState::Executing {
+        return Some(InForceRow {
+            device,
+            at_ms,
+            schedule: Some(schedule),
+            only_if: None,
+        });
+    }
+    if !(to.is_terminal() && from == ExecutionState::Executing) {
+        return said;
+    }
+    match said {
+        None => Some(InForceRow {
+            device,
+            at_ms,
+            schedule: None,
+            only_if: Some(schedule),
+        }),
+        // Started and ended within these acks: nothing is in force.
+        Some(s) if s.schedule == Some(schedule) => Some(InForceRow {
+            device,
+            at_ms: at_ms.max(s.at_ms),
+            schedule: None,
+            only_if: None,
+        }),
+        // Another schedule ended: the one these acks started stands.
+        Some(s) => Some(s),
+    }
 }
 
 /// A schedule ack to insert (`target_kind` is `schedule`).
@@ -560,7 +615,12 @@ impl This {
             sql_exec!(
                 "UPDATE devices SET online = TRUE, status_ms = $1, agent_version = $2, \
                  firmware_version = $3, capabilities_json = $4, clock_offset_ms = $5, \
-                 reported_schedule_id = $6, reported_schedule_version = $7 \
+                 reported_schedule_id = CASE WHEN reported_schedule_ms IS NULL \
+                 OR reported_schedule_ms <= $1 THEN $6 ELSE reported_schedule_id END, \
+                 reported_schedule_version = CASE WHEN reported_schedule_ms IS NULL \
+                 OR reported_schedule_ms <= $1 THEN $7 ELSE reported_schedule_version END, \
+                 reported_schedule_ms = CASE WHEN reported_schedule_ms IS NULL \
+                 OR reported_schedule_ms <= $1 THEN $1 ELSE reported_schedule_ms END \
                  WHERE id = $8 AND (status_ms IS NULL OR status_ms <= $1)",
                 status.at_ms,
                 status.agent_version,
@@ -774,6 +834,18 @@ impl This {
         if !moved {
             Self::delete_ack(&mut **tx, &ack.device, &ack.message_id).await?;
             return Ok(None);
+        }
+        if kind == "schedule"
+            && let Some(row) = in_force_after(
+                None,
+                ack.device.as_str(),
+                (target_id, target_version),
+                current,
+                next,
+                ms(ack.received_at),
+            )
+        {
+            report_schedules_in_force(tx, &[row]).await?;
         }
         Ok(Some(AckOutcome::Applied {
             from: current,
@@ -1024,6 +1096,29 @@ impl This {
                 out[i] = None;
                 retry.push(i);
             }
+        }
+        // 6. What the recorded moves say about each device's schedule in force, in arrival
+        //    order; devices in key order (the lock order of every writer of device rows).
+        let mut said: std::collections::BTreeMap<&str, InForceRow<'_>> = Default::default();
+        for &i in &candidates {
+            let Some(Ok(AckOutcome::Applied { from, state })) = &out[i] else {
+                continue;
+            };
+            let ack = &acks[i];
+            let AckTarget::Schedule { id, version } = &ack.target else {
+                continue;
+            };
+            let device = ack.device.as_str();
+            let before = said.get(device).copied();
+            let key = (id.as_str(), version_param(*version)?);
+            match in_force_after(before, device, key, *from, *state, ms(ack.received_at)) {
+                Some(row) => said.insert(device, row),
+                None => said.remove(device),
+            };
+        }
+        if !said.is_empty() {
+            let rows: Vec<InForceRow<'_>> = said.into_values().collect();
+            report_schedules_in_force(tx, &rows).await?;
         }
         Ok(())
     }

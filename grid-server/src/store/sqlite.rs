@@ -202,10 +202,14 @@ async fn update_device_statuses(
              firmware_version = CASE WHEN v.column2 THEN v.column5 ELSE firmware_version END, \
              capabilities_json = CASE WHEN v.column2 THEN v.column6 ELSE capabilities_json END, \
              clock_offset_ms = CASE WHEN v.column2 THEN v.column7 ELSE clock_offset_ms END, \
-             reported_schedule_id = CASE WHEN v.column2 THEN v.column8 \
-             ELSE reported_schedule_id END, \
-             reported_schedule_version = CASE WHEN v.column2 THEN v.column9 \
-             ELSE reported_schedule_version END FROM (VALUES ",
+             reported_schedule_id = CASE WHEN v.column2 AND (reported_schedule_ms IS NULL \
+             OR reported_schedule_ms <= v.column3) THEN v.column8 ELSE reported_schedule_id END, \
+             reported_schedule_version = CASE WHEN v.column2 AND (reported_schedule_ms IS NULL \
+             OR reported_schedule_ms <= v.column3) THEN v.column9 \
+             ELSE reported_schedule_version END, \
+             reported_schedule_ms = CASE WHEN v.column2 AND (reported_schedule_ms IS NULL \
+             OR reported_schedule_ms <= v.column3) THEN v.column3 ELSE reported_schedule_ms END \
+             FROM (VALUES ",
         );
         for (n, r) in chunk.iter().enumerate() {
             if n > 0 {
@@ -239,6 +243,44 @@ async fn update_device_statuses(
         out.extend(q.build().fetch_all(&mut *conn).await?);
     }
     Ok(out)
+}
+
+/// Applies what acks said about devices' schedules in force (each device at most once, in device
+/// order) where no newer report is recorded.
+async fn report_schedules_in_force(conn: &mut Conn, rows: &[InForceRow<'_>]) -> StoreResult<()> {
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new(
+            "UPDATE devices SET reported_schedule_id = v.column3, \
+             reported_schedule_version = v.column4, reported_schedule_ms = v.column2 \
+             FROM (VALUES ",
+        );
+        for (n, r) in chunk.iter().enumerate() {
+            if n > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .push_bind(r.device.to_owned())
+                .push(", CAST(")
+                .push_bind(r.at_ms)
+                .push(" AS BIGINT), ")
+                .push_bind(r.schedule.map(|s| s.0.to_owned()))
+                .push(", CAST(")
+                .push_bind(r.schedule.map(|s| s.1))
+                .push(" AS BIGINT), ")
+                .push_bind(r.only_if.map(|s| s.0.to_owned()))
+                .push(", CAST(")
+                .push_bind(r.only_if.map(|s| s.1))
+                .push(" AS BIGINT))");
+        }
+        q.push(
+            ") AS v WHERE devices.id = v.column1 \
+             AND (devices.reported_schedule_ms IS NULL OR devices.reported_schedule_ms <= v.column2) \
+             AND (v.column5 IS NULL OR (devices.reported_schedule_id = v.column5 \
+             AND devices.reported_schedule_version = v.column6))",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Marks the `(schedule_id, version)` schedules still queued or delivered as sent at `at_ms`;

@@ -305,7 +305,8 @@ pub struct DeviceStatus {
     pub capabilities: Vec<String>,
     /// Clock offset from the last status (ms).
     pub clock_offset_ms: Option<i64>,
-    /// The schedule the device reported as active.
+    /// The schedule the device reported as active: by its last status, or by an `executing` ack
+    /// that arrived later (and no longer once that schedule's terminal ack arrived).
     pub reported_schedule: Option<ScheduleRef>,
     /// The newest schedule version the server holds for the device, with its state.
     pub latest_schedule: Option<ScheduleStateRef>,
