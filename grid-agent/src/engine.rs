@@ -564,10 +564,16 @@ impl Engine {
             }
             return;
         }
-        let correlation = grid_proto::decode(payload)
-            .ok()
-            .and_then(|e| e.correlation_id);
-        let actions = self.inbox.on_message(now, topic, payload);
+        // Decoded once: the inbox takes the checked envelope.
+        let checked = self.inbox.check_message(topic, payload);
+        let correlation = match &checked {
+            Ok(e) => e.correlation_id.clone(),
+            // Refused (wrong topic, bad signature, ...): its correlation still labels the log.
+            Err(_) => grid_proto::decode(payload)
+                .ok()
+                .and_then(|e| e.correlation_id),
+        };
+        let actions = self.inbox.on_checked(now, checked, payload);
         self.apply_inbox(now, actions, correlation, out);
         if let Some(tag) = delivery {
             // After the Persist above: the broker redelivers if we die before this.

@@ -377,7 +377,26 @@ impl Inbox {
 
     /// Handles one message received on `topic`.
     pub fn on_message(&mut self, now: Timestamp, topic: &str, payload: &[u8]) -> Vec<InboxAction> {
-        let envelope = match self.check(topic, payload) {
+        let checked = self.check(topic, payload);
+        self.on_checked(now, checked, payload)
+    }
+
+    /// The first half of [`Inbox::on_message`]: decodes `payload` and checks it against `topic`
+    /// (limits, device, body kind) and the signature. A caller that needs the envelope (e.g. its
+    /// correlation id) passes the result to [`Inbox::on_checked`] instead of decoding twice.
+    pub fn check_message(&self, topic: &str, payload: &[u8]) -> crate::Result<Envelope> {
+        self.check(topic, payload)
+    }
+
+    /// The second half of [`Inbox::on_message`]: handles what [`Inbox::check_message`] made of
+    /// `payload` (a failure is answered `rejected` by message id when the id can be read).
+    pub fn on_checked(
+        &mut self,
+        now: Timestamp,
+        checked: crate::Result<Envelope>,
+        payload: &[u8],
+    ) -> Vec<InboxAction> {
+        let envelope = match checked {
             Ok(envelope) => envelope,
             Err(error) => {
                 let id = Codec::detect(payload).and_then(|c| c.peek_message_id(payload));
