@@ -29,8 +29,13 @@ const SAVE_RETRIES: usize = 16;
 /// The most acks one batch writes (one transaction for the acks, one for the trackers).
 const MAX_ACK_BATCH: usize = 512;
 
-/// Parallel ack writers on PostgreSQL.
-const ACK_WRITERS: usize = 4;
+/// Parallel ack writers on PostgreSQL: one per core, at least two, at most eight. More writers
+/// than cores only cut the batches smaller (each batch is seven statements whatever its size):
+/// at 10,000 devices on 2 cores, four writers cost PostgreSQL 0.15 core-seconds more than two
+/// (docs/benchmarks.md, "Eighth session").
+fn ack_writers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
+}
 
 /// Store connections left to the retry loop and the API when the inbound handlers are busy.
 const SPARE_CONNECTIONS: usize = 2;
@@ -298,7 +303,7 @@ impl Transport {
         // Writers run in parallel on PostgreSQL (the ack path waits on round trips, not on
         // the CPU); SQLite has one writer at a time anyway.
         let writers = match store.backend() {
-            crate::store::Backend::Postgres => ACK_WRITERS,
+            crate::store::Backend::Postgres => ack_writers(),
             _ => 1,
         };
         let (ack_txs, ack_rxs): (Vec<_>, Vec<_>) = (0..writers)
