@@ -883,6 +883,14 @@ mod suite {
         ));
     }
 
+    /// Marks version 1 of schedule `id` delivered (sent) at `at`.
+    async fn deliver_v1(store: &dyn Store, id: &ScheduleId, at: Timestamp) {
+        store
+            .apply_schedule_event(id, ScheduleVersion(1), LifecycleEvent::Deliver, at, None)
+            .await
+            .unwrap();
+    }
+
     fn ack(
         id: &str,
         device: &DeviceId,
@@ -924,16 +932,7 @@ mod suite {
                     .create_schedule(&new_schedule(&id, d, 1, "2026-11-27T00:00:00Z"), t0)
                     .await
                     .unwrap();
-                store
-                    .apply_schedule_event(
-                        &ScheduleId::new(&id).unwrap(),
-                        ScheduleVersion(1),
-                        LifecycleEvent::Deliver,
-                        t0,
-                        None,
-                    )
-                    .await
-                    .unwrap();
+                deliver_v1(&*store, &ScheduleId::new(&id).unwrap(), t0).await;
             }
         }
         let status =
@@ -1074,10 +1073,7 @@ mod suite {
             .await
             .unwrap();
         let id = ScheduleId::new("day").unwrap();
-        store
-            .apply_schedule_event(&id, ScheduleVersion(1), LifecycleEvent::Deliver, t0, None)
-            .await
-            .unwrap();
+        deliver_v1(&*store, &id, t0).await;
         let target = AckTarget::Schedule {
             id: id.clone(),
             version: ScheduleVersion(1),
@@ -1650,10 +1646,7 @@ mod suite {
                 .await
                 .unwrap();
             let sid = ScheduleId::new(&name).unwrap();
-            store
-                .apply_schedule_event(&sid, ScheduleVersion(1), LifecycleEvent::Deliver, t0, None)
-                .await
-                .unwrap();
+            deliver_v1(&**store, &sid, t0).await;
             targets.push(AckTarget::Schedule {
                 id: sid,
                 version: ScheduleVersion(1),
@@ -1964,16 +1957,7 @@ mod suite {
                     .unwrap();
                 let sid = ScheduleId::new(&name).unwrap();
                 if k % 2 == 0 {
-                    store
-                        .apply_schedule_event(
-                            &sid,
-                            ScheduleVersion(1),
-                            LifecycleEvent::Deliver,
-                            t0,
-                            None,
-                        )
-                        .await
-                        .unwrap();
+                    deliver_v1(&**store, &sid, t0).await;
                 }
                 targets.push(sid);
             }
@@ -2280,10 +2264,7 @@ mod suite {
                 continue;
             };
             let sid = ScheduleId::new(&id).unwrap();
-            store
-                .apply_schedule_event(&sid, ScheduleVersion(1), LifecycleEvent::Deliver, t0, None)
-                .await
-                .unwrap();
+            deliver_v1(&*store, &sid, t0).await;
             let at = t0
                 .checked_add(jiff::SignedDuration::from_millis(after_ms))
                 .unwrap();
