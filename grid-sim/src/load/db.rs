@@ -140,7 +140,7 @@ const ACCEPTANCE_ACK: &str = "(a.state = 'accepted' OR (a.state IN ('executing',
       AND b.target_version = a.target_version AND b.state = 'accepted')))";
 
 /// Per device: the first time (ms since the epoch) the server sent the schedule, the agent's
-/// acceptance ack's envelope time, and the server's receipt time of it ([`ACCEPTANCE_ACK`]).
+/// acceptance ack's envelope time, and the server's receipt time of it (`ACCEPTANCE_ACK`).
 pub async fn accept_times(pool: &PgPool, prefix: &str) -> Result<Vec<(Option<i64>, i64, i64)>> {
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT s.first_sent_ms AS sent, MIN(a.sent_ms) AS acked, MIN(a.received_ms) AS received \
@@ -162,7 +162,7 @@ pub async fn accept_times(pool: &PgPool, prefix: &str) -> Result<Vec<(Option<i64
         .collect()
 }
 
-/// Acceptance acks ([`ACCEPTANCE_ACK`]) for schedules with the prefix: (rows, distinct devices).
+/// Acceptance acks (`ACCEPTANCE_ACK`) for schedules with the prefix: (rows, distinct devices).
 pub async fn acceptance_acks(pool: &PgPool, prefix: &str) -> Result<(i64, i64)> {
     let row = sqlx::query(AssertSqlSafe(format!(
         "SELECT COUNT(*) AS n, COUNT(DISTINCT a.device_id) AS d FROM acks a \
