@@ -835,7 +835,7 @@ impl This {
             Self::delete_ack(&mut **tx, &ack.device, &ack.message_id).await?;
             return Ok(None);
         }
-        if kind == "schedule"
+        if matches!(ack.target, AckTarget::Schedule { .. })
             && let Some(row) = in_force_after(
                 None,
                 ack.device.as_str(),
@@ -1111,10 +1111,11 @@ impl This {
             let device = ack.device.as_str();
             let before = said.get(device).copied();
             let key = (id.as_str(), version_param(*version)?);
-            match in_force_after(before, device, key, *from, *state, ms(ack.received_at)) {
-                Some(row) => said.insert(device, row),
-                None => said.remove(device),
-            };
+            if let Some(row) =
+                in_force_after(before, device, key, *from, *state, ms(ack.received_at))
+            {
+                said.insert(device, row);
+            }
         }
         if !said.is_empty() {
             let rows: Vec<InForceRow<'_>> = said.into_values().collect();
