@@ -19,6 +19,7 @@ pub mod api;
 pub mod broker;
 pub mod db;
 pub mod procstat;
+pub mod reference;
 pub mod worker;
 
 use anyhow::{Context, Result, bail};
@@ -38,12 +39,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use worker::{Reply, Request, WorkerSpec};
+use worker::{Reply, Request, WorkerRole, WorkerSpec};
 
 /// Prefix of the benchmark schedules' ids (`load-NNNNN-day`).
 const SCHEDULE_PREFIX: &str = "load-";
 /// Slots of the published day (15 minutes each).
 const SLOTS: usize = 96;
+/// Rounds of the bare-MQTT reference (the median is its figure).
+const REFERENCE_ROUNDS: usize = 3;
 
 /// Options of `grid-sim load`.
 #[derive(Debug, Clone, clap::Args)]
@@ -95,6 +98,10 @@ pub struct LoadArgs {
     /// (`synchronous_commit = off`). Not a production setting; off by default.
     #[arg(long)]
     pub pg_async_commit: bool,
+    /// Skip the bare-MQTT reference (the same broker and process split, nothing stored: the
+    /// publish figure's yardstick, see `reference`).
+    #[arg(long)]
+    pub skip_reference: bool,
     /// Skip the reconnect storms.
     #[arg(long)]
     pub skip_storm: bool,
@@ -135,6 +142,7 @@ impl LoadArgs {
             publish_batch: 500,
             db_pool: 16,
             pg_async_commit: false,
+            skip_reference: false,
             skip_storm: false,
             skip_api: false,
             api_rate: 2000,
@@ -176,14 +184,144 @@ pub async fn bench(args: &LoadArgs) -> Result<Value> {
     let dir = std::env::temp_dir().join(format!("grid-load-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut mosquitto = broker::Broker::start(&args.mosquitto, &dir, port).await?;
-    let database = db::BenchDb::create(&args.database_url, args.pg_async_commit).await?;
-    let result = bench_with(args, &dir, &mut mosquitto, &database).await;
-    if let Err(e) = database.drop_db().await {
-        eprintln!("warning: could not drop {}: {e:#}", database.name);
+    let result = async {
+        let reference = if args.skip_reference {
+            Value::Null
+        } else {
+            bench_reference(args, &mosquitto)
+                .await
+                .context("the bare-MQTT reference")?
+        };
+        let database = db::BenchDb::create(&args.database_url, args.pg_async_commit).await?;
+        let result = bench_with(args, &dir, &mut mosquitto, &database).await;
+        if let Err(e) = database.drop_db().await {
+            eprintln!("warning: could not drop {}: {e:#}", database.name);
+        }
+        result.map(|summary| with_reference(summary, reference))
     }
+    .await;
     let _ = mosquitto.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Adds the bare-MQTT reference to the summary, and the publish figure as a multiple of it.
+fn with_reference(mut summary: Value, reference: Value) -> Value {
+    let fleet = summary["publish"]["all_accepted_recorded_s"].as_f64();
+    let bare = reference["all_answered_s"].as_f64();
+    if let (Some(fleet), Some(bare)) = (fleet, bare)
+        && bare > 0.0
+    {
+        summary["publish"]["ratio_to_bare_mqtt"] = json!((fleet / bare * 100.0).round() / 100.0);
+    }
+    summary["reference"] = reference;
+    summary
+}
+
+/// The executable worker processes run (none: workers run in this process).
+fn worker_exe(args: &LoadArgs, procs: usize) -> Result<Option<PathBuf>> {
+    Ok(match (&args.worker_exe, procs) {
+        (_, 0) => None,
+        (Some(e), _) => Some(e.clone()),
+        (None, _) => Some(std::env::current_exe().context("locating grid-sim")?),
+    })
+}
+
+/// Worker processes for `n` devices: `--agent-procs`, or one per 8,000 devices.
+fn worker_procs(args: &LoadArgs) -> usize {
+    args.agent_procs.unwrap_or(args.devices.div_ceil(8000))
+}
+
+/// Starts `role` workers for devices `0..n`, split like the fleet.
+async fn start_workers(
+    args: &LoadArgs,
+    port: u16,
+    role: WorkerRole,
+    jitter_ms: u64,
+) -> Result<Fleet> {
+    let n = args.devices;
+    let procs = worker_procs(args);
+    let exe = worker_exe(args, procs)?;
+    let parts = procs.max(1);
+    let mut workers = Vec::new();
+    for p in 0..parts {
+        let first = p * n / parts;
+        let last = (p + 1) * n / parts;
+        let spec = WorkerSpec {
+            host: "127.0.0.1".into(),
+            port,
+            first,
+            count: last - first,
+            store: args.agent_store,
+            shards: args.shards,
+            reconnect_min_ms: jitter_ms,
+            tick_ms: args.tick_ms,
+            telemetry_s: args.telemetry_s,
+            role,
+        };
+        workers.push(Worker::start(&spec, exe.as_ref()).await?);
+    }
+    Ok(Fleet(workers))
+}
+
+/// The bare-MQTT reference ([`reference`]) on the benchmark's broker: N bare clients in the
+/// fleet's worker split, a 2 KB QoS 1 message to each, until every answer is back.
+async fn bench_reference(args: &LoadArgs, mosquitto: &broker::Broker) -> Result<Value> {
+    let n = args.devices;
+    progress(&format!(
+        "bare-MQTT reference: {n} clients, a {} B message to each, until every answer is back",
+        reference::MESSAGE_BYTES
+    ));
+    let mut hub = reference::Hub::connect("127.0.0.1", mosquitto.port).await?;
+    let t = Instant::now();
+    let mut clients = start_workers(args, mosquitto.port, WorkerRole::BareMqtt, 1000).await?;
+    let outcome = async {
+        let (subscribed, _) = clients
+            .wait_for(t, Duration::from_secs(120), |s| s.connected_once >= n)
+            .await
+            .context("waiting for every bare client to subscribe")?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Several rounds, the median reported: one round is short enough for the machine's
+        // moment-to-moment speed to move it by a third.
+        let mut rounds = Vec::new();
+        let mut usage = Value::Null;
+        for round in 0..REFERENCE_ROUNDS {
+            let before = Probe::take(mosquitto.pid(), &clients.pids());
+            rounds.push(hub.fan_out(n, Duration::from_secs(60)).await?);
+            if round == 0 {
+                usage = Probe::take(mosquitto.pid(), &clients.pids()).since(&before);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let mut answered: Vec<f64> = rounds.iter().map(|r| secs(r.all_answered)).collect();
+        let mut calls: Vec<f64> = rounds.iter().map(|r| secs(r.publish_calls)).collect();
+        let in_order = answered.clone();
+        answered.sort_by(f64::total_cmp);
+        calls.sort_by(f64::total_cmp);
+        let duplicates: usize = rounds.iter().map(|r| r.duplicates).sum();
+        Ok::<_, anyhow::Error>(json!({
+            "clients": n,
+            "message_bytes": reference::MESSAGE_BYTES,
+            "answer_bytes": reference::ANSWER_BYTES,
+            "subscribe_all_s": secs(subscribed),
+            "all_answered_s": answered[answered.len() / 2],
+            "rounds_all_answered_s": in_order,
+            "publish_calls_s": calls[calls.len() / 2],
+            "duplicates": duplicates,
+            "usage_first_round": {
+                "wall_s": usage["wall_s"],
+                "broker": usage["broker"],
+                "clients": usage["agents"],
+                "hub_process": usage["server"],
+            },
+        }))
+    }
+    .await;
+    for w in clients.0 {
+        w.stop().await;
+    }
+    hub.close().await;
+    outcome
 }
 
 fn now_ms() -> i64 {
@@ -561,38 +699,15 @@ async fn bench_server(
     summary["setup"] = json!({ "register_s": secs(t.elapsed()) });
 
     // --- Agents -----------------------------------------------------------------------------
-    let procs = args.agent_procs.unwrap_or(n.div_ceil(8000));
+    let procs = worker_procs(args);
     progress(&format!(
         "starting {n} agents ({} stores, {} worker process(es)), waiting for every connect and hello",
         args.agent_store.as_str(),
         procs
     ));
-    let exe = match (&args.worker_exe, procs) {
-        (_, 0) => None,
-        (Some(e), _) => Some(e.clone()),
-        (None, _) => Some(std::env::current_exe().context("locating grid-sim")?),
-    };
-    let parts = procs.max(1);
-    let mut workers = Vec::new();
     let t = Instant::now();
     let hello_from = now_ms();
-    for p in 0..parts {
-        let first = p * n / parts;
-        let last = (p + 1) * n / parts;
-        let spec = WorkerSpec {
-            host: "127.0.0.1".into(),
-            port: mosquitto.port,
-            first,
-            count: last - first,
-            store: args.agent_store,
-            shards: args.shards,
-            reconnect_min_ms: args.jitter_ms,
-            tick_ms: args.tick_ms,
-            telemetry_s: args.telemetry_s,
-        };
-        workers.push(Worker::start(&spec, exe.as_ref()).await?);
-    }
-    let mut fleet = Fleet(workers);
+    let mut fleet = start_workers(args, mosquitto.port, WorkerRole::Agents, args.jitter_ms).await?;
     let outcome = bench_fleet(
         args,
         dir,
@@ -1044,6 +1159,14 @@ pub fn table(s: &Value) -> String {
     row(
         "publish: all accepted + recorded",
         format!("{} s", f(&s["publish"]["all_accepted_recorded_s"])),
+    );
+    row(
+        "bare-MQTT reference: all answered",
+        format!("{} s", f(&s["reference"]["all_answered_s"])),
+    );
+    row(
+        "  publish / bare-MQTT reference",
+        format!("{} x", f(&s["publish"]["ratio_to_bare_mqtt"])),
     );
     row(
         "  accepted ack recorded (from publish)",

@@ -45,6 +45,21 @@ pub struct WorkerSpec {
     pub tick_ms: u64,
     /// Time between telemetry batches (s).
     pub telemetry_s: u64,
+    /// What the worker runs (default: agents).
+    #[serde(default)]
+    pub role: WorkerRole,
+}
+
+/// What a worker runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerRole {
+    /// Simulated agents (the fleet).
+    #[default]
+    Agents,
+    /// Bare MQTT clients that answer every message and store nothing (the reference:
+    /// [`crate::load::reference`]).
+    BareMqtt,
 }
 
 /// Where the simulated agents keep their stores. Either way every agent goes through the same
@@ -345,6 +360,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    if spec.role == WorkerRole::BareMqtt {
+        return crate::load::reference::serve(spec, input, output).await;
+    }
     let mut fleet = Fleet::open(spec).await?;
     fleet.start_all()?;
     let mut lines = BufReader::new(input).lines();
