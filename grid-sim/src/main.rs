@@ -3,6 +3,11 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator, as the `grid-server` binary: the server and the
+/// load tool's agent workers allocate per message (≈ 6 % less CPU in the scale benchmark).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// grid's fleet simulator: the demo and the load tool.
 #[derive(Debug, Parser)]
 #[command(name = "grid-sim", version, about)]
