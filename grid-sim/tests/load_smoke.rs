@@ -29,6 +29,20 @@ async fn fifty_devices_are_accepted_recorded_and_executed_once() {
         "{s:#}"
     );
     assert!(p["accepted_recorded_ms"]["p99"].as_f64().is_some(), "{s:#}");
+    // The bare-MQTT reference ran on the same broker: every client answered in each round, and
+    // the publish figure is given as a multiple of it.
+    let r = &s["reference"];
+    assert_eq!(r["clients"], 50, "{s:#}");
+    let rounds = r["rounds_all_answered_s"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 3, "{s:#}");
+    assert!(
+        rounds.iter().all(|t| t.as_f64().is_some_and(|t| t > 0.0)),
+        "{s:#}"
+    );
+    assert!(
+        p["ratio_to_bare_mqtt"].as_f64().is_some_and(|x| x > 0.0),
+        "{s:#}"
+    );
     let storms = s["reconnect_storms"].as_array().expect("two storms ran");
     assert_eq!(storms.len(), 2);
     for storm in storms {
@@ -62,8 +76,10 @@ async fn agents_on_sqlite_stores_are_accepted_recorded_and_executed_once() {
     args.tick_ms = 1000;
     args.skip_storm = true;
     args.skip_api = true;
+    args.skip_reference = true;
     let s = bench(&args).await.expect("the benchmark runs");
     assert_eq!(s["agent_store"], "sqlite", "{s:#}");
+    assert!(s["reference"].is_null(), "skipped: {s:#}");
     every_device_accepted_and_executed_once(&s, 50);
 }
 

@@ -5,7 +5,10 @@
 //! day's schedule published to every device, and the measurements of issue #8: time until every
 //! device's acceptance is recorded (p50/p99/max), acks in PostgreSQL, lost or duplicated
 //! executions, server/broker/PostgreSQL/agent CPU and memory, a reconnect storm with jitter on and
-//! off, and an API load test with wrk.
+//! off, and an API load test with wrk. Before the fleet starts, the same broker and worker split
+//! measure a bare-MQTT fan-out with nothing stored ([`reference`]); the publish figure is also
+//! given as a multiple of it (`publish.ratio_to_bare_mqtt`), which does not move with the
+//! machine's speed as the seconds do.
 //!
 //! ```text
 //! cargo run --release -p grid-sim -- load --devices 10000
