@@ -10,13 +10,13 @@
 //! The clients run in worker processes like the agents ([`WorkerRole::BareMqtt`]); the hub runs
 //! in the benchmark's own process, where the server runs later.
 
-use crate::load::worker::{Reply, Request, Status, WorkerSpec};
+use crate::load::worker::{Reply, Request, Requests, Status, WorkerSpec};
 use anyhow::{Context, Result, bail};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 
 /// Size of each message the hub publishes (the reference in ../shared's field notes and issue #8).
@@ -91,7 +91,7 @@ async fn bare_client(spec: WorkerSpec, i: usize, subscribed: Arc<AtomicUsize>) {
 /// Serves a [`WorkerRole::BareMqtt`](crate::load::worker::WorkerRole::BareMqtt) worker: starts
 /// its bare clients, then answers [`Request::Status`] (`connected_once`: clients subscribed) and
 /// [`Request::Stop`] until stopped or the end of `input`.
-pub async fn serve<R, W>(spec: WorkerSpec, input: R, mut output: W) -> Result<()>
+pub async fn serve<R, W>(spec: WorkerSpec, input: R, output: W) -> Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -101,45 +101,36 @@ where
     for i in spec.first..spec.first + spec.count {
         clients.spawn(bare_client(spec.clone(), i, subscribed.clone()));
     }
-    let mut lines = BufReader::new(input).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (reply, stop) = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Status) => {
-                let n = subscribed.load(Ordering::Relaxed);
-                let status = Status {
-                    agents: spec.count,
-                    connected_once: n,
-                    reconnected_since_mark: 0,
-                };
-                (Reply::Status(status), false)
+    let mut requests = Requests::new(input, output);
+    let answered = async {
+        while let Some(request) = requests.next().await? {
+            let (reply, stop) = match request {
+                Request::Status => {
+                    let status = Status {
+                        agents: spec.count,
+                        connected_once: subscribed.load(Ordering::Relaxed),
+                        reconnected_since_mark: 0,
+                    };
+                    (Reply::Status(status), false)
+                }
+                Request::Stop => (Reply::Ok, true),
+                other => (
+                    Reply::Error {
+                        message: format!("a bare-MQTT worker does not serve {other:?}"),
+                    },
+                    false,
+                ),
+            };
+            requests.reply(&reply).await?;
+            if stop {
+                break;
             }
-            Ok(Request::Stop) => (Reply::Ok, true),
-            Ok(other) => (
-                Reply::Error {
-                    message: format!("a bare-MQTT worker does not serve {other:?}"),
-                },
-                false,
-            ),
-            Err(e) => (
-                Reply::Error {
-                    message: format!("bad request {line:?}: {e}"),
-                },
-                false,
-            ),
-        };
-        let mut text = serde_json::to_string(&reply)?;
-        text.push('\n');
-        output.write_all(text.as_bytes()).await?;
-        output.flush().await?;
-        if stop {
-            break;
         }
+        Ok::<_, anyhow::Error>(())
     }
+    .await;
     clients.shutdown().await;
-    Ok(())
+    answered
 }
 
 /// What the hub measured.

@@ -355,7 +355,7 @@ impl Fleet {
 
 /// Runs a worker: starts its agents, then answers requests (one JSON line each) until
 /// [`Request::Stop`] or the end of `input`.
-pub async fn serve<R, W>(spec: WorkerSpec, input: R, mut output: W) -> Result<()>
+pub async fn serve<R, W>(spec: WorkerSpec, input: R, output: W) -> Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -365,19 +365,16 @@ where
     }
     let mut fleet = Fleet::open(spec).await?;
     fleet.start_all()?;
-    let mut lines = BufReader::new(input).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (reply, stop) = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Status) => (Reply::Status(fleet.status()), false),
-            Ok(Request::Mark) => {
+    let mut requests = Requests::new(input, output);
+    while let Some(request) = requests.next().await? {
+        let (reply, stop) = match request {
+            Request::Status => (Reply::Status(fleet.status()), false),
+            Request::Mark => {
                 fleet.marks = fleet.snapshots().iter().map(|m| m.connects).collect();
                 (Reply::Ok, false)
             }
-            Ok(Request::Metrics) => (Reply::Metrics(fleet.metrics()), false),
-            Ok(Request::Restart { reconnect_min_ms }) => {
+            Request::Metrics => (Reply::Metrics(fleet.metrics()), false),
+            Request::Restart { reconnect_min_ms } => {
                 fleet.stop_all().await;
                 fleet.spec.reconnect_min_ms = reconnect_min_ms;
                 match fleet.start_all() {
@@ -390,27 +387,62 @@ where
                     ),
                 }
             }
-            Ok(Request::Stop) => {
+            Request::Stop => {
                 fleet.stop_all().await;
                 (Reply::Ok, true)
             }
-            Err(e) => (
-                Reply::Error {
-                    message: format!("bad request {line:?}: {e}"),
-                },
-                false,
-            ),
         };
-        let mut text = serde_json::to_string(&reply)?;
-        text.push('\n');
-        output.write_all(text.as_bytes()).await?;
-        output.flush().await?;
+        requests.reply(&reply).await?;
         if stop {
             return Ok(());
         }
     }
     fleet.stop_all().await;
     Ok(())
+}
+
+/// A worker's side of the request channel: requests read from `input` (one JSON line each), replies
+/// written to `output` (one JSON line each).
+pub(crate) struct Requests<R, W> {
+    lines: tokio::io::Lines<BufReader<R>>,
+    output: W,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Requests<R, W> {
+    /// The channel over `input` and `output`.
+    pub(crate) fn new(input: R, output: W) -> Self {
+        Self {
+            lines: BufReader::new(input).lines(),
+            output,
+        }
+    }
+
+    /// The next request, or `None` when `input` ends. A line that is not a request is answered
+    /// with [`Reply::Error`] here and skipped.
+    pub(crate) async fn next(&mut self) -> Result<Option<Request>> {
+        while let Some(line) = self.lines.next_line().await? {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Request>(&line) {
+                Ok(request) => return Ok(Some(request)),
+                Err(e) => {
+                    let message = format!("bad request {line:?}: {e}");
+                    self.reply(&Reply::Error { message }).await?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes one reply.
+    pub(crate) async fn reply(&mut self, reply: &Reply) -> Result<()> {
+        let mut text = serde_json::to_string(reply)?;
+        text.push('\n');
+        self.output.write_all(text.as_bytes()).await?;
+        self.output.flush().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
