@@ -6,9 +6,9 @@
 //! device's acceptance is recorded (p50/p99/max), acks in PostgreSQL, lost or duplicated
 //! executions, server/broker/PostgreSQL/agent CPU and memory, a reconnect storm with jitter on and
 //! off, and an API load test with wrk. Before the fleet starts, the same broker and worker split
-//! measure a bare-MQTT fan-out with nothing stored ([`reference`]); the publish figure is also
-//! given as a multiple of it (`publish.ratio_to_bare_mqtt`), which does not move with the
-//! machine's speed as the seconds do.
+//! measure a bare-MQTT fan-out with nothing stored ([`reference`](mod@reference)); the publish
+//! figure is also given as a multiple of it (`publish.ratio_to_bare_mqtt`), which does not move
+//! with the machine's speed as the seconds do.
 //!
 //! ```text
 //! cargo run --release -p grid-sim -- load --devices 10000
@@ -267,8 +267,8 @@ async fn start_workers(
     Ok(Fleet(workers))
 }
 
-/// The bare-MQTT reference ([`reference`]) on the benchmark's broker: N bare clients in the
-/// fleet's worker split, a 2 KB QoS 1 message to each, until every answer is back.
+/// The bare-MQTT reference ([`reference`](mod@reference)) on the benchmark's broker: N bare
+/// clients in the fleet's worker split, a 2 KB QoS 1 message to each, until every answer is back.
 async fn bench_reference(args: &LoadArgs, mosquitto: &broker::Broker) -> Result<Value> {
     let n = args.devices;
     progress(&format!(

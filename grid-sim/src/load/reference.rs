@@ -7,7 +7,8 @@
 //! the machine's speed (issue #8 puts this reference at about 0.5 s for 10,000 clients). The
 //! benchmark runs the fan-out in a few rounds on the same connections and reports the median.
 //!
-//! The clients run in worker processes like the agents ([`WorkerRole::BareMqtt`]); the hub runs
+//! The clients run in worker processes like the agents
+//! ([`WorkerRole::BareMqtt`](crate::load::worker::WorkerRole::BareMqtt)); the hub runs
 //! in the benchmark's own process, where the server runs later.
 
 use crate::load::worker::{Reply, Request, Requests, Status, WorkerSpec};
