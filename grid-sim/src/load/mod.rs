@@ -50,6 +50,9 @@ const SCHEDULE_PREFIX: &str = "load-";
 const SLOTS: usize = 96;
 /// Rounds of the bare-MQTT reference (the median is its figure).
 const REFERENCE_ROUNDS: usize = 3;
+/// The bare-MQTT reference's clients connect spread over this long (ms), so their connects do not
+/// overflow the broker's listen queue.
+const REFERENCE_CONNECT_SPREAD_MS: u64 = 1000;
 
 /// Options of `grid-sim load`.
 #[derive(Debug, Clone, clap::Args)]
@@ -277,7 +280,13 @@ async fn bench_reference(args: &LoadArgs, mosquitto: &broker::Broker) -> Result<
     ));
     let mut hub = reference::Hub::connect("127.0.0.1", mosquitto.port).await?;
     let t = Instant::now();
-    let mut clients = start_workers(args, mosquitto.port, WorkerRole::BareMqtt, 1000).await?;
+    let mut clients = start_workers(
+        args,
+        mosquitto.port,
+        WorkerRole::BareMqtt,
+        REFERENCE_CONNECT_SPREAD_MS,
+    )
+    .await?;
     let outcome = async {
         let (subscribed, _) = clients
             .wait_for(t, Duration::from_secs(120), |s| s.connected_once >= n)
