@@ -2414,3 +2414,25 @@ async fn connect_picks_the_backend_from_the_url() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The store's sessions cost random page reads as cached ones, unless the URL's options say
+/// otherwise.
+#[tokio::test]
+#[ignore = "live: needs DATABASE_URL (run by .ci/run)"]
+async fn postgres_sessions_plan_for_cached_tables() {
+    let url = live_database_url();
+    let setting = |store: PostgresStore| async move {
+        let v: String = sqlx::query_scalar("SHOW random_page_cost")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        store.pool().close().await;
+        v
+    };
+    let store = PostgresStore::connect(&url, 1).await.unwrap();
+    assert_eq!(setting(store).await, grid_server::store::postgres::RANDOM_PAGE_COST);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let own = format!("{url}{sep}options=-c%20random_page_cost%3D3");
+    let store = PostgresStore::connect(&own, 1).await.unwrap();
+    assert_eq!(setting(store).await, "3", "the URL's own setting wins");
+}
