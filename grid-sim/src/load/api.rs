@@ -240,23 +240,93 @@ pub async fn run_wrk(
     Ok(result)
 }
 
-/// Paces wrk to `rate` requests/s: a short calibration run measures the mean latency, then the
-/// per-connection delay is set so `connections / (delay + latency)` ≈ `rate`, and the measured
-/// run follows.
-pub async fn run_paced(
-    w: &Workload,
-    dir: &Path,
-    rate: u32,
-    duration: Duration,
-) -> Result<ApiResult> {
-    let connections: u32 = 64;
-    let interval_ms = f64::from(connections) * 1000.0 / f64::from(rate.max(1));
-    let calib = run_wrk(w, dir, connections, Duration::from_secs(3), interval_ms).await?;
+/// Connections wrk opens for a paced run.
+pub const CONNECTIONS: u32 = 64;
+
+/// The per-connection delay (ms) that paces wrk to `rate` requests/s: a short calibration run
+/// measures the mean latency, then the delay is set so `connections / (delay + latency)` ≈
+/// `rate`. The measured run is [`run_wrk`] with it.
+pub async fn calibrate(w: &Workload, dir: &Path, rate: u32) -> Result<f64> {
+    let interval_ms = f64::from(CONNECTIONS) * 1000.0 / f64::from(rate.max(1));
+    let calib = run_wrk(w, dir, CONNECTIONS, Duration::from_secs(3), interval_ms).await?;
     // wrk measures latency without the delay; correct for both the latency and the achieved rate.
-    let achieved_interval = f64::from(connections) * 1000.0 / calib.rate.max(1.0);
+    let achieved_interval = f64::from(CONNECTIONS) * 1000.0 / calib.rate.max(1.0);
     let overhead = (achieved_interval - interval_ms).max(0.0);
-    let delay = (interval_ms - overhead).max(0.0);
-    run_wrk(w, dir, connections, duration, delay).await
+    Ok((interval_ms - overhead).max(0.0))
+}
+
+/// The server's own view of the requests between two renderings of its Prometheus metrics
+/// (`grid_http_request_duration_seconds`): per `METHOD route`, the requests, their mean and the
+/// share slower than 10 ms and than 25 ms (bucket bounds), so a slow tail can be pinned on a route.
+/// Server time only: from the request's arrival to its response, without the load generator's
+/// queueing.
+pub fn route_latencies(before: &str, after: &str) -> serde_json::Value {
+    #[derive(Default)]
+    struct Route {
+        count: f64,
+        sum: f64,
+        within_10ms: f64,
+        within_25ms: f64,
+    }
+    fn parse(text: &str) -> std::collections::BTreeMap<String, Route> {
+        let mut routes: std::collections::BTreeMap<String, Route> = Default::default();
+        let metric = grid_server::metrics::HTTP_DURATION;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(metric) else {
+                continue;
+            };
+            let Some((kind, rest)) = rest.split_once('{') else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            let r = routes
+                .entry(format!("{} {}", label("method"), label("route")))
+                .or_default();
+            match (kind, label("le").as_str()) {
+                ("_count", _) => r.count += value,
+                ("_sum", _) => r.sum += value,
+                ("_bucket", "0.01") => r.within_10ms += value,
+                ("_bucket", "0.025") => r.within_25ms += value,
+                _ => {}
+            }
+        }
+        routes
+    }
+    let (before, after) = (parse(before), parse(after));
+    let mut out = serde_json::Map::new();
+    for (route, a) in after {
+        let b = before.get(&route);
+        let count = a.count - b.map_or(0.0, |b| b.count);
+        if count < 1.0 {
+            continue;
+        }
+        let sum = a.sum - b.map_or(0.0, |b| b.sum);
+        let over = |within_after: f64, within_before: f64| {
+            ((count - (within_after - within_before)) / count * 1000.0).round() / 10.0
+        };
+        out.insert(
+            route,
+            serde_json::json!({
+                "requests": count,
+                "mean_ms": (sum / count * 1e4).round() / 10.0,
+                "over_10ms_pct": over(a.within_10ms, b.map_or(0.0, |b| b.within_10ms)),
+                "over_25ms_pct": over(a.within_25ms, b.map_or(0.0, |b| b.within_25ms)),
+            }),
+        );
+    }
+    serde_json::Value::Object(out)
 }
 
 #[cfg(test)]
@@ -279,5 +349,23 @@ mod tests {
         assert!(s.contains("local pace = 12.500"));
         assert!(s.contains("/api/v1/schedules"));
         assert!(s.contains("GRIDLOAD"));
+    }
+
+    #[test]
+    fn route_latencies_take_the_difference_of_two_renderings() {
+        let render = |count: u32, fast: u32, mid: u32, sum: f64| {
+            format!(
+                "grid_http_request_duration_seconds_bucket{{route=\"/api/v1/x\",method=\"GET\",status=\"200\",le=\"0.01\"}} {fast}\n\
+                 grid_http_request_duration_seconds_bucket{{route=\"/api/v1/x\",method=\"GET\",status=\"200\",le=\"0.025\"}} {mid}\n\
+                 grid_http_request_duration_seconds_sum{{route=\"/api/v1/x\",method=\"GET\",status=\"200\"}} {sum}\n\
+                 grid_http_request_duration_seconds_count{{route=\"/api/v1/x\",method=\"GET\",status=\"200\"}} {count}\n"
+            )
+        };
+        let v = route_latencies(&render(10, 10, 10, 0.01), &render(110, 60, 100, 1.51));
+        let r = &v["GET /api/v1/x"];
+        assert_eq!(r["requests"], 100.0);
+        assert_eq!(r["mean_ms"], 15.0);
+        assert_eq!(r["over_10ms_pct"], 50.0);
+        assert_eq!(r["over_25ms_pct"], 10.0);
     }
 }

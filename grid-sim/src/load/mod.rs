@@ -1122,12 +1122,15 @@ async fn api_test(
         telemetry_to: end.to_string(),
         schedule_start: start.to_string(),
     };
+    let delay_ms = api::calibrate(&workload, dir, args.api_rate).await?;
     let before = Probe::take(broker_pid, &fleet.pids());
-    let result = api::run_paced(
+    let metrics_before = grid_server::metrics::handle().render();
+    let result = api::run_wrk(
         &workload,
         dir,
-        args.api_rate,
+        api::CONNECTIONS,
         Duration::from_secs(args.api_seconds),
+        delay_ms,
     )
     .await?;
     let after = Probe::take(broker_pid, &fleet.pids());
@@ -1137,6 +1140,8 @@ async fn api_test(
         "30% device status, 25% schedule status, 25% telemetry range (1 day, hourly buckets), 10% schedule creation (published), 10% set-power commands"
     );
     v["usage"] = after.since(&before);
+    v["server_routes"] =
+        api::route_latencies(&metrics_before, &grid_server::metrics::handle().render());
     Ok(v)
 }
 
@@ -1249,6 +1254,20 @@ pub fn table(s: &Value) -> String {
                 a["errors_by_status"]
             ),
         );
+        if let Some(routes) = a["server_routes"].as_object() {
+            for (route, r) in routes {
+                row(
+                    &format!("  server: {route}"),
+                    format!(
+                        "{} requests, mean {} ms, {} % over 10 ms, {} % over 25 ms",
+                        f(&r["requests"]),
+                        f(&r["mean_ms"]),
+                        f(&r["over_10ms_pct"]),
+                        f(&r["over_25ms_pct"])
+                    ),
+                );
+            }
+        }
     }
     out
 }
