@@ -6,7 +6,7 @@ use crate::api::{self, AppState, Dispatch};
 use crate::auth::{AuthError, Authenticator, Role};
 use crate::config::{Config, ConfigError, LogFormat};
 use crate::mqtt::{Transport, TransportConfig, TransportError, TransportHandle};
-use crate::store::{CommandRecord, ScheduleRecord, Store, StoreError};
+use crate::store::{CommandRecord, DeviceRecord, ScheduleRecord, Store, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,28 +54,32 @@ pub struct MqttDispatch(pub TransportHandle);
 impl Dispatch for MqttDispatch {
     async fn distribute(
         &self,
+        device: Option<&DeviceRecord>,
         schedule: &ScheduleRecord,
         correlation_id: &str,
     ) -> Result<(), String> {
         let cid = (!correlation_id.is_empty()).then_some(correlation_id);
-        self.0
-            .distribute(&schedule.schedule, cid)
-            .await
-            .map(|_| crate::metrics::mqtt_out("schedule"))
-            .map_err(|e| e.to_string())
+        match device {
+            Some(device) => self.0.distribute_to(device, &schedule.schedule, cid).await,
+            None => self.0.distribute(&schedule.schedule, cid).await,
+        }
+        .map(|_| crate::metrics::mqtt_out("schedule"))
+        .map_err(|e| e.to_string())
     }
 
     async fn send_command(
         &self,
+        device: Option<&DeviceRecord>,
         command: &CommandRecord,
         _correlation_id: &str,
     ) -> Result<(), String> {
         // The record carries the correlation id already.
-        self.0
-            .send_command(command)
-            .await
-            .map(|_| crate::metrics::mqtt_out("command"))
-            .map_err(|e| e.to_string())
+        match device {
+            Some(device) => self.0.send_command_to(device, command).await,
+            None => self.0.send_command(command).await,
+        }
+        .map(|_| crate::metrics::mqtt_out("command"))
+        .map_err(|e| e.to_string())
     }
 
     fn broker_healthy(&self) -> bool {

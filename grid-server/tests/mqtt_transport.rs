@@ -162,6 +162,23 @@ mod scenarios {
         );
         assert_eq!(t.stats().acks_applied, 1);
         assert_eq!(t.stats().acceptances, 1);
+        // With the device's record in hand: the same answer; a record of another device, or one
+        // that says decommissioned, is refused and sends nothing.
+        let mut record = env.store.get_device(&ids[0]).await.unwrap();
+        assert_eq!(
+            t.distribute_to(&record, &rec.schedule, None).await.unwrap(),
+            DistributeOutcome::AlreadyTracked
+        );
+        let mut other = record.clone();
+        other.id = DeviceId::new(format!("{}-other", env.prefix)).unwrap();
+        record.decommissioned_at = Some(Timestamp::now());
+        for wrong in [&other, &record] {
+            assert!(matches!(
+                t.distribute_to(wrong, &rec.schedule, None).await,
+                Err(TransportError::UnknownDevice(_))
+            ));
+        }
+        assert!(dev.recv(Duration::from_millis(300)).await.is_none());
         t.shutdown();
         task.await.unwrap();
     }

@@ -881,6 +881,31 @@ mod suite {
             store.get_command("none").await,
             Err(StoreError::NotFound { .. })
         ));
+        assert!(matches!(
+            store
+                .apply_command_event("cmd-none", LifecycleEvent::Deliver, t0, None)
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+        // A terminal state takes no event, not even those that apply to every other state.
+        let r = store
+            .apply_command_event("cmd-1", LifecycleEvent::Complete, t0, Some("done"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.state, r.reason.as_deref()),
+            (ExecutionState::Completed, Some("done"))
+        );
+        for event in [
+            LifecycleEvent::Supersede,
+            LifecycleEvent::Cancel,
+            LifecycleEvent::Fail,
+        ] {
+            assert!(matches!(
+                store.apply_command_event("cmd-1", event, t0, None).await,
+                Err(StoreError::Conflict { .. })
+            ));
+        }
     }
 
     /// Marks version 1 of schedule `id` delivered (sent) at `at`.
@@ -2430,7 +2455,10 @@ async fn postgres_sessions_plan_for_cached_tables() {
         v
     };
     let store = PostgresStore::connect(&url, 1).await.unwrap();
-    assert_eq!(setting(store).await, grid_server::store::postgres::RANDOM_PAGE_COST);
+    assert_eq!(
+        setting(store).await,
+        grid_server::store::postgres::RANDOM_PAGE_COST
+    );
     let sep = if url.contains('?') { '&' } else { '?' };
     let own = format!("{url}{sep}options=-c%20random_page_cost%3D3");
     let store = PostgresStore::connect(&own, 1).await.unwrap();

@@ -106,7 +106,11 @@ pub async fn send_command(
         expires_at,
     };
     let record = state.store.create_command(&new, t).await?;
-    if let Err(e) = state.dispatch.send_command(&record, &rid).await {
+    if let Err(e) = state
+        .dispatch
+        .send_command(Some(&device), &record, &rid)
+        .await
+    {
         tracing::warn!(error = %e, command = %record.id, "publish deferred");
     }
     let location = format!("/api/v1/commands/{}", record.id);

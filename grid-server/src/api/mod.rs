@@ -33,7 +33,7 @@ pub mod types;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::config::HttpConfig;
-use crate::store::{CommandRecord, ScheduleRecord, Store, StoreError};
+use crate::store::{CommandRecord, DeviceRecord, ScheduleRecord, Store, StoreError};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, header};
@@ -51,15 +51,19 @@ use tower_http::trace::TraceLayer;
 #[async_trait::async_trait]
 pub trait Dispatch: Send + Sync + 'static {
     /// Publishes a stored schedule to its device, tagging the message with `correlation_id`.
+    /// `device` is the device's record if the caller has just read it (the dispatcher then
+    /// need not read it again).
     async fn distribute(
         &self,
+        device: Option<&DeviceRecord>,
         schedule: &ScheduleRecord,
         correlation_id: &str,
     ) -> Result<(), String>;
 
-    /// Publishes a stored command to its device.
+    /// Publishes a stored command to its device (`device` as for [`Dispatch::distribute`]).
     async fn send_command(
         &self,
+        device: Option<&DeviceRecord>,
         command: &CommandRecord,
         correlation_id: &str,
     ) -> Result<(), String>;

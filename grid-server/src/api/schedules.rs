@@ -116,7 +116,12 @@ pub(super) async fn store_schedule(
         correlation_id: (!correlation_id.is_empty()).then(|| correlation_id.to_owned()),
     };
     let record = state.store.create_schedule(&new, created).await?;
-    if distribute && let Err(e) = state.dispatch.distribute(&record, correlation_id).await {
+    if distribute
+        && let Err(e) = state
+            .dispatch
+            .distribute(Some(device), &record, correlation_id)
+            .await
+    {
         // Stored and in the outbox: the transport retries.
         tracing::warn!(error = %e, schedule = %record.schedule.id(), "publish deferred");
     }
@@ -424,7 +429,7 @@ pub async fn cancel_schedule(
         };
         match state.store.create_command(&command, t).await {
             Ok(c) => {
-                if let Err(e) = state.dispatch.send_command(&c, &rid).await {
+                if let Err(e) = state.dispatch.send_command(None, &c, &rid).await {
                     tracing::warn!(error = %e, "cancel command publish deferred");
                 }
             }

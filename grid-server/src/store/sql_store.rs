@@ -446,6 +446,38 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     sorted.get(rank.min(sorted.len()) - 1).copied()
 }
 
+/// The lifecycle states a transition statement may move a row out of, as the pattern its
+/// `$n LIKE ('%,' || state || ',%')` condition matches (`,queued,delivered,`): one text serves
+/// every event on both backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FromStates(String);
+
+impl FromStates {
+    /// Exactly `state` (the guard of a read-then-write).
+    fn one(state: ExecutionState) -> Self {
+        Self(format!(",{},", state.as_str()))
+    }
+
+    /// Every state `event` applies to, and the state it moves them all to; `None` if the
+    /// lifecycle moved them to different states (then the caller reads the row first).
+    fn of(event: LifecycleEvent) -> Option<(Self, ExecutionState)> {
+        let mut from = String::from(",");
+        let mut to = None;
+        for state in ExecutionState::ALL {
+            let Ok(next) = state.apply(event) else {
+                continue;
+            };
+            if to.is_some_and(|t| t != next) {
+                return None;
+            }
+            to = Some(next);
+            from.push_str(state.as_str());
+            from.push(',');
+        }
+        to.map(|to| (Self(from), to))
+    }
+}
+
 impl This {
     /// Reads a schedule version (inside or outside a transaction).
     async fn fetch_schedule<'e, E>(
@@ -486,30 +518,32 @@ impl This {
         }
     }
 
-    /// Moves a schedule from `from` to `to` if nobody changed it meanwhile; false otherwise.
+    /// Moves a schedule to `to` if it is still in one of the states `from` names (nobody changed
+    /// it meanwhile); the row as moved, or `None`.
     #[allow(clippy::too_many_arguments)]
     async fn transition_schedule<'e, E>(
         exec: E,
         id: &ScheduleId,
         version: i64,
-        from: ExecutionState,
+        from: &FromStates,
         to: ExecutionState,
         event: LifecycleEvent,
         at: Timestamp,
         reason: Option<&str>,
-    ) -> StoreResult<bool>
+    ) -> StoreResult<Option<DbRow>>
     where
         E: sqlx::Executor<'e, Database = Db>,
     {
         let sent = event == LifecycleEvent::Deliver;
         let answered = is_device_answer(event);
-        let done = sql_exec!(
+        Ok(sql!(
             "UPDATE schedules SET state = $1, reason = COALESCE($2, reason), updated_ms = $3, \
              first_sent_ms = CASE WHEN $4 THEN COALESCE(first_sent_ms, $3) ELSE first_sent_ms END, \
              last_sent_ms = CASE WHEN $4 THEN $3 ELSE last_sent_ms END, \
              attempts = CASE WHEN $4 THEN attempts + 1 ELSE attempts END, \
              answered_ms = CASE WHEN $5 THEN COALESCE(answered_ms, $3) ELSE answered_ms END \
-             WHERE schedule_id = $6 AND version = $7 AND state = $8",
+             WHERE schedule_id = $6 AND version = $7 AND $8 LIKE ('%,' || state || ',%') \
+             RETURNING *",
             to.as_str(),
             reason,
             ms(at),
@@ -517,45 +551,44 @@ impl This {
             answered,
             id.as_str(),
             version,
-            from.as_str()
+            from.0.as_str()
         )
-        .execute(exec)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .fetch_optional(exec)
+        .await?)
     }
 
-    /// Moves a command from `from` to `to` if nobody changed it meanwhile; false otherwise.
+    /// Moves a command to `to` if it is still in one of the states `from` names; the row as
+    /// moved, or `None`.
     async fn transition_command<'e, E>(
         exec: E,
         id: &str,
-        from: ExecutionState,
+        from: &FromStates,
         to: ExecutionState,
         event: LifecycleEvent,
         at: Timestamp,
         reason: Option<&str>,
-    ) -> StoreResult<bool>
+    ) -> StoreResult<Option<DbRow>>
     where
         E: sqlx::Executor<'e, Database = Db>,
     {
         let sent = event == LifecycleEvent::Deliver;
         let answered = is_device_answer(event);
-        let done = sql_exec!(
+        Ok(sql!(
             "UPDATE commands SET state = $1, reason = COALESCE($2, reason), updated_ms = $3, \
              first_sent_ms = CASE WHEN $4 THEN COALESCE(first_sent_ms, $3) ELSE first_sent_ms END, \
              attempts = CASE WHEN $4 THEN attempts + 1 ELSE attempts END, \
              answered_ms = CASE WHEN $5 THEN COALESCE(answered_ms, $3) ELSE answered_ms END \
-             WHERE id = $6 AND state = $7",
+             WHERE id = $6 AND $7 LIKE ('%,' || state || ',%') RETURNING *",
             to.as_str(),
             reason,
             ms(at),
             sent,
             answered,
             id,
-            from.as_str()
+            from.0.as_str()
         )
-        .execute(exec)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .fetch_optional(exec)
+        .await?)
     }
 
     /// One model version's description (inside or outside a transaction).
@@ -804,32 +837,31 @@ impl This {
             return Ok(Some(AckOutcome::Ignored { state: current }));
         };
         let reason = ack.reason.as_deref().or(ack.reason_code.as_deref());
+        let from = FromStates::one(current);
         let moved = match &ack.target {
-            AckTarget::Schedule { id, .. } => {
-                Self::transition_schedule(
-                    &mut **tx,
-                    id,
-                    target_version,
-                    current,
-                    next,
-                    event,
-                    ack.received_at,
-                    reason,
-                )
-                .await?
-            }
-            AckTarget::Command { id } => {
-                Self::transition_command(
-                    &mut **tx,
-                    id,
-                    current,
-                    next,
-                    event,
-                    ack.received_at,
-                    reason,
-                )
-                .await?
-            }
+            AckTarget::Schedule { id, .. } => Self::transition_schedule(
+                &mut **tx,
+                id,
+                target_version,
+                &from,
+                next,
+                event,
+                ack.received_at,
+                reason,
+            )
+            .await?
+            .is_some(),
+            AckTarget::Command { id } => Self::transition_command(
+                &mut **tx,
+                id,
+                &from,
+                next,
+                event,
+                ack.received_at,
+                reason,
+            )
+            .await?
+            .is_some(),
         };
         if !moved {
             Self::delete_ack(&mut **tx, &ack.device, &ack.message_id).await?;
@@ -2002,6 +2034,15 @@ impl Store for This {
     ) -> StoreResult<ScheduleRecord> {
         check_opt_text("reason", reason, 500)?;
         let v = version_param(version)?;
+        // One statement when the schedule is in a state the event applies to; otherwise read it
+        // to say why not (or that it does not exist).
+        if let Some((from, next)) = FromStates::of(event)
+            && let Some(row) =
+                Self::transition_schedule(&self.pool, id, v, &from, next, event, at, reason)
+                    .await?
+        {
+            return schedule_from_row(&row);
+        }
         for _ in 0..STATE_RETRIES {
             let current = Self::fetch_schedule(&self.pool, id, Some(version)).await?;
             let next = current.state.apply(event).map_err(|_| {
@@ -2011,10 +2052,12 @@ impl Store for This {
                     format!("cannot apply {event:?} in state {}", current.state),
                 )
             })?;
-            if Self::transition_schedule(&self.pool, id, v, current.state, next, event, at, reason)
-                .await?
+            let from = FromStates::one(current.state);
+            if let Some(row) =
+                Self::transition_schedule(&self.pool, id, v, &from, next, event, at, reason)
+                    .await?
             {
-                return Self::fetch_schedule(&self.pool, id, Some(version)).await;
+                return schedule_from_row(&row);
             }
         }
         Err(StoreError::conflict(
@@ -2092,11 +2135,11 @@ impl Store for This {
                 StoreError::conflict("schedule", id, format!("cannot cancel in state {state}"))
             })?;
             let v = version_param(version)?;
-            if Self::transition_schedule(
+            if let Some(row) = Self::transition_schedule(
                 &mut *tx,
                 id,
                 v,
-                state,
+                &FromStates::one(state),
                 next,
                 LifecycleEvent::Cancel,
                 at,
@@ -2104,7 +2147,7 @@ impl Store for This {
             )
             .await?
             {
-                let record = Self::fetch_schedule(&mut *tx, id, Some(version)).await?;
+                let record = schedule_from_row(&row)?;
                 tx.commit().await?;
                 return Ok(record);
             }
@@ -2199,6 +2242,13 @@ impl Store for This {
         reason: Option<&str>,
     ) -> StoreResult<CommandRecord> {
         check_opt_text("reason", reason, 500)?;
+        // As `apply_schedule_event`: one statement unless the event does not apply.
+        if let Some((from, next)) = FromStates::of(event)
+            && let Some(row) =
+                Self::transition_command(&self.pool, id, &from, next, event, at, reason).await?
+        {
+            return command_from_row(&row);
+        }
         for _ in 0..STATE_RETRIES {
             let current = self.get_command(id).await?;
             let next = current.state.apply(event).map_err(|_| {
@@ -2208,10 +2258,11 @@ impl Store for This {
                     format!("cannot apply {event:?} in state {}", current.state),
                 )
             })?;
-            if Self::transition_command(&self.pool, id, current.state, next, event, at, reason)
-                .await?
+            let from = FromStates::one(current.state);
+            if let Some(row) =
+                Self::transition_command(&self.pool, id, &from, next, event, at, reason).await?
             {
-                return self.get_command(id).await;
+                return command_from_row(&row);
             }
         }
         Err(StoreError::conflict(
