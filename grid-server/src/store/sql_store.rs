@@ -998,10 +998,12 @@ impl This {
                 AckTarget::Command { id } => Err(StoreError::invalid("target", id.clone())),
             }
         };
+        // Each target once, in first-seen order (a set for the lookups: batches hold hundreds).
         let mut keys: Vec<Key> = Vec::new();
+        let mut seen: std::collections::HashSet<Key> = Default::default();
         for &i in fast {
             let k = key_of(&acks[i])?;
-            if !keys.contains(&k) {
+            if seen.insert(k.clone()) {
                 keys.push(k);
             }
         }
@@ -1065,15 +1067,17 @@ impl This {
             all: Vec<usize>,
         }
         let mut walks: Vec<(Key, Walk)> = Vec::new();
+        let mut walk_of: HashMap<Key, usize> = HashMap::new();
         for &i in &candidates {
             let ack = &acks[i];
             let key = key_of(ack)?;
-            let pos = match walks.iter().position(|(k, _)| *k == key) {
-                Some(p) => p,
+            let pos = match walk_of.get(&key) {
+                Some(&p) => p,
                 None => {
                     let (state, _) = stored.get(&key).cloned().ok_or_else(|| {
                         StoreError::not_found("schedule", format!("{} {}", key.0, key.1))
                     })?;
+                    walk_of.insert(key.clone(), walks.len());
                     walks.push((
                         key.clone(),
                         Walk {
