@@ -459,10 +459,10 @@ impl TransportHandle {
         let now = Timestamp::now();
         let (key, envelope) = self
             .inner
-            .assign_envelope(schedule, &device, correlation_id, now)?;
+            .assign_envelope(schedule, device, correlation_id, now)?;
         let mut fresh = false;
         self.inner
-            .with_tracker(&device, now, false, |tracker| {
+            .with_tracker(device, now, false, |tracker| {
                 fresh = false;
                 let (outcome, actions) = assign_once(tracker, now, &key, &envelope)?;
                 fresh = outcome == DistributeOutcome::Published;
@@ -641,7 +641,7 @@ impl TransportHandle {
         let key = DeliveryKey::Command { id };
         let mut fresh = false;
         self.inner
-            .with_tracker(&device, now, false, |tracker| {
+            .with_tracker(device, now, false, |tracker| {
                 fresh = false;
                 if tracker.state_of(&key).is_some() {
                     return Ok(Vec::new());

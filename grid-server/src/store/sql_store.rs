@@ -157,7 +157,7 @@ const INSERT_CHUNK: usize = 1000;
 const OUTBOX_STATEMENT_BYTES: usize = 256 << 10;
 
 /// `rows` in consecutive runs of at most `max` bytes by `size` (a larger row runs alone).
-fn byte_chunks<'r, T>(rows: &'r [T], max: usize, size: impl Fn(&T) -> usize) -> Vec<&'r [T]> {
+fn byte_chunks<T>(rows: &[T], max: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, row) in rows.iter().enumerate() {
@@ -876,17 +876,11 @@ impl This {
             )
             .await?
             .is_some(),
-            AckTarget::Command { id } => Self::transition_command(
-                &mut **tx,
-                id,
-                &from,
-                next,
-                event,
-                ack.received_at,
-                reason,
-            )
-            .await?
-            .is_some(),
+            AckTarget::Command { id } => {
+                Self::transition_command(&mut **tx, id, &from, next, event, ack.received_at, reason)
+                    .await?
+                    .is_some()
+            }
         };
         if !moved {
             Self::delete_ack(&mut **tx, &ack.device, &ack.message_id).await?;
@@ -2073,8 +2067,7 @@ impl Store for This {
         // to say why not (or that it does not exist).
         if let Some((from, next)) = FromStates::of(event)
             && let Some(row) =
-                Self::transition_schedule(&self.pool, id, v, &from, next, event, at, reason)
-                    .await?
+                Self::transition_schedule(&self.pool, id, v, &from, next, event, at, reason).await?
         {
             return schedule_from_row(&row);
         }
@@ -2089,8 +2082,7 @@ impl Store for This {
             })?;
             let from = FromStates::one(current.state);
             if let Some(row) =
-                Self::transition_schedule(&self.pool, id, v, &from, next, event, at, reason)
-                    .await?
+                Self::transition_schedule(&self.pool, id, v, &from, next, event, at, reason).await?
             {
                 return schedule_from_row(&row);
             }
@@ -2891,7 +2883,10 @@ mod sql_tests {
     fn byte_chunks_keep_order_and_bound_each_run() {
         let rows = [100, 100, 100, 300, 50, 50];
         let chunks = byte_chunks(&rows, 250, |r| *r);
-        assert_eq!(chunks, [&[100, 100][..], &[100][..], &[300][..], &[50, 50][..]]);
+        assert_eq!(
+            chunks,
+            [&[100, 100][..], &[100][..], &[300][..], &[50, 50][..]]
+        );
         assert!(byte_chunks(&[] as &[usize], 10, |r| *r).is_empty());
         assert_eq!(byte_chunks(&rows, usize::MAX, |r| *r), [&rows[..]]);
     }
