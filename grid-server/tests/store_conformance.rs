@@ -1932,7 +1932,7 @@ mod suite {
     /// with duplicates, reordering, other devices' and unknown targets, and `delivered` acks.
     pub async fn batched_acks_equal_one_by_one(store: S) {
         use ExecutionState as St;
-        // Schedule answers only: the multi-row path.
+        // Answers only (to schedules and commands): the multi-row path.
         acks_equal_run(
             &store,
             ["a", "b"],
@@ -1964,7 +1964,9 @@ mod suite {
 
     async fn acks_equal_run(store: &S, names: [&str; 2], states: &[ExecutionState]) {
         use ExecutionState as St;
+        // Targets 0..SCHEDULES are schedules, the rest commands.
         const SCHEDULES: usize = 6;
+        const COMMANDS: usize = 3;
         let t0 = t("2026-11-27T00:00:00Z");
         // Two identical worlds: "a" answered one by one, "b" in batches.
         let mut worlds = Vec::new();
@@ -1986,7 +1988,26 @@ mod suite {
                 }
                 targets.push(sid);
             }
-            worlds.push((ids, targets));
+            let mut commands = Vec::new();
+            for k in 0..COMMANDS {
+                let id = format!("eq-{w}-cmd-{k}");
+                let new = NewCommand {
+                    id: id.clone(),
+                    device: ids[k % 3].clone(),
+                    command: Command::Idle,
+                    correlation_id: None,
+                    expires_at: t("2026-11-28T00:00:00Z"),
+                };
+                store.create_command(&new, t0).await.unwrap();
+                if k % 2 == 0 {
+                    store
+                        .apply_command_event(&id, LifecycleEvent::Deliver, t0, None)
+                        .await
+                        .unwrap();
+                }
+                commands.push(id);
+            }
+            worlds.push((ids, targets, commands));
         }
         // A deterministic stream (a small LCG), the same for both worlds.
         let mut x: u64 = 0x5eed;
@@ -1997,8 +2018,8 @@ mod suite {
             (x >> 33) % m
         };
         let mut stream = Vec::new();
-        for n in 0..120 {
-            let k = next(SCHEDULES as u64) as usize;
+        for n in 0..160 {
+            let k = next((SCHEDULES + COMMANDS) as u64) as usize;
             let state: St = states[next(states.len() as u64) as usize];
             // Every so often reuse an earlier message id (a redelivery), speak for another
             // device, or name an unknown schedule.
@@ -2014,24 +2035,33 @@ mod suite {
         }
         let ack_in = |w: usize, item: &(usize, St, String, bool, bool, Option<String>, u64)| {
             let (k, state, msg, wrong, unknown, reason, n) = item;
-            let (ids, targets) = &worlds[w];
+            let (ids, targets, commands) = &worlds[w];
+            let owner = if *k < SCHEDULES { *k } else { *k - SCHEDULES };
             let device = if *wrong {
-                &ids[(k + 1) % 3]
+                &ids[(owner + 1) % 3]
             } else {
-                &ids[k % 3]
+                &ids[owner % 3]
             };
-            let id = if *unknown {
-                ScheduleId::new(format!("nope-{k}")).unwrap()
-            } else {
-                targets[*k].clone()
+            let target = match (*k < SCHEDULES, *unknown) {
+                (true, true) => AckTarget::Schedule {
+                    id: ScheduleId::new(format!("nope-{k}")).unwrap(),
+                    version: ScheduleVersion(1),
+                },
+                (true, false) => AckTarget::Schedule {
+                    id: targets[*k].clone(),
+                    version: ScheduleVersion(1),
+                },
+                (false, true) => AckTarget::Command {
+                    id: format!("nope-{k}"),
+                },
+                (false, false) => AckTarget::Command {
+                    id: commands[owner].clone(),
+                },
             };
             AckRecord {
                 message_id: msg.clone(),
                 device: device.clone(),
-                target: AckTarget::Schedule {
-                    id,
-                    version: ScheduleVersion(1),
-                },
+                target,
                 state: *state,
                 reason_code: None,
                 reason: reason.clone(),
@@ -2096,6 +2126,28 @@ mod suite {
                 strip(store.list_acks(&target(0)).await.unwrap()),
                 strip(store.list_acks(&target(1)).await.unwrap()),
                 "acks of schedule {k}"
+            );
+        }
+        for k in 0..COMMANDS {
+            let a = store.get_command(&worlds[0].2[k]).await.unwrap();
+            let b = store.get_command(&worlds[1].2[k]).await.unwrap();
+            assert_eq!(
+                (a.state, &a.reason, a.answered_at, a.updated_at, a.attempts),
+                (b.state, &b.reason, b.answered_at, b.updated_at, b.attempts),
+                "command {k}"
+            );
+            let target = |w: usize| AckTarget::Command {
+                id: worlds[w].2[k].clone(),
+            };
+            let strip = |v: Vec<AckRecord>| {
+                v.into_iter()
+                    .map(|r| (r.message_id, r.state, r.reason, r.received_at))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                strip(store.list_acks(&target(0)).await.unwrap()),
+                strip(store.list_acks(&target(1)).await.unwrap()),
+                "acks of command {k}"
             );
         }
     }

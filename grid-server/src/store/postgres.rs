@@ -33,8 +33,8 @@
 //! code (SQLite builds `VALUES` lists for the same functions instead). Each binds one array per
 //! column (`UNNEST($1::text[], …)`, `= ANY($1)`), so one text serves every batch size and
 //! PostgreSQL parses and plans it once per connection: the schedule-target read
-//! (`schedule_states`), the ack insert (`insert_schedule_acks`) and the lifecycle update
-//! (`update_schedule_states`) of `record_acks`; the sent marks of `record_schedule_sends`
+//! (`schedule_states`, `command_states`), the ack insert (`insert_acks`) and the lifecycle
+//! updates (`update_schedule_states`, `update_command_states`) of `record_acks`; the sent marks of `record_schedule_sends`
 //! (`mark_schedules_sent`); the outbox reads of `outbox_load_many` and `record_acks_and_save`
 //! (`outbox_rows`, `outbox_rows_locked`, the latter `FOR UPDATE SKIP LOCKED`), the outbox
 //! update and insert of `outbox_save_many` (`update_outbox_rows`, `insert_outbox_rows`) and the
@@ -204,18 +204,29 @@ async fn schedule_states(conn: &mut Conn, keys: &[(String, i64)]) -> StoreResult
     .await?)
 }
 
-/// Inserts schedule acks in the given order (their `seq`); returns the `device_id` and
-/// `message_id` of each row inserted (a known message id is skipped).
-async fn insert_schedule_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResult<Vec<DbRow>> {
+/// Every command's `id`, `state` and `device_id`.
+async fn command_states(conn: &mut Conn, ids: &[&str]) -> StoreResult<Vec<DbRow>> {
+    Ok(
+        sqlx::query("SELECT id, state, device_id FROM commands WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Inserts acks in the given order (their `seq`); returns the `device_id` and `message_id` of
+/// each row inserted (a known message id is skipped).
+async fn insert_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResult<Vec<DbRow>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
     Ok(sqlx::query(
         "INSERT INTO acks (message_id, device_id, target_kind, target_id, target_version, \
          state, reason_code, reason, sent_ms, received_ms) \
-         SELECT m, d, 'schedule', t, v, st, rc, r, sent, recv FROM UNNEST($1::text[], \
+         SELECT m, d, k, t, v, st, rc, r, sent, recv FROM UNNEST($1::text[], \
          $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], \
-         $8::bigint[], $9::bigint[]) WITH ORDINALITY AS a(m, d, t, v, st, rc, r, sent, recv, n) \
+         $8::bigint[], $9::bigint[], $10::text[]) \
+         WITH ORDINALITY AS a(m, d, t, v, st, rc, r, sent, recv, k, n) \
          ORDER BY n ON CONFLICT (device_id, message_id) DO NOTHING \
          RETURNING device_id, message_id",
     )
@@ -228,6 +239,7 @@ async fn insert_schedule_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResu
     .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.sent_ms).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.received_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.target_kind).collect::<Vec<_>>())
     .fetch_all(conn)
     .await?)
 }
@@ -251,6 +263,33 @@ async fn update_schedule_states(
     )
     .bind(rows.iter().map(|r| r.schedule_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.answered_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.original).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Applies lifecycle moves to commands still in their `original` state; returns the `id` of
+/// each command moved.
+async fn update_command_states(
+    conn: &mut Conn,
+    rows: &[CommandMove<'_>],
+) -> StoreResult<Vec<DbRow>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query(
+        "UPDATE commands SET state = v.st, reason = COALESCE(v.reason, commands.reason), \
+         updated_ms = v.updated, answered_ms = COALESCE(commands.answered_ms, v.answered) \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+         $6::text[]) AS v(id, st, reason, updated, answered, original) \
+         WHERE commands.id = v.id AND commands.id = ANY($1::text[]) \
+         AND commands.state = v.original RETURNING commands.id",
+    )
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())

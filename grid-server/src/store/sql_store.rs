@@ -24,8 +24,8 @@ type DbRow = <Db as sqlx::Database>::Row;
 type Conn = <Db as sqlx::Database>::Connection;
 
 // The rows of the multi-row statements, which each backend writes its own way (see the module
-// docs of `postgres` and `sqlite`): `schedule_states`, `insert_schedule_acks`,
-// `update_schedule_states`, `mark_schedules_sent`, `outbox_rows`, `outbox_rows_locked`,
+// docs of `postgres` and `sqlite`): `schedule_states`, `command_states`, `insert_acks`,
+// `update_schedule_states`, `update_command_states`, `mark_schedules_sent`, `outbox_rows`, `outbox_rows_locked`,
 // `update_outbox_rows`, `insert_outbox_rows`, `update_device_statuses` and
 // `report_schedules_in_force`.
 
@@ -97,11 +97,14 @@ fn in_force_after<'a>(
     }
 }
 
-/// A schedule ack to insert (`target_kind` is `schedule`).
+/// An ack to insert.
 struct AckRow<'a> {
     message_id: &'a str,
     device_id: &'a str,
+    /// `schedule` or `command`.
+    target_kind: &'static str,
     target_id: &'a str,
+    /// 0 for a command.
     target_version: i64,
     state: &'static str,
     reason_code: Option<&'a str>,
@@ -114,6 +117,16 @@ struct AckRow<'a> {
 struct ScheduleMove<'a> {
     schedule_id: &'a str,
     version: i64,
+    state: &'static str,
+    reason: Option<&'a str>,
+    updated_ms: i64,
+    answered_ms: Option<i64>,
+    original: &'static str,
+}
+
+/// A command's lifecycle move, applied only if its state is still `original`.
+struct CommandMove<'a> {
+    id: &'a str,
     state: &'static str,
     reason: Option<&'a str>,
     updated_ms: i64,
@@ -175,6 +188,14 @@ fn byte_chunks<T>(rows: &[T], max: usize, size: impl Fn(&T) -> usize) -> Vec<&[T
 }
 
 /// The length checks of an ack's free-text fields.
+/// An ack target as `(id, version)` (a command's version is -1: no schedule has it).
+fn slow_key(target: &AckTarget) -> StoreResult<(String, i64)> {
+    Ok(match target {
+        AckTarget::Schedule { id, version } => (id.as_str().to_owned(), version_param(*version)?),
+        AckTarget::Command { id } => (id.clone(), -1),
+    })
+}
+
 /// The outcomes of a batch of acks, one per ack (an ack left unprocessed is an error).
 fn finish_acks(out: Vec<Option<StoreResult<AckOutcome>>>) -> Vec<StoreResult<AckOutcome>> {
     out.into_iter()
@@ -971,26 +992,31 @@ impl This {
         }
     }
 
-    /// The multi-row path of [`Store::record_acks`] for acks of schedules (`fast` indexes into
-    /// `acks`): one read of every target, one multi-row insert of the acks, the lifecycle walked
-    /// in memory in arrival order, and one multi-row update of the moved schedules guarded by
-    /// their state as read. A schedule another writer moved meanwhile has its acks of this batch
-    /// removed again and listed in `retry`.
-    async fn record_schedule_acks_in(
+    /// The multi-row path of [`Store::record_acks`] for the devices' answers (`fast` indexes
+    /// into `acks`): one read of every target per kind (schedules, commands), one multi-row insert
+    /// of the acks, the lifecycles walked in memory in arrival order, and one multi-row update per
+    /// kind of the moved targets, guarded by their state as read. A target another writer moved
+    /// meanwhile has its acks of this batch removed again and listed in `retry`.
+    async fn record_answers_in(
         tx: &mut sqlx::Transaction<'static, Db>,
         acks: &[AckRecord],
         fast: &[usize],
         out: &mut [Option<StoreResult<AckOutcome>>],
         retry: &mut Vec<usize>,
     ) -> StoreResult<()> {
-        type Key = (String, i64);
+        // (kind, id, version): commands have version 0, and sort (lock) before schedules.
+        type Key = (&'static str, String, i64);
         let key_of = |ack: &AckRecord| -> StoreResult<Key> {
             match &ack.target {
                 AckTarget::Schedule { id, version } => {
-                    Ok((id.as_str().to_owned(), version_param(*version)?))
+                    Ok(("schedule", id.as_str().to_owned(), version_param(*version)?))
                 }
-                AckTarget::Command { id } => Err(StoreError::invalid("target", id.clone())),
+                AckTarget::Command { id } => Ok(("command", id.clone(), 0)),
             }
+        };
+        let name = |key: &Key| match key.0 {
+            "schedule" => format!("{} {}", key.1, key.2),
+            _ => key.1.clone(),
         };
         // Each target once, in first-seen order (a set for the lookups: batches hold hundreds).
         let mut keys: Vec<Key> = Vec::new();
@@ -1003,26 +1029,39 @@ impl This {
         }
         // 1. Every target's state and owner.
         let mut stored: HashMap<Key, (ExecutionState, String)> = HashMap::new();
-        for row in schedule_states(tx, &keys).await? {
-            let key: Key = (col(&row, "schedule_id")?, col(&row, "version")?);
-            stored.insert(key, (state_col(&row, "state")?, col(&row, "device_id")?));
+        let schedule_keys: Vec<(String, i64)> = keys
+            .iter()
+            .filter(|k| k.0 == "schedule")
+            .map(|k| (k.1.clone(), k.2))
+            .collect();
+        if !schedule_keys.is_empty() {
+            for row in schedule_states(tx, &schedule_keys).await? {
+                let key: Key = ("schedule", col(&row, "schedule_id")?, col(&row, "version")?);
+                stored.insert(key, (state_col(&row, "state")?, col(&row, "device_id")?));
+            }
         }
-        // 2. Unknown targets and other devices' schedules are refused; the rest is inserted.
+        let command_ids: Vec<&str> = keys
+            .iter()
+            .filter(|k| k.0 == "command")
+            .map(|k| k.1.as_str())
+            .collect();
+        if !command_ids.is_empty() {
+            for row in command_states(tx, &command_ids).await? {
+                let key: Key = ("command", col(&row, "id")?, 0);
+                stored.insert(key, (state_col(&row, "state")?, col(&row, "device_id")?));
+            }
+        }
+        // 2. Unknown targets and other devices' targets are refused; the rest is inserted.
         let mut candidates = Vec::new();
         for &i in fast {
             let ack = &acks[i];
             let key = key_of(ack)?;
             match stored.get(&key) {
-                None => {
-                    out[i] = Some(Err(StoreError::not_found(
-                        "schedule",
-                        format!("{} {}", key.0, key.1),
-                    )))
-                }
+                None => out[i] = Some(Err(StoreError::not_found(key.0, name(&key)))),
                 Some((_, owner)) if owner != ack.device.as_str() => {
                     out[i] = Some(Err(StoreError::invalid(
                         "device",
-                        format!("ack from {} for a schedule of device {owner}", ack.device),
+                        format!("ack from {} for a {} of device {owner}", ack.device, key.0),
                     )))
                 }
                 Some(_) => candidates.push(i),
@@ -1032,14 +1071,18 @@ impl This {
         let mut rows = Vec::with_capacity(candidates.len());
         for &i in &candidates {
             let a = &acks[i];
-            let AckTarget::Schedule { id, version } = &a.target else {
-                continue;
+            let (target_kind, target_id, target_version) = match &a.target {
+                AckTarget::Schedule { id, version } => {
+                    ("schedule", id.as_str(), version_param(*version)?)
+                }
+                AckTarget::Command { id } => ("command", id.as_str(), 0),
             };
             rows.push(AckRow {
                 message_id: &a.message_id,
                 device_id: a.device.as_str(),
-                target_id: id.as_str(),
-                target_version: version_param(*version)?,
+                target_kind,
+                target_id,
+                target_version,
                 state: a.state.as_str(),
                 reason_code: a.reason_code.as_deref(),
                 reason: a.reason.as_deref(),
@@ -1047,7 +1090,7 @@ impl This {
                 received_ms: ms(a.received_at),
             });
         }
-        for row in insert_schedule_acks(tx, &rows).await? {
+        for row in insert_acks(tx, &rows).await? {
             inserted.insert((col(&row, "device_id")?, col(&row, "message_id")?));
         }
         // 3. The lifecycles, in arrival order (exactly the one-by-one rules).
@@ -1068,9 +1111,10 @@ impl This {
             let pos = match walk_of.get(&key) {
                 Some(&p) => p,
                 None => {
-                    let (state, _) = stored.get(&key).cloned().ok_or_else(|| {
-                        StoreError::not_found("schedule", format!("{} {}", key.0, key.1))
-                    })?;
+                    let (state, _) = stored
+                        .get(&key)
+                        .cloned()
+                        .ok_or_else(|| StoreError::not_found(key.0, name(&key)))?;
                     walk_of.insert(key.clone(), walks.len());
                     walks.push((
                         key.clone(),
@@ -1116,17 +1160,35 @@ impl This {
                 w.answered_ms = Some(ms(ack.received_at));
             }
         }
-        // 4. The moved schedules, guarded by the state they were read in.
+        // 4. The moved targets, guarded by the state they were read in.
         let mut moved: Vec<&(Key, Walk)> = walks
             .iter()
             .filter(|(_, w)| w.current != w.original)
             .collect();
-        // One lock order for every writer.
+        // One lock order for every writer: commands, then schedules, each by key.
         moved.sort_by(|a, b| a.0.cmp(&b.0));
         let mut updated: std::collections::HashSet<Key> = Default::default();
+        let rows: Vec<CommandMove<'_>> = moved
+            .iter()
+            .filter(|(k, _)| k.0 == "command")
+            .map(|&((_, id, _), w)| CommandMove {
+                id,
+                state: w.current.as_str(),
+                reason: w.reason.as_deref(),
+                updated_ms: w.updated_ms,
+                answered_ms: w.answered_ms,
+                original: w.original.as_str(),
+            })
+            .collect();
+        if !rows.is_empty() {
+            for row in update_command_states(tx, &rows).await? {
+                updated.insert(("command", col(&row, "id")?, 0));
+            }
+        }
         let rows: Vec<ScheduleMove<'_>> = moved
             .iter()
-            .map(|&((id, version), w)| ScheduleMove {
+            .filter(|(k, _)| k.0 == "schedule")
+            .map(|&((_, id, version), w)| ScheduleMove {
                 schedule_id: id,
                 version: *version,
                 state: w.current.as_str(),
@@ -1137,9 +1199,9 @@ impl This {
             })
             .collect();
         for row in update_schedule_states(tx, &rows).await? {
-            updated.insert((col(&row, "schedule_id")?, col(&row, "version")?));
+            updated.insert(("schedule", col(&row, "schedule_id")?, col(&row, "version")?));
         }
-        // 5. Raced: take this batch's acks of that schedule back and redo them one by one.
+        // 5. Raced: take this batch's acks of that target back and redo them one by one.
         for (key, w) in moved {
             if updated.contains(key) {
                 continue;
@@ -1187,19 +1249,17 @@ impl This {
         acks: &[AckRecord],
     ) -> StoreResult<(Vec<Option<StoreResult<AckOutcome>>>, Vec<usize>)> {
         let mut out: Vec<Option<StoreResult<AckOutcome>>> = (0..acks.len()).map(|_| None).collect();
-        // Acks of commands and `delivered` acks (which also count a publication) take the
-        // one-by-one path inside the batch's transaction; batches of schedule answers only (the
-        // bulk: accepted / executing / completed) go through multi-row statements.
+        // `delivered` acks (which also count a publication) take the one-by-one path inside the
+        // batch's transaction; batches of answers only (the bulk: accepted / executing /
+        // completed, of schedules and commands) go through multi-row statements.
         let mut slow_targets: std::collections::HashSet<(String, i64)> = Default::default();
         for (i, ack) in acks.iter().enumerate() {
             if let Err(e) = check_ack_text(ack) {
                 out[i] = Some(Err(e));
                 continue;
             }
-            if let AckTarget::Schedule { id, version } = &ack.target
-                && ack.state == ExecutionState::Delivered
-            {
-                slow_targets.insert((id.as_str().to_owned(), version_param(*version)?));
+            if ack.state == ExecutionState::Delivered {
+                slow_targets.insert(slow_key(&ack.target)?);
             }
         }
         let mut fast = Vec::new();
@@ -1208,14 +1268,10 @@ impl This {
             if out[i].is_some() {
                 continue;
             }
-            match &ack.target {
-                AckTarget::Schedule { id, version }
-                    if !slow_targets
-                        .contains(&(id.as_str().to_owned(), version_param(*version)?)) =>
-                {
-                    fast.push(i)
-                }
-                _ => slow.push(i),
+            if slow_targets.contains(&slow_key(&ack.target)?) {
+                slow.push(i);
+            } else {
+                fast.push(i);
             }
         }
         if !slow.is_empty() {
@@ -1238,7 +1294,7 @@ impl This {
             }
         }
         if !fast.is_empty() {
-            Self::record_schedule_acks_in(tx, acks, &fast, &mut out, &mut retry).await?;
+            Self::record_answers_in(tx, acks, &fast, &mut out, &mut retry).await?;
         }
         Ok((out, retry))
     }

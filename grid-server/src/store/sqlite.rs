@@ -120,9 +120,25 @@ async fn schedule_states(conn: &mut Conn, keys: &[(String, i64)]) -> StoreResult
     Ok(rows)
 }
 
-/// Inserts schedule acks in the given order (their `rowid`); returns the `device_id` and
-/// `message_id` of each row inserted (a known message id is skipped).
-async fn insert_schedule_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResult<Vec<DbRow>> {
+/// Every command's `id`, `state` and `device_id`.
+async fn command_states(conn: &mut Conn, ids: &[&str]) -> StoreResult<Vec<DbRow>> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(BATCH_ROWS) {
+        let mut q =
+            QueryBuilder::<Db>::new("SELECT id, state, device_id FROM commands WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind((*id).to_owned());
+        }
+        q.push(")");
+        rows.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
+}
+
+/// Inserts acks in the given order (their `rowid`); returns the `device_id` and `message_id` of
+/// each row inserted (a known message id is skipped).
+async fn insert_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResult<Vec<DbRow>> {
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(BATCH_ROWS) {
         let mut q = QueryBuilder::<Db>::new(
@@ -132,7 +148,7 @@ async fn insert_schedule_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResu
         q.push_values(chunk, |mut b, a| {
             b.push_bind(a.message_id.to_owned())
                 .push_bind(a.device_id.to_owned())
-                .push_bind("schedule")
+                .push_bind(a.target_kind)
                 .push_bind(a.target_id.to_owned())
                 .push_bind(a.target_version)
                 .push_bind(a.state)
@@ -182,6 +198,45 @@ async fn update_schedule_states(
         q.push(
             ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
              AND schedules.state = v.column7 RETURNING schedules.schedule_id, schedules.version",
+        );
+        out.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+/// Applies lifecycle moves to commands still in their `original` state; returns the `id` of
+/// each command moved.
+async fn update_command_states(
+    conn: &mut Conn,
+    rows: &[CommandMove<'_>],
+) -> StoreResult<Vec<DbRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new(
+            "UPDATE commands SET state = v.column2, reason = COALESCE(v.column3, reason), \
+             updated_ms = v.column4, answered_ms = COALESCE(answered_ms, v.column5) FROM (VALUES ",
+        );
+        for (n, r) in chunk.iter().enumerate() {
+            if n > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .push_bind(r.id.to_owned())
+                .push(", ")
+                .push_bind(r.state)
+                .push(", ")
+                .push_bind(r.reason.map(str::to_owned))
+                .push(", CAST(")
+                .push_bind(r.updated_ms)
+                .push(" AS BIGINT), CAST(")
+                .push_bind(r.answered_ms)
+                .push(" AS BIGINT), ")
+                .push_bind(r.original)
+                .push(")");
+        }
+        q.push(
+            ") AS v WHERE commands.id = v.column1 AND commands.state = v.column6 \
+             RETURNING commands.id",
         );
         out.extend(q.build().fetch_all(&mut *conn).await?);
     }
