@@ -141,28 +141,50 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
         )
         .await?;
         let p = home.spec.params();
-        api.ok(
-            "POST",
-            "/api/v1/devices",
-            Some(&json!({
-                "id": home.device.as_str(),
-                "site": home.site,
-                "label": home.system,
-                "spec": {
-                    "capacity_kwh": p.capacity_kwh,
-                    "min_energy_kwh": p.min_energy_kwh,
-                    "max_energy_kwh": p.max_energy_kwh,
-                    "max_charge_kw": p.max_charge_kw,
-                    "max_discharge_kw": p.max_discharge_kw,
-                    "charge_efficiency": p.charge_efficiency,
-                    "discharge_efficiency": p.discharge_efficiency,
-                    "degradation_cost_per_kwh": p.degradation_cost_per_kwh,
-                    "min_temperature_c": p.min_temperature_c,
-                    "max_temperature_c": p.max_temperature_c,
-                },
-            })),
-        )
-        .await?;
+        let spec = json!({
+            "capacity_kwh": p.capacity_kwh,
+            "min_energy_kwh": p.min_energy_kwh,
+            "max_energy_kwh": p.max_energy_kwh,
+            "max_charge_kw": p.max_charge_kw,
+            "max_discharge_kw": p.max_discharge_kw,
+            "charge_efficiency": p.charge_efficiency,
+            "discharge_efficiency": p.discharge_efficiency,
+            "degradation_cost_per_kwh": p.degradation_cost_per_kwh,
+            "min_temperature_c": p.min_temperature_c,
+            "max_temperature_c": p.max_temperature_c,
+        });
+        let created = api
+            .call(
+                "POST",
+                "/api/v1/devices",
+                Some(&json!({
+                    "id": home.device.as_str(),
+                    "site": home.site,
+                    "label": home.system,
+                    "spec": spec,
+                })),
+            )
+            .await?;
+        match created.status {
+            200..=299 => {}
+            // Registered by an earlier run on this database: this run's site, label and spec.
+            409 => {
+                api.ok(
+                    "PATCH",
+                    &format!("/api/v1/devices/{}", home.device),
+                    Some(&json!({ "site": home.site, "label": home.system, "spec": spec })),
+                )
+                .await
+                .with_context(|| {
+                    format!("updating {}, registered by an earlier run", home.device)
+                })?;
+            }
+            status => bail!(
+                "POST /api/v1/devices ({}) answered {status}: {}",
+                home.device,
+                created.body
+            ),
+        }
         progress.set(i + 1);
     }
     progress.done();
@@ -204,6 +226,9 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
     wait_connected(&agents, Duration::from_secs(60)).await?;
 
     // 5. Publish one schedule per device through the API.
+    // This run's schedules are the ones created from here on (the database may hold earlier
+    // runs').
+    let publish_started = grid_core::Timestamp::now();
     let progress = Progress::new("publishing", scenario.homes.len());
     let mut published = 0usize;
     for (i, (home, site)) in scenario.homes.iter().zip(&solution.sites).enumerate() {
@@ -228,6 +253,7 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
     progress.done();
     let acks = wait_acked(
         &api,
+        publish_started,
         published,
         Duration::from_secs(30 + published as u64 / 10),
     )
@@ -280,7 +306,7 @@ pub async fn run(args: DemoArgs) -> Result<Report> {
     bar.done();
 
     // 7. Summarise.
-    let acks = schedule_states(&api).await?;
+    let acks = schedule_states(&api, publish_started).await?;
     let report = summarise(
         &acks,
         &args,
@@ -404,14 +430,15 @@ struct AckCount {
     waiting: usize,
 }
 
-/// Counts the schedules' lifecycle states as the server recorded them (every page).
-async fn schedule_states(api: &ApiClient) -> Result<AckCount> {
+/// Counts the lifecycle states of the schedules created since `since` as the server recorded
+/// them (every page).
+async fn schedule_states(api: &ApiClient, since: grid_core::Timestamp) -> Result<AckCount> {
     let mut count = AckCount::default();
     let mut after: Option<String> = None;
     loop {
         let path = match &after {
-            Some(c) => format!("/api/v1/schedules?limit=1000&after={c}"),
-            None => "/api/v1/schedules?limit=1000".to_string(),
+            Some(c) => format!("/api/v1/schedules?limit=500&created_from={since}&after={c}"),
+            None => format!("/api/v1/schedules?limit=500&created_from={since}"),
         };
         let page = api.ok("GET", &path, None).await?;
         let items = page["items"]
@@ -432,11 +459,16 @@ async fn schedule_states(api: &ApiClient) -> Result<AckCount> {
 }
 
 /// Waits until every published schedule is answered (accepted or rejected), with a progress bar.
-async fn wait_acked(api: &ApiClient, published: usize, timeout: Duration) -> Result<AckCount> {
+async fn wait_acked(
+    api: &ApiClient,
+    since: grid_core::Timestamp,
+    published: usize,
+    timeout: Duration,
+) -> Result<AckCount> {
     let bar = Progress::new("acking", published);
     let deadline = Instant::now() + timeout;
     loop {
-        let count = schedule_states(api).await?;
+        let count = schedule_states(api, since).await?;
         bar.status(
             count.accepted + count.rejected,
             &format!("accepted {} rejected {}", count.accepted, count.rejected),

@@ -51,7 +51,8 @@ async fn demo_on_embedded_defaults_acks_everything_safely_and_saves_money() {
     assert_summary(&report, 20);
 }
 
-/// The CI-sized demo against the real PostgreSQL (`DATABASE_URL`) and Mosquitto (`MQTT_URL`).
+/// The CI-sized demo against the real PostgreSQL (`DATABASE_URL`) and Mosquitto (`MQTT_URL`),
+/// then a smaller one on the same database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "live: needs DATABASE_URL (PostgreSQL) and MQTT_URL (Mosquitto)"]
 async fn demo_on_postgres_and_mosquitto_acks_everything_safely_and_saves_money() {
@@ -73,6 +74,16 @@ async fn demo_on_postgres_and_mosquitto_acks_everything_safely_and_saves_money()
     assert_eq!(json["safety_violations"], 0);
     assert!(json["delivery_latency_ms"]["p99"].is_number());
     std::fs::remove_dir_all(&dir).ok();
+
+    // Run again on the same database, which now holds the first run's devices and schedules:
+    // the devices are taken over, and the summary counts this run's schedules only.
+    let mut again = DemoArgs::new(10, 7_200.0);
+    again.database_url = Some(std::env::var("DATABASE_URL").unwrap());
+    again.mqtt_url = Some(std::env::var("MQTT_URL").unwrap());
+    let report = run(again)
+        .await
+        .expect("the demo runs again on the same database");
+    assert_summary(&report, 10);
 }
 
 /// `DemoArgs::new` is what the command line gives with no options.

@@ -94,18 +94,6 @@ impl BenchDb {
     }
 }
 
-/// Devices whose `state` ack for a schedule with id prefix `prefix` is recorded.
-pub async fn devices_with_ack(pool: &PgPool, prefix: &str, state: &str) -> Result<i64> {
-    let row = sqlx::query(
-        "SELECT COUNT(DISTINCT device_id) AS n FROM acks WHERE target_kind = 'schedule' AND state = $1 AND target_id LIKE $2",
-    )
-    .bind(state)
-    .bind(format!("{prefix}%"))
-    .fetch_one(pool)
-    .await?;
-    Ok(row.try_get("n")?)
-}
-
 /// Benchmark schedules whose lifecycle the server has recorded as accepted (or later: executing,
 /// completed).
 pub async fn schedules_accepted(pool: &PgPool, prefix: &str) -> Result<i64> {
