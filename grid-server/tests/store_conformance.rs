@@ -2117,16 +2117,7 @@ mod suite {
                 id: worlds[w].1[k].clone(),
                 version: ScheduleVersion(1),
             };
-            let strip = |v: Vec<AckRecord>| {
-                v.into_iter()
-                    .map(|r| (r.message_id, r.state, r.reason, r.received_at))
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(
-                strip(store.list_acks(&target(0)).await.unwrap()),
-                strip(store.list_acks(&target(1)).await.unwrap()),
-                "acks of schedule {k}"
-            );
+            assert_same_acks(store, &target(0), &target(1)).await;
         }
         for k in 0..COMMANDS {
             let a = store.get_command(&worlds[0].2[k]).await.unwrap();
@@ -2139,17 +2130,22 @@ mod suite {
             let target = |w: usize| AckTarget::Command {
                 id: worlds[w].2[k].clone(),
             };
-            let strip = |v: Vec<AckRecord>| {
-                v.into_iter()
-                    .map(|r| (r.message_id, r.state, r.reason, r.received_at))
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(
-                strip(store.list_acks(&target(0)).await.unwrap()),
-                strip(store.list_acks(&target(1)).await.unwrap()),
-                "acks of command {k}"
-            );
+            assert_same_acks(store, &target(0), &target(1)).await;
         }
+    }
+
+    /// Both targets hold the same acks (message, state, reason, arrival), in the same order.
+    async fn assert_same_acks(store: &S, a: &AckTarget, b: &AckTarget) {
+        let strip = |v: Vec<AckRecord>| {
+            v.into_iter()
+                .map(|r| (r.message_id, r.state, r.reason, r.received_at))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            strip(store.list_acks(a).await.unwrap()),
+            strip(store.list_acks(b).await.unwrap()),
+            "acks of {a:?} and {b:?}"
+        );
     }
 
     /// Measured series (issue #9): gaps are not written, a slot stored again is replaced, ranges

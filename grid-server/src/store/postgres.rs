@@ -34,7 +34,7 @@
 //! column (`UNNEST($1::text[], …)`, `= ANY($1)`), so one text serves every batch size and
 //! PostgreSQL parses and plans it once per connection: the schedule-target read
 //! (`schedule_states`, `command_states`), the ack insert (`insert_acks`) and the lifecycle
-//! updates (`update_schedule_states`, `update_command_states`) of `record_acks`; the sent marks of `record_schedule_sends`
+//! updates (`update_lifecycle_states`) of `record_acks`; the sent marks of `record_schedule_sends`
 //! (`mark_schedules_sent`); the outbox reads of `outbox_load_many` and `record_acks_and_save`
 //! (`outbox_rows`, `outbox_rows_locked`, the latter `FOR UPDATE SKIP LOCKED`), the outbox
 //! update and insert of `outbox_save_many` (`update_outbox_rows`, `insert_outbox_rows`) and the
@@ -244,59 +244,44 @@ async fn insert_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResult<Vec<Db
     .await?)
 }
 
-/// Applies lifecycle moves to schedules still in their `original` state; returns the
-/// `schedule_id` and `version` of each schedule moved.
-async fn update_schedule_states(
+/// Applies lifecycle moves to schedules or commands still in their `original` state; returns
+/// the key of each row moved (`schedule_id` and `version`, or `id`).
+async fn update_lifecycle_states(
     conn: &mut Conn,
-    rows: &[ScheduleMove<'_>],
+    table: LifecycleTable,
+    rows: &[LifecycleMove<'_>],
 ) -> StoreResult<Vec<DbRow>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(sqlx::query(
-        "UPDATE schedules SET state = v.st, reason = COALESCE(v.reason, schedules.reason), \
-         updated_ms = v.updated, answered_ms = COALESCE(schedules.answered_ms, v.answered) \
-         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], \
-         $6::bigint[], $7::text[]) AS v(id, ver, st, reason, updated, answered, original) \
-         WHERE schedules.schedule_id = v.id AND schedules.version = v.ver \
-         AND schedules.state = v.original RETURNING schedules.schedule_id, schedules.version",
-    )
-    .bind(rows.iter().map(|r| r.schedule_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.answered_ms).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.original).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await?)
-}
-
-/// Applies lifecycle moves to commands still in their `original` state; returns the `id` of
-/// each command moved.
-async fn update_command_states(
-    conn: &mut Conn,
-    rows: &[CommandMove<'_>],
-) -> StoreResult<Vec<DbRow>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(sqlx::query(
-        "UPDATE commands SET state = v.st, reason = COALESCE(v.reason, commands.reason), \
-         updated_ms = v.updated, answered_ms = COALESCE(commands.answered_ms, v.answered) \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
-         $6::text[]) AS v(id, st, reason, updated, answered, original) \
-         WHERE commands.id = v.id AND commands.id = ANY($1::text[]) \
-         AND commands.state = v.original RETURNING commands.id",
-    )
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.answered_ms).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.original).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await?)
+    let sql = match table {
+        LifecycleTable::Schedules => {
+            "UPDATE schedules SET state = v.st, reason = COALESCE(v.reason, schedules.reason), \
+             updated_ms = v.updated, answered_ms = COALESCE(schedules.answered_ms, v.answered) \
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], \
+             $6::bigint[], $7::text[]) AS v(id, ver, st, reason, updated, answered, original) \
+             WHERE schedules.schedule_id = v.id AND schedules.version = v.ver \
+             AND schedules.state = v.original RETURNING schedules.schedule_id, schedules.version"
+        }
+        LifecycleTable::Commands => {
+            "UPDATE commands SET state = v.st, reason = COALESCE(v.reason, commands.reason), \
+             updated_ms = v.updated, answered_ms = COALESCE(commands.answered_ms, v.answered) \
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], \
+             $6::bigint[], $7::text[]) AS v(id, ver, st, reason, updated, answered, original) \
+             WHERE commands.id = v.id AND commands.id = ANY($1::text[]) \
+             AND commands.state = v.original RETURNING commands.id"
+        }
+    };
+    Ok(sqlx::query(sql)
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.answered_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.original).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?)
 }
 
 /// Applies what acks said about devices' schedules in force (each device at most once, in device

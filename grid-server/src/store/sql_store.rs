@@ -25,7 +25,7 @@ type Conn = <Db as sqlx::Database>::Connection;
 
 // The rows of the multi-row statements, which each backend writes its own way (see the module
 // docs of `postgres` and `sqlite`): `schedule_states`, `command_states`, `insert_acks`,
-// `update_schedule_states`, `update_command_states`, `mark_schedules_sent`, `outbox_rows`, `outbox_rows_locked`,
+// `update_lifecycle_states`, `mark_schedules_sent`, `outbox_rows`, `outbox_rows_locked`,
 // `update_outbox_rows`, `insert_outbox_rows`, `update_device_statuses` and
 // `report_schedules_in_force`.
 
@@ -113,20 +113,18 @@ struct AckRow<'a> {
     received_ms: i64,
 }
 
-/// A schedule's lifecycle move, applied only if its state is still `original`.
-struct ScheduleMove<'a> {
-    schedule_id: &'a str,
-    version: i64,
-    state: &'static str,
-    reason: Option<&'a str>,
-    updated_ms: i64,
-    answered_ms: Option<i64>,
-    original: &'static str,
+/// The table a multi-row lifecycle update moves rows of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LifecycleTable {
+    Schedules,
+    Commands,
 }
 
-/// A command's lifecycle move, applied only if its state is still `original`.
-struct CommandMove<'a> {
+/// A schedule's or command's lifecycle move, applied only if its state is still `original`.
+struct LifecycleMove<'a> {
     id: &'a str,
+    /// 0 for a command.
+    version: i64,
     state: &'static str,
     reason: Option<&'a str>,
     updated_ms: i64,
@@ -1168,37 +1166,29 @@ impl This {
         // One lock order for every writer: commands, then schedules, each by key.
         moved.sort_by(|a, b| a.0.cmp(&b.0));
         let mut updated: std::collections::HashSet<Key> = Default::default();
-        let rows: Vec<CommandMove<'_>> = moved
-            .iter()
-            .filter(|(k, _)| k.0 == "command")
-            .map(|&((_, id, _), w)| CommandMove {
-                id,
-                state: w.current.as_str(),
-                reason: w.reason.as_deref(),
-                updated_ms: w.updated_ms,
-                answered_ms: w.answered_ms,
-                original: w.original.as_str(),
-            })
-            .collect();
+        let moves = |kind: &str| -> Vec<LifecycleMove<'_>> {
+            moved
+                .iter()
+                .filter(|(k, _)| k.0 == kind)
+                .map(|&((_, id, version), w)| LifecycleMove {
+                    id,
+                    version: *version,
+                    state: w.current.as_str(),
+                    reason: w.reason.as_deref(),
+                    updated_ms: w.updated_ms,
+                    answered_ms: w.answered_ms,
+                    original: w.original.as_str(),
+                })
+                .collect()
+        };
+        let rows = moves("command");
         if !rows.is_empty() {
-            for row in update_command_states(tx, &rows).await? {
+            for row in update_lifecycle_states(tx, LifecycleTable::Commands, &rows).await? {
                 updated.insert(("command", col(&row, "id")?, 0));
             }
         }
-        let rows: Vec<ScheduleMove<'_>> = moved
-            .iter()
-            .filter(|(k, _)| k.0 == "schedule")
-            .map(|&((_, id, version), w)| ScheduleMove {
-                schedule_id: id,
-                version: *version,
-                state: w.current.as_str(),
-                reason: w.reason.as_deref(),
-                updated_ms: w.updated_ms,
-                answered_ms: w.answered_ms,
-                original: w.original.as_str(),
-            })
-            .collect();
-        for row in update_schedule_states(tx, &rows).await? {
+        let rows = moves("schedule");
+        for row in update_lifecycle_states(tx, LifecycleTable::Schedules, &rows).await? {
             updated.insert(("schedule", col(&row, "schedule_id")?, col(&row, "version")?));
         }
         // 5. Raced: take this batch's acks of that target back and redo them one by one.

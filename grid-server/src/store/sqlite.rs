@@ -163,24 +163,36 @@ async fn insert_acks(conn: &mut Conn, rows: &[AckRow<'_>]) -> StoreResult<Vec<Db
     Ok(out)
 }
 
-/// Applies lifecycle moves to schedules still in their `original` state; returns the
-/// `schedule_id` and `version` of each schedule moved.
-async fn update_schedule_states(
+/// Applies lifecycle moves to schedules or commands still in their `original` state; returns
+/// the key of each row moved (`schedule_id` and `version`, or `id`).
+async fn update_lifecycle_states(
     conn: &mut Conn,
-    rows: &[ScheduleMove<'_>],
+    table: LifecycleTable,
+    rows: &[LifecycleMove<'_>],
 ) -> StoreResult<Vec<DbRow>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(BATCH_ROWS) {
-        let mut q = QueryBuilder::<Db>::new(
+    let (head, tail) = match table {
+        LifecycleTable::Schedules => (
             "UPDATE schedules SET state = v.column3, reason = COALESCE(v.column4, reason), \
              updated_ms = v.column5, answered_ms = COALESCE(answered_ms, v.column6) FROM (VALUES ",
-        );
+            ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
+             AND schedules.state = v.column7 RETURNING schedules.schedule_id, schedules.version",
+        ),
+        LifecycleTable::Commands => (
+            "UPDATE commands SET state = v.column3, reason = COALESCE(v.column4, reason), \
+             updated_ms = v.column5, answered_ms = COALESCE(answered_ms, v.column6) FROM (VALUES ",
+            ") AS v WHERE commands.id = v.column1 AND commands.state = v.column7 \
+             RETURNING commands.id",
+        ),
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Db>::new(head);
         for (n, r) in chunk.iter().enumerate() {
             if n > 0 {
                 q.push(", ");
             }
             q.push("(")
-                .push_bind(r.schedule_id.to_owned())
+                .push_bind(r.id.to_owned())
                 .push(", CAST(")
                 .push_bind(r.version)
                 .push(" AS BIGINT), ")
@@ -195,49 +207,7 @@ async fn update_schedule_states(
                 .push_bind(r.original)
                 .push(")");
         }
-        q.push(
-            ") AS v WHERE schedules.schedule_id = v.column1 AND schedules.version = v.column2 \
-             AND schedules.state = v.column7 RETURNING schedules.schedule_id, schedules.version",
-        );
-        out.extend(q.build().fetch_all(&mut *conn).await?);
-    }
-    Ok(out)
-}
-
-/// Applies lifecycle moves to commands still in their `original` state; returns the `id` of
-/// each command moved.
-async fn update_command_states(
-    conn: &mut Conn,
-    rows: &[CommandMove<'_>],
-) -> StoreResult<Vec<DbRow>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(BATCH_ROWS) {
-        let mut q = QueryBuilder::<Db>::new(
-            "UPDATE commands SET state = v.column2, reason = COALESCE(v.column3, reason), \
-             updated_ms = v.column4, answered_ms = COALESCE(answered_ms, v.column5) FROM (VALUES ",
-        );
-        for (n, r) in chunk.iter().enumerate() {
-            if n > 0 {
-                q.push(", ");
-            }
-            q.push("(")
-                .push_bind(r.id.to_owned())
-                .push(", ")
-                .push_bind(r.state)
-                .push(", ")
-                .push_bind(r.reason.map(str::to_owned))
-                .push(", CAST(")
-                .push_bind(r.updated_ms)
-                .push(" AS BIGINT), CAST(")
-                .push_bind(r.answered_ms)
-                .push(" AS BIGINT), ")
-                .push_bind(r.original)
-                .push(")");
-        }
-        q.push(
-            ") AS v WHERE commands.id = v.column1 AND commands.state = v.column6 \
-             RETURNING commands.id",
-        );
+        q.push(tail);
         out.extend(q.build().fetch_all(&mut *conn).await?);
     }
     Ok(out)
