@@ -185,12 +185,17 @@ fn byte_chunks<T>(rows: &[T], max: usize, size: impl Fn(&T) -> usize) -> Vec<&[T
     chunks
 }
 
-/// The length checks of an ack's free-text fields.
-/// An ack target as `(id, version)` (a command's version is -1: no schedule has it).
-fn slow_key(target: &AckTarget) -> StoreResult<(String, i64)> {
+/// An ack target as `(kind, id, version)`: kind `command` (version 0) or `schedule`, so
+/// commands sort (and are locked) before schedules.
+type TargetKey = (&'static str, String, i64);
+
+/// `target`'s [`TargetKey`].
+fn target_key(target: &AckTarget) -> StoreResult<TargetKey> {
     Ok(match target {
-        AckTarget::Schedule { id, version } => (id.as_str().to_owned(), version_param(*version)?),
-        AckTarget::Command { id } => (id.clone(), -1),
+        AckTarget::Schedule { id, version } => {
+            ("schedule", id.as_str().to_owned(), version_param(*version)?)
+        }
+        AckTarget::Command { id } => ("command", id.clone(), 0),
     })
 }
 
@@ -201,6 +206,7 @@ fn finish_acks(out: Vec<Option<StoreResult<AckOutcome>>>) -> Vec<StoreResult<Ack
         .collect()
 }
 
+/// The length checks of an ack's free-text fields.
 fn check_ack_text(ack: &AckRecord) -> StoreResult<()> {
     check_text("message_id", &ack.message_id, 128)?;
     check_opt_text("reason_code", ack.reason_code.as_deref(), 64)?;
@@ -1002,23 +1008,14 @@ impl This {
         out: &mut [Option<StoreResult<AckOutcome>>],
         retry: &mut Vec<usize>,
     ) -> StoreResult<()> {
-        // (kind, id, version): commands have version 0, and sort (lock) before schedules.
-        type Key = (&'static str, String, i64);
-        let key_of = |ack: &AckRecord| -> StoreResult<Key> {
-            match &ack.target {
-                AckTarget::Schedule { id, version } => {
-                    Ok(("schedule", id.as_str().to_owned(), version_param(*version)?))
-                }
-                AckTarget::Command { id } => Ok(("command", id.clone(), 0)),
-            }
-        };
-        let name = |key: &Key| match key.0 {
+        let key_of = |ack: &AckRecord| target_key(&ack.target);
+        let name = |key: &TargetKey| match key.0 {
             "schedule" => format!("{} {}", key.1, key.2),
             _ => key.1.clone(),
         };
         // Each target once, in first-seen order (a set for the lookups: batches hold hundreds).
-        let mut keys: Vec<Key> = Vec::new();
-        let mut seen: std::collections::HashSet<Key> = Default::default();
+        let mut keys: Vec<TargetKey> = Vec::new();
+        let mut seen: std::collections::HashSet<TargetKey> = Default::default();
         for &i in fast {
             let k = key_of(&acks[i])?;
             if seen.insert(k.clone()) {
@@ -1026,7 +1023,7 @@ impl This {
             }
         }
         // 1. Every target's state and owner.
-        let mut stored: HashMap<Key, (ExecutionState, String)> = HashMap::new();
+        let mut stored: HashMap<TargetKey, (ExecutionState, String)> = HashMap::new();
         let schedule_keys: Vec<(String, i64)> = keys
             .iter()
             .filter(|k| k.0 == "schedule")
@@ -1034,7 +1031,7 @@ impl This {
             .collect();
         if !schedule_keys.is_empty() {
             for row in schedule_states(tx, &schedule_keys).await? {
-                let key: Key = ("schedule", col(&row, "schedule_id")?, col(&row, "version")?);
+                let key: TargetKey = ("schedule", col(&row, "schedule_id")?, col(&row, "version")?);
                 stored.insert(key, (state_col(&row, "state")?, col(&row, "device_id")?));
             }
         }
@@ -1045,7 +1042,7 @@ impl This {
             .collect();
         if !command_ids.is_empty() {
             for row in command_states(tx, &command_ids).await? {
-                let key: Key = ("command", col(&row, "id")?, 0);
+                let key: TargetKey = ("command", col(&row, "id")?, 0);
                 stored.insert(key, (state_col(&row, "state")?, col(&row, "device_id")?));
             }
         }
@@ -1101,8 +1098,8 @@ impl This {
             inserted: Vec<usize>,
             all: Vec<usize>,
         }
-        let mut walks: Vec<(Key, Walk)> = Vec::new();
-        let mut walk_of: HashMap<Key, usize> = HashMap::new();
+        let mut walks: Vec<(TargetKey, Walk)> = Vec::new();
+        let mut walk_of: HashMap<TargetKey, usize> = HashMap::new();
         for &i in &candidates {
             let ack = &acks[i];
             let key = key_of(ack)?;
@@ -1159,13 +1156,13 @@ impl This {
             }
         }
         // 4. The moved targets, guarded by the state they were read in.
-        let mut moved: Vec<&(Key, Walk)> = walks
+        let mut moved: Vec<&(TargetKey, Walk)> = walks
             .iter()
             .filter(|(_, w)| w.current != w.original)
             .collect();
         // One lock order for every writer: commands, then schedules, each by key.
         moved.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut updated: std::collections::HashSet<Key> = Default::default();
+        let mut updated: std::collections::HashSet<TargetKey> = Default::default();
         let moves = |kind: &str| -> Vec<LifecycleMove<'_>> {
             moved
                 .iter()
@@ -1182,10 +1179,8 @@ impl This {
                 .collect()
         };
         let rows = moves("command");
-        if !rows.is_empty() {
-            for row in update_lifecycle_states(tx, LifecycleTable::Commands, &rows).await? {
-                updated.insert(("command", col(&row, "id")?, 0));
-            }
+        for row in update_lifecycle_states(tx, LifecycleTable::Commands, &rows).await? {
+            updated.insert(("command", col(&row, "id")?, 0));
         }
         let rows = moves("schedule");
         for row in update_lifecycle_states(tx, LifecycleTable::Schedules, &rows).await? {
@@ -1242,14 +1237,14 @@ impl This {
         // `delivered` acks (which also count a publication) take the one-by-one path inside the
         // batch's transaction; batches of answers only (the bulk: accepted / executing /
         // completed, of schedules and commands) go through multi-row statements.
-        let mut slow_targets: std::collections::HashSet<(String, i64)> = Default::default();
+        let mut slow_targets: std::collections::HashSet<TargetKey> = Default::default();
         for (i, ack) in acks.iter().enumerate() {
             if let Err(e) = check_ack_text(ack) {
                 out[i] = Some(Err(e));
                 continue;
             }
             if ack.state == ExecutionState::Delivered {
-                slow_targets.insert(slow_key(&ack.target)?);
+                slow_targets.insert(target_key(&ack.target)?);
             }
         }
         let mut fast = Vec::new();
@@ -1258,7 +1253,7 @@ impl This {
             if out[i].is_some() {
                 continue;
             }
-            if slow_targets.contains(&slow_key(&ack.target)?) {
+            if slow_targets.contains(&target_key(&ack.target)?) {
                 slow.push(i);
             } else {
                 fast.push(i);
