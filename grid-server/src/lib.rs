@@ -11,4 +11,5 @@ pub mod cli;
 pub mod config;
 pub mod forecasting;
 pub mod metrics;
+pub mod process;
 pub mod server;

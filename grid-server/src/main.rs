@@ -12,6 +12,9 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before the runtime starts: no transparent huge pages unless MIMALLOC_ALLOW_THP says so
+    // (grid_server::process).
+    let _ = grid_server::process::prefer_small_pages();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

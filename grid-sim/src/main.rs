@@ -25,6 +25,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // No transparent huge pages unless MIMALLOC_ALLOW_THP says so (grid_server::process); the
+    // load tool's agent workers inherit it.
+    let _ = grid_server::process::prefer_small_pages();
     let cli = Cli::parse();
     // Logs only when asked for (RUST_LOG=grid_server=info,…): the demo's own output is the summary.
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
