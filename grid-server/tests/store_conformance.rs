@@ -1832,7 +1832,9 @@ mod suite {
 
     /// `record_acks_and_save` records like `record_acks`, hands `then` every outcome and the
     /// states of the devices asked for, and saves what `then` returns (a stale revision losing
-    /// alone); a refused ack leaves the rest of the batch standing.
+    /// alone); a refused ack leaves the rest of the batch standing. A state that is exactly the
+    /// one the caller names as known comes without its messages (and keeps them when saved);
+    /// any other comes whole.
     pub async fn acks_and_states_in_one_transaction(store: S) {
         use ExecutionState as St;
         let t0 = t("2026-11-27T00:00:00Z");
@@ -1872,14 +1874,39 @@ mod suite {
                 })
                 .collect()
         };
+        // The first device's state as saved, the second's as it no longer is, the third's none;
+        // the first device named twice.
+        let reads: Vec<OutboxRead> = [
+            (&ids[1], Some("{\"d\":\"stale\"}".to_owned())),
+            (&ids[0], Some(format!("{{\"d\":\"{}\"}}", ids[0]))),
+            (&ids[2], None),
+            (&ids[0], Some(format!("{{\"d\":\"{}\"}}", ids[0]))),
+        ]
+        .into_iter()
+        .map(|(device, known_state)| OutboxRead {
+            device: device.clone(),
+            known_state,
+        })
+        .collect();
         let done = store
-            .record_acks_and_save(&batch, &ids, &mut then, t0)
+            .record_acks_and_save(&batch, &reads, &mut then, t0)
             .await
             .unwrap();
-        // Only the devices with a saved state were read (the third has none).
+        // Only the devices with a saved state were read (the third has none), each once.
         assert_eq!(
             seen.iter().map(|r| r.device.clone()).collect::<Vec<_>>(),
             ids[..2].to_vec()
+        );
+        assert_eq!(
+            (seen[0].messages.as_deref(), seen[0].messages_omitted),
+            (None, true),
+            "the known state comes without its messages"
+        );
+        assert!(seen[0].messages_apart());
+        assert_eq!(
+            (seen[1].messages.as_deref(), seen[1].messages_omitted),
+            (Some("[\"m\"]"), false),
+            "a changed state comes whole"
         );
         assert!(matches!(
             done.acks[..],

@@ -51,16 +51,31 @@ impl SavedStates {
     }
 
     /// Takes out the state saved for `device` as `detached_json`, if this is what the cache
-    /// holds (no copy: the caller puts back what it saves next; a restore that is not followed by
-    /// a save parses the next time).
-    pub(crate) fn take(&self, device: &DeviceId, detached_json: &str) -> Option<TrackerState> {
+    /// holds, with the bytes of JSON it was put with (no copy: the caller puts back what it saves
+    /// next; a restore that is not followed by a save parses the next time).
+    pub(crate) fn take(
+        &self,
+        device: &DeviceId,
+        detached_json: &str,
+    ) -> Option<(TrackerState, usize)> {
         let mut entries = self.inner.lock().ok()?;
         if entries.by_device.get(device)?.detached_json != detached_json {
             return None;
         }
         let entry = entries.by_device.remove(device)?;
         entries.bytes -= entry.bytes;
-        Some(entry.state)
+        Some((entry.state, entry.bytes))
+    }
+
+    /// A copy of the detached-state JSON held for `device`, if any: what an ack batch names to
+    /// the store so that an unchanged state comes back without its messages (the state itself
+    /// is then [`SavedStates::take`]n, and a miss by then is handled like any other).
+    pub(crate) fn detached_json(&self, device: &DeviceId) -> Option<String> {
+        let entries = self.inner.lock().ok()?;
+        entries
+            .by_device
+            .get(device)
+            .map(|e| e.detached_json.clone())
     }
 
     /// Notes that `state` was saved for its device as `detached_json`, `bytes` of JSON in all
@@ -134,7 +149,9 @@ mod tests {
             "another device"
         );
         assert_eq!(cache.usage(), (1, 100), "a miss keeps the entry");
-        assert_eq!(cache.take(&a.device, one), Some(a.clone()));
+        assert_eq!(cache.detached_json(&a.device).as_deref(), Some(one));
+        assert_eq!(cache.take(&a.device, one), Some((a.clone(), 100)));
+        assert_eq!(cache.detached_json(&a.device), None);
         assert_eq!(cache.usage(), (0, 0), "taken out");
         assert!(cache.take(&a.device, one).is_none());
         // A newer save replaces the entry.
@@ -142,7 +159,7 @@ mod tests {
         cache.put(two, a.clone(), 120);
         assert!(cache.take(&a.device, one).is_none());
         assert_eq!(cache.usage(), (1, 120));
-        assert_eq!(cache.take(&a.device, two), Some(a));
+        assert_eq!(cache.take(&a.device, two), Some((a, 120)));
     }
 
     #[test]

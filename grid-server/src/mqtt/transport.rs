@@ -7,8 +7,8 @@ use super::{
     install_crypto_provider, random_hex,
 };
 use crate::store::{
-    AckOutcome, AckRecord, AckTarget, CommandFilter, CommandRecord, DeviceRecord, OutboxRecord,
-    OutboxWrite, ScheduleFilter, ScheduleRef, StatusReport, Store, StoreError,
+    AckOutcome, AckRecord, AckTarget, CommandFilter, CommandRecord, DeviceRecord, OutboxRead,
+    OutboxRecord, OutboxWrite, ScheduleFilter, ScheduleRef, StatusReport, Store, StoreError,
 };
 use grid_core::{DeviceId, ExecutionState, LifecycleEvent, Schedule, TelemetrySample, Timestamp};
 use grid_proto::Codec;
@@ -841,8 +841,8 @@ impl Inner {
     /// The delivery state `record` holds: the one this server saved as it (taken out of
     /// [`Inner::saved`]; the save that follows puts the next one back), or parsed.
     fn restore_state(&self, record: &OutboxRecord) -> TransportResult<TrackerState> {
-        if record.messages.is_some()
-            && let Some(state) = self.saved.take(&record.device, &record.state)
+        if record.messages_apart()
+            && let Some((state, _)) = self.saved.take(&record.device, &record.state)
         {
             return Ok(state);
         }
@@ -1184,11 +1184,16 @@ impl Inner {
         if records.is_empty() {
             return times;
         }
-        let mut devices: Vec<DeviceId> = Vec::new();
+        // Each device once, with the state this server last saved for it: unchanged since, it
+        // is not read back with its messages.
+        let mut devices: Vec<OutboxRead> = Vec::new();
         let mut seen: HashSet<&DeviceId> = HashSet::new();
         for job in &batched {
             if seen.insert(&job.envelope.device) {
-                devices.push(job.envelope.device.clone());
+                devices.push(OutboxRead {
+                    device: job.envelope.device.clone(),
+                    known_state: self.saved.detached_json(&job.envelope.device),
+                });
             }
         }
         // Made inside the store's transaction, once the acks' outcomes are known and the states
@@ -1334,12 +1339,29 @@ impl Inner {
                 plan.alone.push((device, list));
                 continue;
             };
-            let state = match self.restore_state(record) {
-                Ok(state) => state,
-                Err(e) => {
-                    bump(&self.counters.errors);
-                    tracing::warn!(%device, error = %e, "unreadable delivery state");
-                    continue;
+            // The bytes of messages the record holds apart, for the cache's accounting.
+            let mut messages_bytes = record.messages.as_ref().map_or(0, String::len);
+            let state = if record.messages_omitted {
+                // Not read back: the state is the cached one, unless another task took it
+                // meanwhile (then the one-by-one path reads it whole).
+                match self.saved.take(&device, &record.state) {
+                    Some((state, bytes)) => {
+                        messages_bytes = bytes.saturating_sub(record.state.len());
+                        state
+                    }
+                    None => {
+                        plan.alone.push((device, list));
+                        continue;
+                    }
+                }
+            } else {
+                match self.restore_state(record) {
+                    Ok(state) => state,
+                    Err(e) => {
+                        bump(&self.counters.errors);
+                        tracing::warn!(%device, error = %e, "unreadable delivery state");
+                        continue;
+                    }
                 }
             };
             let mut tracker = DeliveryTracker::restore(self.config.tracker.clone(), state);
@@ -1361,7 +1383,13 @@ impl Inner {
             });
             let after = tracker.state().detached();
             if actions.is_empty() && after == before {
-                self.keep_unchanged(record, tracker.into_state());
+                if record.messages_apart() {
+                    self.saved.put(
+                        &record.state,
+                        tracker.into_state(),
+                        record.state.len() + messages_bytes,
+                    );
+                }
                 continue;
             }
             let Ok(write) = state_write(&tracker, after, Some((*record, &before))) else {
@@ -1377,7 +1405,8 @@ impl Inner {
                 state_bytes: write.state.len() + write.messages.as_ref().map_or(0, String::len),
                 state: tracker.into_state(),
                 detached_json: write.state.clone(),
-                saved_bytes: saved_bytes(&write, Some(record)),
+                saved_bytes: write.state.len()
+                    + write.messages.as_ref().map_or(messages_bytes, String::len),
             });
             plan.writes.push(write);
         }
@@ -1663,6 +1692,12 @@ async fn retry_loop(inner: Arc<Inner>) {
 /// A delivery state as saved: detached with its messages apart, or whole (saved before the
 /// split).
 fn saved_state(record: &OutboxRecord) -> TransportResult<TrackerState> {
+    if record.messages_omitted {
+        // Only the ack batch reads records this way, and it takes their states from the cache.
+        return Err(
+            StoreError::invalid("outbox.messages", "omitted from the read and not held").into(),
+        );
+    }
     match &record.messages {
         Some(messages) => Ok(TrackerState::attach(
             serde_json::from_str(&record.state)?,
@@ -1682,7 +1717,7 @@ fn state_write(
     saved: Option<(&OutboxRecord, &DetachedState)>,
 ) -> TransportResult<OutboxWrite> {
     let kept = saved.is_some_and(|(record, read)| {
-        record.messages.is_some() && read.message_ids().eq(detached.message_ids())
+        record.messages_apart() && read.message_ids().eq(detached.message_ids())
     });
     let messages = if kept {
         None

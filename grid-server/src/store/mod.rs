@@ -369,17 +369,20 @@ pub trait Store: Send + Sync + 'static {
     /// the states read stay locked until the commit, so no other writer (another replica, the
     /// retry loop) changes one between its read and its save; a state another writer holds
     /// locked at that moment is not read (not waited for), so `then` may get fewer states than
-    /// `devices`. The outer error means nothing was recorded or saved. Returns the acks'
-    /// outcomes and the saves' results.
+    /// `devices`. A device's record comes without its messages when its stored state is the
+    /// [`OutboxRead::known_state`] given ([`OutboxRecord::messages_omitted`]; the SQL stores omit
+    /// them, this default reads every record whole). The outer error means nothing was recorded
+    /// or saved. Returns the acks' outcomes and the saves' results.
     async fn record_acks_and_save(
         &self,
         acks: &[AckRecord],
-        devices: &[DeviceId],
+        devices: &[OutboxRead],
         then: &mut AckStatesFn<'_>,
         now: Timestamp,
     ) -> StoreResult<AckBatchResult> {
         let acks = self.record_acks(acks).await?;
-        let stored = self.outbox_load_many(devices).await?;
+        let ids: Vec<DeviceId> = devices.iter().map(|d| d.device.clone()).collect();
+        let stored = self.outbox_load_many(&ids).await?;
         let writes = then(&acks, &stored);
         let saved = self.outbox_save_many(&writes, now).await?;
         Ok(AckBatchResult { acks, saved })

@@ -407,14 +407,27 @@ async fn outbox_rows(conn: &mut Conn, devices: &[&str]) -> StoreResult<Vec<DbRow
     )
 }
 
-/// The outbox rows of the given devices, by device id, locked until the transaction ends; a row
-/// another transaction holds locked is skipped.
-async fn outbox_rows_locked(conn: &mut Conn, devices: &[&str]) -> StoreResult<Vec<DbRow>> {
+/// The outbox rows of the given devices (`devices` sorted, without repeats), by device id, locked
+/// until the transaction ends; a row another transaction holds locked is skipped. A row whose
+/// state is the one `known` gives for its device (same index) comes without its messages and
+/// with `messages_omitted` set (the messages are not even decompressed).
+async fn outbox_rows_locked(
+    conn: &mut Conn,
+    devices: &[&str],
+    known: &[Option<&str>],
+) -> StoreResult<Vec<DbRow>> {
     Ok(sqlx::query(
-        "SELECT * FROM outbox WHERE device_id = ANY($1) ORDER BY device_id \
-         FOR UPDATE SKIP LOCKED",
+        "SELECT o.device_id, o.state_json, o.next_wakeup_ms, o.revision, o.updated_ms, \
+         CASE WHEN o.messages_json IS NOT NULL AND o.state_json = k.known THEN NULL \
+         ELSE o.messages_json END AS messages_json, \
+         COALESCE(o.messages_json IS NOT NULL AND o.state_json = k.known, FALSE) \
+         AS messages_omitted \
+         FROM outbox o JOIN UNNEST($1::text[], $2::text[]) AS k(dev, known) \
+         ON o.device_id = k.dev WHERE o.device_id = ANY($1::text[]) \
+         ORDER BY o.device_id FOR UPDATE OF o SKIP LOCKED",
     )
     .bind(devices)
+    .bind(known)
     .fetch_all(conn)
     .await?)
 }

@@ -465,6 +465,7 @@ fn outbox_from_row(row: &DbRow) -> StoreResult<OutboxRecord> {
         device: parse_id("outbox.device", col(row, "device_id")?)?,
         state: col(row, "state_json")?,
         messages: col(row, "messages_json")?,
+        messages_omitted: false,
         next_wakeup_at: opt_ts(row, "next_wakeup_ms")?,
         revision: count_col(row, "revision")?,
         updated_at: ts(row, "updated_ms")?,
@@ -2369,7 +2370,7 @@ impl Store for This {
     async fn record_acks_and_save(
         &self,
         acks: &[AckRecord],
-        devices: &[DeviceId],
+        devices: &[OutboxRead],
         then: &mut AckStatesFn<'_>,
         now: Timestamp,
     ) -> StoreResult<AckBatchResult> {
@@ -2389,14 +2390,21 @@ impl Store for This {
         // waits for a lock while holding others, so it cannot deadlock (measured: the retry
         // loop's claim, which locks in wakeup order, deadlocked with a batch that waited).
         // SQLite has no row locks and needs none: `BEGIN IMMEDIATE` holds the database.
-        let mut ids: Vec<&DeviceId> = devices.iter().collect();
-        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        ids.dedup();
-        let ids: Vec<&str> = ids.into_iter().map(DeviceId::as_str).collect();
-        let stored = outbox_rows_locked(&mut tx, &ids)
+        // A state the caller holds is compared in the database and its messages (kilobytes
+        // each) are not sent back.
+        let mut reads: Vec<&OutboxRead> = devices.iter().collect();
+        reads.sort_by(|a, b| a.device.as_str().cmp(b.device.as_str()));
+        reads.dedup_by(|a, b| a.device == b.device);
+        let ids: Vec<&str> = reads.iter().map(|r| r.device.as_str()).collect();
+        let known: Vec<Option<&str>> = reads.iter().map(|r| r.known_state.as_deref()).collect();
+        let stored = outbox_rows_locked(&mut tx, &ids, &known)
             .await?
             .iter()
-            .map(outbox_from_row)
+            .map(|row| {
+                let mut record = outbox_from_row(row)?;
+                record.messages_omitted = col(row, "messages_omitted")?;
+                Ok(record)
+            })
             .collect::<StoreResult<Vec<_>>>()?;
         let read = started.elapsed();
         let writes = then(&acks, &stored);

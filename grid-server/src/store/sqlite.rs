@@ -360,10 +360,40 @@ async fn outbox_rows(conn: &mut Conn, devices: &[&str]) -> StoreResult<Vec<DbRow
     Ok(rows)
 }
 
-/// The outbox rows of the given devices, by device id. SQLite has no row locks and needs none:
-/// the caller's `BEGIN IMMEDIATE` holds the database until it ends.
-async fn outbox_rows_locked(conn: &mut Conn, devices: &[&str]) -> StoreResult<Vec<DbRow>> {
-    outbox_rows(conn, devices).await
+/// The outbox rows of the given devices (`devices` sorted, without repeats), by device id. A row
+/// whose state is the one `known` gives for its device (same index) comes without its messages
+/// and with `messages_omitted` set. SQLite has no row locks and needs none: the caller's
+/// `BEGIN IMMEDIATE` holds the database until it ends.
+async fn outbox_rows_locked(
+    conn: &mut Conn,
+    devices: &[&str],
+    known: &[Option<&str>],
+) -> StoreResult<Vec<DbRow>> {
+    let mut rows = Vec::with_capacity(devices.len());
+    let pairs: Vec<(&str, Option<&str>)> =
+        devices.iter().copied().zip(known.iter().copied()).collect();
+    for chunk in pairs.chunks(BATCH_ROWS / 2) {
+        let mut q = QueryBuilder::<Db>::new(
+            "SELECT o.device_id, o.state_json, o.next_wakeup_ms, o.revision, o.updated_ms, \
+             CASE WHEN o.messages_json IS NOT NULL AND o.state_json = k.column2 THEN NULL \
+             ELSE o.messages_json END AS messages_json, \
+             COALESCE(o.messages_json IS NOT NULL AND o.state_json = k.column2, FALSE) \
+             AS messages_omitted FROM outbox o JOIN (VALUES ",
+        );
+        for (k, (device, state)) in chunk.iter().enumerate() {
+            if k > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .push_bind((*device).to_owned())
+                .push(", ")
+                .push_bind(state.map(str::to_owned))
+                .push(")");
+        }
+        q.push(") AS k ON o.device_id = k.column1 ORDER BY o.device_id");
+        rows.extend(q.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
 }
 
 /// Saves delivery states over the rows still at the expected revision (clearing any claim);

@@ -605,15 +605,42 @@ pub struct OutboxRecord {
     pub device: DeviceId,
     /// The serialized tracker state: without its messages when `messages` is set, whole when not.
     pub state: String,
-    /// The serialized messages of the state, if saved apart from it.
+    /// The serialized messages of the state, if saved apart from it (and read: see
+    /// `messages_omitted`).
     #[serde(default)]
     pub messages: Option<String>,
+    /// The messages are saved apart but were not read: the stored `state` is exactly the one
+    /// the reader said it holds ([`OutboxRead::known_state`]), so the reader holds its messages
+    /// too (message ids are random and never reused, and a tracked message never changes).
+    /// Only [`Store::record_acks_and_save`](super::Store::record_acks_and_save) omits them.
+    #[serde(default)]
+    pub messages_omitted: bool,
     /// When the tracker next needs a poll (a resend or an expiry); `None` when idle.
     pub next_wakeup_at: Option<Timestamp>,
     /// Incremented by every save; pass it back to [`Store::outbox_save`](super::Store::outbox_save).
     pub revision: u64,
     /// When last saved.
     pub updated_at: Timestamp,
+}
+
+impl OutboxRecord {
+    /// Whether the messages are saved apart from `state` (read or omitted), i.e. `state` is a
+    /// detached state; false for a record saved whole, before the split.
+    pub fn messages_apart(&self) -> bool {
+        self.messages.is_some() || self.messages_omitted
+    }
+}
+
+/// A device whose delivery state [`Store::record_acks_and_save`](super::Store::record_acks_and_save)
+/// reads, with the detached state the reader already holds for it, if any: when the stored state
+/// is byte for byte that one, the record comes back without its messages (kilobytes of schedule
+/// JSON each) and [`OutboxRecord::messages_omitted`] set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRead {
+    /// The device.
+    pub device: DeviceId,
+    /// The detached state (as [`OutboxRecord::state`]) the reader holds, with its messages.
+    pub known_state: Option<String>,
 }
 
 /// One device's delivery state to save with [`Store::outbox_save`](super::Store::outbox_save) or
