@@ -311,6 +311,7 @@ async fn bench_reference(args: &LoadArgs, mosquitto: &broker::Broker) -> Result<
         answered.sort_by(f64::total_cmp);
         calls.sort_by(f64::total_cmp);
         let duplicates: usize = rounds.iter().map(|r| r.duplicates).sum();
+        let late: usize = rounds.iter().map(|r| r.late).sum();
         Ok::<_, anyhow::Error>(json!({
             "clients": n,
             "message_bytes": reference::MESSAGE_BYTES,
@@ -320,6 +321,7 @@ async fn bench_reference(args: &LoadArgs, mosquitto: &broker::Broker) -> Result<
             "rounds_all_answered_s": in_order,
             "publish_calls_s": calls[calls.len() / 2],
             "duplicates": duplicates,
+            "late_answers": late,
             "usage_first_round": {
                 "wall_s": usage["wall_s"],
                 "broker": usage["broker"],

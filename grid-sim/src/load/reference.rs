@@ -24,6 +24,10 @@ use tokio::task::JoinSet;
 pub const MESSAGE_BYTES: usize = 2048;
 /// Size of each client's answer (about an ack's size).
 pub const ANSWER_BYTES: usize = 160;
+/// Each message starts with its round's number in this many ASCII digits, and each answer starts
+/// with the message's first bytes: an answer that arrives late (a QoS 1 redelivery from an
+/// earlier round) is not counted in the next.
+const ROUND_TAG_BYTES: usize = 8;
 
 /// The topic bare client `i` subscribes to.
 pub fn down_topic(i: usize) -> String {
@@ -69,7 +73,6 @@ async fn bare_client(spec: WorkerSpec, i: usize, subscribed: Arc<AtomicUsize>) {
         16,
     );
     nodelay(&mut eventloop);
-    let answer = vec![b'a'; ANSWER_BYTES];
     let mut counted = false;
     loop {
         match eventloop.poll().await {
@@ -80,8 +83,9 @@ async fn bare_client(spec: WorkerSpec, i: usize, subscribed: Arc<AtomicUsize>) {
                 counted = true;
                 subscribed.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Event::Incoming(Packet::Publish(_))) => {
-                let _ = client.try_publish(up_topic(i), QoS::AtLeastOnce, false, answer.clone());
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let _ =
+                    client.try_publish(up_topic(i), QoS::AtLeastOnce, false, answer_to(&p.payload));
             }
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -143,6 +147,8 @@ pub struct HubResult {
     pub publish_calls: Duration,
     /// Answers received more than once (QoS 1 may redeliver; 0 on a healthy loopback run).
     pub duplicates: usize,
+    /// Answers to an earlier round's messages that arrived during this round (not counted).
+    pub late: usize,
 }
 
 /// The hub: connects, subscribes to every answer, and returns a handle that publishes to `n`
@@ -150,7 +156,10 @@ pub struct HubResult {
 pub struct Hub {
     client: AsyncClient,
     poller: tokio::task::JoinHandle<()>,
-    answers: tokio::sync::mpsc::UnboundedReceiver<usize>,
+    /// Each answer's client and round tag.
+    answers: tokio::sync::mpsc::UnboundedReceiver<(usize, Option<u32>)>,
+    /// The round [`Hub::fan_out`] runs next.
+    round: u32,
 }
 
 impl Hub {
@@ -188,7 +197,7 @@ impl Hub {
                             .next()
                             .and_then(|s| s.parse::<usize>().ok());
                         if let Some(i) = i {
-                            let _ = tx.send(i);
+                            let _ = tx.send((i, round_tag(&p.payload)));
                         }
                     }
                     Ok(_) => {}
@@ -204,13 +213,17 @@ impl Hub {
             client,
             poller,
             answers,
+            round: 0,
         })
     }
 
     /// Publishes one [`MESSAGE_BYTES`] message to each of clients `0..n` and waits (at most
-    /// `timeout`) until each has answered.
+    /// `timeout`) until each has answered it (answers to an earlier call's messages are not
+    /// counted).
     pub async fn fan_out(&mut self, n: usize, timeout: Duration) -> Result<HubResult> {
-        let payload = vec![b'm'; MESSAGE_BYTES];
+        let round = self.round;
+        self.round += 1;
+        let payload = round_message(round);
         let t0 = Instant::now();
         let client = self.client.clone();
         let publisher = tokio::spawn(async move {
@@ -224,11 +237,13 @@ impl Hub {
         let mut seen = vec![false; n];
         let mut distinct = 0;
         let mut duplicates = 0;
+        let mut late = 0;
         let deadline = t0 + timeout;
         while distinct < n {
             let next = tokio::time::timeout_at(deadline.into(), self.answers.recv()).await;
             match next {
-                Ok(Some(i)) if i < n => {
+                Ok(Some((_, tag))) if tag != Some(round) => late += 1,
+                Ok(Some((i, _))) if i < n => {
                     if seen[i] {
                         duplicates += 1;
                     } else {
@@ -250,6 +265,7 @@ impl Hub {
             all_answered,
             publish_calls,
             duplicates,
+            late,
         })
     }
 
@@ -258,5 +274,45 @@ impl Hub {
         let _ = self.client.disconnect().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.poller.abort();
+    }
+}
+
+/// The hub's message of round `round`: its tag, then padding to [`MESSAGE_BYTES`].
+fn round_message(round: u32) -> Vec<u8> {
+    let mut message = vec![b'm'; MESSAGE_BYTES];
+    message[..ROUND_TAG_BYTES].copy_from_slice(format!("{round:08}").as_bytes());
+    message
+}
+
+/// A client's answer to `message`: the message's round tag, then padding to [`ANSWER_BYTES`].
+fn answer_to(message: &[u8]) -> Vec<u8> {
+    let mut answer = vec![b'a'; ANSWER_BYTES];
+    let tag = message.len().min(ROUND_TAG_BYTES);
+    answer[..tag].copy_from_slice(&message[..tag]);
+    answer
+}
+
+/// The round number an answer carries in its first [`ROUND_TAG_BYTES`] bytes, if any.
+fn round_tag(answer: &[u8]) -> Option<u32> {
+    std::str::from_utf8(answer.get(..ROUND_TAG_BYTES)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_carries_its_messages_round() {
+        let message = round_message(2);
+        assert_eq!(message.len(), MESSAGE_BYTES);
+        let answer = answer_to(&message);
+        assert_eq!(answer.len(), ANSWER_BYTES);
+        assert_eq!(round_tag(&answer), Some(2));
+        assert_eq!(round_tag(&answer_to(&round_message(12_345))), Some(12_345));
+        assert_eq!(round_tag(&[b'a'; ANSWER_BYTES]), None, "untagged");
+        assert_eq!(round_tag(b"0001"), None, "too short");
     }
 }
