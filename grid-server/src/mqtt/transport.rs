@@ -563,7 +563,7 @@ impl TransportHandle {
             let after = tracker.state().detached();
             if actions.is_empty() && after == before {
                 if let Some(r) = record {
-                    inner.keep_unchanged(r, tracker.into_state());
+                    inner.keep_unchanged(r, tracker.into_state(), messages_read(r));
                 }
                 continue;
             }
@@ -793,7 +793,7 @@ impl Inner {
             let after = tracker.state().detached();
             if !force_save && actions.is_empty() && after == before {
                 if let Some(r) = &stored {
-                    self.keep_unchanged(r, tracker.into_state());
+                    self.keep_unchanged(r, tracker.into_state(), messages_read(r));
                 }
                 return Ok(());
             }
@@ -852,15 +852,19 @@ impl Inner {
     /// Keeps `state`, just saved by `write` over `read` (the record it was read from), for the
     /// next [`Inner::restore_state`].
     fn note_saved(&self, write: &OutboxWrite, read: Option<&OutboxRecord>, state: TrackerState) {
-        self.saved
-            .put(&write.state, state, saved_bytes(write, read));
+        self.saved.put(
+            &write.state,
+            state,
+            saved_bytes(write, read.map_or(0, messages_read)),
+        );
     }
 
-    /// Puts back `state`, restored from `record` and left as it was (nothing to save).
-    fn keep_unchanged(&self, record: &OutboxRecord, state: TrackerState) {
-        if let Some(messages) = &record.messages {
+    /// Puts back `state`, restored from `record` (whose messages take `messages_bytes` of JSON)
+    /// and left as it was (nothing to save).
+    fn keep_unchanged(&self, record: &OutboxRecord, state: TrackerState, messages_bytes: usize) {
+        if record.messages_apart() {
             self.saved
-                .put(&record.state, state, record.state.len() + messages.len());
+                .put(&record.state, state, record.state.len() + messages_bytes);
         }
     }
 
@@ -1340,7 +1344,7 @@ impl Inner {
                 continue;
             };
             // The bytes of messages the record holds apart, for the cache's accounting.
-            let mut messages_bytes = record.messages.as_ref().map_or(0, String::len);
+            let mut messages_bytes = messages_read(record);
             let state = if record.messages_omitted {
                 // Not read back: the state is the cached one, unless another task took it
                 // meanwhile (then the one-by-one path reads it whole).
@@ -1383,13 +1387,7 @@ impl Inner {
             });
             let after = tracker.state().detached();
             if actions.is_empty() && after == before {
-                if record.messages_apart() {
-                    self.saved.put(
-                        &record.state,
-                        tracker.into_state(),
-                        record.state.len() + messages_bytes,
-                    );
-                }
+                self.keep_unchanged(record, tracker.into_state(), messages_bytes);
                 continue;
             }
             let Ok(write) = state_write(&tracker, after, Some((*record, &before))) else {
@@ -1405,8 +1403,7 @@ impl Inner {
                 state_bytes: write.state.len() + write.messages.as_ref().map_or(0, String::len),
                 state: tracker.into_state(),
                 detached_json: write.state.clone(),
-                saved_bytes: write.state.len()
-                    + write.messages.as_ref().map_or(messages_bytes, String::len),
+                saved_bytes: saved_bytes(&write, messages_bytes),
             });
             plan.writes.push(write);
         }
@@ -1733,15 +1730,15 @@ fn state_write(
     })
 }
 
-/// The bytes of JSON the outbox holds for a device once `write` is saved over `read` (the
-/// record it was read from): its detached state, and its messages or the ones it keeps.
-fn saved_bytes(write: &OutboxWrite, read: Option<&OutboxRecord>) -> usize {
-    let messages = write
-        .messages
-        .as_ref()
-        .or(read.and_then(|r| r.messages.as_ref()))
-        .map_or(0, String::len);
-    write.state.len() + messages
+/// The bytes of JSON the outbox holds for a device once `write` is saved over a record whose
+/// messages take `kept_messages` bytes: its detached state, and its messages or the ones it keeps.
+fn saved_bytes(write: &OutboxWrite, kept_messages: usize) -> usize {
+    write.state.len() + write.messages.as_ref().map_or(kept_messages, String::len)
+}
+
+/// The bytes of messages JSON read with `record` (0 if saved whole, or omitted from the read).
+fn messages_read(record: &OutboxRecord) -> usize {
+    record.messages.as_ref().map_or(0, String::len)
 }
 
 /// The store's record of an inbound ack; `None` when it names no target.

@@ -370,9 +370,7 @@ async fn outbox_rows_locked(
     known: &[Option<&str>],
 ) -> StoreResult<Vec<DbRow>> {
     let mut rows = Vec::with_capacity(devices.len());
-    let pairs: Vec<(&str, Option<&str>)> =
-        devices.iter().copied().zip(known.iter().copied()).collect();
-    for chunk in pairs.chunks(BATCH_ROWS / 2) {
+    for (ids, states) in devices.chunks(BATCH_ROWS).zip(known.chunks(BATCH_ROWS)) {
         let mut q = QueryBuilder::<Db>::new(
             "SELECT o.device_id, o.state_json, o.next_wakeup_ms, o.revision, o.updated_ms, \
              CASE WHEN o.messages_json IS NOT NULL AND o.state_json = k.column2 THEN NULL \
@@ -380,7 +378,7 @@ async fn outbox_rows_locked(
              COALESCE(o.messages_json IS NOT NULL AND o.state_json = k.column2, FALSE) \
              AS messages_omitted FROM outbox o JOIN (VALUES ",
         );
-        for (k, (device, state)) in chunk.iter().enumerate() {
+        for (k, (device, state)) in ids.iter().zip(states).enumerate() {
             if k > 0 {
                 q.push(", ");
             }
